@@ -1,0 +1,276 @@
+//! The allow/deny decision: parsing the one `Authorization` header, checking the token's format, looking
+//! its digest up, and the status, expiry and scope checks. Denials carry their RFC 6750 answer.
+
+use crate::index::{Entry, Index};
+use crate::token::{self, Digest, FormatError};
+use http::{header::AUTHORIZATION, HeaderMap};
+use std::sync::Arc;
+
+/// The longest `Authorization` value considered; longer is a malformed request (a token is 52 bytes).
+pub const MAX_AUTHORIZATION_LEN: usize = 1024;
+
+/// The realm in every challenge.
+pub const REALM: &str = "tokengate";
+
+/// Why a request is not let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No `Authorization` header, or one with another scheme.
+    Missing,
+    /// More than one `Authorization` header.
+    Multiple,
+    /// A Bearer credential that is not syntactically a token (empty, extra parts, bad characters, too long).
+    Malformed(&'static str),
+    /// Syntactically fine but not one of our tokens (prefix, length or checksum wrong).
+    BadFormat(FormatError),
+    /// Well-formed but not in the index, or a rotated-out secret whose grace period ended.
+    Unknown,
+    Revoked,
+    Expired,
+    /// Valid token without the route's required scope.
+    InsufficientScope(String),
+}
+
+/// The auth outcome as a metric label value. A fixed set: never a token, user or path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Missing,
+    Invalid,
+    Expired,
+    Revoked,
+    InsufficientScope,
+    /// The route needs no credential.
+    Public,
+    /// Refused before authentication (no route, bad path).
+    None,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Missing => "missing",
+            Outcome::Invalid => "invalid",
+            Outcome::Expired => "expired",
+            Outcome::Revoked => "revoked",
+            Outcome::InsufficientScope => "insufficient_scope",
+            Outcome::Public => "public",
+            Outcome::None => "none",
+        }
+    }
+}
+
+impl Denial {
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::Multiple | Denial::Malformed(_) => 400,
+            Denial::InsufficientScope(_) => 403,
+            _ => 401,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Denial::Missing => Outcome::Missing,
+            Denial::Revoked => Outcome::Revoked,
+            Denial::Expired => Outcome::Expired,
+            Denial::InsufficientScope(_) => Outcome::InsufficientScope,
+            _ => Outcome::Invalid,
+        }
+    }
+
+    /// The RFC 6750 error code, if any.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Denial::Missing => None,
+            Denial::Multiple | Denial::Malformed(_) => Some("invalid_request"),
+            Denial::InsufficientScope(_) => Some("insufficient_scope"),
+            _ => Some("invalid_token"),
+        }
+    }
+
+    /// A human description. Never contains the credential.
+    pub fn description(&self) -> String {
+        match self {
+            Denial::Missing => "a bearer token is required".into(),
+            Denial::Multiple => "exactly one Authorization header is allowed".into(),
+            Denial::Malformed(why) => (*why).into(),
+            Denial::BadFormat(e) => e.to_string(),
+            Denial::Unknown => "the token is not valid".into(),
+            Denial::Revoked => "the token has been revoked".into(),
+            Denial::Expired => "the token has expired".into(),
+            Denial::InsufficientScope(s) => format!("this route requires the scope {s}"),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 section 3).
+    pub fn challenge(&self) -> String {
+        let mut c = format!("Bearer realm=\"{REALM}\"");
+        if let Some(code) = self.error_code() {
+            c.push_str(&format!(", error=\"{code}\", error_description=\"{}\"", self.description()));
+        }
+        if let Denial::InsufficientScope(s) = self {
+            c.push_str(&format!(", scope=\"{s}\""));
+        }
+        c
+    }
+
+    /// The JSON body: `{"error": ..., "detail": ...}` (plus `scope` for 403).
+    pub fn body(&self) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "error": self.error_code().unwrap_or("unauthorized"),
+            "detail": self.description(),
+        });
+        if let Denial::InsufficientScope(s) = self {
+            v["scope"] = serde_json::Value::String(s.clone());
+        }
+        serde_json::to_vec(&v).expect("json")
+    }
+}
+
+/// Characters of RFC 6750's b64token (token68), apart from trailing '='.
+fn is_b64token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+}
+
+/// Extracts the bearer token from the request headers. Allocation-free.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, Denial> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let value = all.next().ok_or(Denial::Missing)?;
+    if all.next().is_some() {
+        return Err(Denial::Multiple);
+    }
+    parse_bearer(value.as_bytes())
+}
+
+/// Parses an `Authorization` value as `Bearer 1*SP b64token`.
+pub fn parse_bearer(v: &[u8]) -> Result<&str, Denial> {
+    if v.len() > MAX_AUTHORIZATION_LEN {
+        return Err(Denial::Malformed("the Authorization header is too long"));
+    }
+    let scheme_end = v.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(v.len());
+    if !v[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Err(Denial::Missing);
+    }
+    let rest = &v[scheme_end..];
+    if rest.first() == Some(&b'\t') {
+        return Err(Denial::Malformed("the scheme and token must be separated by a space"));
+    }
+    let token = rest.trim_ascii_start();
+    if rest.len() > token.len() && rest[..rest.len() - token.len()].contains(&b'\t') {
+        return Err(Denial::Malformed("the scheme and token must be separated by a space"));
+    }
+    if token.is_empty() {
+        return Err(Denial::Malformed("the bearer token is empty"));
+    }
+    let body_end = token.iter().rposition(|&b| b != b'=').map(|i| i + 1).unwrap_or(0);
+    if body_end == 0 || !token[..body_end].iter().all(|&b| is_b64token_char(b)) {
+        return Err(Denial::Malformed("the bearer token contains characters a token cannot have"));
+    }
+    // All bytes are ASCII here.
+    Ok(std::str::from_utf8(token).expect("ascii"))
+}
+
+/// Decides whether `token` may use a route requiring `required_scope`, at unix time `now`.
+pub fn authorize(index: &Index, token: &str, required_scope: Option<&str>, now: u64) -> Result<Arc<Entry>, Denial> {
+    token::check_format(token).map_err(Denial::BadFormat)?;
+    let digest = Digest::of(token);
+    let entry = index.get(&digest).ok_or(Denial::Unknown)?;
+    if !entry.digest.ct_eq(&digest) {
+        return Err(Denial::Unknown);
+    }
+    if entry.revoked {
+        return Err(Denial::Revoked);
+    }
+    if now >= entry.valid_until {
+        return Err(Denial::Unknown);
+    }
+    if now >= entry.expires_at {
+        return Err(Denial::Expired);
+    }
+    if let Some(scope) = required_scope {
+        if !entry.allows(scope) {
+            return Err(Denial::InsufficientScope(scope.to_string()));
+        }
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::IndexRow;
+    use crate::token::Token;
+    use http::HeaderValue;
+
+    #[test]
+    fn parses_bearer_credentials() {
+        assert_eq!(parse_bearer(b"Bearer abc"), Ok("abc"));
+        assert_eq!(parse_bearer(b"bEaReR   abc=="), Ok("abc=="));
+        assert_eq!(parse_bearer(b"Basic dXNlcjpwYXNz"), Err(Denial::Missing));
+        assert_eq!(parse_bearer(b"Bearerabc"), Err(Denial::Missing));
+        assert!(matches!(parse_bearer(b"Bearer"), Err(Denial::Malformed(_))));
+        assert!(matches!(parse_bearer(b"Bearer "), Err(Denial::Malformed(_))));
+        assert!(matches!(parse_bearer(b"Bearer abc def"), Err(Denial::Malformed(_))));
+        assert!(matches!(parse_bearer(b"Bearer abc "), Err(Denial::Malformed(_))));
+        assert!(matches!(parse_bearer(b"Bearer\tabc"), Err(Denial::Malformed(_))));
+        assert!(matches!(parse_bearer(b"Bearer a\x01c"), Err(Denial::Malformed(_))));
+        assert!(matches!(parse_bearer(b"Bearer ="), Err(Denial::Malformed(_))));
+        let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
+        assert!(matches!(parse_bearer(long.as_bytes()), Err(Denial::Malformed(_))));
+    }
+
+    #[test]
+    fn multiple_headers_are_refused() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), Err(Denial::Missing));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert_eq!(bearer_token(&h), Ok("a"));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(bearer_token(&h), Err(Denial::Multiple));
+    }
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        assert_eq!(Denial::Missing.challenge(), "Bearer realm=\"tokengate\"");
+        assert_eq!(
+            Denial::Expired.challenge(),
+            "Bearer realm=\"tokengate\", error=\"invalid_token\", error_description=\"the token has expired\""
+        );
+        let c = Denial::InsufficientScope("video:write".into()).challenge();
+        assert!(c.contains("error=\"insufficient_scope\"") && c.ends_with("scope=\"video:write\""), "{c}");
+        assert_eq!(Denial::InsufficientScope("x".into()).status(), 403);
+        assert_eq!(Denial::Multiple.status(), 400);
+    }
+
+    #[test]
+    fn decisions() {
+        let index = Index::new();
+        let t = Token::generate();
+        let row = |id, digest, expires_at, revoked, rev| IndexRow {
+            id,
+            user: "alice".into(),
+            digest,
+            prev_digest: None,
+            prev_valid_until: None,
+            scopes: vec!["telemetry:write".into()],
+            expires_at,
+            revoked,
+            rev,
+        };
+        index.apply(&row(1, t.digest(), Some(1000), false, 1));
+        assert_eq!(authorize(&index, t.as_str(), None, 999).unwrap().token_id, 1);
+        assert_eq!(authorize(&index, t.as_str(), Some("telemetry:write"), 999).unwrap().token_id, 1);
+        assert_eq!(
+            authorize(&index, t.as_str(), Some("admin"), 999).unwrap_err(),
+            Denial::InsufficientScope("admin".into())
+        );
+        assert_eq!(authorize(&index, t.as_str(), None, 1000).unwrap_err(), Denial::Expired);
+        let other = Token::generate();
+        assert_eq!(authorize(&index, other.as_str(), None, 1).unwrap_err(), Denial::Unknown);
+        assert_eq!(authorize(&index, "tg_short", None, 1).unwrap_err(), Denial::BadFormat(FormatError::Length));
+        index.apply(&row(1, t.digest(), None, true, 2));
+        assert_eq!(authorize(&index, t.as_str(), None, 1).unwrap_err(), Denial::Revoked);
+    }
+}

@@ -1,0 +1,308 @@
+//! The command line: `serve`, `check-config` and the `token` commands. `main.rs` only parses and calls
+//! [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
+
+use crate::config::{self, Config};
+use crate::store::{self, NewToken, Store, TokenRecord};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The actor recorded in the event log for CLI changes.
+const CLI_ACTOR: &str = "cli";
+
+#[derive(Parser, Debug)]
+#[command(name = "tokengate", version, about = "Bearer-token authentication gateway on pingora")]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(short, long, global = true, default_value = "config/tokengate.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Take over the listening sockets of a running tokengate (after it gets SIGQUIT).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate the configuration file and exit (0 when valid).
+    CheckConfig,
+    /// Manage tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token; the plaintext is printed once and never stored.
+    Create {
+        /// The user id the gateway will inject for this token.
+        #[arg(long)]
+        user: String,
+        /// A label to recognise the token by (e.g. the device).
+        #[arg(long)]
+        label: String,
+        /// Expire after this long (30s, 15m, 12h, 90d). Default: never.
+        #[arg(long, conflicts_with = "expires_at")]
+        expires_in: Option<String>,
+        /// Expire at this RFC 3339 time. Default: never.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Restrict the token to this scope (repeatable). Default: full access.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this user's tokens.
+        #[arg(long)]
+        user: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one token with its lifecycle events.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once (running gateways honour it within their sync interval).
+    Revoke { id: i64 },
+    /// Give a token a new secret; with --grace the old one keeps working that long.
+    Rotate {
+        id: i64,
+        /// How long the old secret stays valid (e.g. 10m). Default: it stops at once.
+        #[arg(long)]
+        grace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { upgrade } => {
+            let config = Config::load(&cli.config)?;
+            crate::server::serve(config, upgrade)
+        }
+        Command::CheckConfig => {
+            let c = Config::load(&cli.config)?;
+            println!("{}: ok ({} routes, store {})", cli.config.display(), c.routes.len(), c.store.path.display());
+            Ok(())
+        }
+        Command::Token { command } => {
+            let path = config::load_store_path(&cli.config)?;
+            let mut store = Store::open(&path)?;
+            token_command(&mut store, command)
+        }
+    }
+}
+
+/// Checks a user id: it becomes an HTTP header value, so visible ASCII only, 1 to 128 characters.
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > 128 || !user.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(format!("user {user:?} must be 1 to 128 visible ASCII characters without spaces"));
+    }
+    Ok(())
+}
+
+/// Checks a label: 1 to 100 characters, no control characters.
+pub fn check_label(label: &str) -> Result<(), String> {
+    let n = label.chars().count();
+    if n == 0 || n > 100 || label.chars().any(char::is_control) || label.trim() != label {
+        return Err("label must be 1 to 100 characters, without control characters or surrounding spaces".into());
+    }
+    Ok(())
+}
+
+/// Turns the expiry options into unix seconds.
+pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Option<i64>, String> {
+    let now = store::unix_now();
+    let at = match (expires_in, expires_at) {
+        (Some(d), _) => {
+            let d = config::parse_duration(d)?;
+            if d < Duration::from_secs(1) {
+                return Err("expiry must be at least 1s away".into());
+            }
+            Some(now + d.as_secs() as i64)
+        }
+        (None, Some(t)) => Some(store::parse_rfc3339(t)?),
+        (None, None) => None,
+    };
+    if let Some(at) = at {
+        if at <= now {
+            return Err(format!("expiry {} is not in the future", store::rfc3339(at)));
+        }
+    }
+    Ok(at)
+}
+
+fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()> {
+    let now = store::unix_now();
+    match command {
+        TokenCommand::Create { user, label, expires_in, expires_at, scopes, json } => {
+            check_user(&user).map_err(anyhow::Error::msg)?;
+            check_label(&label).map_err(anyhow::Error::msg)?;
+            for s in &scopes {
+                config::check_scope(s).map_err(anyhow::Error::msg)?;
+            }
+            let expires_at = expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
+            let (record, token) = store.create(&NewToken { user, label, scopes, expires_at }, CLI_ACTOR)?;
+            print_secret(&record, token.as_str(), json, now)
+        }
+        TokenCommand::List { user, json } => {
+            let records = store.list(user.as_deref())?;
+            if json {
+                let views: Vec<_> = records.iter().map(|r| r.view(now)).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
+            } else {
+                print!("{}", table(&records, now));
+            }
+            Ok(())
+        }
+        TokenCommand::Show { id, json } => {
+            let record = store.get(id)?;
+            let events = store.events(id)?;
+            if json {
+                let mut v = serde_json::to_value(record.view(now))?;
+                v["events"] = serde_json::to_value(&events)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", table(std::slice::from_ref(&record), now));
+                println!("\nEVENTS");
+                for e in events {
+                    println!("  {}  {:<8} by {}  {}", store::rfc3339(e.at), e.event, e.actor, e.detail.unwrap_or_default());
+                }
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { id } => {
+            let (record, changed) = store.revoke(id, CLI_ACTOR)?;
+            if changed {
+                println!("revoked token {} ({}, user {})", record.id, record.label, record.user);
+            } else {
+                println!("token {} was already revoked", record.id);
+            }
+            Ok(())
+        }
+        TokenCommand::Rotate { id, grace, json } => {
+            let grace = grace.as_deref().map(config::parse_duration).transpose().map_err(anyhow::Error::msg)?;
+            let (record, token) = store.rotate(id, grace, CLI_ACTOR).with_context(|| format!("rotating token {id}"))?;
+            print_secret(&record, token.as_str(), json, now)
+        }
+    }
+}
+
+fn print_secret(record: &TokenRecord, token: &str, json: bool, now: i64) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut v = serde_json::to_value(record.view(now))?;
+        v["token"] = token.into();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(out, "{token}")?;
+    }
+    out.flush()?;
+    eprintln!(
+        "token {} for user {} ({}): this is the only time it is shown; store it now.",
+        record.id, record.user, record.label
+    );
+    Ok(())
+}
+
+/// An aligned table of tokens for people.
+pub fn table(records: &[TokenRecord], now: i64) -> String {
+    let header = ["ID", "USER", "LABEL", "STATUS", "CREATED", "LAST USED", "USES", "EXPIRES", "SCOPES"];
+    let rows: Vec<[String; 9]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.user.clone(),
+                r.label.clone(),
+                r.status(now).as_str().to_string(),
+                store::rfc3339(r.created_at),
+                r.last_used_at.map(store::rfc3339).unwrap_or_else(|| "never".into()),
+                r.use_count.to_string(),
+                r.expires_at.map(store::rfc3339).unwrap_or_else(|| "never".into()),
+                if r.scopes.is_empty() { "(all)".into() } else { r.scopes.join(",") },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(cell);
+                l.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        out.push_str("(no tokens)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_checked() {
+        assert!(check_user("beekeeper-42").is_ok());
+        assert!(check_user("a b").is_err() && check_user("").is_err() && check_user("x\u{7f}").is_err());
+        assert!(check_label("Hive scale #3 (garden)").is_ok());
+        assert!(check_label("bad\nlabel").is_err() && check_label(&"x".repeat(101)).is_err());
+        assert!(expiry(Some("0s"), None).is_err());
+        assert!(expiry(None, Some("2001-01-01T00:00:00Z")).is_err());
+        assert!(expiry(Some("90d"), None).unwrap().unwrap() > store::unix_now() + 89 * 86400);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let r = TokenRecord {
+            id: 1,
+            user: "alice".into(),
+            label: "hive".into(),
+            scopes: vec![],
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rotated_at: None,
+            last_used_at: None,
+            use_count: 0,
+        };
+        let t = table(&[r], 10);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0].find("USER"), lines[1].find("alice"));
+        assert_eq!(lines[0].find("STATUS"), lines[1].find("active"));
+    }
+}

@@ -1,0 +1,49 @@
+//! A coarse wall clock that costs one atomic load per request.
+//!
+//! A background thread stores the unix time in seconds every 50 ms; expiry checks and usage stamps read
+//! it. Before [`start`] is called (unit tests, CLI commands) [`now`] falls back to the system clock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Unix seconds as last stored by the ticker; 0 until it runs.
+static NOW: AtomicU64 = AtomicU64::new(0);
+static START: Once = Once::new();
+
+fn system_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Starts the ticker thread (once per process).
+pub fn start() {
+    START.call_once(|| {
+        NOW.store(system_secs(), Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("tokengate-clock".into())
+            .spawn(|| loop {
+                std::thread::sleep(Duration::from_millis(50));
+                NOW.store(system_secs(), Ordering::Relaxed);
+            })
+            .expect("spawn clock thread");
+    });
+}
+
+/// The current unix time in seconds, at most ~50 ms stale once the ticker runs.
+#[inline]
+pub fn now() -> u64 {
+    match NOW.load(Ordering::Relaxed) {
+        0 => system_secs(),
+        t => t,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ticks_with_the_system_clock() {
+        super::start();
+        let a = super::now();
+        assert!(a.abs_diff(super::system_secs()) <= 1);
+    }
+}

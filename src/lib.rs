@@ -1,0 +1,30 @@
+//! tokengate: an authentication gateway on pingora. Devices send `Authorization: Bearer <token>`; the
+//! gateway checks the token against an in-memory index of SHA-256 digests kept in sync with SQLite,
+//! removes the credential, injects the owner's identity (`x-user-id`) and forwards to the route's upstream.
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, defaults and validation (file/key/problem errors).
+//! - [`token`]: the token format — generation from the OS CSPRNG, checksum, digest.
+//! - [`store`]: SQLite — migrations, create/list/revoke/rotate, events, change feed, usage flush.
+//! - [`index`]: the lock-free digest → entry map, its sync loop and the usage counters.
+//! - [`auth`]: `Authorization` parsing and the allow/deny decision with RFC 6750 answers.
+//! - [`routes`]: the route table, path checks and longest-prefix matching.
+//! - [`proxy`]: the pingora `ProxyHttp` implementation wiring the above together.
+//! - [`admin`]: the admin listener — `/healthz`, `/metrics`, the token API and page.
+//! - [`metrics`]: the Prometheus registry and per-route collectors.
+//! - [`clock`]: the coarse clock read on the request path.
+//! - [`server`]: `serve` — assembling and running the pingora server.
+//! - [`cli`]: the command line.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod index;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod token;

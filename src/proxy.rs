@@ -1,0 +1,303 @@
+//! The pingora `ProxyHttp` implementation: wires routes, auth, header rewriting and metrics into the
+//! request phases. It holds no business rules of its own; each hook does one small thing.
+
+use crate::auth::{self, Denial, Outcome};
+use crate::clock;
+use crate::config::IpNet;
+use crate::index::{Entry, Index};
+use crate::metrics::{RouteMetrics, UpstreamError};
+use crate::routes::{check_path, Route, RouteTable};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderName, HeaderValue};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The gateway's proxy logic, shared by all worker threads.
+pub struct Gateway {
+    /// The current route table; swapped whole on reload, read once per request.
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// The token index (lock-free reads).
+    pub index: Arc<Index>,
+    /// Collectors for requests that matched no route.
+    pub unrouted: RouteMetrics,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// What one request learned on its way through the phases.
+pub struct RequestCtx {
+    start: Instant,
+    route: Option<Arc<Route>>,
+    entry: Option<Arc<Entry>>,
+    outcome: Outcome,
+    upstream_error: Option<UpstreamError>,
+}
+
+/// Writes a small JSON response and ends the request. Keep-alive is switched off first when the request
+/// may carry an unread body, so that pingora does not drain (possibly gigabytes of) upload to reuse the
+/// connection.
+pub async fn respond_json(session: &mut Session, status: u16, challenge: Option<&str>, body: Vec<u8>) -> Result<()> {
+    if !session.as_downstream_mut().is_body_empty() {
+        session.set_keepalive(None);
+    }
+    let mut h = ResponseHeader::build(status, Some(5))?;
+    h.insert_header(CONTENT_TYPE, "application/json")?;
+    h.insert_header(CONTENT_LENGTH, body.len())?;
+    h.insert_header(CACHE_CONTROL, "no-store")?;
+    if let Some(c) = challenge {
+        h.insert_header(WWW_AUTHENTICATE, c)?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+fn error_body(error: &str, detail: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": error, "detail": detail })).expect("json")
+}
+
+/// `x-user-id`, `X_User_Id` and `x_user-id` are the same header to many upstream frameworks: compare
+/// names ignoring case with `_` read as `-`.
+fn same_header(name: &str, target: &str) -> bool {
+    name.len() == target.len()
+        && name.bytes().zip(target.bytes()).all(|(a, b)| {
+            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
+            let b = if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+            a == b
+        })
+}
+
+fn classify(e: &Error) -> UpstreamError {
+    match e.etype() {
+        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute => UpstreamError::ConnectRefused,
+        ErrorType::ConnectTimedout => UpstreamError::ConnectTimeout,
+        ErrorType::ReadTimedout => UpstreamError::ReadTimeout,
+        ErrorType::WriteTimedout => UpstreamError::WriteTimeout,
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => UpstreamError::Reset,
+        _ => UpstreamError::Other,
+    }
+}
+
+impl Gateway {
+    fn peer_ip(session: &Session) -> Option<IpAddr> {
+        session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    }
+
+    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
+        match ip {
+            Some(ip) => self.trusted_proxies.iter().any(|n| n.contains(ip)),
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx { start: Instant::now(), route: None, entry: None, outcome: Outcome::None, upstream_error: None }
+    }
+
+    /// Finds the route and decides. Refusals (400 bad path, 404 no route, 400/401/403 auth) are written
+    /// here and end the request (`Ok(true)`) before any upstream is chosen. An allowed request leaves the
+    /// route and token entry in `ctx` and counts one use in memory.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let route = {
+            let table = self.routes.load();
+            let path = session.req_header().uri.path();
+            if let Err(e) = check_path(path) {
+                respond_json(session, 400, None, error_body("invalid_request", e.describe())).await?;
+                return Ok(true);
+            }
+            match table.find(path) {
+                Some(r) => r.clone(),
+                None => {
+                    respond_json(session, 404, None, error_body("not_found", "no route for this path")).await?;
+                    return Ok(true);
+                }
+            }
+        };
+        if route.auth == crate::config::AuthMode::None {
+            ctx.outcome = Outcome::Public;
+            ctx.route = Some(route);
+            return Ok(false);
+        }
+        let now = clock::now();
+        let decision = auth::bearer_token(&session.req_header().headers)
+            .and_then(|t| auth::authorize(&self.index, t, route.required_scope.as_deref(), now));
+        ctx.route = Some(route);
+        match decision {
+            Ok(entry) => {
+                entry.record_use(now);
+                ctx.entry = Some(entry);
+                ctx.outcome = Outcome::Ok;
+                Ok(false)
+            }
+            Err(denial) => {
+                ctx.outcome = denial.outcome();
+                deny(session, &denial).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Picks the route's upstream: a clone of the peer built when the configuration loaded.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        match &ctx.route {
+            Some(r) => Ok(Box::new(r.peer.clone())),
+            None => Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer"),
+        }
+    }
+
+    /// Rewrites the forwarded request: the credential is removed, every client copy of an injected or
+    /// configured-stripped header is removed (any case, `_` for `-`), then the identity headers are
+    /// inserted once. `X-Forwarded-For`/`-Proto` are appended to only for trusted peers, else replaced.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Error::e_explain(ErrorType::InternalError, "no route in upstream_request_filter");
+        };
+        req.remove_header(&AUTHORIZATION);
+        // Absolute-form targets are forwarded in origin form: the path that matched is the path sent.
+        if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+            let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+            req.set_uri(pq.parse().map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?);
+        }
+        let mut remove: Vec<HeaderName> = Vec::new();
+        for name in req.headers.keys() {
+            let n = name.as_str();
+            if route.identity_headers.iter().chain(route.strip_request_headers.iter()).any(|h| same_header(n, h.as_str()))
+            {
+                remove.push(name.clone());
+            }
+        }
+        for name in &remove {
+            req.remove_header(name);
+        }
+
+        let peer_ip = Self::peer_ip(session);
+        let trusted = self.is_trusted(peer_ip);
+        let mut xff = String::new();
+        if trusted {
+            for v in req.headers.get_all(&X_FORWARDED_FOR) {
+                if let Ok(s) = v.to_str() {
+                    if !xff.is_empty() {
+                        xff.push_str(", ");
+                    }
+                    xff.push_str(s.trim());
+                }
+            }
+        }
+        if let Some(ip) = peer_ip {
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            use std::fmt::Write;
+            let _ = write!(xff, "{ip}");
+        }
+        req.remove_header(&X_FORWARDED_FOR);
+        if !xff.is_empty() {
+            req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        }
+        if !(trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+            req.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"))?;
+        }
+
+        if let Some(entry) = &ctx.entry {
+            req.insert_header(route.user_id_header.clone(), entry.user.clone())?;
+            if let Some(h) = &route.token_id_header {
+                req.insert_header(h.clone(), entry.token_id_value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a failed proxy attempt with a JSON 502 (refused, reset, bad response) or 504 (timeout),
+    /// unless a response was already under way.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let code = match e.esource() {
+            ErrorSource::Upstream => {
+                let kind = classify(e);
+                ctx.upstream_error = Some(kind);
+                match kind {
+                    UpstreamError::ConnectTimeout | UpstreamError::ReadTimeout | UpstreamError::WriteTimeout => 504,
+                    _ => 502,
+                }
+            }
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                ErrorType::HTTPStatus(c) => *c,
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let (error, detail) = match code {
+                502 => ("bad_gateway", "the upstream could not be reached or failed"),
+                504 => ("gateway_timeout", "the upstream did not answer in time"),
+                400 => ("invalid_request", "the request could not be read"),
+                _ => ("internal_error", "the gateway failed to handle the request"),
+            };
+            session.set_keepalive(None);
+            if let Err(err) = respond_json(session, code, None, error_body(error, detail)).await {
+                log::debug!("could not send {code} to the client: {err}");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// Records metrics for the finished request.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx)
+    where
+        RequestCtx: Send + Sync,
+    {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let m = ctx.route.as_ref().map(|r| &r.metrics).unwrap_or(&self.unrouted);
+        m.count(status, ctx.outcome);
+        m.duration.observe(ctx.start.elapsed().as_secs_f64());
+        let down = session.as_downstream();
+        m.bytes_in.inc_by(down.body_bytes_read() as u64);
+        m.bytes_out.inc_by(down.body_bytes_sent() as u64);
+        if let Some(kind) = ctx.upstream_error {
+            m.upstream_error(kind);
+        }
+    }
+}
+
+/// Writes the RFC 6750 answer for a denial.
+async fn deny(session: &mut Session, denial: &Denial) -> Result<()> {
+    respond_json(session, denial.status(), Some(&denial.challenge()), denial.body()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_header;
+
+    #[test]
+    fn header_names_compare_like_upstream_frameworks_do() {
+        assert!(same_header("x-user-id", "x-user-id"));
+        assert!(same_header("x_user_id", "x-user-id"));
+        assert!(same_header("X_User-Id", "x-user-id"));
+        assert!(!same_header("x-user-idx", "x-user-id"));
+        assert!(!same_header("x-userid", "x-user-id"));
+    }
+}
