@@ -108,7 +108,10 @@ impl Denial {
     pub fn challenge(&self) -> String {
         let mut c = format!("Bearer realm=\"{REALM}\"");
         if let Some(code) = self.error_code() {
-            c.push_str(&format!(", error=\"{code}\", error_description=\"{}\"", self.description()));
+            c.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{}\"",
+                self.description()
+            ));
         }
         if let Denial::InsufficientScope(s) = self {
             c.push_str(&format!(", scope=\"{s}\""));
@@ -149,31 +152,49 @@ pub fn parse_bearer(v: &[u8]) -> Result<&str, Denial> {
     if v.len() > MAX_AUTHORIZATION_LEN {
         return Err(Denial::Malformed("the Authorization header is too long"));
     }
-    let scheme_end = v.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(v.len());
+    let scheme_end = v
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(v.len());
     if !v[..scheme_end].eq_ignore_ascii_case(b"bearer") {
         return Err(Denial::Missing);
     }
     let rest = &v[scheme_end..];
     if rest.first() == Some(&b'\t') {
-        return Err(Denial::Malformed("the scheme and token must be separated by a space"));
+        return Err(Denial::Malformed(
+            "the scheme and token must be separated by a space",
+        ));
     }
     let token = rest.trim_ascii_start();
     if rest.len() > token.len() && rest[..rest.len() - token.len()].contains(&b'\t') {
-        return Err(Denial::Malformed("the scheme and token must be separated by a space"));
+        return Err(Denial::Malformed(
+            "the scheme and token must be separated by a space",
+        ));
     }
     if token.is_empty() {
         return Err(Denial::Malformed("the bearer token is empty"));
     }
-    let body_end = token.iter().rposition(|&b| b != b'=').map(|i| i + 1).unwrap_or(0);
+    let body_end = token
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     if body_end == 0 || !token[..body_end].iter().all(|&b| is_b64token_char(b)) {
-        return Err(Denial::Malformed("the bearer token contains characters a token cannot have"));
+        return Err(Denial::Malformed(
+            "the bearer token contains characters a token cannot have",
+        ));
     }
     // All bytes are ASCII here.
     Ok(std::str::from_utf8(token).expect("ascii"))
 }
 
 /// Decides whether `token` may use a route requiring `required_scope`, at unix time `now`.
-pub fn authorize(index: &Index, token: &str, required_scope: Option<&str>, now: u64) -> Result<Arc<Entry>, Denial> {
+pub fn authorize(
+    index: &Index,
+    token: &str,
+    required_scope: Option<&str>,
+    now: u64,
+) -> Result<Arc<Entry>, Denial> {
     token::check_format(token).map_err(Denial::BadFormat)?;
     let digest = Digest::of(token);
     let entry = index.get(&digest).ok_or(Denial::Unknown)?;
@@ -211,14 +232,35 @@ mod tests {
         assert_eq!(parse_bearer(b"Basic dXNlcjpwYXNz"), Err(Denial::Missing));
         assert_eq!(parse_bearer(b"Bearerabc"), Err(Denial::Missing));
         assert!(matches!(parse_bearer(b"Bearer"), Err(Denial::Malformed(_))));
-        assert!(matches!(parse_bearer(b"Bearer "), Err(Denial::Malformed(_))));
-        assert!(matches!(parse_bearer(b"Bearer abc def"), Err(Denial::Malformed(_))));
-        assert!(matches!(parse_bearer(b"Bearer abc "), Err(Denial::Malformed(_))));
-        assert!(matches!(parse_bearer(b"Bearer\tabc"), Err(Denial::Malformed(_))));
-        assert!(matches!(parse_bearer(b"Bearer a\x01c"), Err(Denial::Malformed(_))));
-        assert!(matches!(parse_bearer(b"Bearer ="), Err(Denial::Malformed(_))));
+        assert!(matches!(
+            parse_bearer(b"Bearer "),
+            Err(Denial::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bearer(b"Bearer abc def"),
+            Err(Denial::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bearer(b"Bearer abc "),
+            Err(Denial::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bearer(b"Bearer\tabc"),
+            Err(Denial::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bearer(b"Bearer a\x01c"),
+            Err(Denial::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_bearer(b"Bearer ="),
+            Err(Denial::Malformed(_))
+        ));
         let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
-        assert!(matches!(parse_bearer(long.as_bytes()), Err(Denial::Malformed(_))));
+        assert!(matches!(
+            parse_bearer(long.as_bytes()),
+            Err(Denial::Malformed(_))
+        ));
     }
 
     #[test]
@@ -239,7 +281,10 @@ mod tests {
             "Bearer realm=\"tokengate\", error=\"invalid_token\", error_description=\"the token has expired\""
         );
         let c = Denial::InsufficientScope("video:write".into()).challenge();
-        assert!(c.contains("error=\"insufficient_scope\"") && c.ends_with("scope=\"video:write\""), "{c}");
+        assert!(
+            c.contains("error=\"insufficient_scope\"") && c.ends_with("scope=\"video:write\""),
+            "{c}"
+        );
         assert_eq!(Denial::InsufficientScope("x".into()).status(), 403);
         assert_eq!(Denial::Multiple.status(), 400);
     }
@@ -260,17 +305,37 @@ mod tests {
             rev,
         };
         index.apply(&row(1, t.digest(), Some(1000), false, 1));
-        assert_eq!(authorize(&index, t.as_str(), None, 999).unwrap().token_id, 1);
-        assert_eq!(authorize(&index, t.as_str(), Some("telemetry:write"), 999).unwrap().token_id, 1);
+        assert_eq!(
+            authorize(&index, t.as_str(), None, 999).unwrap().token_id,
+            1
+        );
+        assert_eq!(
+            authorize(&index, t.as_str(), Some("telemetry:write"), 999)
+                .unwrap()
+                .token_id,
+            1
+        );
         assert_eq!(
             authorize(&index, t.as_str(), Some("admin"), 999).unwrap_err(),
             Denial::InsufficientScope("admin".into())
         );
-        assert_eq!(authorize(&index, t.as_str(), None, 1000).unwrap_err(), Denial::Expired);
+        assert_eq!(
+            authorize(&index, t.as_str(), None, 1000).unwrap_err(),
+            Denial::Expired
+        );
         let other = Token::generate();
-        assert_eq!(authorize(&index, other.as_str(), None, 1).unwrap_err(), Denial::Unknown);
-        assert_eq!(authorize(&index, "tg_short", None, 1).unwrap_err(), Denial::BadFormat(FormatError::Length));
+        assert_eq!(
+            authorize(&index, other.as_str(), None, 1).unwrap_err(),
+            Denial::Unknown
+        );
+        assert_eq!(
+            authorize(&index, "tg_short", None, 1).unwrap_err(),
+            Denial::BadFormat(FormatError::Length)
+        );
         index.apply(&row(1, t.digest(), None, true, 2));
-        assert_eq!(authorize(&index, t.as_str(), None, 1).unwrap_err(), Denial::Revoked);
+        assert_eq!(
+            authorize(&index, t.as_str(), None, 1).unwrap_err(),
+            Denial::Revoked
+        );
     }
 }

@@ -13,7 +13,11 @@ use std::time::Duration;
 const CLI_ACTOR: &str = "cli";
 
 #[derive(Parser, Debug)]
-#[command(name = "tokengate", version, about = "Bearer-token authentication gateway on pingora")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "Bearer-token authentication gateway on pingora"
+)]
 pub struct Cli {
     /// Configuration file (TOML).
     #[arg(short, long, global = true, default_value = "config/tokengate.toml")]
@@ -99,7 +103,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let c = Config::load(&cli.config)?;
-            println!("{}: ok ({} routes, store {})", cli.config.display(), c.routes.len(), c.store.path.display());
+            println!(
+                "{}: ok ({} routes, store {})",
+                cli.config.display(),
+                c.routes.len(),
+                c.store.path.display()
+            );
             Ok(())
         }
         Command::Token { command } => {
@@ -113,7 +122,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Checks a user id: it becomes an HTTP header value, so visible ASCII only, 1 to 128 characters.
 pub fn check_user(user: &str) -> Result<(), String> {
     if user.is_empty() || user.len() > 128 || !user.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(format!("user {user:?} must be 1 to 128 visible ASCII characters without spaces"));
+        return Err(format!(
+            "user {user:?} must be 1 to 128 visible ASCII characters without spaces"
+        ));
     }
     Ok(())
 }
@@ -122,7 +133,10 @@ pub fn check_user(user: &str) -> Result<(), String> {
 pub fn check_label(label: &str) -> Result<(), String> {
     let n = label.chars().count();
     if n == 0 || n > 100 || label.chars().any(char::is_control) || label.trim() != label {
-        return Err("label must be 1 to 100 characters, without control characters or surrounding spaces".into());
+        return Err(
+            "label must be 1 to 100 characters, without control characters or surrounding spaces"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -143,7 +157,10 @@ pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Opti
     };
     if let Some(at) = at {
         if at <= now {
-            return Err(format!("expiry {} is not in the future", store::rfc3339(at)));
+            return Err(format!(
+                "expiry {} is not in the future",
+                store::rfc3339(at)
+            ));
         }
     }
     Ok(at)
@@ -152,14 +169,30 @@ pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Opti
 fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()> {
     let now = store::unix_now();
     match command {
-        TokenCommand::Create { user, label, expires_in, expires_at, scopes, json } => {
+        TokenCommand::Create {
+            user,
+            label,
+            expires_in,
+            expires_at,
+            scopes,
+            json,
+        } => {
             check_user(&user).map_err(anyhow::Error::msg)?;
             check_label(&label).map_err(anyhow::Error::msg)?;
             for s in &scopes {
                 config::check_scope(s).map_err(anyhow::Error::msg)?;
             }
-            let expires_at = expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
-            let (record, token) = store.create(&NewToken { user, label, scopes, expires_at }, CLI_ACTOR)?;
+            let expires_at =
+                expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
+            let (record, token) = store.create(
+                &NewToken {
+                    user,
+                    label,
+                    scopes,
+                    expires_at,
+                },
+                CLI_ACTOR,
+            )?;
             print_secret(&record, token.as_str(), json, now)
         }
         TokenCommand::List { user, json } => {
@@ -183,7 +216,13 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
                 print!("{}", table(std::slice::from_ref(&record), now));
                 println!("\nEVENTS");
                 for e in events {
-                    println!("  {}  {:<8} by {}  {}", store::rfc3339(e.at), e.event, e.actor, e.detail.unwrap_or_default());
+                    println!(
+                        "  {}  {:<8} by {}  {}",
+                        store::rfc3339(e.at),
+                        e.event,
+                        e.actor,
+                        e.detail.unwrap_or_default()
+                    );
                 }
             }
             Ok(())
@@ -191,15 +230,24 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
         TokenCommand::Revoke { id } => {
             let (record, changed) = store.revoke(id, CLI_ACTOR)?;
             if changed {
-                println!("revoked token {} ({}, user {})", record.id, record.label, record.user);
+                println!(
+                    "revoked token {} ({}, user {})",
+                    record.id, record.label, record.user
+                );
             } else {
                 println!("token {} was already revoked", record.id);
             }
             Ok(())
         }
         TokenCommand::Rotate { id, grace, json } => {
-            let grace = grace.as_deref().map(config::parse_duration).transpose().map_err(anyhow::Error::msg)?;
-            let (record, token) = store.rotate(id, grace, CLI_ACTOR).with_context(|| format!("rotating token {id}"))?;
+            let grace = grace
+                .as_deref()
+                .map(config::parse_duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let (record, token) = store
+                .rotate(id, grace, CLI_ACTOR)
+                .with_context(|| format!("rotating token {id}"))?;
             print_secret(&record, token.as_str(), json, now)
         }
     }
@@ -224,7 +272,17 @@ fn print_secret(record: &TokenRecord, token: &str, json: bool, now: i64) -> anyh
 
 /// An aligned table of tokens for people.
 pub fn table(records: &[TokenRecord], now: i64) -> String {
-    let header = ["ID", "USER", "LABEL", "STATUS", "CREATED", "LAST USED", "USES", "EXPIRES", "SCOPES"];
+    let header = [
+        "ID",
+        "USER",
+        "LABEL",
+        "STATUS",
+        "CREATED",
+        "LAST USED",
+        "USES",
+        "EXPIRES",
+        "SCOPES",
+    ];
     let rows: Vec<[String; 9]> = records
         .iter()
         .map(|r| {
@@ -234,10 +292,18 @@ pub fn table(records: &[TokenRecord], now: i64) -> String {
                 r.label.clone(),
                 r.status(now).as_str().to_string(),
                 store::rfc3339(r.created_at),
-                r.last_used_at.map(store::rfc3339).unwrap_or_else(|| "never".into()),
+                r.last_used_at
+                    .map(store::rfc3339)
+                    .unwrap_or_else(|| "never".into()),
                 r.use_count.to_string(),
-                r.expires_at.map(store::rfc3339).unwrap_or_else(|| "never".into()),
-                if r.scopes.is_empty() { "(all)".into() } else { r.scopes.join(",") },
+                r.expires_at
+                    .map(store::rfc3339)
+                    .unwrap_or_else(|| "never".into()),
+                if r.scopes.is_empty() {
+                    "(all)".into()
+                } else {
+                    r.scopes.join(",")
+                },
             ]
         })
         .collect();
@@ -278,7 +344,9 @@ mod tests {
     #[test]
     fn inputs_are_checked() {
         assert!(check_user("beekeeper-42").is_ok());
-        assert!(check_user("a b").is_err() && check_user("").is_err() && check_user("x\u{7f}").is_err());
+        assert!(
+            check_user("a b").is_err() && check_user("").is_err() && check_user("x\u{7f}").is_err()
+        );
         assert!(check_label("Hive scale #3 (garden)").is_ok());
         assert!(check_label("bad\nlabel").is_err() && check_label(&"x".repeat(101)).is_err());
         assert!(expiry(Some("0s"), None).is_err());

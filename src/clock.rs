@@ -12,7 +12,10 @@ static NOW: AtomicU64 = AtomicU64::new(0);
 static START: Once = Once::new();
 
 fn system_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Starts the ticker thread (once per process).

@@ -156,7 +156,9 @@ struct FileStore {
 
 impl Default for FileStore {
     fn default() -> Self {
-        FileStore { path: "data/tokengate.db".into() }
+        FileStore {
+            path: "data/tokengate.db".into(),
+        }
     }
 }
 
@@ -168,7 +170,9 @@ struct FileAdmin {
 
 impl Default for FileAdmin {
     fn default() -> Self {
-        FileAdmin { listen: "127.0.0.1:9090".into() }
+        FileAdmin {
+            listen: "127.0.0.1:9090".into(),
+        }
     }
 }
 
@@ -191,7 +195,9 @@ struct FileRoute {
 
 /// The default number of proxy worker threads: the number of cores.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Config {
@@ -209,8 +215,13 @@ impl Config {
     /// relative paths).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let err = |key: &str, problem: String| ConfigError { file: file.clone(), key: key.to_string(), problem };
-        let de = toml::Deserializer::parse(text).map_err(|e| err("(syntax)", one_line(e.message(), e.span(), text)))?;
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.clone(),
+            key: key.to_string(),
+            problem,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err("(syntax)", one_line(e.message(), e.span(), text)))?;
         let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = match e.path().to_string() {
                 p if p == "." || p.is_empty() => "(top level)".to_string(),
@@ -231,28 +242,53 @@ impl Config {
         };
         let threads = g.threads.unwrap_or_else(default_threads);
         if threads == 0 || threads > 1024 {
-            return Err(err("gateway.threads", format!("{threads} is not between 1 and 1024")));
+            return Err(err(
+                "gateway.threads",
+                format!("{threads} is not between 1 and 1024"),
+            ));
         }
-        let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) => parse_duration(s).map_err(|p| err(key, p)),
-            }
-        };
-        let grace_period = dur("gateway.grace_period", &g.grace_period, Duration::from_secs(3))?;
-        let sync_interval = dur("gateway.sync_interval", &g.sync_interval, Duration::from_millis(100))?;
+        let dur =
+            |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => parse_duration(s).map_err(|p| err(key, p)),
+                }
+            };
+        let grace_period = dur(
+            "gateway.grace_period",
+            &g.grace_period,
+            Duration::from_secs(3),
+        )?;
+        let sync_interval = dur(
+            "gateway.sync_interval",
+            &g.sync_interval,
+            Duration::from_millis(100),
+        )?;
         if sync_interval < Duration::from_millis(5) || sync_interval > Duration::from_secs(60) {
-            return Err(err("gateway.sync_interval", "must be between 5ms and 60s".into()));
+            return Err(err(
+                "gateway.sync_interval",
+                "must be between 5ms and 60s".into(),
+            ));
         }
-        let usage_flush_interval =
-            dur("gateway.usage_flush_interval", &g.usage_flush_interval, Duration::from_secs(5))?;
+        let usage_flush_interval = dur(
+            "gateway.usage_flush_interval",
+            &g.usage_flush_interval,
+            Duration::from_secs(5),
+        )?;
         if usage_flush_interval < Duration::from_millis(10) {
-            return Err(err("gateway.usage_flush_interval", "must be at least 10ms".into()));
+            return Err(err(
+                "gateway.usage_flush_interval",
+                "must be at least 10ms".into(),
+            ));
         }
         let mut trusted_proxies = Vec::new();
         for (i, p) in g.trusted_proxies.iter().enumerate() {
-            let net = IpNet::parse(p)
-                .ok_or_else(|| err(&format!("gateway.trusted_proxies[{i}]"), format!("{p:?} is not an IP address or CIDR")))?;
+            let net = IpNet::parse(p).ok_or_else(|| {
+                err(
+                    &format!("gateway.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an IP address or CIDR"),
+                )
+            })?;
             trusted_proxies.push(net);
         }
 
@@ -260,7 +296,11 @@ impl Config {
         if raw.store.path.trim().is_empty() {
             return Err(err("store.path", "must not be empty".into()));
         }
-        let store_path = if store_path.is_absolute() { store_path } else { base.join(store_path) };
+        let store_path = if store_path.is_absolute() {
+            store_path
+        } else {
+            base.join(store_path)
+        };
 
         check_listen(&raw.admin.listen).map_err(|p| err("admin.listen", p))?;
 
@@ -268,30 +308,53 @@ impl Config {
         for (i, r) in raw.routes.into_iter().enumerate() {
             let k = |field: &str| format!("routes[{i}].{field}");
             if r.name.is_empty()
-                || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !r
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(err(&k("name"), format!("{:?} must be non-empty letters, digits, '-' or '_'", r.name)));
+                return Err(err(
+                    &k("name"),
+                    format!("{:?} must be non-empty letters, digits, '-' or '_'", r.name),
+                ));
             }
             if let Some(other) = routes.iter().position(|o| o.name == r.name) {
-                return Err(err(&k("name"), format!("{:?} is already used by routes[{other}]", r.name)));
+                return Err(err(
+                    &k("name"),
+                    format!("{:?} is already used by routes[{other}]", r.name),
+                ));
             }
             check_prefix(&r.path_prefix).map_err(|p| err(&k("path_prefix"), p))?;
             let prefix = normalize_prefix(&r.path_prefix);
             if let Some(other) = routes.iter().position(|o| o.path_prefix == prefix) {
-                return Err(err(&k("path_prefix"), format!("{:?} is already used by routes[{other}]", r.path_prefix)));
+                return Err(err(
+                    &k("path_prefix"),
+                    format!("{:?} is already used by routes[{other}]", r.path_prefix),
+                ));
             }
-            let upstream_addr = resolve_upstream(&r.upstream).map_err(|p| err(&k("upstream"), p))?;
+            let upstream_addr =
+                resolve_upstream(&r.upstream).map_err(|p| err(&k("upstream"), p))?;
             let auth = r.auth.unwrap_or(AuthMode::Bearer);
             let required_scope = match r.required_scope {
                 Some(s) if auth == AuthMode::None => {
-                    return Err(err(&k("required_scope"), format!("{s:?} cannot be required on a route with auth = \"none\"")))
+                    return Err(err(
+                        &k("required_scope"),
+                        format!("{s:?} cannot be required on a route with auth = \"none\""),
+                    ))
                 }
-                Some(s) => Some(check_scope(&s).map(|_| s).map_err(|p| err(&k("required_scope"), p))?),
+                Some(s) => Some(
+                    check_scope(&s)
+                        .map(|_| s)
+                        .map_err(|p| err(&k("required_scope"), p))?,
+                ),
                 None => None,
             };
             let mut strip = Vec::new();
             for (j, h) in r.strip_request_headers.iter().enumerate() {
-                strip.push(header_name(h).map_err(|p| err(&format!("routes[{i}].strip_request_headers[{j}]"), p))?);
+                strip.push(
+                    header_name(h)
+                        .map_err(|p| err(&format!("routes[{i}].strip_request_headers[{j}]"), p))?,
+                );
             }
             let route_user_header = match r.user_id_header {
                 Some(h) => header_name(&h).map_err(|p| err(&k("user_id_header"), p))?,
@@ -302,9 +365,17 @@ impl Config {
                 path_prefix: prefix,
                 upstream: r.upstream,
                 upstream_addr,
-                connect_timeout: dur(&k("connect_timeout"), &r.connect_timeout, Duration::from_secs(2))?,
+                connect_timeout: dur(
+                    &k("connect_timeout"),
+                    &r.connect_timeout,
+                    Duration::from_secs(2),
+                )?,
                 read_timeout: dur(&k("read_timeout"), &r.read_timeout, Duration::from_secs(60))?,
-                write_timeout: dur(&k("write_timeout"), &r.write_timeout, Duration::from_secs(60))?,
+                write_timeout: dur(
+                    &k("write_timeout"),
+                    &r.write_timeout,
+                    Duration::from_secs(60),
+                )?,
                 idle_timeout: dur(&k("idle_timeout"), &r.idle_timeout, Duration::from_secs(60))?,
                 auth,
                 required_scope,
@@ -313,7 +384,10 @@ impl Config {
             });
         }
         if routes.is_empty() {
-            return Err(err("routes", "no [[routes]] defined: the gateway would answer 404 to everything".into()));
+            return Err(err(
+                "routes",
+                "no [[routes]] defined: the gateway would answer 404 to everything".into(),
+            ));
         }
 
         Ok(Config {
@@ -329,7 +403,9 @@ impl Config {
                 trusted_proxies,
             },
             store: StoreConfig { path: store_path },
-            admin: AdminConfig { listen: raw.admin.listen },
+            admin: AdminConfig {
+                listen: raw.admin.listen,
+            },
             routes,
         })
     }
@@ -364,9 +440,13 @@ fn check_listen(s: &str) -> Result<(), String> {
 }
 
 fn resolve_upstream(s: &str) -> Result<SocketAddr, String> {
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not host:port"))?;
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
     if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
-        return Err(format!("{s:?} is not host:port with a port from 1 to 65535"));
+        return Err(format!(
+            "{s:?} is not host:port with a port from 1 to 65535"
+        ));
     }
     s.to_socket_addrs()
         .map_err(|e| format!("{s:?} does not resolve: {e}"))?
@@ -379,10 +459,14 @@ fn check_prefix(p: &str) -> Result<(), String> {
         return Err(format!("{p:?} must start with '/'"));
     }
     if p.len() > 1 && crate::routes::check_path(p.trim_end_matches('/')).is_err() {
-        return Err(format!("{p:?} must be a plain path: no '//', '.', '..', '%' escapes or backslashes"));
+        return Err(format!(
+            "{p:?} must be a plain path: no '//', '.', '..', '%' escapes or backslashes"
+        ));
     }
     if p.contains(['?', '#', '%']) || p.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return Err(format!("{p:?} must be a plain path of visible ASCII without '?', '#' or '%'"));
+        return Err(format!(
+            "{p:?} must be a plain path of visible ASCII without '?', '#' or '%'"
+        ));
     }
     Ok(())
 }
@@ -398,7 +482,12 @@ fn normalize_prefix(p: &str) -> String {
 
 /// Scopes are short words of visible ASCII without spaces, quotes or backslashes (RFC 6750 scope-token).
 pub fn check_scope(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    {
         return Err(format!("{s:?} is not a scope: 1 to 64 visible ASCII characters, no spaces, quotes or backslashes"));
     }
     Ok(())
@@ -406,10 +495,15 @@ pub fn check_scope(s: &str) -> Result<(), String> {
 
 fn header_name(s: &str) -> Result<HeaderName, String> {
     let lower = s.to_ascii_lowercase();
-    if lower == "authorization" || lower == "host" || lower == "content-length" || lower == "transfer-encoding" {
+    if lower == "authorization"
+        || lower == "host"
+        || lower == "content-length"
+        || lower == "transfer-encoding"
+    {
         return Err(format!("{s:?} cannot be used here"));
     }
-    HeaderName::from_bytes(lower.as_bytes()).map_err(|_| format!("{s:?} is not a valid HTTP header name"))
+    HeaderName::from_bytes(lower.as_bytes())
+        .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
 }
 
 #[cfg(test)]
@@ -433,7 +527,10 @@ upstream = "127.0.0.1:8600"
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.gateway.user_id_header.as_str(), "x-user-id");
-        assert_eq!(c.gateway.token_id_header.as_ref().unwrap().as_str(), "x-token-id");
+        assert_eq!(
+            c.gateway.token_id_header.as_ref().unwrap().as_str(),
+            "x-token-id"
+        );
         assert_eq!(c.gateway.sync_interval, Duration::from_millis(100));
         assert_eq!(c.store.path, PathBuf::from("/etc/tg/data/tokengate.db"));
         assert_eq!(c.admin.listen, "127.0.0.1:9090");
@@ -445,24 +542,41 @@ upstream = "127.0.0.1:8600"
     fn errors_name_file_key_and_problem() {
         let bad = MINIMAL.replace("127.0.0.1:8600", "nowhere");
         let e = parse(&bad).unwrap_err().to_string();
-        assert!(e.starts_with("/etc/tg/gw.toml: routes[0].upstream: \"nowhere\""), "{e}");
+        assert!(
+            e.starts_with("/etc/tg/gw.toml: routes[0].upstream: \"nowhere\""),
+            "{e}"
+        );
 
-        let e = parse(&format!("{MINIMAL}colour = 1\n")).unwrap_err().to_string();
+        let e = parse(&format!("{MINIMAL}colour = 1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("routes[0]") && e.contains("colour"), "{e}");
 
-        let e = parse(&MINIMAL.replace("[gateway]", "[gateway]\nthreads = \"two\"")).unwrap_err().to_string();
+        let e = parse(&MINIMAL.replace("[gateway]", "[gateway]\nthreads = \"two\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gateway.threads"), "{e}");
 
         let e = parse(&format!("{MINIMAL}[[routes]]\nname = \"telemetry\"\npath_prefix = \"/x\"\nupstream = \"127.0.0.1:1\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("routes[1].name") && e.contains("already used"), "{e}");
+        assert!(
+            e.contains("routes[1].name") && e.contains("already used"),
+            "{e}"
+        );
 
-        let e = parse(&MINIMAL.replace("/iot/", "/a/../b")).unwrap_err().to_string();
+        let e = parse(&MINIMAL.replace("/iot/", "/a/../b"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("routes[0].path_prefix"), "{e}");
 
-        let e = parse(&MINIMAL.replace("[gateway]", "[gateway]\ngrace_period = \"soon\"")).unwrap_err().to_string();
-        assert!(e.contains("gateway.grace_period") && e.contains("soon"), "{e}");
+        let e = parse(&MINIMAL.replace("[gateway]", "[gateway]\ngrace_period = \"soon\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gateway.grace_period") && e.contains("soon"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -471,8 +585,12 @@ upstream = "127.0.0.1:8600"
         assert!(n.contains("10.1.2.3".parse().unwrap()));
         assert!(!n.contains("11.0.0.1".parse().unwrap()));
         assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
-        assert!(IpNet::parse("::1").unwrap().contains("::1".parse().unwrap()));
-        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         assert!(IpNet::parse("10.0.0.0/33").is_none());
     }
 

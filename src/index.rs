@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// The scope the admin API requires; never implied by full access.
+pub const ADMIN_SCOPE: &str = "admin";
+
 /// What the gateway knows about one digest.
 #[derive(Debug)]
 pub struct Entry {
@@ -40,9 +43,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether this token may use a route that requires `scope`.
+    /// Whether this token may use a route that requires `scope`. A token without scopes has full
+    /// access to every scope except [`ADMIN_SCOPE`], which is only ever granted explicitly: a device
+    /// token must never be able to manage other people's tokens.
     pub fn allows(&self, scope: &str) -> bool {
-        self.scopes.is_empty() || self.scopes.iter().any(|s| &**s == scope)
+        if self.scopes.is_empty() {
+            return scope != ADMIN_SCOPE;
+        }
+        self.scopes.iter().any(|s| &**s == scope)
     }
 
     /// Records one use: two relaxed atomic writes, no I/O.
@@ -95,6 +103,8 @@ impl BuildHasher for BuildDigestHasher {
 /// Per token: the digests it is indexed under and its shared usage counters.
 struct Known {
     digests: Vec<Digest>,
+    /// Store revision of the state applied; older rows are ignored (two loaders may race).
+    rev: i64,
     usage: Arc<Usage>,
 }
 
@@ -181,7 +191,10 @@ impl Index {
         let guard = self.map.guard();
         let Ok(user) = HeaderValue::from_str(&row.user) else {
             // Cannot be sent as a header: fail closed by not indexing it at all.
-            log::error!("token {} has a user id that is not a valid header value; it is not accepted", row.id);
+            log::error!(
+                "token {} has a user id that is not a valid header value; it is not accepted",
+                row.id
+            );
             if let Some(k) = w.by_id.remove(&row.id) {
                 for d in &k.digests {
                     self.map.remove(d, &guard);
@@ -190,7 +203,15 @@ impl Index {
             return;
         };
         let now = clock::now();
-        let known = w.by_id.entry(row.id).or_insert_with(|| Known { digests: Vec::new(), usage: Arc::default() });
+        let known = w.by_id.entry(row.id).or_insert_with(|| Known {
+            digests: Vec::new(),
+            rev: 0,
+            usage: Arc::default(),
+        });
+        if row.rev < known.rev {
+            return;
+        }
+        known.rev = row.rev;
         let usage = known.usage.clone();
         let entry = |digest: Digest, valid_until: u64, revoked: bool| Entry {
             token_id: row.id,
@@ -205,7 +226,9 @@ impl Index {
         };
         let mut digests = vec![row.digest];
         let grace = match (row.revoked, row.prev_digest, row.prev_valid_until) {
-            (false, Some(prev), Some(until)) if until > now as i64 && prev != row.digest => Some((prev, until as u64)),
+            (false, Some(prev), Some(until)) if until > now as i64 && prev != row.digest => {
+                Some((prev, until as u64))
+            }
             _ => None,
         };
         if let Some((prev, _)) = grace {
@@ -214,10 +237,15 @@ impl Index {
         for old in known.digests.iter().filter(|d| !digests.contains(d)) {
             self.map.remove(old, &guard);
         }
-        self.map.insert(row.digest, Arc::new(entry(row.digest, u64::MAX, row.revoked)), &guard);
+        self.map.insert(
+            row.digest,
+            Arc::new(entry(row.digest, u64::MAX, row.revoked)),
+            &guard,
+        );
         match grace {
             Some((prev, until)) => {
-                self.map.insert(prev, Arc::new(entry(prev, until, false)), &guard);
+                self.map
+                    .insert(prev, Arc::new(entry(prev, until, false)), &guard);
                 w.graced.insert(row.id, (prev, until));
             }
             None => {
@@ -235,8 +263,12 @@ impl Index {
     pub fn purge_expired_grace(&self) {
         let now = clock::now();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let done: Vec<(i64, Digest)> =
-            w.graced.iter().filter(|(_, (_, until))| *until <= now).map(|(id, (d, _))| (*id, *d)).collect();
+        let done: Vec<(i64, Digest)> = w
+            .graced
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(id, (d, _))| (*id, *d))
+            .collect();
         let guard = self.map.guard();
         for (id, d) in done {
             self.map.remove(&d, &guard);
@@ -254,7 +286,11 @@ impl Index {
             .iter()
             .filter_map(|(&id, k)| {
                 let uses = k.usage.uses.swap(0, Ordering::Relaxed);
-                (uses > 0).then(|| UsageDelta { id, uses, last_used_at: k.usage.last_used.load(Ordering::Relaxed) })
+                (uses > 0).then(|| UsageDelta {
+                    id,
+                    uses,
+                    last_used_at: k.usage.last_used.load(Ordering::Relaxed),
+                })
             })
             .collect()
     }
@@ -274,13 +310,23 @@ impl Index {
         let deltas = self.take_usage();
         match store.flush_usage(&deltas) {
             Ok(()) => {
-                self.health.last_flush.store(clock::now() as i64, Ordering::Relaxed);
-                *self.health.flush_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.health
+                    .last_flush
+                    .store(clock::now() as i64, Ordering::Relaxed);
+                *self
+                    .health
+                    .flush_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(deltas.len())
             }
             Err(e) => {
                 self.restore_usage(&deltas);
-                *self.health.flush_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self
+                    .health
+                    .flush_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 Err(e)
             }
         }
@@ -309,7 +355,10 @@ impl Stop {
     /// Sleeps up to `d`; returns true if stopped.
     pub fn wait(&self, d: Duration) -> bool {
         let g = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, _) = self.cv.wait_timeout_while(g, d, |s| !*s).unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |s| !*s)
+            .unwrap_or_else(|p| p.into_inner());
         *g
     }
 }
@@ -335,7 +384,10 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
                 if !path.exists() {
                     return Err(StoreError::Create {
                         path: path.display().to_string(),
-                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "database file is gone"),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "database file is gone",
+                        ),
                     });
                 }
                 let n = index.sync_from(s)?;
@@ -348,8 +400,15 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
         })();
         match result {
             Ok(()) => {
-                index.health.last_sync.store(clock::now() as i64, Ordering::Relaxed);
-                let mut e = index.health.sync_error.lock().unwrap_or_else(|p| p.into_inner());
+                index
+                    .health
+                    .last_sync
+                    .store(clock::now() as i64, Ordering::Relaxed);
+                let mut e = index
+                    .health
+                    .sync_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if e.take().is_some() {
                     log::warn!("sync: recovered; the index is current again");
                 }
@@ -362,7 +421,11 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
                     log::error!("sync: {msg}; serving the last good index");
                     last_logged = Some(msg.clone());
                 }
-                *index.health.sync_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                *index
+                    .health
+                    .sync_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(msg);
             }
         }
         if last_purge.elapsed() >= Duration::from_secs(1) {
@@ -419,7 +482,7 @@ mod tests {
         idx.apply(&row(1, a, 1));
         let e = idx.get(&a).unwrap();
         assert_eq!(e.user, "user1");
-        assert!(e.digest.ct_eq(&a) && !e.revoked && e.allows("anything"));
+        assert!(e.digest.ct_eq(&a) && !e.revoked && e.allows("anything") && !e.allows(ADMIN_SCOPE));
 
         // Rotation with grace keeps both, sharing usage.
         let b = Token::generate().digest();
@@ -431,7 +494,14 @@ mod tests {
         idx.get(&a).unwrap().record_use(5);
         idx.get(&b).unwrap().record_use(6);
         let u = idx.take_usage();
-        assert_eq!(u, vec![UsageDelta { id: 1, uses: 2, last_used_at: 6 }]);
+        assert_eq!(
+            u,
+            vec![UsageDelta {
+                id: 1,
+                uses: 2,
+                last_used_at: 6
+            }]
+        );
         assert!(idx.take_usage().is_empty());
 
         // Rotation without grace drops the old digest.
@@ -443,6 +513,9 @@ mod tests {
         idx.apply(&rv);
         assert!(idx.get(&c).unwrap().revoked);
         assert_eq!(idx.last_rev(), 4);
+        // A stale row (a slower loader) does not undo the revocation.
+        idx.apply(&row(1, c, 3));
+        assert!(idx.get(&c).unwrap().revoked);
     }
 
     #[test]

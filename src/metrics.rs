@@ -7,7 +7,8 @@
 use crate::auth::Outcome;
 use crate::index::Index;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -88,12 +89,18 @@ impl RouteMetrics {
             100..=599 => (status / 100) as usize,
             _ => 0,
         };
-        let o = OUTCOMES.iter().position(|x| *x == outcome).unwrap_or(OUTCOMES.len() - 1);
+        let o = OUTCOMES
+            .iter()
+            .position(|x| *x == outcome)
+            .unwrap_or(OUTCOMES.len() - 1);
         self.requests[class * OUTCOMES.len() + o].inc();
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
-        let i = UpstreamError::ALL.iter().position(|k| *k == kind).unwrap_or(UpstreamError::ALL.len() - 1);
+        let i = UpstreamError::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(UpstreamError::ALL.len() - 1);
         self.upstream_errors[i].inc();
     }
 }
@@ -102,32 +109,54 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tokengate_requests_total", "Requests answered, by route, status class and auth outcome."),
+            Opts::new(
+                "tokengate_requests_total",
+                "Requests answered, by route, status class and auth outcome.",
+            ),
             &["route", "status_class", "auth"],
         )
         .expect("metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new("tokengate_request_duration_seconds", "Time from request to end of response, by route.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "tokengate_request_duration_seconds",
+                "Time from request to end of response, by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
             &["route"],
         )
         .expect("metric");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("tokengate_upstream_errors_total", "Failures talking to an upstream, by route and kind."),
+            Opts::new(
+                "tokengate_upstream_errors_total",
+                "Failures talking to an upstream, by route and kind.",
+            ),
             &["route", "kind"],
         )
         .expect("metric");
         let bytes_in = IntCounterVec::new(
-            Opts::new("tokengate_request_body_bytes_total", "Request body bytes received from clients, by route."),
+            Opts::new(
+                "tokengate_request_body_bytes_total",
+                "Request body bytes received from clients, by route.",
+            ),
             &["route"],
         )
         .expect("metric");
         let bytes_out = IntCounterVec::new(
-            Opts::new("tokengate_response_body_bytes_total", "Response body bytes sent to clients, by route."),
+            Opts::new(
+                "tokengate_response_body_bytes_total",
+                "Response body bytes sent to clients, by route.",
+            ),
             &["route"],
         )
         .expect("metric");
-        let index_tokens = IntGauge::new("tokengate_index_tokens", "Token digests held in the in-memory index.").expect("metric");
+        let index_tokens = IntGauge::new(
+            "tokengate_index_tokens",
+            "Token digests held in the in-memory index.",
+        )
+        .expect("metric");
         let since_sync = prometheus::Gauge::new(
             "tokengate_seconds_since_last_sync",
             "Seconds since the index last checked the database successfully.",
@@ -138,10 +167,17 @@ impl Metrics {
             "Seconds since usage counters were last written to the database.",
         )
         .expect("metric");
-        let sync_ok = IntGauge::new("tokengate_store_healthy", "1 when the last database sync succeeded, else 0.").expect("metric");
+        let sync_ok = IntGauge::new(
+            "tokengate_store_healthy",
+            "1 when the last database sync succeeded, else 0.",
+        )
+        .expect("metric");
         let build = IntGauge::with_opts(
-            Opts::new("tokengate_build_info", "Build information; the value is always 1.")
-                .const_label("version", env!("CARGO_PKG_VERSION")),
+            Opts::new(
+                "tokengate_build_info",
+                "Build information; the value is always 1.",
+            )
+            .const_label("version", env!("CARGO_PKG_VERSION")),
         )
         .expect("metric");
         build.set(1);
@@ -197,13 +233,28 @@ impl Metrics {
     pub fn render(&self, index: &Index) -> Vec<u8> {
         let now = crate::clock::now() as i64;
         self.index_tokens.set(index.len() as i64);
-        let age = |t: i64| if t == 0 { f64::NAN } else { (now - t).max(0) as f64 };
-        self.since_sync.set(age(index.health.last_sync.load(Ordering::Relaxed)));
-        self.since_flush.set(age(index.health.last_flush.load(Ordering::Relaxed)));
-        let healthy = index.health.sync_error.lock().map(|e| e.is_none()).unwrap_or(false);
+        let age = |t: i64| {
+            if t == 0 {
+                f64::NAN
+            } else {
+                (now - t).max(0) as f64
+            }
+        };
+        self.since_sync
+            .set(age(index.health.last_sync.load(Ordering::Relaxed)));
+        self.since_flush
+            .set(age(index.health.last_flush.load(Ordering::Relaxed)));
+        let healthy = index
+            .health
+            .sync_error
+            .lock()
+            .map(|e| e.is_none())
+            .unwrap_or(false);
         self.sync_ok.set(healthy as i64);
         let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
         out
     }
 }
@@ -220,9 +271,18 @@ mod tests {
         r.count(401, Outcome::Invalid);
         r.upstream_error(UpstreamError::ConnectRefused);
         let text = String::from_utf8(m.render(&Index::new())).unwrap();
-        assert!(text.contains(r#"tokengate_requests_total{auth="ok",route="telemetry",status_class="2xx"} 1"#), "{text}");
-        assert!(text.contains(r#"tokengate_requests_total{auth="invalid",route="telemetry",status_class="4xx"} 1"#));
-        assert!(text.contains(r#"tokengate_upstream_errors_total{kind="connect_refused",route="telemetry"} 1"#));
+        assert!(
+            text.contains(
+                r#"tokengate_requests_total{auth="ok",route="telemetry",status_class="2xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"tokengate_requests_total{auth="invalid",route="telemetry",status_class="4xx"} 1"#
+        ));
+        assert!(text.contains(
+            r#"tokengate_upstream_errors_total{kind="connect_refused",route="telemetry"} 1"#
+        ));
         assert!(text.contains("tokengate_build_info{version="));
     }
 }

@@ -45,7 +45,12 @@ pub struct RequestCtx {
 /// Writes a small JSON response and ends the request. Keep-alive is switched off first when the request
 /// may carry an unread body, so that pingora does not drain (possibly gigabytes of) upload to reuse the
 /// connection.
-pub async fn respond_json(session: &mut Session, status: u16, challenge: Option<&str>, body: Vec<u8>) -> Result<()> {
+pub async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    challenge: Option<&str>,
+    body: Vec<u8>,
+) -> Result<()> {
     if !session.as_downstream_mut().is_body_empty() {
         session.set_keepalive(None);
     }
@@ -57,7 +62,9 @@ pub async fn respond_json(session: &mut Session, status: u16, challenge: Option<
         h.insert_header(WWW_AUTHENTICATE, c)?;
     }
     session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 fn error_body(error: &str, detail: &str) -> Vec<u8> {
@@ -69,8 +76,16 @@ fn error_body(error: &str, detail: &str) -> Vec<u8> {
 fn same_header(name: &str, target: &str) -> bool {
     name.len() == target.len()
         && name.bytes().zip(target.bytes()).all(|(a, b)| {
-            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
-            let b = if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+            let a = if a == b'_' {
+                b'-'
+            } else {
+                a.to_ascii_lowercase()
+            };
+            let b = if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            };
             a == b
         })
 }
@@ -81,14 +96,19 @@ fn classify(e: &Error) -> UpstreamError {
         ErrorType::ConnectTimedout => UpstreamError::ConnectTimeout,
         ErrorType::ReadTimedout => UpstreamError::ReadTimeout,
         ErrorType::WriteTimedout => UpstreamError::WriteTimeout,
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => UpstreamError::Reset,
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+            UpstreamError::Reset
+        }
         _ => UpstreamError::Other,
     }
 }
 
 impl Gateway {
     fn peer_ip(session: &Session) -> Option<IpAddr> {
-        session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
     }
 
     fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
@@ -104,7 +124,13 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { start: Instant::now(), route: None, entry: None, outcome: Outcome::None, upstream_error: None }
+        RequestCtx {
+            start: Instant::now(),
+            route: None,
+            entry: None,
+            outcome: Outcome::None,
+            upstream_error: None,
+        }
     }
 
     /// Finds the route and decides. Refusals (400 bad path, 404 no route, 400/401/403 auth) are written
@@ -115,13 +141,25 @@ impl ProxyHttp for Gateway {
             let table = self.routes.load();
             let path = session.req_header().uri.path();
             if let Err(e) = check_path(path) {
-                respond_json(session, 400, None, error_body("invalid_request", e.describe())).await?;
+                respond_json(
+                    session,
+                    400,
+                    None,
+                    error_body("invalid_request", e.describe()),
+                )
+                .await?;
                 return Ok(true);
             }
             match table.find(path) {
                 Some(r) => r.clone(),
                 None => {
-                    respond_json(session, 404, None, error_body("not_found", "no route for this path")).await?;
+                    respond_json(
+                        session,
+                        404,
+                        None,
+                        error_body("not_found", "no route for this path"),
+                    )
+                    .await?;
                     return Ok(true);
                 }
             }
@@ -151,10 +189,17 @@ impl ProxyHttp for Gateway {
     }
 
     /// Picks the route's upstream: a clone of the peer built when the configuration loaded.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         match &ctx.route {
             Some(r) => Ok(Box::new(r.peer.clone())),
-            None => Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer"),
+            None => Error::e_explain(
+                ErrorType::InternalError,
+                "no route chosen before upstream_peer",
+            ),
         }
     }
 
@@ -168,18 +213,34 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some(route) = &ctx.route else {
-            return Error::e_explain(ErrorType::InternalError, "no route in upstream_request_filter");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no route in upstream_request_filter",
+            );
         };
         req.remove_header(&AUTHORIZATION);
         // Absolute-form targets are forwarded in origin form: the path that matched is the path sent.
         if req.uri.scheme().is_some() || req.uri.authority().is_some() {
-            let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-            req.set_uri(pq.parse().map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?);
+            let pq = req
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string();
+            req.set_uri(
+                pq.parse().map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "bad request target")
+                })?,
+            );
         }
         let mut remove: Vec<HeaderName> = Vec::new();
         for name in req.headers.keys() {
             let n = name.as_str();
-            if route.identity_headers.iter().chain(route.strip_request_headers.iter()).any(|h| same_header(n, h.as_str()))
+            if route
+                .identity_headers
+                .iter()
+                .chain(route.strip_request_headers.iter())
+                .any(|h| same_header(n, h.as_str()))
             {
                 remove.push(name.clone());
             }
@@ -227,7 +288,12 @@ impl ProxyHttp for Gateway {
 
     /// Answers a failed proxy attempt with a JSON 502 (refused, reset, bad response) or 504 (timeout),
     /// unless a response was already under way.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
     where
         RequestCtx: Send + Sync,
     {
@@ -236,7 +302,9 @@ impl ProxyHttp for Gateway {
                 let kind = classify(e);
                 ctx.upstream_error = Some(kind);
                 match kind {
-                    UpstreamError::ConnectTimeout | UpstreamError::ReadTimeout | UpstreamError::WriteTimeout => 504,
+                    UpstreamError::ConnectTimeout
+                    | UpstreamError::ReadTimeout
+                    | UpstreamError::WriteTimeout => 504,
                     _ => 502,
                 }
             }
@@ -262,7 +330,10 @@ impl ProxyHttp for Gateway {
                 log::debug!("could not send {code} to the client: {err}");
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     /// Records metrics for the finished request.
@@ -270,8 +341,15 @@ impl ProxyHttp for Gateway {
     where
         RequestCtx: Send + Sync,
     {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        let m = ctx.route.as_ref().map(|r| &r.metrics).unwrap_or(&self.unrouted);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let m = ctx
+            .route
+            .as_ref()
+            .map(|r| &r.metrics)
+            .unwrap_or(&self.unrouted);
         m.count(status, ctx.outcome);
         m.duration.observe(ctx.start.elapsed().as_secs_f64());
         let down = session.as_downstream();
@@ -285,7 +363,13 @@ impl ProxyHttp for Gateway {
 
 /// Writes the RFC 6750 answer for a denial.
 async fn deny(session: &mut Session, denial: &Denial) -> Result<()> {
-    respond_json(session, denial.status(), Some(&denial.challenge()), denial.body()).await
+    respond_json(
+        session,
+        denial.status(),
+        Some(&denial.challenge()),
+        denial.body(),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -7,13 +7,13 @@
 //! with `serve --upgrade`.
 
 use crate::admin::Admin;
+use crate::clock;
 use crate::config::Config;
 use crate::index::{self, Index, Stop};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
 use crate::store::Store;
-use crate::clock;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
@@ -38,12 +38,26 @@ impl State {
         let t = Instant::now();
         let store = Store::open(&config.store.path)?;
         let index = Arc::new(Index::new());
-        let n = index.sync_from(&store).context("loading tokens into the index")?;
-        log::info!("index: loaded {n} tokens from {} in {:?}", config.store.path.display(), t.elapsed());
-        index.health.last_sync.store(clock::now() as i64, std::sync::atomic::Ordering::Relaxed);
+        let n = index
+            .sync_from(&store)
+            .context("loading tokens into the index")?;
+        log::info!(
+            "index: loaded {n} tokens from {} in {:?}",
+            config.store.path.display(),
+            t.elapsed()
+        );
+        index
+            .health
+            .last_sync
+            .store(clock::now() as i64, std::sync::atomic::Ordering::Relaxed);
         let metrics = Metrics::new();
         let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new(&config, &metrics)));
-        Ok(State { config, index, metrics, routes })
+        Ok(State {
+            config,
+            index,
+            metrics,
+            routes,
+        })
     }
 }
 
@@ -59,10 +73,16 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         grace_period_seconds: Some(cfg.gateway.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
-        upgrade_sock: std::env::temp_dir().join("tokengate-upgrade.sock").display().to_string(),
+        upgrade_sock: std::env::temp_dir()
+            .join("tokengate-upgrade.sock")
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
-    let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
@@ -72,24 +92,42 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         unrouted: state.metrics.route("none"),
         trusted_proxies: cfg.gateway.trusted_proxies.clone(),
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "tokengate proxy");
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "tokengate proxy",
+    );
     proxy.add_tcp(&cfg.gateway.listen);
     server.add_service(proxy);
 
-    let admin = Admin { index: state.index.clone(), metrics: state.metrics.clone() };
+    let admin = Admin::new(
+        state.index.clone(),
+        state.metrics.clone(),
+        cfg.store.path.clone(),
+    );
     let mut admin_service = Service::new("tokengate admin".to_string(), HttpServer::new_app(admin));
     admin_service.add_tcp(&cfg.admin.listen);
     server.add_service(admin_service);
 
     let stop = Arc::new(Stop::default());
     let sync = {
-        let (index, path, every, stop) =
-            (state.index.clone(), cfg.store.path.clone(), cfg.gateway.sync_interval, stop.clone());
-        std::thread::Builder::new().name("tokengate-sync".into()).spawn(move || index::run_sync(index, path, every, stop))?
+        let (index, path, every, stop) = (
+            state.index.clone(),
+            cfg.store.path.clone(),
+            cfg.gateway.sync_interval,
+            stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("tokengate-sync".into())
+            .spawn(move || index::run_sync(index, path, every, stop))?
     };
     let flush = {
-        let (index, path, every, stop) =
-            (state.index.clone(), cfg.store.path.clone(), cfg.gateway.usage_flush_interval, stop.clone());
+        let (index, path, every, stop) = (
+            state.index.clone(),
+            cfg.store.path.clone(),
+            cfg.gateway.usage_flush_interval,
+            stop.clone(),
+        );
         std::thread::Builder::new()
             .name("tokengate-usage".into())
             .spawn(move || index::run_usage_flush(index, path, every, stop))?

@@ -68,16 +68,29 @@ pub enum StoreError {
     #[error("the database {path} is locked by another writer; gave up after {waited:?}")]
     Busy { path: String, waited: Duration },
     #[error("the database {path} has schema version {found}, newer than this tokengate knows ({known}); upgrade tokengate")]
-    SchemaTooNew { path: String, found: i64, known: i64 },
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
     #[error("cannot create {path}: {source}")]
-    Create { path: String, source: std::io::Error },
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
 }
 
 /// Current wall-clock time in unix seconds.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Formats unix seconds as RFC 3339 UTC (`2026-11-22T22:30:00Z`).
@@ -88,8 +101,11 @@ pub fn rfc3339(secs: i64) -> String {
 
 /// Parses RFC 3339 into unix seconds.
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s.trim()).map_err(|e| format!("{s:?} is not an RFC 3339 time ({e})"))?;
-    Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
+    let t = humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e})"))?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0))
 }
 
 /// A token's metadata as stored (never the secret; the digest stays inside this module).
@@ -224,13 +240,22 @@ pub struct Store {
 impl Store {
     /// Opens (creating with mode 0600 if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let create_err = |source| StoreError::Create { path: path.display().to_string(), source };
+        let create_err = |source| StoreError::Create {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(create_err)?;
         }
         create_private_file(path).map_err(create_err)?;
-        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite { path: path.display().to_string(), source })?;
-        let mut store = Store { conn, path: path.to_path_buf() };
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
         store.init()?;
         Ok(store)
     }
@@ -239,7 +264,10 @@ impl Store {
         let err = |e| to_err(&self.path, e);
         self.conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         // journal_mode answers with a row, so it is queried rather than executed.
-        let _: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(err)?;
+        let _: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
         self.conn
             .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(err)?;
@@ -251,21 +279,35 @@ impl Store {
         let err = |e| to_err(&self.path, e);
         let known = MIGRATIONS.len() as i64;
         loop {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let version: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(err)?;
             if version > known {
-                return Err(StoreError::SchemaTooNew { path: self.path.display().to_string(), found: version, known });
+                return Err(StoreError::SchemaTooNew {
+                    path: self.path.display().to_string(),
+                    found: version,
+                    known,
+                });
             }
             if version == known {
                 return Ok(());
             }
-            tx.execute_batch(MIGRATIONS[version as usize]).map_err(err)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1)).map_err(err)?;
+            tx.execute_batch(MIGRATIONS[version as usize])
+                .map_err(err)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", version + 1))
+                .map_err(err)?;
             tx.commit().map_err(err)?;
-            log::info!("database {}: applied schema migration {}", self.path.display(), version + 1);
+            log::info!(
+                "database {}: applied schema migration {}",
+                self.path.display(),
+                version + 1
+            );
         }
     }
-
 }
 
 /// Maps a SQLite error to a [`StoreError`], recognising a database locked by another writer.
@@ -277,31 +319,51 @@ fn to_err(path: &Path, source: rusqlite::Error) -> StoreError {
                 if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         );
         if busy {
-            StoreError::Busy { path: path.display().to_string(), waited: BUSY_TIMEOUT }
+            StoreError::Busy {
+                path: path.display().to_string(),
+                waited: BUSY_TIMEOUT,
+            }
         } else {
-            StoreError::Sqlite { path: path.display().to_string(), source }
+            StoreError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            }
         }
     }
 }
 
 impl Store {
-
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Creates a token; returns its record and the plaintext, which exists nowhere else.
-    pub fn create(&mut self, new: &NewToken, actor: &str) -> Result<(TokenRecord, Token), StoreError> {
+    pub fn create(
+        &mut self,
+        new: &NewToken,
+        actor: &str,
+    ) -> Result<(TokenRecord, Token), StoreError> {
         let err = |e| to_err(&self.path, e);
         let token = Token::generate();
         let now = unix_now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let rev = next_rev(&tx).map_err(err)?;
         tx.execute(
             "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![new.user, new.label, &token.digest().0[..], now, rev, new.scopes.join(" "), new.expires_at],
+            params![
+                new.user,
+                new.label,
+                &token.digest().0[..],
+                now,
+                rev,
+                new.scopes.join(" "),
+                new.expires_at
+            ],
         )
         .map_err(err)?;
         let id = tx.last_insert_rowid();
@@ -319,7 +381,11 @@ impl Store {
     pub fn get(&self, id: i64) -> Result<TokenRecord, StoreError> {
         let err = |e| to_err(&self.path, e);
         self.conn
-            .query_row(&format!("SELECT {RECORD_COLUMNS} FROM tokens WHERE id = ?1"), [id], record_from_row)
+            .query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM tokens WHERE id = ?1"),
+                [id],
+                record_from_row,
+            )
             .optional()
             .map_err(err)?
             .ok_or(StoreError::NotFound { id })
@@ -329,7 +395,9 @@ impl Store {
     pub fn list(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
         let err = |e| to_err(&self.path, e);
         let sql = match user {
-            Some(_) => format!("SELECT {RECORD_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY id"),
+            Some(_) => {
+                format!("SELECT {RECORD_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY id")
+            }
             None => format!("SELECT {RECORD_COLUMNS} FROM tokens ORDER BY id"),
         };
         let mut stmt = self.conn.prepare(&sql).map_err(err)?;
@@ -346,10 +414,19 @@ impl Store {
         let err = |e| to_err(&self.path, e);
         let mut stmt = self
             .conn
-            .prepare("SELECT at, event, actor, detail FROM token_events WHERE token_id = ?1 ORDER BY id")
+            .prepare(
+                "SELECT at, event, actor, detail FROM token_events WHERE token_id = ?1 ORDER BY id",
+            )
             .map_err(err)?;
         let rows = stmt
-            .query_map([id], |r| Ok(Event { at: r.get(0)?, event: r.get(1)?, actor: r.get(2)?, detail: r.get(3)? }))
+            .query_map([id], |r| {
+                Ok(Event {
+                    at: r.get(0)?,
+                    event: r.get(1)?,
+                    actor: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
@@ -358,9 +435,14 @@ impl Store {
     pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
         let err = |e| to_err(&self.path, e);
         let now = unix_now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let revoked_at: Option<Option<i64>> = tx
-            .query_row("SELECT revoked_at FROM tokens WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT revoked_at FROM tokens WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(err)?;
         let changed = match revoked_at {
@@ -384,13 +466,25 @@ impl Store {
 
     /// Gives a token a new secret, keeping id, user, label, scopes, expiry and usage. With a grace period
     /// the old secret keeps working until it ends; without, it stops at once.
-    pub fn rotate(&mut self, id: i64, grace: Option<Duration>, actor: &str) -> Result<(TokenRecord, Token), StoreError> {
+    pub fn rotate(
+        &mut self,
+        id: i64,
+        grace: Option<Duration>,
+        actor: &str,
+    ) -> Result<(TokenRecord, Token), StoreError> {
         let err = |e| to_err(&self.path, e);
         let token = Token::generate();
         let now = unix_now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let row: Option<(Vec<u8>, Option<i64>)> = tx
-            .query_row("SELECT digest, revoked_at FROM tokens WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                "SELECT digest, revoked_at FROM tokens WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(err)?;
         let old_digest = match row {
@@ -422,7 +516,9 @@ impl Store {
     /// SQLite's `data_version`: changes whenever another connection commits.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         let err = |e| to_err(&self.path, e);
-        self.conn.query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(err)
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(err)
     }
 
     /// Every token changed after revision `rev`, in revision order. `changes_since(0)` loads everything.
@@ -449,7 +545,10 @@ impl Store {
             let scopes: String = r.get(5).map_err(err)?;
             let revoked_at: Option<i64> = r.get(7).map_err(err)?;
             let Some(digest) = Digest::from_slice(&digest) else {
-                log::error!("database {}: token row has a malformed digest; skipped", self.path.display());
+                log::error!(
+                    "database {}: token row has a malformed digest; skipped",
+                    self.path.display()
+                );
                 continue;
             };
             f(IndexRow {
@@ -474,7 +573,10 @@ impl Store {
         if deltas.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -483,7 +585,8 @@ impl Store {
                 )
                 .map_err(err)?;
             for d in deltas {
-                stmt.execute(params![d.uses as i64, d.last_used_at, d.id]).map_err(err)?;
+                stmt.execute(params![d.uses as i64, d.last_used_at, d.id])
+                    .map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -492,7 +595,11 @@ impl Store {
     /// Runs a health query: is the database file still there and readable?
     pub fn check(&self) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
-        self.conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(err)?;
+        self.conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -521,7 +628,9 @@ fn split_scopes(s: &str) -> Vec<String> {
 }
 
 fn next_rev(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
-    tx.query_row("SELECT COALESCE(MAX(rev), 0) + 1 FROM tokens", [], |r| r.get(0))
+    tx.query_row("SELECT COALESCE(MAX(rev), 0) + 1 FROM tokens", [], |r| {
+        r.get(0)
+    })
 }
 
 fn add_event(
@@ -543,7 +652,12 @@ fn add_event(
 /// the same mode).
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
@@ -561,16 +675,26 @@ mod tests {
     }
 
     fn new(user: &str) -> NewToken {
-        NewToken { user: user.into(), label: "hive scale".into(), ..Default::default() }
+        NewToken {
+            user: user.into(),
+            label: "hive scale".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn file_is_private_and_migrated() {
         use std::os::unix::fs::PermissionsExt;
         let (dir, s) = store();
-        let mode = std::fs::metadata(dir.path().join("sub/t.db")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("sub/t.db"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let v: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
     }
 
@@ -593,9 +717,17 @@ mod tests {
         let ch = s.changes_since(last).unwrap();
         assert_eq!(ch.len(), 1);
         assert!(ch[0].revoked && ch[0].rev > last);
-        let ev: Vec<_> = s.events(b.id).unwrap().into_iter().map(|e| e.event).collect();
+        let ev: Vec<_> = s
+            .events(b.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
         assert_eq!(ev, ["created", "revoked"]);
-        assert!(matches!(s.revoke(999, "cli"), Err(StoreError::NotFound { id: 999 })));
+        assert!(matches!(
+            s.revoke(999, "cli"),
+            Err(StoreError::NotFound { id: 999 })
+        ));
         // The event log refuses edits.
         assert!(s.conn.execute("DELETE FROM token_events", []).is_err());
     }
@@ -604,7 +736,9 @@ mod tests {
     fn rotate_keeps_identity_and_grace() {
         let (_d, mut s) = store();
         let (a, old) = s.create(&new("alice"), "cli").unwrap();
-        let (r, fresh) = s.rotate(a.id, Some(Duration::from_secs(60)), "cli").unwrap();
+        let (r, fresh) = s
+            .rotate(a.id, Some(Duration::from_secs(60)), "cli")
+            .unwrap();
         assert_eq!((r.id, &r.user, &r.label), (a.id, &a.user, &a.label));
         let row = s.changes_since(0).unwrap().pop().unwrap();
         assert_eq!(row.digest, fresh.digest());
@@ -614,15 +748,28 @@ mod tests {
         let row = s.changes_since(0).unwrap().pop().unwrap();
         assert_eq!(row.prev_digest, None);
         s.revoke(a.id, "cli").unwrap();
-        assert!(matches!(s.rotate(a.id, None, "cli"), Err(StoreError::Revoked { .. })));
+        assert!(matches!(
+            s.rotate(a.id, None, "cli"),
+            Err(StoreError::Revoked { .. })
+        ));
     }
 
     #[test]
     fn usage_adds_up_and_moves_forward() {
         let (_d, mut s) = store();
         let (a, _) = s.create(&new("alice"), "cli").unwrap();
-        s.flush_usage(&[UsageDelta { id: a.id, uses: 3, last_used_at: 100 }]).unwrap();
-        s.flush_usage(&[UsageDelta { id: a.id, uses: 2, last_used_at: 50 }]).unwrap();
+        s.flush_usage(&[UsageDelta {
+            id: a.id,
+            uses: 3,
+            last_used_at: 100,
+        }])
+        .unwrap();
+        s.flush_usage(&[UsageDelta {
+            id: a.id,
+            uses: 2,
+            last_used_at: 50,
+        }])
+        .unwrap();
         let r = s.get(a.id).unwrap();
         assert_eq!((r.use_count, r.last_used_at), (5, Some(100)));
     }

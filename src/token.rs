@@ -168,18 +168,28 @@ mod tests {
             let mut bytes = t.clone().into_bytes();
             bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
             let changed = String::from_utf8(bytes).unwrap();
-            assert_eq!(check_format(&changed), Err(FormatError::Checksum), "position {i}");
+            assert_eq!(
+                check_format(&changed),
+                Err(FormatError::Checksum),
+                "position {i}"
+            );
         }
     }
 
     #[test]
     fn garbage_is_rejected_with_a_reason() {
         assert_eq!(check_format(""), Err(FormatError::Length));
-        assert_eq!(check_format(&"x".repeat(TOKEN_LEN)), Err(FormatError::Prefix));
+        assert_eq!(
+            check_format(&"x".repeat(TOKEN_LEN)),
+            Err(FormatError::Prefix)
+        );
         let t = Token::generate().into_string();
         let mut bytes = t.clone().into_bytes();
         bytes[5] = b'-';
-        assert_eq!(check_format(&String::from_utf8(bytes).unwrap()), Err(FormatError::Alphabet));
+        assert_eq!(
+            check_format(&String::from_utf8(bytes).unwrap()),
+            Err(FormatError::Alphabet)
+        );
         assert_eq!(check_format(&t[..TOKEN_LEN - 1]), Err(FormatError::Length));
     }
 
@@ -193,7 +203,10 @@ mod tests {
             }
         }
         // 86000 samples, 1387 expected per symbol; a biased generator would miss this band by far.
-        assert!(counts.iter().all(|&n| (1150..1650).contains(&n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (1150..1650).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

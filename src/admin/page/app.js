@@ -1,0 +1,569 @@
+// tokengate admin page: a small, framework-free client of the admin JSON API (same origin, /api/*).
+//
+// Rules this file keeps:
+// - Every value that comes from the API or the user is put into the page with textContent or DOM
+//   attributes, never innerHTML: a label like `<img src=x onerror=...>` renders as text.
+// - The admin token lives in sessionStorage only (this tab; gone when it closes), never in localStorage
+//   or cookies. "Sign out" removes it.
+// - A token's plaintext (after create or rotate) is held only by the one-time panel; "Done" removes the
+//   panel from the DOM and the page keeps no other copy.
+// - The page runs under a strict CSP (no inline script/style, no eval, form-action 'none'): forms are
+//   handled here with preventDefault, styling is done with classes and the `hidden` attribute.
+
+const STORAGE_KEY = "tokengate.adminToken";
+
+/** Shorthand for document.getElementById that fails loudly when the HTML and the script disagree. */
+function $(id) {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`admin page: missing element #${id}`);
+  return el;
+}
+
+/** Creates an element with a class and text (text via textContent, so it is never parsed as HTML). */
+function el(tag, { cls, text, attrs } = {}) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (attrs) for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+}
+
+function show(node, visible = true) {
+  node.hidden = !visible;
+}
+
+/** Shows `message` in an error paragraph, or hides it when the message is empty. */
+function setError(node, message) {
+  node.textContent = message || "";
+  show(node, Boolean(message));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Admin token (sessionStorage only)
+// ---------------------------------------------------------------------------------------------------------
+
+function storedToken() {
+  try {
+    return sessionStorage.getItem(STORAGE_KEY);
+  } catch {
+    return null; // storage disabled: the user signs in again on every load
+  }
+}
+
+function storeToken(token) {
+  try {
+    sessionStorage.setItem(STORAGE_KEY, token);
+  } catch {
+    /* storage disabled: the token lives in `state` for this page load only */
+  }
+}
+
+function forgetToken() {
+  try {
+    sessionStorage.removeItem(STORAGE_KEY);
+  } catch {
+    /* nothing stored */
+  }
+}
+
+const state = {
+  adminToken: null,
+  /** Token objects by id, as last received from the API (rows are rebuilt from these). */
+  tokens: new Map(),
+  /** Incremented per list request so an older, slower answer never overwrites a newer one. */
+  listSeq: 0,
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// API
+// ---------------------------------------------------------------------------------------------------------
+
+/** An API failure with a message fit for the user (the server's `detail` when it sent one). */
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/**
+ * Calls the admin API with the admin token. Resolves to the parsed JSON body; rejects with an ApiError
+ * whose message is the server's `detail` (or a readable fallback).
+ */
+async function api(method, path, body, token = state.adminToken) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch {
+    throw new ApiError(0, "network", "Cannot reach the gateway's admin listener. Is it running?");
+  }
+  let data = null;
+  const text = await response.text();
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null;
+    }
+  }
+  if (!response.ok) {
+    const code = data && typeof data.error === "string" ? data.error : "";
+    let message = data && typeof data.detail === "string" && data.detail ? data.detail : "";
+    if (!message) message = code || `${response.status} ${response.statusText}`.trim();
+    throw new ApiError(response.status, code, message);
+  }
+  return data;
+}
+
+/** Words for an authentication failure, for the sign-in form. */
+function authProblem(err) {
+  if (err.status === 401) return `This admin token was not accepted: ${err.message}`;
+  if (err.status === 403) return `This token may not use the admin API (it needs the "admin" scope): ${err.message}`;
+  return err.message;
+}
+
+/**
+ * Handles an error from a call made while signed in: a 401/403 means the admin token stopped working
+ * (revoked, expired, scope removed), so the user is sent back to the sign-in form with the reason.
+ * Returns true when it did so.
+ */
+function handleAuthFailure(err) {
+  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
+    signOut(authProblem(err));
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------------------------------------
+
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+/** A <time> element showing `iso` in local time, with the ISO value in its title; `fallback` for null. */
+function timeCell(iso, fallback) {
+  if (!iso) return el("span", { cls: "muted", text: fallback });
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return el("span", { text: iso });
+  return el("time", { text: dateFormat.format(date), attrs: { datetime: iso, title: iso } });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Table
+// ---------------------------------------------------------------------------------------------------------
+
+/** Builds the table row of one token object. */
+function tokenRow(token) {
+  const tr = el("tr", {
+    attrs: { "data-testid": "token-row", "data-token-id": String(token.id), "data-status": token.status },
+  });
+  if (token.status !== "active") tr.classList.add("inactive");
+
+  // Label, with the scopes as small tags underneath.
+  const labelCell = el("td", { cls: "label-cell" });
+  labelCell.append(el("span", { cls: "label", text: token.label, attrs: { "data-testid": "label" } }));
+  const meta = el("div", { cls: "meta" });
+  meta.append(el("span", { cls: "token-id", text: `#${token.id}` }));
+  for (const scope of token.scopes || []) {
+    meta.append(el("span", { cls: "scope", text: scope, attrs: { "data-testid": "scope" } }));
+  }
+  labelCell.append(meta);
+  tr.append(labelCell);
+
+  tr.append(el("td", { text: token.user, attrs: { "data-testid": "user" } }));
+
+  const created = el("td", { attrs: { "data-testid": "created" } });
+  created.append(timeCell(token.created_at, "—"));
+  if (token.rotated_at) {
+    const rotated = el("div", { cls: "meta" });
+    rotated.append("rotated ", timeCell(token.rotated_at, ""));
+    created.append(rotated);
+  }
+  tr.append(created);
+
+  const lastUsed = el("td", { attrs: { "data-testid": "last-used" } });
+  lastUsed.append(timeCell(token.last_used_at, "never"));
+  tr.append(lastUsed);
+
+  const statusCell = el("td");
+  const badge = el("span", {
+    cls: `badge badge-${["active", "revoked", "expired"].includes(token.status) ? token.status : "other"}`,
+    text: token.status,
+    attrs: { "data-testid": "status" },
+  });
+  if (token.status === "revoked" && token.revoked_at) badge.title = `revoked ${token.revoked_at}`;
+  statusCell.append(badge);
+  tr.append(statusCell);
+
+  tr.append(el("td", { cls: "num", text: token.use_count ?? 0, attrs: { "data-testid": "uses" } }));
+
+  const expires = el("td", { attrs: { "data-testid": "expires" } });
+  expires.append(timeCell(token.expires_at, "never"));
+  tr.append(expires);
+
+  const actions = el("td", { cls: "actions" });
+  if (token.status === "active") {
+    const rotate = el("button", {
+      cls: "button-small",
+      text: "Rotate",
+      attrs: { type: "button", "data-action": "rotate", "data-testid": "rotate" },
+    });
+    rotate.setAttribute("aria-label", `Rotate ${token.label}`);
+    const revoke = el("button", {
+      cls: "button-small button-danger-quiet",
+      text: "Revoke",
+      attrs: { type: "button", "data-action": "revoke", "data-testid": "revoke" },
+    });
+    revoke.setAttribute("aria-label", `Revoke ${token.label}`);
+    actions.append(rotate, revoke);
+  }
+  tr.append(actions);
+  return tr;
+}
+
+function renderTable() {
+  const body = $("tokens-body");
+  const rows = [...state.tokens.values()]
+    .sort((a, b) => b.id - a.id) // newest first
+    .map(tokenRow);
+  body.replaceChildren(...rows);
+  show($("list-empty"), rows.length === 0);
+}
+
+/** Replaces one token's row in place (after revoke or rotate) without reloading the list. */
+function updateToken(token) {
+  state.tokens.set(token.id, token);
+  const old = $("tokens-body").querySelector(`tr[data-token-id="${CSS.escape(String(token.id))}"]`);
+  if (old) old.replaceWith(tokenRow(token));
+  else renderTable();
+}
+
+/** The user the list is filtered by ("" for all). */
+function currentFilter() {
+  return $("filter-user").value.trim();
+}
+
+/** Loads the list from the API (honouring the user filter) and redraws the table. */
+async function loadTokens() {
+  const seq = ++state.listSeq;
+  const user = currentFilter();
+  const path = user ? `/api/tokens?user=${encodeURIComponent(user)}` : "/api/tokens";
+  try {
+    const tokens = await api("GET", path);
+    if (seq !== state.listSeq) return; // a newer request is under way
+    state.tokens = new Map((Array.isArray(tokens) ? tokens : []).map((t) => [t.id, t]));
+    setError($("list-error"), "");
+    renderTable();
+  } catch (err) {
+    if (seq !== state.listSeq || handleAuthFailure(err)) return;
+    setError($("list-error"), `Could not load tokens: ${err.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One-time secret panel
+// ---------------------------------------------------------------------------------------------------------
+
+/** Removes the secret panel (and with it the only copy of the plaintext in the page). */
+function dismissSecret() {
+  $("secret-slot").replaceChildren();
+}
+
+/**
+ * Shows the plaintext of a just created or rotated token once, with Copy and Done. `heading` says what
+ * happened ("Token created for alice").
+ */
+function showSecret(heading, token) {
+  const panel = el("section", {
+    cls: "card secret",
+    attrs: { "data-testid": "secret-panel", "aria-labelledby": "secret-title" },
+  });
+  panel.append(el("h2", { text: heading, attrs: { id: "secret-title" } }));
+  panel.append(
+    el("p", {
+      cls: "warning",
+      text: "Copy this token now. It will not be shown again: tokengate keeps only its digest.",
+    }),
+  );
+
+  const row = el("div", { cls: "secret-row" });
+  const value = el("code", { cls: "secret-value", text: token, attrs: { "data-testid": "secret-value", id: "secret-value" } });
+  const copy = el("button", { cls: "button-primary", text: "Copy", attrs: { type: "button", "data-testid": "secret-copy" } });
+  const done = el("button", { text: "Done", attrs: { type: "button", "data-testid": "secret-done" } });
+  const copied = el("span", { cls: "copied", attrs: { "data-testid": "secret-copied", role: "status" } });
+  row.append(value, copy, done, copied);
+  panel.append(row);
+
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(value.textContent);
+      copied.textContent = "Copied.";
+    } catch {
+      // No clipboard access (permissions, insecure context): select the text so Ctrl+C copies it.
+      const range = document.createRange();
+      range.selectNodeContents(value);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      copied.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+    }
+  });
+  done.addEventListener("click", () => {
+    dismissSecret();
+    $("create-user").focus();
+  });
+
+  $("secret-slot").replaceChildren(panel);
+  panel.scrollIntoView({ block: "nearest" });
+  copy.focus();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Notices
+// ---------------------------------------------------------------------------------------------------------
+
+let noticeTimer = 0;
+
+/** A short, self-clearing confirmation line ("Token #3 revoked."). */
+function notice(message) {
+  const node = $("notice");
+  node.textContent = message;
+  show(node, true);
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => show(node, false), 6000);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sign in / out
+// ---------------------------------------------------------------------------------------------------------
+
+function showSignedIn(signedIn) {
+  show($("signin"), !signedIn);
+  show($("app"), signedIn);
+  show($("sign-out"), signedIn);
+}
+
+/** Signs out: forgets the admin token, clears every token from the page, shows `reason` if given. */
+function signOut(reason) {
+  forgetToken();
+  state.adminToken = null;
+  state.tokens = new Map();
+  state.listSeq++;
+  dismissSecret();
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+  $("tokens-body").replaceChildren();
+  showSignedIn(false);
+  setError($("signin-error"), reason || "");
+  $("admin-token").value = "";
+  $("admin-token").focus();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("admin-token");
+  const token = input.value.trim();
+  if (!token) {
+    setError($("signin-error"), "Enter an admin token.");
+    return;
+  }
+  const button = $("sign-in");
+  button.disabled = true;
+  try {
+    // Check the token before keeping it: the list call needs the admin scope too.
+    await api("GET", "/api/tokens", undefined, token);
+  } catch (err) {
+    setError($("signin-error"), authProblem(err));
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  input.value = "";
+  storeToken(token);
+  state.adminToken = token;
+  setError($("signin-error"), "");
+  showSignedIn(true);
+  await loadTokens();
+  $("create-user").focus();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Create
+// ---------------------------------------------------------------------------------------------------------
+
+async function createToken(event) {
+  event.preventDefault();
+  const errorNode = $("create-error");
+  const user = $("create-user").value.trim();
+  const label = $("create-label").value.trim();
+  if (!user || !label) {
+    setError(errorNode, "User and label are required.");
+    (user ? $("create-label") : $("create-user")).focus();
+    return;
+  }
+  const body = { user, label };
+  const expiry = $("create-expiry").value;
+  const expiresIn = expiry === "custom" ? $("create-expiry-custom").value.trim() : expiry;
+  if (expiresIn) body.expires_in = expiresIn;
+  const scopes = $("create-scopes")
+    .value.split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (scopes.length) body.scopes = scopes;
+
+  const button = $("create-submit");
+  button.disabled = true;
+  try {
+    const created = await api("POST", "/api/tokens", body);
+    setError(errorNode, "");
+    const { token: plaintext, ...record } = created;
+    $("create-form").reset();
+    show($("create-expiry-custom-field"), false);
+    // Show the new row when it matches the filter (the list answer is the truth for everything else).
+    const filter = currentFilter();
+    if (!filter || filter === record.user) {
+      state.tokens.set(record.id, record);
+      renderTable();
+    }
+    showSecret(`Token created for ${record.user}`, plaintext);
+  } catch (err) {
+    if (!handleAuthFailure(err)) setError(errorNode, `Could not create the token: ${err.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rotate and revoke dialogs
+// ---------------------------------------------------------------------------------------------------------
+
+/** The id of the token the open dialog is about. */
+let dialogTokenId = null;
+
+function openRotate(token) {
+  dialogTokenId = token.id;
+  $("rotate-name").textContent = token.label;
+  $("rotate-grace").value = "";
+  setError($("rotate-error"), "");
+  $("rotate-dialog").showModal();
+  $("rotate-grace").focus();
+}
+
+async function confirmRotate(event) {
+  event.preventDefault();
+  const id = dialogTokenId;
+  const grace = $("rotate-grace").value.trim();
+  const button = $("rotate-confirm");
+  button.disabled = true;
+  try {
+    const rotated = await api("POST", `/api/tokens/${id}/rotate`, grace ? { grace } : {});
+    const { token: plaintext, ...record } = rotated;
+    $("rotate-dialog").close();
+    updateToken(record);
+    const graceNote = grace ? ` (the old secret works for ${grace} more)` : "";
+    showSecret(`New secret for “${record.label}”${graceNote}`, plaintext);
+  } catch (err) {
+    if (!handleAuthFailure(err)) setError($("rotate-error"), err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function openRevoke(token) {
+  dialogTokenId = token.id;
+  $("revoke-name").textContent = `“${token.label}”`;
+  setError($("revoke-error"), "");
+  $("revoke-dialog").showModal();
+  $("revoke-cancel").focus(); // the safe choice has the focus
+}
+
+async function confirmRevoke(event) {
+  event.preventDefault();
+  const id = dialogTokenId;
+  const button = $("revoke-confirm");
+  button.disabled = true;
+  try {
+    const revoked = await api("DELETE", `/api/tokens/${id}`);
+    $("revoke-dialog").close();
+    updateToken(revoked);
+    notice(`Token “${revoked.label}” revoked.`);
+  } catch (err) {
+    if (!handleAuthFailure(err)) setError($("revoke-error"), err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Row buttons, through one delegated listener on the table body. */
+function onTableClick(event) {
+  const button = event.target.closest("button[data-action]");
+  if (!button) return;
+  const row = button.closest("tr[data-token-id]");
+  const token = row && state.tokens.get(Number(row.dataset.tokenId));
+  if (!token) return;
+  if (button.dataset.action === "rotate") openRotate(token);
+  else if (button.dataset.action === "revoke") openRevoke(token);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Wiring
+// ---------------------------------------------------------------------------------------------------------
+
+function init() {
+  $("signin-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut(""));
+  $("create-form").addEventListener("submit", createToken);
+  $("create-expiry").addEventListener("change", () => {
+    const custom = $("create-expiry").value === "custom";
+    show($("create-expiry-custom-field"), custom);
+    if (custom) $("create-expiry-custom").focus();
+  });
+
+  // Filter: on submit, on clear, and while typing (debounced).
+  let filterTimer = 0;
+  $("filter-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearTimeout(filterTimer);
+    loadTokens();
+  });
+  $("filter-user").addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(loadTokens, 300);
+  });
+  $("filter-clear").addEventListener("click", () => {
+    clearTimeout(filterTimer);
+    $("filter-user").value = "";
+    loadTokens();
+  });
+  $("refresh").addEventListener("click", () => loadTokens());
+
+  $("tokens-body").addEventListener("click", onTableClick);
+  $("rotate-form").addEventListener("submit", confirmRotate);
+  $("rotate-cancel").addEventListener("click", () => $("rotate-dialog").close());
+  $("revoke-form").addEventListener("submit", confirmRevoke);
+  $("revoke-cancel").addEventListener("click", () => $("revoke-dialog").close());
+
+  // Signed in earlier in this tab (e.g. after a reload): go straight to the list. If the token stopped
+  // working meanwhile, loadTokens sends the user back to the sign-in form with the reason.
+  const token = storedToken();
+  if (token) {
+    state.adminToken = token;
+    showSignedIn(true);
+    loadTokens();
+  } else {
+    showSignedIn(false);
+    $("admin-token").focus();
+  }
+}
+
+init();
