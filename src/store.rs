@@ -377,6 +377,43 @@ impl Store {
         Ok((record, token))
     }
 
+    /// Creates many tokens in one transaction (seeding, imports). Returns each id with its plaintext.
+    pub fn create_many(&mut self, news: &[NewToken], actor: &str) -> Result<Vec<(i64, Token)>, StoreError> {
+        let err = |e| to_err(&self.path, e);
+        let now = unix_now();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let mut out = Vec::with_capacity(news.len());
+        {
+            let mut rev = next_rev(&tx).map_err(err)?;
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(err)?;
+            for new in news {
+                let token = Token::generate();
+                insert
+                    .execute(params![
+                        new.user,
+                        new.label,
+                        &token.digest().0[..],
+                        now,
+                        rev,
+                        new.scopes.join(" "),
+                        new.expires_at
+                    ])
+                    .map_err(err)?;
+                let id = tx.last_insert_rowid();
+                add_event(&tx, id, now, "created", actor, Some("bulk")).map_err(err)?;
+                out.push((id, token));
+                rev += 1;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
     /// One token's metadata.
     pub fn get(&self, id: i64) -> Result<TokenRecord, StoreError> {
         let err = |e| to_err(&self.path, e);
@@ -703,12 +740,17 @@ mod tests {
         let (_d, mut s) = store();
         let (a, ta) = s.create(&new("alice"), "cli").unwrap();
         let (b, _) = s.create(&new("bob"), "cli").unwrap();
-        assert_eq!(s.list(None).unwrap().len(), 2);
+        let many = s.create_many(&[new("carol"), new("dave")], "seed").unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(s.list(Some("dave")).unwrap()[0].id, many[1].0);
+        let rev_b = s.changes_since(0).unwrap()[1].rev;
+        assert!(s.changes_since(rev_b).unwrap().iter().all(|r| r.rev > rev_b));
+        assert_eq!(s.list(None).unwrap().len(), 4);
         assert_eq!(s.list(Some("alice")).unwrap(), vec![a.clone()]);
         let all = s.changes_since(0).unwrap();
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.len(), 4);
         assert_eq!(all[0].digest, ta.digest());
-        let last = all[1].rev;
+        let last = all[3].rev;
         assert!(s.changes_since(last).unwrap().is_empty());
 
         let (r, changed) = s.revoke(b.id, "cli").unwrap();
