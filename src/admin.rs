@@ -259,7 +259,7 @@ impl Admin {
         tokio::task::spawn_blocking(move || {
             let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
-                *guard = Some(Store::open(&path)?);
+                *guard = Some(Store::open_existing(&path)?);
             }
             let s = guard.as_mut().expect("opened above");
             let result = op(s);

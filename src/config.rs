@@ -25,7 +25,24 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub admin: AdminConfig,
+    pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    Off,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub access: AccessLogFormat,
+    /// `None`: standard output.
+    pub access_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +55,10 @@ pub struct GatewayConfig {
     pub sync_interval: Duration,
     pub usage_flush_interval: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// Idle time allowed between requests on a client connection.
+    pub keepalive_timeout: Duration,
+    /// Unix socket used to hand listening sockets to a new process (`serve --upgrade`).
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +96,12 @@ pub struct RouteConfig {
     pub required_scope: Option<String>,
     pub strip_request_headers: Vec<HeaderName>,
     pub user_id_header: HeaderName,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: Option<u64>,
+    /// Time the client has to send the whole request body (408 beyond).
+    pub request_timeout: Option<Duration>,
+    /// Legacy firmware: accept the token from this query parameter (removed before forwarding).
+    pub query_token_param: Option<String>,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
@@ -131,7 +158,16 @@ struct FileConfig {
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default)]
+    log: FileLog,
+    #[serde(default)]
     routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    access: Option<AccessLogFormat>,
+    access_path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +182,8 @@ struct FileGateway {
     usage_flush_interval: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    keepalive_timeout: Option<String>,
+    upgrade_sock: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +229,9 @@ struct FileRoute {
     #[serde(default)]
     strip_request_headers: Vec<String>,
     user_id_header: Option<String>,
+    max_body_bytes: Option<u64>,
+    request_timeout: Option<String>,
+    query_token_param: Option<String>,
 }
 
 /// The default number of proxy worker threads: the number of cores.
@@ -292,6 +333,41 @@ impl Config {
             trusted_proxies.push(net);
         }
 
+        let keepalive_timeout = dur(
+            "gateway.keepalive_timeout",
+            &g.keepalive_timeout,
+            Duration::from_secs(60),
+        )?;
+        if keepalive_timeout < Duration::from_secs(1) {
+            return Err(err(
+                "gateway.keepalive_timeout",
+                "must be at least 1s".into(),
+            ));
+        }
+        let resolve = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let upgrade_sock = match g.upgrade_sock.as_deref() {
+            Some("") => return Err(err("gateway.upgrade_sock", "must not be empty".into())),
+            Some(p) => resolve(p),
+            None => std::env::temp_dir().join("tokengate-upgrade.sock"),
+        };
+        let access_path = match raw.log.access_path.as_deref() {
+            None | Some("-") => None,
+            Some("") => {
+                return Err(err(
+                    "log.access_path",
+                    "must not be empty (use \"-\" for stdout)".into(),
+                ))
+            }
+            Some(p) => Some(resolve(p)),
+        };
+
         let store_path = PathBuf::from(&raw.store.path);
         if raw.store.path.trim().is_empty() {
             return Err(err("store.path", "must not be empty".into()));
@@ -356,6 +432,41 @@ impl Config {
                         .map_err(|p| err(&format!("routes[{i}].strip_request_headers[{j}]"), p))?,
                 );
             }
+            if r.max_body_bytes == Some(0) {
+                return Err(err(
+                    &k("max_body_bytes"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
+            let request_timeout = match &r.request_timeout {
+                Some(_) => Some(dur(
+                    &k("request_timeout"),
+                    &r.request_timeout,
+                    Duration::ZERO,
+                )?),
+                None => None,
+            };
+            if request_timeout.is_some_and(|t| t < Duration::from_millis(10)) {
+                return Err(err(&k("request_timeout"), "must be at least 10ms".into()));
+            }
+            if let Some(q) = &r.query_token_param {
+                if auth == AuthMode::None {
+                    return Err(err(
+                        &k("query_token_param"),
+                        "makes no sense on a route with auth = \"none\"".into(),
+                    ));
+                }
+                if q.is_empty()
+                    || !q
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(err(
+                        &k("query_token_param"),
+                        format!("{q:?} must be letters, digits, '_' or '-'"),
+                    ));
+                }
+            }
             let route_user_header = match r.user_id_header {
                 Some(h) => header_name(&h).map_err(|p| err(&k("user_id_header"), p))?,
                 None => user_id_header.clone(),
@@ -381,6 +492,9 @@ impl Config {
                 required_scope,
                 strip_request_headers: strip,
                 user_id_header: route_user_header,
+                max_body_bytes: r.max_body_bytes,
+                request_timeout,
+                query_token_param: r.query_token_param,
             });
         }
         if routes.is_empty() {
@@ -401,10 +515,16 @@ impl Config {
                 sync_interval,
                 usage_flush_interval,
                 trusted_proxies,
+                keepalive_timeout,
+                upgrade_sock,
             },
             store: StoreConfig { path: store_path },
             admin: AdminConfig {
                 listen: raw.admin.listen,
+            },
+            log: LogConfig {
+                access: raw.log.access.unwrap_or(AccessLogFormat::Plain),
+                access_path,
             },
             routes,
         })

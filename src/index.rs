@@ -367,29 +367,33 @@ impl Stop {
 /// another connection committed, loads the changed rows. Store errors keep the last good index and are
 /// retried with a fresh connection.
 pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<Stop>) {
-    let mut store: Option<Store> = None;
+    use std::os::unix::fs::MetadataExt;
+    let mut store: Option<(Store, u64)> = None;
     let mut seen_version: Option<i64> = None;
     let mut last_purge = Instant::now();
     let mut last_logged: Option<String> = None;
+    let gone = |why: &str| StoreError::Create {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, why.to_string()),
+    };
     while !stop.wait(interval) {
         let result = (|| -> Result<(), StoreError> {
+            // A stat per tick notices a database deleted or replaced under the open handle, which would
+            // otherwise keep answering from the unlinked file.
+            let inode = std::fs::metadata(&path)
+                .map_err(|_| gone("the database file is missing"))?
+                .ino();
+            if store.as_ref().is_some_and(|(_, ino)| *ino != inode) {
+                log::warn!("sync: {} was replaced; reopening", path.display());
+                store = None;
+            }
             if store.is_none() {
-                store = Some(Store::open(&path)?);
+                store = Some((Store::open_existing(&path)?, inode));
                 seen_version = None;
             }
-            let s = store.as_ref().expect("opened above");
+            let (s, _) = store.as_ref().expect("opened above");
             let v = s.data_version()?;
             if seen_version != Some(v) {
-                // Existence check first: a deleted file still answers through the open handle.
-                if !path.exists() {
-                    return Err(StoreError::Create {
-                        path: path.display().to_string(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "database file is gone",
-                        ),
-                    });
-                }
                 let n = index.sync_from(s)?;
                 if n > 0 {
                     log::debug!("sync: applied {n} token changes");
@@ -442,7 +446,7 @@ pub fn run_usage_flush(index: Arc<Index>, path: PathBuf, interval: Duration, sto
         let stopped = stop.wait(interval);
         let result = (|| -> Result<usize, StoreError> {
             if store.is_none() {
-                store = Some(Store::open(&path)?);
+                store = Some(Store::open_existing(&path)?);
             }
             index.flush_usage(store.as_mut().expect("opened above"))
         })();

@@ -16,6 +16,7 @@
 //! - [`server`]: `serve` — assembling and running the pingora server.
 //! - [`cli`]: the command line.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cli;

@@ -70,6 +70,7 @@ pub struct Metrics {
     since_sync: prometheus::Gauge,
     since_flush: prometheus::Gauge,
     sync_ok: IntGauge,
+    reloads: IntCounterVec,
 }
 
 /// One route's collectors, resolved once.
@@ -172,6 +173,16 @@ impl Metrics {
             "1 when the last database sync succeeded, else 0.",
         )
         .expect("metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tokengate_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result.",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        reloads.with_label_values(&["ok"]);
+        reloads.with_label_values(&["error"]);
         let build = IntGauge::with_opts(
             Opts::new(
                 "tokengate_build_info",
@@ -191,6 +202,7 @@ impl Metrics {
             Box::new(since_sync.clone()),
             Box::new(since_flush.clone()),
             Box::new(sync_ok.clone()),
+            Box::new(reloads.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("register metric");
@@ -206,6 +218,7 @@ impl Metrics {
             since_sync,
             since_flush,
             sync_ok,
+            reloads,
         })
     }
 
@@ -227,6 +240,13 @@ impl Metrics {
             bytes_in: self.bytes_in.with_label_values(&[route]),
             bytes_out: self.bytes_out.with_label_values(&[route]),
         }
+    }
+
+    /// Counts one configuration reload.
+    pub fn reloads(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// Renders the Prometheus text format, refreshing the gauges read from the index first.

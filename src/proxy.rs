@@ -1,9 +1,9 @@
 //! The pingora `ProxyHttp` implementation: wires routes, auth, header rewriting and metrics into the
 //! request phases. It holds no business rules of its own; each hook does one small thing.
 
+use crate::access_log::{AccessLog, Record};
 use crate::auth::{self, Denial, Outcome};
 use crate::clock;
-use crate::config::IpNet;
 use crate::index::{Entry, Index};
 use crate::metrics::{RouteMetrics, UpstreamError};
 use crate::routes::{check_path, Route, RouteTable};
@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -29,8 +29,10 @@ pub struct Gateway {
     pub index: Arc<Index>,
     /// Collectors for requests that matched no route.
     pub unrouted: RouteMetrics,
-    /// Peers whose `X-Forwarded-*` headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
+    /// Where finished requests are logged (a non-blocking queue).
+    pub access_log: AccessLog,
+    /// Idle time allowed between requests on a client connection, in seconds.
+    pub keepalive_secs: u64,
 }
 
 /// What one request learned on its way through the phases.
@@ -40,6 +42,8 @@ pub struct RequestCtx {
     entry: Option<Arc<Entry>>,
     outcome: Outcome,
     upstream_error: Option<UpstreamError>,
+    /// Request body bytes seen so far (for `max_body_bytes`).
+    body_bytes: u64,
 }
 
 /// Writes a small JSON response and ends the request. Keep-alive is switched off first when the request
@@ -90,6 +94,34 @@ fn same_header(name: &str, target: &str) -> bool {
         })
 }
 
+/// The value of `key` in a query string, if present (no decoding: tokens are plain base62).
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == key => Some(v),
+            None if pair == key => Some(""),
+            _ => None,
+        })
+}
+
+/// `path?query` with every `key` parameter removed (and the `?` too when nothing is left).
+fn without_query_param(path: &str, query: Option<&str>, key: &str) -> String {
+    let mut out = String::with_capacity(path.len() + query.map_or(0, str::len) + 1);
+    out.push_str(path);
+    let mut first = true;
+    for pair in query.unwrap_or("").split('&') {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if k == key || pair.is_empty() {
+            continue;
+        }
+        out.push(if first { '?' } else { '&' });
+        out.push_str(pair);
+        first = false;
+    }
+    out
+}
+
 fn classify(e: &Error) -> UpstreamError {
     match e.etype() {
         ErrorType::ConnectRefused | ErrorType::ConnectNoRoute => UpstreamError::ConnectRefused,
@@ -111,10 +143,21 @@ impl Gateway {
             .map(|a| a.ip())
     }
 
-    fn is_trusted(&self, ip: Option<IpAddr>) -> bool {
-        match ip {
-            Some(ip) => self.trusted_proxies.iter().any(|n| n.contains(ip)),
-            None => false,
+    /// The credential for this request: the one `Authorization` header, or — only on a route that opts
+    /// in for legacy firmware, and only when no header was sent — the query parameter.
+    fn credential<'a>(session: &'a Session, route: &Route) -> Result<&'a str, Denial> {
+        let req = session.req_header();
+        match (auth::bearer_token(&req.headers), &route.query_token_param) {
+            (Err(Denial::Missing), Some(param)) if !req.headers.contains_key(AUTHORIZATION) => {
+                match query_value(req.uri.query(), param) {
+                    Some(t) if t.is_empty() => {
+                        Err(Denial::Malformed("the token parameter is empty"))
+                    }
+                    Some(t) => Ok(t),
+                    None => Err(Denial::Missing),
+                }
+            }
+            (result, _) => result,
         }
     }
 }
@@ -130,6 +173,7 @@ impl ProxyHttp for Gateway {
             entry: None,
             outcome: Outcome::None,
             upstream_error: None,
+            body_bytes: 0,
         }
     }
 
@@ -164,28 +208,87 @@ impl ProxyHttp for Gateway {
                 }
             }
         };
+        // Idle keep-alive connections are closed after `keepalive_timeout` (pingora's default is never).
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(self.keepalive_secs));
+        }
+        if let Some(t) = route.request_timeout {
+            session.set_read_timeout(Some(t));
+        }
+        ctx.route = Some(route.clone());
         if route.auth == crate::config::AuthMode::None {
             ctx.outcome = Outcome::Public;
-            ctx.route = Some(route);
-            return Ok(false);
-        }
-        let now = clock::now();
-        let decision = auth::bearer_token(&session.req_header().headers)
-            .and_then(|t| auth::authorize(&self.index, t, route.required_scope.as_deref(), now));
-        ctx.route = Some(route);
-        match decision {
-            Ok(entry) => {
-                entry.record_use(now);
-                ctx.entry = Some(entry);
-                ctx.outcome = Outcome::Ok;
-                Ok(false)
-            }
-            Err(denial) => {
-                ctx.outcome = denial.outcome();
-                deny(session, &denial).await?;
-                Ok(true)
+        } else {
+            let now = clock::now();
+            let decision = Self::credential(session, &route).and_then(|t| {
+                auth::authorize(&self.index, t, route.required_scope.as_deref(), now)
+            });
+            match decision {
+                Ok(entry) => {
+                    entry.record_use(now);
+                    ctx.entry = Some(entry);
+                    ctx.outcome = Outcome::Ok;
+                }
+                Err(denial) => {
+                    ctx.outcome = denial.outcome();
+                    deny(session, &denial).await?;
+                    return Ok(true);
+                }
             }
         }
+        if let Some(max) = route.max_body_bytes {
+            let declared = session
+                .req_header()
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                let detail =
+                    format!("the request body is larger than this route's limit of {max} bytes");
+                respond_json(session, 413, None, error_body("payload_too_large", &detail)).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Counts request body bytes: past `max_body_bytes` (a chunked body without a declared length) the
+    /// request fails with 413 and the upstream connection is dropped before it sees the rest; past
+    /// `request_timeout` it fails with 408.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()>
+    where
+        RequestCtx: Send + Sync,
+    {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+        }
+        if let Some(max) = route.max_body_bytes {
+            if ctx.body_bytes > max {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than max_body_bytes",
+                );
+            }
+        }
+        if let Some(t) = route.request_timeout {
+            if !end_of_stream && ctx.start.elapsed() > t {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(408),
+                    "request body not received within request_timeout",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Picks the route's upstream: a clone of the peer built when the configuration loaded.
@@ -233,6 +336,14 @@ impl ProxyHttp for Gateway {
                 })?,
             );
         }
+        if let Some(param) = &route.query_token_param {
+            if query_value(req.uri.query(), param).is_some() {
+                let pq = without_query_param(req.uri.path(), req.uri.query(), param);
+                req.set_uri(pq.parse().map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "bad request target")
+                })?);
+            }
+        }
         let mut remove: Vec<HeaderName> = Vec::new();
         for name in req.headers.keys() {
             let n = name.as_str();
@@ -250,7 +361,15 @@ impl ProxyHttp for Gateway {
         }
 
         let peer_ip = Self::peer_ip(session);
-        let trusted = self.is_trusted(peer_ip);
+        let trusted = match peer_ip {
+            Some(ip) => self
+                .routes
+                .load()
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(ip)),
+            None => false,
+        };
         let mut xff = String::new();
         if trusted {
             for v in req.headers.get_all(&X_FORWARDED_FOR) {
@@ -310,7 +429,9 @@ impl ProxyHttp for Gateway {
             }
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => 0,
+                ErrorType::WriteTimedout => 0,
+                // The client stopped sending its body: 408 if it is still listening.
+                ErrorType::ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
@@ -323,6 +444,14 @@ impl ProxyHttp for Gateway {
                 502 => ("bad_gateway", "the upstream could not be reached or failed"),
                 504 => ("gateway_timeout", "the upstream did not answer in time"),
                 400 => ("invalid_request", "the request could not be read"),
+                408 => (
+                    "request_timeout",
+                    "the request body was not received in time",
+                ),
+                413 => (
+                    "payload_too_large",
+                    "the request body is larger than this route allows",
+                ),
                 _ => ("internal_error", "the gateway failed to handle the request"),
             };
             session.set_keepalive(None);
@@ -358,6 +487,23 @@ impl ProxyHttp for Gateway {
         if let Some(kind) = ctx.upstream_error {
             m.upstream_error(kind);
         }
+        if self.access_log.enabled() {
+            let req = session.req_header();
+            self.access_log.log(Record {
+                at: SystemTime::now(),
+                client: Self::peer_ip(session),
+                method: req.method.clone(),
+                path: req.uri.path().to_string(),
+                route: ctx.route.as_ref().map(|r| r.name.clone()),
+                status,
+                auth: ctx.outcome.as_str(),
+                duration: ctx.start.elapsed(),
+                bytes_in: down.body_bytes_read() as u64,
+                bytes_out: down.body_bytes_sent() as u64,
+                token_id: ctx.entry.as_ref().map(|e| e.token_id),
+                user: ctx.entry.as_ref().map(|e| e.user.clone()),
+            });
+        }
     }
 }
 
@@ -375,6 +521,29 @@ async fn deny(session: &mut Session, denial: &Denial) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::same_header;
+
+    #[test]
+    fn query_token_helpers() {
+        use super::{query_value, without_query_param};
+        assert_eq!(
+            query_value(Some("a=1&api_token=tg_x&b=2"), "api_token"),
+            Some("tg_x")
+        );
+        assert_eq!(query_value(Some("api_tokenx=1"), "api_token"), None);
+        assert_eq!(query_value(None, "api_token"), None);
+        assert_eq!(
+            without_query_param("/p", Some("a=1&api_token=x&b=2"), "api_token"),
+            "/p?a=1&b=2"
+        );
+        assert_eq!(
+            without_query_param("/p", Some("api_token=x"), "api_token"),
+            "/p"
+        );
+        assert_eq!(
+            without_query_param("/p", Some("api_token=x&api_token=y&c"), "api_token"),
+            "/p?c"
+        );
+    }
 
     #[test]
     fn header_names_compare_like_upstream_frameworks_do() {

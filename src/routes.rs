@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 /// One route, ready for the request path: the upstream peer is built once, here.
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     pub path_prefix: String,
     pub auth: AuthMode,
     pub required_scope: Option<String>,
@@ -27,6 +27,12 @@ pub struct Route {
     /// Identity header names in their `_`-for-`-`, lower-case form, for stripping client copies.
     pub identity_headers: Vec<HeaderName>,
     pub peer: HttpPeer,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: Option<u64>,
+    /// Time the client has to send the whole request body (408 beyond).
+    pub request_timeout: Option<std::time::Duration>,
+    /// Legacy firmware: the query parameter that may carry the token.
+    pub query_token_param: Option<String>,
     /// This route's metric collectors.
     pub metrics: RouteMetrics,
 }
@@ -47,7 +53,7 @@ impl Route {
         }
         identity_headers.extend(token_id_header.iter().cloned());
         Route {
-            name: rc.name.clone(),
+            name: rc.name.as_str().into(),
             path_prefix: rc.path_prefix.clone(),
             auth: rc.auth,
             required_scope: rc.required_scope.clone(),
@@ -56,6 +62,9 @@ impl Route {
             token_id_header: token_id_header.clone(),
             identity_headers,
             peer,
+            max_body_bytes: rc.max_body_bytes,
+            request_timeout: rc.request_timeout,
+            query_token_param: rc.query_token_param.clone(),
             metrics: metrics.route(&rc.name),
         }
     }
@@ -124,10 +133,13 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// All routes, longest prefix first.
+/// Everything a configuration reload swaps at once: all routes (longest prefix first) and the proxies
+/// whose forwarding headers are believed.
 #[derive(Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Peers whose `X-Forwarded-*` headers are kept.
+    pub trusted_proxies: Vec<crate::config::IpNet>,
 }
 
 impl RouteTable {
@@ -139,7 +151,10 @@ impl RouteTable {
             .map(|rc| Arc::new(Route::new(rc, &config.gateway, metrics)))
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        RouteTable { routes }
+        RouteTable {
+            routes,
+            trusted_proxies: config.gateway.trusted_proxies.clone(),
+        }
     }
 
     /// The route for an already checked path: the longest prefix on a segment boundary.
@@ -195,7 +210,7 @@ upstream = "127.0.0.1:3"
     #[test]
     fn longest_prefix_on_segment_boundary() {
         let t = table();
-        let name = |p: &str| t.find(p).map(|r| r.name.as_str());
+        let name = |p: &str| t.find(p).map(|r| &*r.name);
         assert_eq!(name("/iot"), Some("iot"));
         assert_eq!(name("/iot/"), Some("iot"));
         assert_eq!(name("/iot/hive/7"), Some("iot"));

@@ -1,11 +1,12 @@
 //! `tokengate serve`: builds the pingora server from a validated [`Config`] — the proxy service, the admin
-//! service, the index with its sync and usage-flush threads — runs it until a signal, then stops the
-//! background threads and flushes usage one last time.
+//! service, the index with its sync and usage-flush threads, the access log writer and the SIGHUP reloader
+//! — runs it until a signal, then stops the background threads and flushes usage one last time.
 //!
-//! Signals (pingora's): SIGTERM stops gracefully (listeners close, in-flight requests get
-//! `grace_period`), SIGINT stops at once, SIGQUIT hands the listening sockets to a new process started
-//! with `serve --upgrade`.
+//! Signals: SIGTERM stops gracefully (listeners close, in-flight requests get `grace_period`), SIGINT
+//! stops at once, SIGQUIT hands the listening sockets to a new process started with `serve --upgrade`
+//! (pingora's zero-downtime upgrade), SIGHUP re-reads the configuration file.
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::clock;
 use crate::config::Config;
@@ -17,9 +18,10 @@ use crate::store::Store;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,6 +63,78 @@ impl State {
     }
 }
 
+/// Re-reads the configuration file and swaps the route table (routes, scopes, header rules, trusted
+/// proxies) atomically. In-flight requests keep the table they started with. An invalid file changes
+/// nothing. Settings that need a restart (listeners, store, threads) are reported, not applied.
+pub fn reload(
+    path: &std::path::Path,
+    current: &Config,
+    routes: &ArcSwap<RouteTable>,
+    metrics: &Metrics,
+) -> anyhow::Result<Config> {
+    let new = Config::load(path)?;
+    let restart_needed: Vec<&str> = [
+        (
+            "gateway.listen",
+            new.gateway.listen != current.gateway.listen,
+        ),
+        ("admin.listen", new.admin.listen != current.admin.listen),
+        ("store.path", new.store.path != current.store.path),
+        (
+            "gateway.threads",
+            new.gateway.threads != current.gateway.threads,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect();
+    if !restart_needed.is_empty() {
+        log::warn!(
+            "reload: {} changed; these take effect only after a restart",
+            restart_needed.join(", ")
+        );
+    }
+    routes.store(Arc::new(RouteTable::new(&new, metrics)));
+    Ok(new)
+}
+
+/// Listens for SIGHUP on its own thread and reloads on each.
+fn spawn_reloader(state: &State, stop: Arc<Stop>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let path: PathBuf = state.config.file.clone();
+    let mut current = state.config.clone();
+    let (routes, metrics) = (state.routes.clone(), state.metrics.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(std::thread::Builder::new().name("tokengate-reload".into()).spawn(move || {
+        rt.block_on(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                log::error!("reload: cannot listen for SIGHUP; reload is unavailable");
+                return;
+            };
+            while !stop.is_stopped() {
+                tokio::select! {
+                    got = hup.recv() => {
+                        if got.is_none() { return; }
+                        match reload(&path, &current, &routes, &metrics) {
+                            Ok(new) => {
+                                log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
+                                metrics.reloads(true);
+                                current = new;
+                            }
+                            Err(e) => {
+                                log::error!("reload: refused, keeping the running configuration: {e:#}");
+                                metrics.reloads(false);
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
+            }
+        })
+    })?)
+}
+
 /// Runs the gateway until it is told to stop.
 pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let state = State::load(config)?;
@@ -73,24 +147,23 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         grace_period_seconds: Some(cfg.gateway.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
-        upgrade_sock: std::env::temp_dir()
-            .join("tokengate-upgrade.sock")
-            .display()
-            .to_string(),
+        upgrade_sock: cfg.gateway.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let opt = pingora::server::configuration::Opt {
+    let opt = Opt {
         upgrade,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    let (access_log, log_writer) = AccessLog::start(&cfg.log).context("opening the access log")?;
     let gateway = Gateway {
         routes: state.routes.clone(),
         index: state.index.clone(),
         unrouted: state.metrics.route("none"),
-        trusted_proxies: cfg.gateway.trusted_proxies.clone(),
+        access_log,
+        keepalive_secs: cfg.gateway.keepalive_timeout.as_secs().max(1),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -132,6 +205,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .name("tokengate-usage".into())
             .spawn(move || index::run_usage_flush(index, path, every, stop))?
     };
+    let reloader = spawn_reloader(&state, stop.clone())?;
 
     log::info!(
         "tokengate {} serving on {} (admin on {}), {} routes, {} worker threads",
@@ -143,10 +217,20 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     );
     server.run(RunArgs::default());
 
-    // The proxy has stopped: stop the background threads; the usage thread flushes once more on its way out.
+    // The proxy has stopped: stop the background threads; the usage thread flushes once more on its way
+    // out, and the access log writer drains its queue once the proxy (its sender) is gone.
     stop.stop();
     let _ = sync.join();
     let _ = flush.join();
+    let _ = reloader.join();
+    if let Some(w) = log_writer {
+        // The writer ends when the proxy service (owning the sender) is dropped with its runtime; give
+        // it a moment to write its queue, but never hang the exit on it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while !w.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
     log::info!("tokengate stopped; usage flushed");
     Ok(())
 }

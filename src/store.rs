@@ -238,6 +238,21 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens an existing database, never creating one: background loops use this so that a database
+    /// deleted under a running gateway is reported, not silently replaced by an empty one.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Create {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the database file is missing",
+                ),
+            });
+        }
+        Store::open(path)
+    }
+
     /// Opens (creating with mode 0600 if needed) and migrates the database.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let create_err = |source| StoreError::Create {
@@ -378,10 +393,17 @@ impl Store {
     }
 
     /// Creates many tokens in one transaction (seeding, imports). Returns each id with its plaintext.
-    pub fn create_many(&mut self, news: &[NewToken], actor: &str) -> Result<Vec<(i64, Token)>, StoreError> {
+    pub fn create_many(
+        &mut self,
+        news: &[NewToken],
+        actor: &str,
+    ) -> Result<Vec<(i64, Token)>, StoreError> {
         let err = |e| to_err(&self.path, e);
         let now = unix_now();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
         let mut out = Vec::with_capacity(news.len());
         {
             let mut rev = next_rev(&tx).map_err(err)?;
@@ -744,7 +766,11 @@ mod tests {
         assert_eq!(many.len(), 2);
         assert_eq!(s.list(Some("dave")).unwrap()[0].id, many[1].0);
         let rev_b = s.changes_since(0).unwrap()[1].rev;
-        assert!(s.changes_since(rev_b).unwrap().iter().all(|r| r.rev > rev_b));
+        assert!(s
+            .changes_since(rev_b)
+            .unwrap()
+            .iter()
+            .all(|r| r.rev > rev_b));
         assert_eq!(s.list(None).unwrap().len(), 4);
         assert_eq!(s.list(Some("alice")).unwrap(), vec![a.clone()]);
         let all = s.changes_since(0).unwrap();

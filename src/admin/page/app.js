@@ -186,7 +186,7 @@ function tokenRow(token) {
   const created = el("td", { attrs: { "data-testid": "created" } });
   created.append(timeCell(token.created_at, "—"));
   if (token.rotated_at) {
-    const rotated = el("div", { cls: "meta" });
+    const rotated = el("div", { cls: "meta meta-line" });
     rotated.append("rotated ", timeCell(token.rotated_at, ""));
     created.append(rotated);
   }
@@ -213,6 +213,13 @@ function tokenRow(token) {
   tr.append(expires);
 
   const actions = el("td", { cls: "actions" });
+  const history = el("button", {
+    cls: "button-small button-link",
+    text: "History",
+    attrs: { type: "button", "data-action": "history", "data-testid": "history" },
+  });
+  history.setAttribute("aria-label", `History of ${token.label}`);
+  actions.append(history);
   if (token.status === "active") {
     const rotate = el("button", {
       cls: "button-small",
@@ -414,6 +421,11 @@ async function createToken(event) {
   const body = { user, label };
   const expiry = $("create-expiry").value;
   const expiresIn = expiry === "custom" ? $("create-expiry-custom").value.trim() : expiry;
+  if (expiry === "custom" && !expiresIn) {
+    setError(errorNode, "Enter how long the token lasts (like 12h or 14d), or choose “never”.");
+    $("create-expiry-custom").focus();
+    return;
+  }
   if (expiresIn) body.expires_in = expiresIn;
   const scopes = $("create-scopes")
     .value.split(",")
@@ -452,7 +464,7 @@ let dialogTokenId = null;
 
 function openRotate(token) {
   dialogTokenId = token.id;
-  $("rotate-name").textContent = token.label;
+  $("rotate-name").textContent = `“${token.label}”`;
   $("rotate-grace").value = "";
   setError($("rotate-error"), "");
   $("rotate-dialog").showModal();
@@ -477,6 +489,47 @@ async function confirmRotate(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+/** Opens the history dialog and fills it from GET /api/tokens/{id} (events, oldest first). */
+async function openHistory(token) {
+  dialogTokenId = token.id;
+  $("history-name").textContent = `“${token.label}”`;
+  const list = $("history-list");
+  list.replaceChildren(el("li", { cls: "muted", text: "Loading…" }));
+  setError($("history-error"), "");
+  $("history-dialog").showModal();
+  $("history-close").focus();
+  try {
+    const detail = await api("GET", `/api/tokens/${token.id}`);
+    if (dialogTokenId !== token.id) return; // another dialog was opened meanwhile
+    updateToken(stripEvents(detail)); // the freshest state of the row, too
+    const events = Array.isArray(detail.events) ? detail.events : [];
+    list.replaceChildren(
+      ...events.map((e) => {
+        const item = el("li", { attrs: { "data-testid": "history-event", "data-event": e.event } });
+        const head = el("div", { cls: "history-head" });
+        head.append(
+          el("span", { cls: `event event-${e.event}`, text: e.event }),
+          timeCell(e.at, ""),
+          el("span", { cls: "muted", text: `by ${e.actor}` }),
+        );
+        item.append(head);
+        if (e.detail) item.append(el("div", { cls: "history-detail", text: e.detail }));
+        return item;
+      }),
+    );
+    if (events.length === 0) list.replaceChildren(el("li", { cls: "muted", text: "No events recorded." }));
+  } catch (err) {
+    if (handleAuthFailure(err)) return;
+    list.replaceChildren();
+    setError($("history-error"), err.message);
+  }
+}
+
+/** A token object without the `events` of GET /api/tokens/{id}. */
+function stripEvents({ events, ...token }) {
+  return token;
 }
 
 function openRevoke(token) {
@@ -511,7 +564,8 @@ function onTableClick(event) {
   const row = button.closest("tr[data-token-id]");
   const token = row && state.tokens.get(Number(row.dataset.tokenId));
   if (!token) return;
-  if (button.dataset.action === "rotate") openRotate(token);
+  if (button.dataset.action === "history") openHistory(token);
+  else if (button.dataset.action === "rotate") openRotate(token);
   else if (button.dataset.action === "revoke") openRevoke(token);
 }
 
@@ -550,6 +604,7 @@ function init() {
   $("tokens-body").addEventListener("click", onTableClick);
   $("rotate-form").addEventListener("submit", confirmRotate);
   $("rotate-cancel").addEventListener("click", () => $("rotate-dialog").close());
+  $("history-close").addEventListener("click", () => $("history-dialog").close());
   $("revoke-form").addEventListener("submit", confirmRevoke);
   $("revoke-cancel").addEventListener("click", () => $("revoke-dialog").close());
 
