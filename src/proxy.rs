@@ -150,9 +150,7 @@ impl Gateway {
         match (auth::bearer_token(&req.headers), &route.query_token_param) {
             (Err(Denial::Missing), Some(param)) if !req.headers.contains_key(AUTHORIZATION) => {
                 match query_value(req.uri.query(), param) {
-                    Some(t) if t.is_empty() => {
-                        Err(Denial::Malformed("the token parameter is empty"))
-                    }
+                    Some("") => Err(Denial::Malformed("the token parameter is empty")),
                     Some(t) => Ok(t),
                     None => Err(Denial::Missing),
                 }

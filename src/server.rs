@@ -137,6 +137,13 @@ fn spawn_reloader(state: &State, stop: Arc<Stop>) -> anyhow::Result<std::thread:
 
 /// Runs the gateway until it is told to stop.
 pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
+    if !upgrade {
+        // Pingora retries a taken port forever in the background; fail at once with a clear message.
+        for (key, addr) in [("gateway.listen", &config.gateway.listen), ("admin.listen", &config.admin.listen)] {
+            std::net::TcpListener::bind(addr.as_str())
+                .with_context(|| format!("{}: {key}: cannot listen on {addr}", config.file.display()))?;
+        }
+    }
     let state = State::load(config)?;
     let cfg = &state.config;
 

@@ -406,14 +406,14 @@ impl Store {
             .map_err(err)?;
         let mut out = Vec::with_capacity(news.len());
         {
-            let mut rev = next_rev(&tx).map_err(err)?;
+            let first_rev = next_rev(&tx).map_err(err)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(err)?;
-            for new in news {
+            for (rev, new) in (first_rev..).zip(news) {
                 let token = Token::generate();
                 insert
                     .execute(params![
@@ -429,7 +429,6 @@ impl Store {
                 let id = tx.last_insert_rowid();
                 add_event(&tx, id, now, "created", actor, Some("bulk")).map_err(err)?;
                 out.push((id, token));
-                rev += 1;
             }
         }
         tx.commit().map_err(err)?;
