@@ -40,6 +40,8 @@ pub enum Outcome {
     Expired,
     Revoked,
     InsufficientScope,
+    /// Refused with 429: too many failures from this address.
+    Throttled,
     /// The route needs no credential.
     Public,
     /// Refused before authentication (no route, bad path).
@@ -55,6 +57,7 @@ impl Outcome {
             Outcome::Expired => "expired",
             Outcome::Revoked => "revoked",
             Outcome::InsufficientScope => "insufficient_scope",
+            Outcome::Throttled => "throttled",
             Outcome::Public => "public",
             Outcome::None => "none",
         }

@@ -26,7 +26,18 @@ pub struct Config {
     pub store: StoreConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub throttle: ThrottleConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Brute-force throttling of failed authentications per client address.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    /// Failures allowed per address per window (0: off).
+    pub max_failures: u32,
+    pub window: Duration,
+    /// Most addresses tracked at once (memory bound).
+    pub max_clients: usize,
 }
 
 /// Access log format.
@@ -59,6 +70,8 @@ pub struct GatewayConfig {
     pub keepalive_timeout: Duration,
     /// Unix socket used to hand listening sockets to a new process (`serve --upgrade`).
     pub upgrade_sock: PathBuf,
+    /// Most requests handled at once; beyond, 503 with `Retry-After` (None: no limit).
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +115,8 @@ pub struct RouteConfig {
     pub request_timeout: Option<Duration>,
     /// Legacy firmware: accept the token from this query parameter (removed before forwarding).
     pub query_token_param: Option<String>,
+    /// HMAC key for the `x-tokengate-signature` header (None: not signed).
+    pub sign_secret: Option<Vec<u8>>,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
@@ -160,7 +175,17 @@ struct FileConfig {
     #[serde(default)]
     log: FileLog,
     #[serde(default)]
+    throttle: FileThrottle,
+    #[serde(default)]
     routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileThrottle {
+    max_failures: Option<u32>,
+    window: Option<String>,
+    max_clients: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -184,6 +209,7 @@ struct FileGateway {
     trusted_proxies: Vec<String>,
     keepalive_timeout: Option<String>,
     upgrade_sock: Option<String>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +258,7 @@ struct FileRoute {
     max_body_bytes: Option<u64>,
     request_timeout: Option<String>,
     query_token_param: Option<String>,
+    sign_secret: Option<String>,
 }
 
 /// The default number of proxy worker threads: the number of cores.
@@ -368,6 +395,28 @@ impl Config {
             Some(p) => Some(resolve(p)),
         };
 
+        if g.max_in_flight == Some(0) {
+            return Err(err(
+                "gateway.max_in_flight",
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        let throttle = ThrottleConfig {
+            max_failures: raw.throttle.max_failures.unwrap_or(20),
+            window: dur(
+                "throttle.window",
+                &raw.throttle.window,
+                Duration::from_secs(60),
+            )?,
+            max_clients: raw.throttle.max_clients.unwrap_or(100_000),
+        };
+        if throttle.window < Duration::from_secs(1) {
+            return Err(err("throttle.window", "must be at least 1s".into()));
+        }
+        if throttle.max_clients < 64 {
+            return Err(err("throttle.max_clients", "must be at least 64".into()));
+        }
+
         let store_path = PathBuf::from(&raw.store.path);
         if raw.store.path.trim().is_empty() {
             return Err(err("store.path", "must not be empty".into()));
@@ -467,6 +516,22 @@ impl Config {
                     ));
                 }
             }
+            let sign_secret = match r.sign_secret {
+                Some(_) if auth == AuthMode::None => {
+                    return Err(err(
+                        &k("sign_secret"),
+                        "needs auth = \"bearer\": there is no identity to sign".into(),
+                    ))
+                }
+                Some(s) if s.len() < 32 => {
+                    return Err(err(
+                        &k("sign_secret"),
+                        "must be at least 32 characters (the value is not shown)".into(),
+                    ))
+                }
+                Some(s) => Some(s.into_bytes()),
+                None => None,
+            };
             let route_user_header = match r.user_id_header {
                 Some(h) => header_name(&h).map_err(|p| err(&k("user_id_header"), p))?,
                 None => user_id_header.clone(),
@@ -495,6 +560,7 @@ impl Config {
                 max_body_bytes: r.max_body_bytes,
                 request_timeout,
                 query_token_param: r.query_token_param,
+                sign_secret,
             });
         }
         if routes.is_empty() {
@@ -517,6 +583,7 @@ impl Config {
                 trusted_proxies,
                 keepalive_timeout,
                 upgrade_sock,
+                max_in_flight: g.max_in_flight,
             },
             store: StoreConfig { path: store_path },
             admin: AdminConfig {
@@ -526,6 +593,7 @@ impl Config {
                 access: raw.log.access.unwrap_or(AccessLogFormat::Plain),
                 access_path,
             },
+            throttle,
             routes,
         })
     }

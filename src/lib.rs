@@ -13,6 +13,9 @@
 //! - [`admin`]: the admin listener — `/healthz`, `/metrics`, the token API and page.
 //! - [`metrics`]: the Prometheus registry and per-route collectors.
 //! - [`clock`]: the coarse clock read on the request path.
+//! - [`throttle`]: per-address throttling of failed authentications.
+//! - [`access_log`]: the non-blocking access log.
+//! - [`signing`]: the optional HMAC signature header for upstreams.
 //! - [`server`]: `serve` — assembling and running the pingora server.
 //! - [`cli`]: the command line.
 
@@ -27,5 +30,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod signing;
 pub mod store;
+pub mod throttle;
 pub mod token;

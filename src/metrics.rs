@@ -13,13 +13,14 @@ use prometheus::{
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-const OUTCOMES: [Outcome; 8] = [
+const OUTCOMES: [Outcome; 9] = [
     Outcome::Ok,
     Outcome::Missing,
     Outcome::Invalid,
     Outcome::Expired,
     Outcome::Revoked,
     Outcome::InsufficientScope,
+    Outcome::Throttled,
     Outcome::Public,
     Outcome::None,
 ];

@@ -7,6 +7,8 @@ use crate::clock;
 use crate::index::{Entry, Index};
 use crate::metrics::{RouteMetrics, UpstreamError};
 use crate::routes::{check_path, Route, RouteTable};
+use crate::signing;
+use crate::throttle::Throttle;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -33,6 +36,20 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Idle time allowed between requests on a client connection, in seconds.
     pub keepalive_secs: u64,
+    /// Failed-authentication counters per client address (touched only on failures).
+    pub throttle: Throttle,
+    /// Requests in flight, when `max_in_flight` is set (an atomic shared by all workers, so it is only
+    /// counted when a limit is configured).
+    pub in_flight: Option<(Arc<AtomicUsize>, usize)>,
+}
+
+/// Decrements the in-flight count when the request's context is dropped, whatever path it ended on.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What one request learned on its way through the phases.
@@ -44,6 +61,8 @@ pub struct RequestCtx {
     upstream_error: Option<UpstreamError>,
     /// Request body bytes seen so far (for `max_body_bytes`).
     body_bytes: u64,
+    /// Held while the request counts against `max_in_flight`.
+    _in_flight: Option<InFlight>,
 }
 
 /// Writes a small JSON response and ends the request. Keep-alive is switched off first when the request
@@ -172,6 +191,7 @@ impl ProxyHttp for Gateway {
             outcome: Outcome::None,
             upstream_error: None,
             body_bytes: 0,
+            _in_flight: None,
         }
     }
 
@@ -179,6 +199,15 @@ impl ProxyHttp for Gateway {
     /// here and end the request (`Ok(true)`) before any upstream is chosen. An allowed request leaves the
     /// route and token entry in `ctx` and counts one use in memory.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some((count, max)) = &self.in_flight {
+            let now_in_flight = count.fetch_add(1, Ordering::Relaxed) + 1;
+            ctx._in_flight = Some(InFlight(count.clone()));
+            if now_in_flight > *max {
+                ctx.outcome = Outcome::None;
+                session.set_keepalive(None);
+                return respond_busy(session).await.map(|_| true);
+            }
+        }
         let route = {
             let table = self.routes.load();
             let path = session.req_header().uri.path();
@@ -229,6 +258,14 @@ impl ProxyHttp for Gateway {
                 }
                 Err(denial) => {
                     ctx.outcome = denial.outcome();
+                    let counts = !matches!(denial, Denial::Missing | Denial::InsufficientScope(_));
+                    if let (true, Some(ip)) = (counts, Self::peer_ip(session)) {
+                        if let Some(retry_after) = self.throttle.failure(ip, now) {
+                            ctx.outcome = Outcome::Throttled;
+                            respond_throttled(session, retry_after).await?;
+                            return Ok(true);
+                        }
+                    }
                     deny(session, &denial).await?;
                     return Ok(true);
                 }
@@ -399,6 +436,19 @@ impl ProxyHttp for Gateway {
             if let Some(h) = &route.token_id_header {
                 req.insert_header(h.clone(), entry.token_id_value.clone())?;
             }
+            if let Some(secret) = &route.sign_secret {
+                let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let user = entry.user.to_str().unwrap_or("");
+                let sig = signing::sign(
+                    secret,
+                    user,
+                    entry.token_id,
+                    clock::now(),
+                    req.method.as_str(),
+                    pq,
+                );
+                req.insert_header(signing::SIGNATURE_HEADER, sig)?;
+            }
         }
         Ok(())
     }
@@ -503,6 +553,41 @@ impl ProxyHttp for Gateway {
             });
         }
     }
+}
+
+/// 429 for an address over its failure limit.
+async fn respond_throttled(session: &mut Session, retry_after: u64) -> Result<()> {
+    session.set_keepalive(None);
+    let body = error_body(
+        "too_many_requests",
+        "too many failed authentications from this address; retry later",
+    );
+    let mut h = ResponseHeader::build(429, Some(5))?;
+    h.insert_header(CONTENT_TYPE, "application/json")?;
+    h.insert_header(CONTENT_LENGTH, body.len())?;
+    h.insert_header(CACHE_CONTROL, "no-store")?;
+    h.insert_header(http::header::RETRY_AFTER, retry_after)?;
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+/// 503 when `max_in_flight` requests are already being handled.
+async fn respond_busy(session: &mut Session) -> Result<()> {
+    let body = error_body(
+        "overloaded",
+        "the gateway is handling as many requests as it is allowed to; retry shortly",
+    );
+    let mut h = ResponseHeader::build(503, Some(5))?;
+    h.insert_header(CONTENT_TYPE, "application/json")?;
+    h.insert_header(CONTENT_LENGTH, body.len())?;
+    h.insert_header(CACHE_CONTROL, "no-store")?;
+    h.insert_header(http::header::RETRY_AFTER, "1")?;
+    session.write_response_header(Box::new(h), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 /// Writes the RFC 6750 answer for a denial.

@@ -33,6 +33,8 @@ pub struct Route {
     pub request_timeout: Option<std::time::Duration>,
     /// Legacy firmware: the query parameter that may carry the token.
     pub query_token_param: Option<String>,
+    /// HMAC key for the signature header, if this route signs.
+    pub sign_secret: Option<Arc<[u8]>>,
     /// This route's metric collectors.
     pub metrics: RouteMetrics,
 }
@@ -52,6 +54,7 @@ impl Route {
             identity_headers.push(gateway.user_id_header.clone());
         }
         identity_headers.extend(token_id_header.iter().cloned());
+        identity_headers.push(HeaderName::from_static(crate::signing::SIGNATURE_HEADER));
         Route {
             name: rc.name.as_str().into(),
             path_prefix: rc.path_prefix.clone(),
@@ -65,6 +68,7 @@ impl Route {
             max_body_bytes: rc.max_body_bytes,
             request_timeout: rc.request_timeout,
             query_token_param: rc.query_token_param.clone(),
+            sign_secret: rc.sign_secret.as_deref().map(Arc::from),
             metrics: metrics.route(&rc.name),
         }
     }

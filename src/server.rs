@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::routes::RouteTable;
 use crate::store::Store;
+use crate::throttle::Throttle;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
@@ -139,9 +140,13 @@ fn spawn_reloader(state: &State, stop: Arc<Stop>) -> anyhow::Result<std::thread:
 pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     if !upgrade {
         // Pingora retries a taken port forever in the background; fail at once with a clear message.
-        for (key, addr) in [("gateway.listen", &config.gateway.listen), ("admin.listen", &config.admin.listen)] {
-            std::net::TcpListener::bind(addr.as_str())
-                .with_context(|| format!("{}: {key}: cannot listen on {addr}", config.file.display()))?;
+        for (key, addr) in [
+            ("gateway.listen", &config.gateway.listen),
+            ("admin.listen", &config.admin.listen),
+        ] {
+            std::net::TcpListener::bind(addr.as_str()).with_context(|| {
+                format!("{}: {key}: cannot listen on {addr}", config.file.display())
+            })?;
         }
     }
     let state = State::load(config)?;
@@ -171,6 +176,15 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         unrouted: state.metrics.route("none"),
         access_log,
         keepalive_secs: cfg.gateway.keepalive_timeout.as_secs().max(1),
+        throttle: Throttle::new(
+            cfg.throttle.max_failures,
+            cfg.throttle.window.as_secs(),
+            cfg.throttle.max_clients,
+        ),
+        in_flight: cfg
+            .gateway
+            .max_in_flight
+            .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
     };
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
