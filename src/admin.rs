@@ -179,6 +179,16 @@ fn query_param(query: Option<&str>, key: &str) -> Result<Option<String>, ApiErro
     Ok(None)
 }
 
+/// Adds this gateway's not-yet-flushed usage to a record, so the page shows uses as they happen.
+fn with_pending(index: &Index, mut record: TokenRecord) -> TokenRecord {
+    let (uses, last) = index.pending_usage(record.id);
+    record.use_count += uses as i64;
+    if last > 0 && record.last_used_at.is_none_or(|l| l < last) {
+        record.last_used_at = Some(last);
+    }
+    record
+}
+
 fn with_token(record: &TokenRecord, token: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(record.view(store::unix_now())).expect("json");
     v["token"] = token.into();
@@ -353,7 +363,10 @@ impl Admin {
             ("GET", None, _, 0) => {
                 let user = query_param(session.req_header().uri.query(), "user")?;
                 let records = self.with_store(move |s| s.list(user.as_deref())).await?;
-                let views: Vec<_> = records.iter().map(|r| r.view(now)).collect();
+                let views: Vec<_> = records
+                    .into_iter()
+                    .map(|r| with_pending(&self.index, r).view(now))
+                    .collect();
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::to_value(views).expect("json"),
@@ -393,7 +406,8 @@ impl Admin {
                 let (record, events) = self
                     .with_store(move |s| Ok((s.get(id)?, s.events(id)?)))
                     .await?;
-                let mut v = serde_json::to_value(record.view(now)).expect("json");
+                let mut v = serde_json::to_value(with_pending(&self.index, record).view(now))
+                    .expect("json");
                 v["events"] = serde_json::to_value(events).expect("json");
                 Ok(json(StatusCode::OK, &v))
             }

@@ -786,7 +786,10 @@ upstream = "127.0.0.1:8600"
     fn example_production_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/production.toml");
         let c = Config::load(&path).unwrap();
-        assert_eq!(c.store.path, PathBuf::from("/var/lib/tokengate/tokengate.db"));
+        assert_eq!(
+            c.store.path,
+            PathBuf::from("/var/lib/tokengate/tokengate.db")
+        );
         assert_eq!(c.admin.listen, "127.0.0.1:9090");
         assert!(c.routes.iter().any(|r| r.query_token_param.is_some()));
     }

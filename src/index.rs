@@ -295,6 +295,17 @@ impl Index {
             .collect()
     }
 
+    /// Usage counted in memory but not flushed yet for a token: (uses, last used unix seconds or 0).
+    pub fn pending_usage(&self, id: i64) -> (u64, i64) {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.by_id.get(&id).map_or((0, 0), |k| {
+            (
+                k.usage.uses.load(Ordering::Relaxed),
+                k.usage.last_used.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Puts usage back after a failed flush, so that the next flush retries it.
     pub fn restore_usage(&self, deltas: &[UsageDelta]) {
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,16 +450,22 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
     }
 }
 
-/// Runs the usage flush loop until stopped, then flushes once more.
+/// Runs the usage flush loop until stopped, then flushes once more. A database that is missing or was
+/// replaced is reopened (never created) on the next try; the counts wait in memory meanwhile.
 pub fn run_usage_flush(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<Stop>) {
-    let mut store: Option<Store> = None;
+    use std::os::unix::fs::MetadataExt;
+    let mut store: Option<(Store, u64)> = None;
     loop {
         let stopped = stop.wait(interval);
         let result = (|| -> Result<usize, StoreError> {
-            if store.is_none() {
-                store = Some(Store::open_existing(&path)?);
+            let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            if store.as_ref().is_some_and(|(_, ino)| Some(*ino) != inode) {
+                store = None;
             }
-            index.flush_usage(store.as_mut().expect("opened above"))
+            if store.is_none() {
+                store = Some((Store::open_existing(&path)?, inode.unwrap_or(0)));
+            }
+            index.flush_usage(&mut store.as_mut().expect("opened above").0)
         })();
         if let Err(e) = result {
             store = None;
