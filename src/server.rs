@@ -4,7 +4,8 @@
 //!
 //! Signals: SIGTERM stops gracefully (listeners close, in-flight requests get `grace_period`), SIGINT
 //! stops at once, SIGQUIT hands the listening sockets to a new process started with `serve --upgrade`
-//! (pingora's zero-downtime upgrade), SIGHUP re-reads the configuration file.
+//! (pingora's zero-downtime upgrade), SIGHUP re-reads the configuration file. All four are caught from the
+//! start, before any listener opens.
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -20,7 +21,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,41 +100,68 @@ pub fn reload(
     Ok(new)
 }
 
-/// Listens for SIGHUP on its own thread and reloads on each.
-fn spawn_reloader(state: &State, stop: Arc<Stop>) -> anyhow::Result<std::thread::JoinHandle<()>> {
+/// Delivers the shutdown signals caught by [`spawn_signal_thread`] to pingora's main loop.
+struct EarlySignals(tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ShutdownSignal>>);
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for EarlySignals {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0
+            .lock()
+            .await
+            .recv()
+            .await
+            .unwrap_or(ShutdownSignal::FastShutdown)
+    }
+}
+
+/// Installs the signal handlers before any service starts (pingora's own are installed only once its
+/// services run, so a SIGTERM right after start-up would otherwise kill the process without a flush), and
+/// handles them on one thread: SIGTERM, SIGINT and SIGQUIT go to pingora's main loop; SIGHUP reloads.
+fn spawn_signal_thread(
+    state: &State,
+    stop: Arc<Stop>,
+) -> anyhow::Result<(EarlySignals, std::thread::JoinHandle<()>)> {
+    use tokio::signal::unix::{signal, SignalKind};
     let path: PathBuf = state.config.file.clone();
     let mut current = state.config.clone();
     let (routes, metrics) = (state.routes.clone(), state.metrics.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(std::thread::Builder::new().name("tokengate-reload".into()).spawn(move || {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (mut term, mut int, mut quit, mut hup) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::quit())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    let handle = std::thread::Builder::new().name("tokengate-signals".into()).spawn(move || {
         rt.block_on(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                log::error!("reload: cannot listen for SIGHUP; reload is unavailable");
-                return;
-            };
             while !stop.is_stopped() {
                 tokio::select! {
-                    got = hup.recv() => {
-                        if got.is_none() { return; }
-                        match reload(&path, &current, &routes, &metrics) {
-                            Ok(new) => {
-                                log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
-                                metrics.reloads(true);
-                                current = new;
-                            }
-                            Err(e) => {
-                                log::error!("reload: refused, keeping the running configuration: {e:#}");
-                                metrics.reloads(false);
-                            }
+                    _ = term.recv() => { let _ = tx.send(ShutdownSignal::GracefulTerminate); }
+                    _ = int.recv() => { let _ = tx.send(ShutdownSignal::FastShutdown); }
+                    _ = quit.recv() => { let _ = tx.send(ShutdownSignal::GracefulUpgrade); }
+                    _ = hup.recv() => match reload(&path, &current, &routes, &metrics) {
+                        Ok(new) => {
+                            log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
+                            metrics.reloads(true);
+                            current = new;
                         }
-                    }
+                        Err(e) => {
+                            log::error!("reload: refused, keeping the running configuration: {e:#}");
+                            metrics.reloads(false);
+                        }
+                    },
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                 }
             }
         })
-    })?)
+    })?;
+    Ok((EarlySignals(tokio::sync::Mutex::new(rx)), handle))
 }
 
 /// Runs the gateway until it is told to stop.
@@ -162,6 +190,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         upgrade_sock: cfg.gateway.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
+    let stop = Arc::new(Stop::default());
+    let (signals, signal_thread) = spawn_signal_thread(&state, stop.clone())?;
     let opt = Opt {
         upgrade,
         ..Default::default()
@@ -203,7 +233,6 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     admin_service.add_tcp(&cfg.admin.listen);
     server.add_service(admin_service);
 
-    let stop = Arc::new(Stop::default());
     let sync = {
         let (index, path, every, stop) = (
             state.index.clone(),
@@ -226,7 +255,6 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .name("tokengate-usage".into())
             .spawn(move || index::run_usage_flush(index, path, every, stop))?
     };
-    let reloader = spawn_reloader(&state, stop.clone())?;
 
     log::info!(
         "tokengate {} serving on {} (admin on {}), {} routes, {} worker threads",
@@ -236,14 +264,16 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         cfg.routes.len(),
         cfg.gateway.threads
     );
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
 
     // The proxy has stopped: stop the background threads; the usage thread flushes once more on its way
     // out, and the access log writer drains its queue once the proxy (its sender) is gone.
     stop.stop();
     let _ = sync.join();
     let _ = flush.join();
-    let _ = reloader.join();
+    let _ = signal_thread.join();
     if let Some(w) = log_writer {
         // The writer ends when the proxy service (owning the sender) is dropped with its runtime; give
         // it a moment to write its queue, but never hang the exit on it.
