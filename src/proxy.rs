@@ -183,6 +183,10 @@ impl Gateway {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules: the gateway never compresses, and pingora's default (a disabled compression
+    /// module) would still cost a per-request context and filter calls.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
