@@ -1,2 +1,292 @@
-//! Criterion benches of the request hot path (placeholder replaced by the benchmark work).
-fn main() {}
+//! Criterion benches of the per-request hot path, in process (no sockets, no SQLite):
+//!
+//! - `token/*`: `token::check_format` (prefix, alphabet, CRC32 checksum) and `Digest::of` (SHA-256);
+//! - `index_get/{1k,100k,1M}/*`: `Index::get` on an index filled through `Index::apply`, hits spread over
+//!   the whole index (so at 1M most lookups miss the CPU caches, as in production) and misses;
+//! - `decision/{1k,100k,1M}/*`: the whole allow/deny decision — `auth::bearer_token` on a `HeaderMap`
+//!   plus `auth::authorize` (format, digest, lookup, constant-time compare, status/expiry/scope) — for an
+//!   allowed token, an unknown one, and garbage rejected by the checksum before any lookup;
+//! - `route/*`: `routes::check_path` + `RouteTable::find`, the part of `request_filter` before auth;
+//! - `header_rewrite/*`: what `proxy.rs` `upstream_request_filter` does to the forwarded
+//!   `pingora::http::RequestHeader` (see [`rewrite`]).
+//!
+//! Run: `cargo bench --bench hot_path` (about 1.5 minutes; building the 1M index takes a few seconds).
+//! Filter: `cargo bench --bench hot_path -- decision/1M`. Results are summarised in BENCHMARKS.md.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue};
+use pingora::http::RequestHeader;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+use tokengate::auth;
+use tokengate::config::Config;
+use tokengate::index::Index;
+use tokengate::metrics::Metrics;
+use tokengate::proxy::rewrite_upstream_request;
+use tokengate::routes::{check_path, RouteTable};
+use tokengate::store::IndexRow;
+use tokengate::token::{self, Digest, Token};
+
+/// Index sizes measured.
+const SIZES: [(usize, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];
+/// Real (plaintext-known) tokens per index; the rest are filler digests.
+const REAL: usize = 1024;
+/// Distinct lookup keys cycled through by the `index_get` hit bench.
+const PROBES: usize = 1 << 16;
+/// "Now" for expiry checks: tokens are permanent, any value works.
+const NOW: u64 = 1_800_000_000;
+
+/// A small deterministic PRNG (xorshift64*) so runs pick the same keys.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn row(id: i64, digest: Digest) -> IndexRow {
+    IndexRow {
+        id,
+        user: format!("user{}", id % 1000),
+        digest,
+        prev_digest: None,
+        prev_valid_until: None,
+        scopes: Vec::new(),
+        expires_at: None,
+        revoked: false,
+        rev: id,
+    }
+}
+
+/// An index of `size` digests, `REAL` of them (or all, if fewer) for tokens whose plaintext is returned.
+struct Filled {
+    index: Index,
+    digests: Vec<Digest>,
+    tokens: Vec<String>,
+}
+
+fn fill(size: usize) -> Filled {
+    let index = Index::new();
+    let mut digests = Vec::with_capacity(size);
+    let mut tokens = Vec::with_capacity(REAL.min(size));
+    for i in 0..size {
+        let digest = if i < REAL {
+            let t = Token::generate();
+            let d = t.digest();
+            tokens.push(t.into_string());
+            d
+        } else {
+            // Filler: any distinct SHA-256 output indexes the same way a real token's does.
+            Digest::of(&format!("filler-{i}"))
+        };
+        index.apply(&row(i as i64 + 1, digest));
+        digests.push(digest);
+    }
+    assert_eq!(index.len(), size);
+    Filled {
+        index,
+        digests,
+        tokens,
+    }
+}
+
+fn token_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("token");
+    g.throughput(Throughput::Elements(1));
+    let good = Token::generate().into_string();
+    let mut bad = good.clone().into_bytes();
+    bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
+    let bad = String::from_utf8(bad).unwrap();
+    g.bench_function("check_format/valid", |b| {
+        b.iter(|| token::check_format(black_box(&good)))
+    });
+    g.bench_function("check_format/bad_checksum", |b| {
+        b.iter(|| token::check_format(black_box(&bad)))
+    });
+    g.bench_function("digest_sha256", |b| b.iter(|| Digest::of(black_box(&good))));
+    g.finish();
+}
+
+fn index_and_decision_benches(c: &mut Criterion) {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for (size, name) in SIZES {
+        let f = fill(size);
+
+        let mut g = c.benchmark_group(format!("index_get/{name}"));
+        g.throughput(Throughput::Elements(1));
+        let probes: Vec<Digest> = (0..PROBES)
+            .map(|_| f.digests[rng.below(f.digests.len())])
+            .collect();
+        let mut i = 0;
+        g.bench_function("hit", |b| {
+            b.iter(|| {
+                i = (i + 1) & (PROBES - 1);
+                f.index.get(black_box(&probes[i])).is_some()
+            })
+        });
+        let missing: Vec<Digest> = (0..1024)
+            .map(|i| Digest::of(&format!("absent-{i}")))
+            .collect();
+        let mut i = 0;
+        g.bench_function("miss", |b| {
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                f.index.get(black_box(&missing[i])).is_some()
+            })
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("decision/{name}"));
+        g.throughput(Throughput::Elements(1));
+        let bearer = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
+            h
+        };
+        let allowed: Vec<HeaderMap> = f.tokens.iter().map(|t| bearer(t)).collect();
+        let n = allowed.len();
+        let mut i = 0;
+        g.bench_function("allow", |b| {
+            b.iter(|| {
+                i = (i + 1) % n;
+                let t = auth::bearer_token(black_box(&allowed[i])).unwrap();
+                auth::authorize(&f.index, t, None, NOW).is_ok()
+            })
+        });
+        if size == SIZES[SIZES.len() - 1].0 {
+            let unknown = bearer(Token::generate().as_str());
+            g.bench_function("deny_unknown", |b| {
+                b.iter(|| {
+                    let t = auth::bearer_token(black_box(&unknown)).unwrap();
+                    auth::authorize(&f.index, t, None, NOW).is_ok()
+                })
+            });
+            let garbage = bearer(&format!("tg_{}", "x".repeat(token::TOKEN_LEN - 3)));
+            g.bench_function("deny_bad_checksum", |b| {
+                b.iter(|| {
+                    let t = auth::bearer_token(black_box(&garbage)).unwrap();
+                    auth::authorize(&f.index, t, None, NOW).is_ok()
+                })
+            });
+        }
+        g.finish();
+        // Dropping a 1M index takes a moment; it is outside every measurement.
+        drop(f);
+    }
+}
+
+/// The bench configuration: one bearer route and one public route, the shipped identity headers.
+fn route_table() -> RouteTable {
+    let text = r#"
+        [gateway]
+        listen = "127.0.0.1:0"
+        [store]
+        path = "unused.db"
+        [[routes]]
+        name = "telemetry"
+        path_prefix = "/iot"
+        upstream = "127.0.0.1:8600"
+        [[routes]]
+        name = "video"
+        path_prefix = "/video"
+        upstream = "127.0.0.1:8700"
+        [[routes]]
+        name = "public"
+        path_prefix = "/public"
+        upstream = "127.0.0.1:8600"
+        auth = "none"
+    "#;
+    let config = Config::parse(text, Path::new("bench.toml")).expect("bench config");
+    RouteTable::new(&config, &Metrics::new())
+}
+
+fn route_benches(c: &mut Criterion) {
+    let table = route_table();
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("check_path+find", |b| {
+        b.iter(|| {
+            let p = black_box("/iot/hives/hive-7/telemetry");
+            check_path(p).is_ok() && table.find(p).is_some()
+        })
+    });
+    g.finish();
+}
+
+fn header_benches(c: &mut Criterion) {
+    let table = route_table();
+    let route = table.find("/iot/hives/7").expect("telemetry route").clone();
+    let index = Index::new();
+    let t = Token::generate();
+    index.apply(&row(42, t.digest()));
+    let entry = index.get(&t.digest()).unwrap().entry;
+    let peer: Option<IpAddr> = Some("127.0.0.1".parse().unwrap());
+
+    // A typical device request as pingora parsed it (header case kept, as on HTTP/1.1).
+    let mut device = RequestHeader::build("POST", b"/iot/hives/hive-7/telemetry", None).unwrap();
+    for (k, v) in [
+        ("Host", "gateway.example:8080"),
+        ("User-Agent", "hive-scale/1.4"),
+        ("Accept", "*/*"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "61"),
+    ] {
+        device.append_header(k.to_string(), v).unwrap();
+    }
+    device
+        .append_header(
+            "Authorization".to_string(),
+            format!("Bearer {}", t.as_str()),
+        )
+        .unwrap();
+    // The same with spoofed identity headers and a client X-Forwarded-For, all to be removed.
+    let mut spoofed = device.clone();
+    for (k, v) in [
+        ("X-User-Id", "mallory"),
+        ("x_user_id", "mallory"),
+        ("X-Token-Id", "1"),
+        ("X-Forwarded-For", "10.9.8.7"),
+    ] {
+        spoofed.append_header(k.to_string(), v).unwrap();
+    }
+
+    let mut g = c.benchmark_group("header_rewrite");
+    g.throughput(Throughput::Elements(1));
+    for (name, req) in [("device", &device), ("spoofed", &spoofed)] {
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || req.clone(),
+                |r| rewrite_upstream_request(r, &route, Some(&entry), peer, false, 0).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    // Short runs: the whole bench finishes in about 1.5 minutes (see BENCHMARKS.md for the numbers).
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(40)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = token_benches, index_and_decision_benches, route_benches, header_benches
+}
+criterion_main!(benches);

@@ -199,15 +199,12 @@ pub fn authorize(
     now: u64,
 ) -> Result<Arc<Entry>, Denial> {
     token::check_format(token).map_err(Denial::BadFormat)?;
-    let digest = Digest::of(token);
-    let entry = index.get(&digest).ok_or(Denial::Unknown)?;
-    if !entry.digest.ct_eq(&digest) {
-        return Err(Denial::Unknown);
-    }
-    if entry.revoked {
+    let slot = index.get(&Digest::of(token)).ok_or(Denial::Unknown)?;
+    let entry = slot.entry;
+    if entry.is_revoked() {
         return Err(Denial::Revoked);
     }
-    if now >= entry.valid_until {
+    if now >= slot.valid_until {
         return Err(Denial::Unknown);
     }
     if now >= entry.expires_at {

@@ -9,40 +9,91 @@
 use crate::clock;
 use crate::store::{IndexRow, Store, StoreError, UsageDelta};
 use crate::token::Digest;
+use bytes::Bytes;
 use http::HeaderValue;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The scope the admin API requires; never implied by full access.
 pub const ADMIN_SCOPE: &str = "admin";
 
-/// What the gateway knows about one digest.
+/// What the gateway knows about one token, shared by all digests it is indexed under (two during a
+/// rotation grace period). Its identity (user, scopes, expiry) never changes for a token id; revocation
+/// and usage are atomics changed in place, so a revoke or a use allocates nothing.
+///
+/// Kept small on purpose (about 250 bytes a token all told, see BENCHMARKS.md): the user id and token
+/// id share one buffer from which the header values are sliced without copying.
 #[derive(Debug)]
 pub struct Entry {
     pub token_id: i64,
-    /// The digest this entry is stored under, compared in constant time after the lookup.
-    pub digest: Digest,
-    /// The owner's user id, ready to be a header value.
-    pub user: HeaderValue,
-    /// The token id, ready to be a header value.
-    pub token_id_value: HeaderValue,
-    /// Granted scopes; empty means full access.
+    /// `user id` followed by the decimal token id, both valid header values.
+    ident: Bytes,
+    user_len: u32,
+    /// Granted scopes; empty means full access (except [`ADMIN_SCOPE`]).
     pub scopes: Box<[Box<str>]>,
     /// Unix seconds after which the token is expired (`u64::MAX`: never).
     pub expires_at: u64,
-    /// Unix seconds after which this digest stops working (`u64::MAX`: never). Set on a rotated-out
-    /// secret whose grace period runs.
-    pub valid_until: u64,
-    pub revoked: bool,
-    /// Shared by all digests of one token (a rotation grace period has two).
-    pub usage: Arc<Usage>,
+    revoked: AtomicBool,
+    /// Store revision of the state applied; older rows are ignored (two loaders may race).
+    rev: AtomicI64,
+    /// Uses not yet flushed (32 bits: a flush every few seconds empties it long before it could wrap).
+    uses: AtomicU32,
+    /// Unix seconds of the latest use (0: none since start; 32 bits last until 2106).
+    last_used: AtomicU32,
 }
 
 impl Entry {
+    fn new(row: &IndexRow) -> Option<Entry> {
+        // The user id becomes a header value: refuse (fail closed) anything that is not one.
+        HeaderValue::from_str(&row.user).ok()?;
+        let mut ident = Vec::with_capacity(row.user.len() + 20);
+        ident.extend_from_slice(row.user.as_bytes());
+        ident.extend_from_slice(row.id.to_string().as_bytes());
+        Some(Entry {
+            token_id: row.id,
+            // Exact size: a vector's spare capacity would stay allocated for the token's lifetime.
+            ident: Bytes::from(ident.into_boxed_slice()),
+            user_len: row.user.len() as u32,
+            scopes: row.scopes.iter().map(|s| s.as_str().into()).collect(),
+            expires_at: row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX),
+            revoked: AtomicBool::new(row.revoked),
+            rev: AtomicI64::new(row.rev),
+            uses: AtomicU32::new(0),
+            last_used: AtomicU32::new(0),
+        })
+    }
+
+    /// Whether `row` describes the same identity (user, scopes, expiry) as this entry.
+    fn same_identity(&self, row: &IndexRow) -> bool {
+        self.user() == row.user
+            && self.expires_at == row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX)
+            && self.scopes.len() == row.scopes.len()
+            && self.scopes.iter().zip(&row.scopes).all(|(a, b)| **a == **b)
+    }
+
+    /// The owner's user id.
+    pub fn user(&self) -> &str {
+        std::str::from_utf8(&self.ident[..self.user_len as usize]).unwrap_or("")
+    }
+
+    /// The user id as a header value (shares the entry's buffer; no copy).
+    pub fn user_value(&self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.ident.slice(..self.user_len as usize))
+            .expect("checked when indexed")
+    }
+
+    /// The token id as a header value (shares the entry's buffer; no copy).
+    pub fn token_id_value(&self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.ident.slice(self.user_len as usize..)).expect("digits")
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
     /// Whether this token may use a route that requires `scope`. A token without scopes has full
     /// access to every scope except [`ADMIN_SCOPE`], which is only ever granted explicitly: a device
     /// token must never be able to manage other people's tokens.
@@ -53,23 +104,24 @@ impl Entry {
         self.scopes.iter().any(|s| &**s == scope)
     }
 
-    /// Records one use: two relaxed atomic writes, no I/O.
+    /// Records one use: relaxed atomic writes, no I/O.
     #[inline]
     pub fn record_use(&self, now: u64) {
-        self.usage.uses.fetch_add(1, Ordering::Relaxed);
-        if self.usage.last_used.load(Ordering::Relaxed) != now as i64 {
-            self.usage.last_used.store(now as i64, Ordering::Relaxed);
+        self.uses.fetch_add(1, Ordering::Relaxed);
+        let now = now as u32;
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
         }
     }
 }
 
-/// Usage counted in memory since the last flush.
-#[derive(Debug, Default)]
-pub struct Usage {
-    /// Uses not yet flushed.
-    pub uses: AtomicU64,
-    /// Unix seconds of the latest use (0: none since start).
-    pub last_used: AtomicI64,
+/// One digest's slot in the map: the token's entry and until when this digest works.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub entry: Arc<Entry>,
+    /// Unix seconds after which this digest stops working (`u64::MAX`: never). Set on a rotated-out
+    /// secret whose grace period runs.
+    pub valid_until: u64,
 }
 
 /// Digests are SHA-256 output, already uniform: their first eight bytes are the hash.
@@ -100,19 +152,40 @@ impl BuildHasher for BuildDigestHasher {
     }
 }
 
-/// Per token: the digests it is indexed under and its shared usage counters.
+/// The writer's bookkeeping for one token id: its entry and current digest.
 struct Known {
-    digests: Vec<Digest>,
-    /// Store revision of the state applied; older rows are ignored (two loaders may race).
-    rev: i64,
-    usage: Arc<Usage>,
+    entry: Arc<Entry>,
+    digest: Digest,
 }
 
 #[derive(Default)]
 struct Writer {
-    by_id: HashMap<i64, Known>,
-    /// Tokens with a rotated-out digest still in its grace period: id → (digest, deadline).
-    graced: HashMap<i64, (Digest, u64)>,
+    /// Indexed by token id (ids are dense SQLite rowids, so a vector beats a hash map by about 100
+    /// bytes a token).
+    by_id: Vec<Option<Known>>,
+    /// Tokens with a rotated-out digest still in its grace period: (id, digest, deadline).
+    graced: Vec<(i64, Digest, u64)>,
+    /// Entries replaced because a token's identity changed, kept until their usage has been flushed.
+    retired: Vec<Arc<Entry>>,
+}
+
+impl Writer {
+    fn slot(&mut self, id: i64) -> Option<&mut Option<Known>> {
+        let i = usize::try_from(id).ok()?;
+        if i >= self.by_id.len() {
+            // Grow by at least a quarter, never by doubling a huge table.
+            let want = (i + 1).max(self.by_id.len() + self.by_id.len() / 4);
+            self.by_id.resize_with(want, || None);
+        }
+        self.by_id.get_mut(i)
+    }
+
+    fn get(&self, id: i64) -> Option<&Known> {
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| self.by_id.get(i))
+            .and_then(Option::as_ref)
+    }
 }
 
 /// How the index's sync is doing, for `/healthz` and metrics.
@@ -128,9 +201,9 @@ pub struct SyncHealth {
     pub flush_error: Mutex<Option<String>>,
 }
 
-/// The digest → entry map.
+/// The digest → slot map.
 pub struct Index {
-    map: papaya::HashMap<Digest, Arc<Entry>, BuildDigestHasher>,
+    map: papaya::HashMap<Digest, Slot, BuildDigestHasher>,
     writer: Mutex<Writer>,
     /// Highest store revision applied.
     last_rev: AtomicI64,
@@ -145,18 +218,40 @@ impl Default for Index {
 
 impl Index {
     pub fn new() -> Index {
+        Index::with_capacity(0)
+    }
+
+    /// An index sized for `n` tokens, so that loading them does not resize the map on the way.
+    pub fn with_capacity(n: usize) -> Index {
         Index {
-            map: papaya::HashMap::with_hasher(BuildDigestHasher),
+            map: papaya::HashMap::builder()
+                .capacity(n)
+                .hasher(BuildDigestHasher)
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
             writer: Mutex::new(Writer::default()),
             last_rev: AtomicI64::new(0),
             health: SyncHealth::default(),
         }
     }
 
-    /// Looks a digest up. Lock-free; clones one `Arc`.
+    /// Makes room for token ids up to `max_id` in the writer's bookkeeping (used before a full load).
+    pub fn reserve_ids(&self, max_id: i64) {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(n) = usize::try_from(max_id) {
+            if n >= w.by_id.len() {
+                w.by_id.resize_with(n + 1, || None);
+            }
+        }
+    }
+
+    /// Looks a digest up. Lock-free; clones one `Arc`. The stored key is compared with the probe in
+    /// constant time before anything is returned.
     #[inline]
-    pub fn get(&self, digest: &Digest) -> Option<Arc<Entry>> {
-        self.map.pin().get(digest).cloned()
+    pub fn get(&self, digest: &Digest) -> Option<Slot> {
+        let map = self.map.pin();
+        let (key, slot) = map.get_key_value(digest)?;
+        key.ct_eq(digest).then(|| slot.clone())
     }
 
     /// Number of digests indexed (a token in a rotation grace period counts twice).
@@ -184,76 +279,93 @@ impl Index {
         Ok(n)
     }
 
-    /// Applies one changed token row. Idempotent; rows older than what was applied are still applied
-    /// (they carry the full state of the token).
+    /// Applies one changed token row. Idempotent; a row older than what was applied for its token is
+    /// ignored (two loaders may race).
     pub fn apply(&self, row: &IndexRow) {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let guard = self.map.guard();
-        let Ok(user) = HeaderValue::from_str(&row.user) else {
-            // Cannot be sent as a header: fail closed by not indexing it at all.
-            log::error!(
-                "token {} has a user id that is not a valid header value; it is not accepted",
-                row.id
-            );
-            if let Some(k) = w.by_id.remove(&row.id) {
-                for d in &k.digests {
-                    self.map.remove(d, &guard);
-                }
-            }
-            return;
-        };
         let now = clock::now();
-        let known = w.by_id.entry(row.id).or_insert_with(|| Known {
-            digests: Vec::new(),
-            rev: 0,
-            usage: Arc::default(),
-        });
-        if row.rev < known.rev {
+        let Some(slot) = w.slot(row.id) else {
+            log::error!("token id {} is out of range; it is not accepted", row.id);
             return;
-        }
-        known.rev = row.rev;
-        let usage = known.usage.clone();
-        let entry = |digest: Digest, valid_until: u64, revoked: bool| Entry {
-            token_id: row.id,
-            digest,
-            user: user.clone(),
-            token_id_value: HeaderValue::from(row.id),
-            scopes: row.scopes.iter().map(|s| s.as_str().into()).collect(),
-            expires_at: row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX),
-            valid_until,
-            revoked,
-            usage: usage.clone(),
         };
-        let mut digests = vec![row.digest];
+        if let Some(k) = slot.as_ref() {
+            if row.rev < k.entry.rev.load(Ordering::Acquire) {
+                return;
+            }
+        }
+        let old = slot.take();
+        let entry = match &old {
+            Some(k) if k.entry.same_identity(row) => k.entry.clone(),
+            _ => match Entry::new(row) {
+                Some(e) => Arc::new(e),
+                None => {
+                    // Cannot be sent as a header: fail closed by not indexing it at all.
+                    log::error!("token {} has a user id that is not a valid header value; it is not accepted", row.id);
+                    if let Some(k) = &old {
+                        self.map.remove(&k.digest, &guard);
+                    }
+                    w.graced
+                        .retain(|(id, d, _)| *id != row.id || self.map.remove(d, &guard).is_none());
+                    return;
+                }
+            },
+        };
+        entry.rev.store(row.rev, Ordering::Release);
+        entry.revoked.store(row.revoked, Ordering::Release);
+        if let Some(k) = &old {
+            if !Arc::ptr_eq(&k.entry, &entry) {
+                // Identity changed (a restored or hand-edited database): carry the pending usage over.
+                entry
+                    .uses
+                    .fetch_add(k.entry.uses.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+                entry
+                    .last_used
+                    .fetch_max(k.entry.last_used.load(Ordering::Acquire), Ordering::AcqRel);
+                w.retired.push(k.entry.clone());
+            }
+        }
+        // Digests of this token that no longer work: the previous current one (unless it is still
+        // current or now in grace), and a graced one that is not graced any more.
         let grace = match (row.revoked, row.prev_digest, row.prev_valid_until) {
             (false, Some(prev), Some(until)) if until > now as i64 && prev != row.digest => {
                 Some((prev, until as u64))
             }
             _ => None,
         };
-        if let Some((prev, _)) = grace {
-            digests.push(prev);
+        let keep = |d: &Digest| *d == row.digest || grace.is_some_and(|(p, _)| p == *d);
+        if let Some(k) = &old {
+            if !keep(&k.digest) {
+                self.map.remove(&k.digest, &guard);
+            }
         }
-        for old in known.digests.iter().filter(|d| !digests.contains(d)) {
-            self.map.remove(old, &guard);
-        }
+        w.graced
+            .retain(|(id, d, _)| *id != row.id || keep(d) || self.map.remove(d, &guard).is_none());
         self.map.insert(
             row.digest,
-            Arc::new(entry(row.digest, u64::MAX, row.revoked)),
+            Slot {
+                entry: entry.clone(),
+                valid_until: u64::MAX,
+            },
             &guard,
         );
-        match grace {
-            Some((prev, until)) => {
-                self.map
-                    .insert(prev, Arc::new(entry(prev, until, false)), &guard);
-                w.graced.insert(row.id, (prev, until));
-            }
-            None => {
-                w.graced.remove(&row.id);
-            }
+        if let Some((prev, until)) = grace {
+            self.map.insert(
+                prev,
+                Slot {
+                    entry: entry.clone(),
+                    valid_until: until,
+                },
+                &guard,
+            );
+            w.graced.retain(|(id, _, _)| *id != row.id);
+            w.graced.push((row.id, prev, until));
         }
-        if let Some(k) = w.by_id.get_mut(&row.id) {
-            k.digests = digests;
+        if let Some(slot) = w.slot(row.id) {
+            *slot = Some(Known {
+                entry,
+                digest: row.digest,
+            });
         }
         self.last_rev.fetch_max(row.rev, Ordering::AcqRel);
     }
@@ -263,45 +375,49 @@ impl Index {
     pub fn purge_expired_grace(&self) {
         let now = clock::now();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let done: Vec<(i64, Digest)> = w
-            .graced
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(id, (d, _))| (*id, *d))
-            .collect();
         let guard = self.map.guard();
-        for (id, d) in done {
-            self.map.remove(&d, &guard);
-            w.graced.remove(&id);
-            if let Some(k) = w.by_id.get_mut(&id) {
-                k.digests.retain(|x| *x != d);
+        w.graced.retain(|(_, d, until)| {
+            if *until <= now {
+                self.map.remove(d, &guard);
+                false
+            } else {
+                true
             }
-        }
+        });
     }
 
     /// Takes the usage counted since the last call, resetting the counters.
     pub fn take_usage(&self) -> Vec<UsageDelta> {
-        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.by_id
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let retired = std::mem::take(&mut w.retired);
+        let mut out: Vec<UsageDelta> = Vec::new();
+        for e in w
+            .by_id
             .iter()
-            .filter_map(|(&id, k)| {
-                let uses = k.usage.uses.swap(0, Ordering::Relaxed);
-                (uses > 0).then(|| UsageDelta {
-                    id,
-                    uses,
-                    last_used_at: k.usage.last_used.load(Ordering::Relaxed),
-                })
-            })
-            .collect()
+            .flatten()
+            .map(|k| &k.entry)
+            .chain(retired.iter())
+        {
+            let uses = e.uses.swap(0, Ordering::Relaxed);
+            if uses > 0 {
+                let last_used_at = e.last_used.load(Ordering::Relaxed) as i64;
+                out.push(UsageDelta {
+                    id: e.token_id,
+                    uses: uses as u64,
+                    last_used_at,
+                });
+            }
+        }
+        out
     }
 
     /// Usage counted in memory but not flushed yet for a token: (uses, last used unix seconds or 0).
     pub fn pending_usage(&self, id: i64) -> (u64, i64) {
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.by_id.get(&id).map_or((0, 0), |k| {
+        w.get(id).map_or((0, 0), |k| {
             (
-                k.usage.uses.load(Ordering::Relaxed),
-                k.usage.last_used.load(Ordering::Relaxed),
+                k.entry.uses.load(Ordering::Relaxed) as u64,
+                k.entry.last_used.load(Ordering::Relaxed) as i64,
             )
         })
     }
@@ -310,8 +426,13 @@ impl Index {
     pub fn restore_usage(&self, deltas: &[UsageDelta]) {
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for d in deltas {
-            if let Some(k) = w.by_id.get(&d.id) {
-                k.usage.uses.fetch_add(d.uses, Ordering::Relaxed);
+            if let Some(k) = w.get(d.id) {
+                k.entry
+                    .uses
+                    .fetch_add(d.uses.min(u32::MAX as u64) as u32, Ordering::Relaxed);
+                k.entry
+                    .last_used
+                    .fetch_max(d.last_used_at.max(0) as u32, Ordering::Relaxed);
             }
         }
     }
@@ -501,19 +622,24 @@ mod tests {
         let idx = Index::new();
         let a = Token::generate().digest();
         idx.apply(&row(1, a, 1));
-        let e = idx.get(&a).unwrap();
-        assert_eq!(e.user, "user1");
-        assert!(e.digest.ct_eq(&a) && !e.revoked && e.allows("anything") && !e.allows(ADMIN_SCOPE));
+        let s = idx.get(&a).unwrap();
+        assert_eq!(s.entry.user(), "user1");
+        assert_eq!(s.entry.user_value(), "user1");
+        assert_eq!(s.entry.token_id_value(), "1");
+        assert!(
+            !s.entry.is_revoked() && s.entry.allows("anything") && !s.entry.allows(ADMIN_SCOPE)
+        );
 
-        // Rotation with grace keeps both, sharing usage.
+        // Rotation with grace keeps both, sharing the entry and its usage.
         let b = Token::generate().digest();
         let mut r = row(1, b, 2);
         r.prev_digest = Some(a);
         r.prev_valid_until = Some(clock::now() as i64 + 60);
         idx.apply(&r);
         assert_eq!(idx.len(), 2);
-        idx.get(&a).unwrap().record_use(5);
-        idx.get(&b).unwrap().record_use(6);
+        idx.get(&a).unwrap().entry.record_use(5);
+        idx.get(&b).unwrap().entry.record_use(6);
+        assert!(idx.get(&a).unwrap().valid_until < u64::MAX);
         let u = idx.take_usage();
         assert_eq!(
             u,
@@ -525,18 +651,37 @@ mod tests {
         );
         assert!(idx.take_usage().is_empty());
 
-        // Rotation without grace drops the old digest.
+        // Rotation without grace drops the old digests.
         let c = Token::generate().digest();
         idx.apply(&row(1, c, 3));
         assert!(idx.get(&a).is_none() && idx.get(&b).is_none());
+        assert_eq!(idx.len(), 1);
         let mut rv = row(1, c, 4);
         rv.revoked = true;
         idx.apply(&rv);
-        assert!(idx.get(&c).unwrap().revoked);
+        assert!(idx.get(&c).unwrap().entry.is_revoked());
         assert_eq!(idx.last_rev(), 4);
         // A stale row (a slower loader) does not undo the revocation.
         idx.apply(&row(1, c, 3));
-        assert!(idx.get(&c).unwrap().revoked);
+        assert!(idx.get(&c).unwrap().entry.is_revoked());
+    }
+
+    #[test]
+    fn two_rotations_between_syncs_leave_no_old_secret() {
+        let idx = Index::new();
+        let (a, b, c) = (
+            Token::generate().digest(),
+            Token::generate().digest(),
+            Token::generate().digest(),
+        );
+        idx.apply(&row(3, a, 1));
+        // The gateway only ever sees the final state: digest c, graced b; a must be gone.
+        let mut r = row(3, c, 3);
+        r.prev_digest = Some(b);
+        r.prev_valid_until = Some(clock::now() as i64 + 60);
+        idx.apply(&r);
+        assert!(idx.get(&a).is_none());
+        assert!(idx.get(&b).is_some() && idx.get(&c).is_some());
     }
 
     #[test]
@@ -549,6 +694,7 @@ mod tests {
         idx.apply(&r);
         assert!(idx.get(&a).is_none());
         r.prev_valid_until = Some(clock::now() as i64 + 1000);
+        r.rev = 2;
         idx.apply(&r);
         assert_eq!(idx.get(&a).unwrap().valid_until, clock::now() + 1000);
         idx.purge_expired_grace();
@@ -560,10 +706,11 @@ mod tests {
         let idx = Index::new();
         let a = Token::generate().digest();
         idx.apply(&row(1, a, 1));
-        idx.get(&a).unwrap().record_use(9);
+        idx.get(&a).unwrap().entry.record_use(9);
         let u = idx.take_usage();
         idx.restore_usage(&u);
         assert_eq!(idx.take_usage()[0].uses, 1);
+        assert_eq!(idx.pending_usage(1), (0, 9));
     }
 
     #[test]
@@ -573,7 +720,17 @@ mod tests {
         let mut r = row(1, a, 1);
         r.scopes = vec!["telemetry:write".into()];
         idx.apply(&r);
-        let e = idx.get(&a).unwrap();
+        let e = idx.get(&a).unwrap().entry;
         assert!(e.allows("telemetry:write") && !e.allows("admin"));
+    }
+
+    #[test]
+    fn invalid_user_is_not_indexed() {
+        let idx = Index::new();
+        let a = Token::generate().digest();
+        let mut r = row(1, a, 1);
+        r.user = "bad\nuser".into();
+        idx.apply(&r);
+        assert!(idx.get(&a).is_none());
     }
 }

@@ -41,7 +41,10 @@ impl State {
         clock::start();
         let t = Instant::now();
         let store = Store::open(&config.store.path)?;
-        let index = Arc::new(Index::new());
+        let (count, max_id) = store.token_counts()?;
+        // Sized for what is there now (the map rounds up to a power of two, which leaves room to grow).
+        let index = Arc::new(Index::with_capacity(count + 1024));
+        index.reserve_ids(max_id);
         let n = index
             .sync_from(&store)
             .context("loading tokens into the index")?;

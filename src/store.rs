@@ -571,6 +571,17 @@ impl Store {
         Ok((self.get(id)?, token))
     }
 
+    /// Number of tokens and the highest id, to size the index before loading it.
+    pub fn token_counts(&self) -> Result<(usize, i64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM tokens",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)),
+            )
+            .map_err(|e| to_err(&self.path, e))
+    }
+
     /// SQLite's `data_version`: changes whenever another connection commits.
     pub fn data_version(&self) -> Result<i64, StoreError> {
         let err = |e| to_err(&self.path, e);

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# Load comparison on loopback: what does tokengate cost per request, next to nginx doing the same job?
+#
+# Contenders (all behind / in front of the same upstream: nginx, 1 worker, `return 200` with a 3-byte body):
+#   direct      wrk → upstream                                  (the ceiling)
+#   nginx-auth  wrk → nginx (1 worker): map $http_authorization with TOKENS entries, 401 when unknown,
+#               Authorization cleared, x-user-id + X-Forwarded-For set, keep-alive upstream pool → upstream
+#   tg-bearer   wrk → tokengate (threads = 1), bearer route, database with TOKENS tokens → upstream
+#   tg-none     the same gateway process, route with auth = "none"  (bearer/none = the cost of auth)
+#   tg-1        tokengate, bearer route, database with 1 token       (index size: 1 token ...
+#   tg-big      tokengate, bearer route, database with BIG_TOKENS     ... vs BIG_TOKENS; BIG_TOKENS=0 skips)
+# Every contender gets the same request bytes (wrk_bearer.lua: Authorization round-robin over
+# WRK_TOKENS real tokens of its database; direct and tg-none ignore it).
+#
+# Rounds are interleaved (round 1: every contender, round 2: every contender, ... with the starting
+# contender rotated) so that machine drift hits all alike; the table shows medians over rounds.
+#
+# CPU pinning (machines with ≥ 2 cores): the proxy under test and the upstream share SERVER_CPU (default 0),
+# wrk runs alone on WRK_CPU (default 1). Sharing makes requests/s a measure of the total CPU a request costs
+# on the server side (proxy + upstream), which is what a proxy in front of an API costs on one box, and keeps
+# wrk from ever competing with what it measures. On one core nothing is pinned (numbers then are rough).
+#
+# Usage: benches/load.sh                 (ROUNDS=5 DURATION=10 TOKENS=100000 BIG_TOKENS=1000000)
+#        ROUNDS=2 DURATION=3 TOKENS=10000 BIG_TOKENS=100000 benches/load.sh     (a quick check)
+# Other knobs: CONNS (32), WRK_TOKENS (1024), SERVER_CPU, WRK_CPU, UPSTREAM_CPU, BASE_PORT (18080),
+#              BENCH_DIR (/tmp/tokengate-bench; seeded databases are cached there), FRESH=1 (re-seed),
+#              WRITE_MD=0 (do not touch BENCHMARKS.md), NOTE="..." (a remark stored with the results),
+#              ACCESS_LOG=off|plain|json (default off: neither nginx nor tokengate logs requests).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+TOKENS=${TOKENS:-100000}
+BIG_TOKENS=${BIG_TOKENS:-1000000}
+CONNS=${CONNS:-32}
+WRK_TOKENS=${WRK_TOKENS:-1024}
+SERVER_CPU=${SERVER_CPU:-0}
+WRK_CPU=${WRK_CPU:-1}
+UPSTREAM_CPU=${UPSTREAM_CPU:-$SERVER_CPU}
+BASE_PORT=${BASE_PORT:-18080}
+WRITE_MD=${WRITE_MD:-1}
+NOTE=${NOTE:-}
+ACCESS_LOG=${ACCESS_LOG:-off}
+
+UPSTREAM_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+TG_PORT=$((BASE_PORT + 10))   # admin on +1
+TG1_PORT=$((BASE_PORT + 12))  # admin on +1
+TGBIG_PORT=$((BASE_PORT + 14)) # admin on +1
+
+need_tool nginx nginx-light
+need_tool wrk wrk
+need_tool curl curl
+need_tool bc bc
+need_tool cargo "a Rust toolchain (https://rustup.rs)"
+[ "$NPROC" -ge 2 ] && need_tool taskset util-linux
+
+bench_init
+RUN="$BENCH_DIR/load-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$RUN"
+log "work directory: $RUN"
+MACHINE=$(machine_line)
+
+build_release
+
+# ---- token databases -------------------------------------------------------------------------------------
+# The main database keeps every plaintext: nginx's map needs them all.
+DB_MAIN=$(seeded_db "$TOKENS" "$TOKENS")
+DB_ONE=$(seeded_db 1 1)
+if [ "$BIG_TOKENS" -gt 0 ]; then DB_BIG=$(seeded_db "$BIG_TOKENS" "$WRK_TOKENS"); fi
+
+# ---- upstream: nginx, one worker, a fixed 3-byte body ----------------------------------------------------
+nginx_common() {
+    cat <<CONF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $RUN/$1.pid;
+error_log $RUN/$1.error.log warn;
+events { worker_connections 4096; }
+CONF
+}
+mkdir -p "$RUN/upstream" "$RUN/nginx-auth"
+{
+    nginx_common upstream
+    cat <<CONF
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / { return 200 "ok\n"; }
+    }
+}
+CONF
+} >"$RUN/upstream/nginx.conf"
+spawn "$RUN/upstream.log" $(pin "$UPSTREAM_CPU") nginx -p "$RUN/upstream" -c "$RUN/upstream/nginx.conf" -e "$RUN/upstream.error.log"
+UPSTREAM_PID=$SPAWNED
+wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$UPSTREAM_PID" || die "upstream nginx did not start ($RUN/upstream.log)"
+
+# ---- nginx doing tokengate's job -------------------------------------------------------------------------
+# With ACCESS_LOG other than off, both nginx-auth and tokengate write an access log line per request to a
+# file (nginx buffered, 64 KiB / 200 ms, like tokengate's writer thread); the upstream never logs.
+if [ "$ACCESS_LOG" = off ]; then
+    NGINX_ACCESS_LOG="access_log off;"
+else
+    NGINX_ACCESS_LOG="access_log $RUN/nginx-auth-access.log combined buffer=64k flush=200ms;"
+fi
+
+# One map entry per token: "Bearer <token>" → user id. Note nginx's map matches case-insensitively (a token
+# with its letters' case changed is accepted too) and only one exact "Bearer " spelling: it is a performance
+# stand-in, not an equivalent check. The bucket size keeps the hash build quick at 1M entries.
+log "writing the nginx map ($TOKENS entries)"
+awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$BENCH_DIR/tokens-$TOKENS.txt" >"$RUN/nginx-auth/tokens.map"
+{
+    nginx_common nginx-auth
+    cat <<CONF
+http {
+    $NGINX_ACCESS_LOG
+    keepalive_requests 1000000;
+    map_hash_bucket_size 1024;
+    map_hash_max_size $((TOKENS * 2 + 1024));
+    map \$http_authorization \$user_id {
+        default "";
+        include $RUN/nginx-auth/tokens.map;
+    }
+    upstream api {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            if (\$user_id = "") { return 401; }
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header x-user-id \$user_id;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto http;
+        }
+    }
+}
+CONF
+} >"$RUN/nginx-auth/nginx.conf"
+spawn "$RUN/nginx-auth.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-auth" -c "$RUN/nginx-auth/nginx.conf" -e "$RUN/nginx-auth.error.log"
+NGINX_PID=$SPAWNED
+wait_http "http://127.0.0.1:$NGINX_PORT/" 120 "$NGINX_PID" || die "nginx-auth did not start ($RUN/nginx-auth.error.log)"
+
+# ---- tokengate instances ---------------------------------------------------------------------------------
+# start_gateway NAME PORT DB: one worker thread, pinned to SERVER_CPU (its sync/usage/clock threads too).
+start_gateway() {
+    local name=$1 port=$2 db=$3
+    gateway_config "$RUN/$name.toml" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" "$db" "127.0.0.1:$UPSTREAM_PORT" 1
+    RUST_LOG=warn spawn "$RUN/$name.log" $(pin "$SERVER_CPU") "$TG_BIN" serve -c "$RUN/$name.toml"
+    wait_http "http://127.0.0.1:$((port + 1))/healthz" 300 "$SPAWNED" || die "$name did not start ($RUN/$name.log)"
+    log "$name up (pid $SPAWNED, $(vmrss "$SPAWNED") KiB RSS)"
+}
+start_gateway tg "$TG_PORT" "$DB_MAIN"
+start_gateway tg1 "$TG1_PORT" "$DB_ONE"
+if [ "$BIG_TOKENS" -gt 0 ]; then start_gateway tgbig "$TGBIG_PORT" "$DB_BIG"; fi
+
+# ---- contenders: name|url|tokens file|description -------------------------------------------------------
+CONTENDERS=(
+    "direct|http://127.0.0.1:$UPSTREAM_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|wrk → upstream nginx"
+    "nginx-auth|http://127.0.0.1:$NGINX_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|nginx 1 worker, map of $TOKENS tokens"
+    "tg-bearer|http://127.0.0.1:$TG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, bearer, $TOKENS tokens"
+    "tg-none|http://127.0.0.1:$TG_PORT/public/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, auth=none"
+    "tg-1|http://127.0.0.1:$TG1_PORT/bearer/hives/7|$BENCH_DIR/tokens-1.txt|tokengate threads=1, bearer, 1 token"
+)
+if [ "$BIG_TOKENS" -gt 0 ]; then
+    CONTENDERS+=("tg-big|http://127.0.0.1:$TGBIG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$BIG_TOKENS.txt|tokengate threads=1, bearer, $BIG_TOKENS tokens")
+fi
+
+# Every contender must answer 200 before we measure it (a 401 would make a fast, meaningless number).
+for c in "${CONTENDERS[@]}"; do
+    IFS='|' read -r name url tokens _ <<<"$c"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(head -1 "$tokens")" "$url")
+    [ "$code" = 200 ] || die "$name answered $code instead of 200 at $url"
+done
+
+# run_wrk NAME URL TOKENS SECONDS: one wrk run; prints the RESULT line.
+run_wrk() {
+    TG_TOKENS_FILE=$3 TG_WRK_TOKENS=$WRK_TOKENS $(pin "$WRK_CPU") \
+        wrk -t1 -c"$CONNS" -d"$4s" --timeout 2s -s "$REPO/benches/wrk_bearer.lua" "$2" >"$RUN/wrk-$1.last" 2>&1 ||
+        die "wrk failed against $1: $(cat "$RUN/wrk-$1.last")"
+    grep '^RESULT' "$RUN/wrk-$1.last" || die "no RESULT line from wrk against $1"
+}
+
+log "warm-up: 2 s per contender"
+for c in "${CONTENDERS[@]}"; do
+    IFS='|' read -r name url tokens _ <<<"$c"
+    run_wrk "$name" "$url" "$tokens" 2 >/dev/null
+done
+
+RESULTS="$RUN/results.tsv"
+printf 'round\tcontender\trps\tp50_us\tp99_us\terrors\n' >"$RESULTS"
+n=${#CONTENDERS[@]}
+for round in $(seq 1 "$ROUNDS"); do
+    for k in $(seq 0 $((n - 1))); do
+        IFS='|' read -r name url tokens _ <<<"${CONTENDERS[$(((k + round - 1) % n))]}"
+        line=$(run_wrk "$name" "$url" "$tokens" "$DURATION")
+        get() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
+        errors=$(($(get connect_err) + $(get read_err) + $(get write_err) + $(get status_err) + $(get timeouts)))
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$(get rps)" "$(get p50_us)" "$(get p99_us)" "$errors" >>"$RESULTS"
+        log "round $round/$ROUNDS $name: $(get rps) req/s, p50 $(get p50_us) µs, p99 $(get p99_us) µs, errors $errors"
+    done
+done
+
+# ---- summary ---------------------------------------------------------------------------------------------
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { awk -F'\t' -v c="$1" -v k="$2" 'NR > 1 && $2 == c { print $k }' "$RESULTS"; }
+declare -A RPS BEST
+TABLE="$RUN/table.md"
+{
+    echo "| contender | setup | median req/s | best round req/s | p50 ms | p99 ms | errors/non-2xx (all rounds) |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    for c in "${CONTENDERS[@]}"; do
+        IFS='|' read -r name _ _ desc <<<"$c"
+        RPS[$name]=$(col "$name" 3 | median)
+        BEST[$name]=$(col "$name" 3 | sort -g | tail -1)
+        printf '| %s | %s | %.0f | %.0f | %.2f | %.2f | %d |\n' "$name" "$desc" "${RPS[$name]}" "${BEST[$name]}" \
+            "$(echo "$(col "$name" 4 | median) / 1000" | bc -l)" "$(echo "$(col "$name" 5 | median) / 1000" | bc -l)" \
+            "$(col "$name" 6 | paste -sd+ | bc)"
+    done
+    ratio() { printf '%.3f' "$(echo "${RPS[$1]} / ${RPS[$2]}" | bc -l)"; }
+    echo
+    echo "Ratios of medians (p50/p99: medians over rounds; on a busy machine compare the best-round column too):"
+    echo
+    echo "- tokengate / nginx (bearer, $TOKENS tokens): **$(ratio tg-bearer nginx-auth)** × the requests/s"
+    echo "- tokengate / direct: $(ratio tg-bearer direct); nginx / direct: $(ratio nginx-auth direct)"
+    auth=$(ratio tg-bearer tg-none)
+    verdict=$(echo "$auth >= 0.95" | bc -l)
+    echo "- bearer / none (the cost of auth): **$auth** → auth costs $(echo "scale=1; (1 - $auth) * 100 / 1" | bc -l) %" \
+        "of requests/s; target ≤ 5 %: $([ "$verdict" = 1 ] && echo met || echo NOT met)"
+    if [ "$BIG_TOKENS" -gt 0 ]; then
+        echo "- $BIG_TOKENS tokens / 1 token (tokengate bearer, requests/s): $(ratio tg-big tg-1)"
+    fi
+} >"$TABLE"
+cat "$TABLE"
+
+if [ "$WRITE_MD" = 1 ]; then
+    SECTION="$RUN/section.md"
+    {
+        echo "### Load comparison — $(date -u +%Y-%m-%d)"
+        echo
+        echo "Machine: $MACHINE."
+        echo
+        echo "Settings: ROUNDS=$ROUNDS × DURATION=${DURATION}s per contender, interleaved; wrk -t1 -c$CONNS" \
+            "(pinned to CPU $WRK_CPU), servers and upstream on CPU $SERVER_CPU; $WRK_TOKENS tokens round-robin;" \
+            "upstream nginx \`return 200\` (3-byte body); access logs: $ACCESS_LOG."
+        [ -n "$NOTE" ] && { echo; echo "Note: $NOTE"; }
+        echo
+        cat "$TABLE"
+        echo
+        echo "Raw per-round results: \`$RESULTS\` (not kept in the repository)."
+    } >"$SECTION"
+    replace_section "$REPO/BENCHMARKS.md" load "$SECTION"
+    log "BENCHMARKS.md: load section updated"
+fi
