@@ -550,6 +550,8 @@ fn read_response(reader: &mut BufReader, head_only: bool) -> io::Result<RawRespo
 #[derive(Clone, Debug)]
 pub struct GatewayBuilder {
     gateway: BTreeMap<String, String>,
+    /// Other top-level tables (`log`, `throttle`, ...): name → key → raw TOML value.
+    sections: BTreeMap<String, BTreeMap<String, String>>,
     routes: Vec<String>,
 }
 
@@ -567,6 +569,7 @@ impl GatewayBuilder {
         gateway.insert("grace_period".to_owned(), "\"1s\"".to_owned());
         GatewayBuilder {
             gateway,
+            sections: BTreeMap::new(),
             routes: Vec::new(),
         }
     }
@@ -574,6 +577,15 @@ impl GatewayBuilder {
     /// Sets a `[gateway]` key; `raw_value` is TOML (strings need their quotes).
     pub fn gateway(mut self, key: &str, raw_value: &str) -> Self {
         self.gateway.insert(key.to_owned(), raw_value.to_owned());
+        self
+    }
+
+    /// Sets a key of another top-level table, e.g. `.section("throttle", "max_failures", "0")`.
+    pub fn section(mut self, table: &str, key: &str, raw_value: &str) -> Self {
+        self.sections
+            .entry(table.to_owned())
+            .or_default()
+            .insert(key.to_owned(), raw_value.to_owned());
         self
     }
 
@@ -661,6 +673,12 @@ impl Gateway {
         }
         toml.push_str("\n[store]\npath = \"tokengate.db\"\n");
         toml.push_str(&format!("\n[admin]\nlisten = \"{}\"\n", self.admin));
+        for (table, keys) in &self.builder.sections {
+            toml.push_str(&format!("\n[{table}]\n"));
+            for (key, value) in keys {
+                toml.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         for route in &self.builder.routes {
             toml.push('\n');
             toml.push_str(route);
