@@ -515,6 +515,10 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
             let inode = std::fs::metadata(&path)
                 .map_err(|_| gone("the database file is missing"))?
                 .ino();
+            // The open connection answers from its cache: read the file's header to notice corruption.
+            if !has_sqlite_header(&path) {
+                return Err(gone("the database file is corrupt (no SQLite header)"));
+            }
             if store.as_ref().is_some_and(|(_, ino)| *ino != inode) {
                 log::warn!("sync: {} was replaced; reopening", path.display());
                 store = None;
@@ -569,6 +573,16 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
             last_purge = Instant::now();
         }
     }
+}
+
+/// Whether the file starts with SQLite's magic string (16 bytes, one read).
+fn has_sqlite_header(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"SQLite format 3\0"
 }
 
 /// Runs the usage flush loop until stopped, then flushes once more. A database that is missing or was
