@@ -50,7 +50,6 @@ fn every_upstream_request_is_authenticated(up: &Upstream, user: &str) {
 fn smuggling_pipelining_and_malformed_headers_never_reach_the_upstream_unauthenticated() {
     let up = Upstream::start("iot");
     let gw = GatewayBuilder::new()
-        .section("throttle", "max_failures", "0")
         .route("iot", "/iot", up.addr())
         .start();
     let (_, token) = gw.create_token("alice", "scale");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// interval); returns the response that matched.
 fn wait_status(gw: &Gateway, path: &str, token: &str, want: u16) -> RawResponse {
     let mut last = None;
-    let ok = poll_until(Duration::from_secs(5), Duration::from_millis(5), || {
+    let ok = poll_until(Duration::from_secs(10), Duration::from_millis(5), || {
         let r = gw.get_with_token(path, token);
         let hit = r.status == want;
         last = Some(r);
@@ -212,7 +212,7 @@ fn expired_tokens_are_refused_and_listed_as_expired() {
         describe(&past)
     );
 
-    let soon = store_time(unix_now() + 3);
+    let soon = store_time(unix_now() + 5);
     let (_, at_token) = gw.create_token_with("alice", "until", &["--expires-at", &soon]);
     wait_status(&gw, "/iot/x", &at_token, 200);
     wait_status(&gw, "/iot/x", &at_token, 401);

@@ -562,14 +562,21 @@ impl Default for GatewayBuilder {
 }
 
 impl GatewayBuilder {
-    /// Defaults for tests: 2 threads, a 1 s grace period.
+    /// Defaults for tests: 2 threads, a 1 s grace period, no throttling of failed authentications.
     pub fn new() -> Self {
         let mut gateway = BTreeMap::new();
         gateway.insert("threads".to_owned(), "2".to_owned());
         gateway.insert("grace_period".to_owned(), "\"1s\"".to_owned());
+        // Tests poll freshly created tokens before the gateway has synced them; those 401s would count as
+        // failed authentications. Throttling is off unless a test turns it on (tests/attacks.rs does).
+        let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        sections
+            .entry("throttle".to_owned())
+            .or_default()
+            .insert("max_failures".to_owned(), "0".to_owned());
         GatewayBuilder {
             gateway,
-            sections: BTreeMap::new(),
+            sections,
             routes: Vec::new(),
         }
     }
