@@ -575,14 +575,15 @@ pub fn rewrite_upstream_request(
     Ok(())
 }
 
-/// 429 for an address over its failure limit.
-async fn respond_throttled(session: &mut Session, retry_after: u64) -> Result<()> {
+/// A JSON refusal that asks the client to come back later (429, 503): `Retry-After`, connection closed.
+async fn respond_retry_later(
+    session: &mut Session,
+    status: u16,
+    retry_after: u64,
+    body: Vec<u8>,
+) -> Result<()> {
     session.set_keepalive(None);
-    let body = error_body(
-        "too_many_requests",
-        "too many failed authentications from this address; retry later",
-    );
-    let mut h = ResponseHeader::build(429, Some(5))?;
+    let mut h = ResponseHeader::build(status, Some(5))?;
     h.insert_header(CONTENT_TYPE, "application/json")?;
     h.insert_header(CONTENT_LENGTH, body.len())?;
     h.insert_header(CACHE_CONTROL, "no-store")?;
@@ -593,21 +594,22 @@ async fn respond_throttled(session: &mut Session, retry_after: u64) -> Result<()
         .await
 }
 
+/// 429 for an address over its failure limit.
+async fn respond_throttled(session: &mut Session, retry_after: u64) -> Result<()> {
+    let detail = "too many failed authentications from this address; retry later";
+    respond_retry_later(
+        session,
+        429,
+        retry_after,
+        error_body("too_many_requests", detail),
+    )
+    .await
+}
+
 /// 503 when `max_in_flight` requests are already being handled.
 async fn respond_busy(session: &mut Session) -> Result<()> {
-    let body = error_body(
-        "overloaded",
-        "the gateway is handling as many requests as it is allowed to; retry shortly",
-    );
-    let mut h = ResponseHeader::build(503, Some(5))?;
-    h.insert_header(CONTENT_TYPE, "application/json")?;
-    h.insert_header(CONTENT_LENGTH, body.len())?;
-    h.insert_header(CACHE_CONTROL, "no-store")?;
-    h.insert_header(http::header::RETRY_AFTER, "1")?;
-    session.write_response_header(Box::new(h), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await
+    let detail = "the gateway is handling as many requests as it is allowed to; retry shortly";
+    respond_retry_later(session, 503, 1, error_body("overloaded", detail)).await
 }
 
 /// Writes the RFC 6750 answer for a denial.

@@ -359,40 +359,15 @@ impl Store {
         new: &NewToken,
         actor: &str,
     ) -> Result<(TokenRecord, Token), StoreError> {
-        let err = |e| to_err(&self.path, e);
-        let token = Token::generate();
-        let now = unix_now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let rev = next_rev(&tx).map_err(err)?;
-        tx.execute(
-            "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                new.user,
-                new.label,
-                &token.digest().0[..],
-                now,
-                rev,
-                new.scopes.join(" "),
-                new.expires_at
-            ],
-        )
-        .map_err(err)?;
-        let id = tx.last_insert_rowid();
-        let detail = match new.expires_at {
-            Some(e) => format!("expires {}", rfc3339(e)),
-            None => "permanent".to_string(),
-        };
-        add_event(&tx, id, now, "created", actor, Some(&detail)).map_err(err)?;
-        tx.commit().map_err(err)?;
-        let record = self.get(id)?;
-        Ok((record, token))
+        let (id, token) = self
+            .create_many(std::slice::from_ref(new), actor)?
+            .pop()
+            .expect("one token");
+        Ok((self.get(id)?, token))
     }
 
-    /// Creates many tokens in one transaction (seeding, imports). Returns each id with its plaintext.
+    /// Creates tokens in one transaction (one, or many for seeding and imports). Returns each id with its
+    /// plaintext.
     pub fn create_many(
         &mut self,
         news: &[NewToken],
@@ -427,7 +402,11 @@ impl Store {
                     ])
                     .map_err(err)?;
                 let id = tx.last_insert_rowid();
-                add_event(&tx, id, now, "created", actor, Some("bulk")).map_err(err)?;
+                let detail = match new.expires_at {
+                    Some(e) => format!("expires {}", rfc3339(e)),
+                    None => "permanent".to_string(),
+                };
+                add_event(&tx, id, now, "created", actor, Some(&detail)).map_err(err)?;
                 out.push((id, token));
             }
         }

@@ -12,16 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn wait_ok(gw: &Gateway, path: &str, token: &str) {
-    assert!(
-        poll_until(Duration::from_secs(5), Duration::from_millis(5), || gw
-            .get_with_token(path, token)
-            .status
-            == 200),
-        "{path} never answered 200"
-    );
-}
-
 /// Sends raw bytes on one connection and reads until the peer closes (or 5 s pass).
 fn exchange(gw: &Gateway, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(gw.addr()).unwrap();
@@ -53,7 +43,7 @@ fn smuggling_pipelining_and_malformed_headers_never_reach_the_upstream_unauthent
         .route("iot", "/iot", up.addr())
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/warm", &token);
+    gw.wait_ok("/iot/warm", &token);
     let auth = format!("Authorization: Bearer {token}\r\n");
 
     // CL + TE with a credential-less request hidden in the body.
@@ -129,7 +119,7 @@ fn half_open_connections_do_not_starve_an_authorized_client() {
         .route("iot", "/iot", up.addr())
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/warm", &token);
+    gw.wait_ok("/iot/warm", &token);
     let stalled: Vec<TcpStream> = (0..300)
         .filter_map(|_| {
             let mut s = TcpStream::connect(gw.addr()).ok()?;
@@ -161,7 +151,7 @@ fn in_flight_limit_answers_503_with_retry_after() {
         .route("iot", "/iot", up.addr())
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/warm", &token);
+    gw.wait_ok("/iot/warm", &token);
     let handles: Vec<_> = (0..6)
         .map(|i| {
             let (addr, token) = (gw.addr(), token.clone());
@@ -279,7 +269,7 @@ fn a_database_moved_away_keeps_the_last_good_index_and_recovers() {
         .route("iot", "/iot", up.addr())
         .start();
     let (id, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/warm", &token);
+    gw.wait_ok("/iot/warm", &token);
     let aside = gw.dir().join("aside.db");
     move_db(&gw, &aside);
     assert!(poll_until(
@@ -313,7 +303,7 @@ fn a_database_moved_away_keeps_the_last_good_index_and_recovers() {
         || health(&gw)["status"] == "ok"
     ));
     let (_, later) = gw.create_token("bob", "later");
-    wait_ok(&gw, "/iot/after", &later);
+    gw.wait_ok("/iot/after", &later);
     // The uses made while the file was away are counted once it is back.
     assert!(poll_until(
         Duration::from_secs(5),
@@ -338,7 +328,7 @@ fn a_corrupted_database_keeps_the_last_good_index() {
         .route("iot", "/iot", up.addr())
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/warm", &token);
+    gw.wait_ok("/iot/warm", &token);
     // Overwrite the header of the file (and the WAL, which holds the recent pages) with garbage.
     for path in [
         gw.db_path(),
@@ -444,7 +434,7 @@ fn signed_identity_verifies_and_client_copies_are_stripped() {
         .route("plain", "/plain", plain.addr())
         .start();
     let (id, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/plain/warm", &token);
+    gw.wait_ok("/plain/warm", &token);
     let r = gw.request(
         "POST",
         "/signed/x?a=1",
@@ -510,7 +500,7 @@ fn secrets_never_appear_in_logs_or_listings() {
         .start();
     let (id, token) = gw.create_token("alice", "scale");
     let (revoked_id, revoked) = gw.create_token("bob", "old");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     gw.revoke(revoked_id);
     let rotated = gw.cli_json(&[
         "token",
@@ -521,7 +511,7 @@ fn secrets_never_appear_in_logs_or_listings() {
         "--json",
     ]);
     let new = rotated["token"].as_str().unwrap().to_string();
-    wait_ok(&gw, "/iot/b", &new);
+    gw.wait_ok("/iot/b", &new);
     gw.get_with_token("/iot/c", &revoked);
     gw.get_with_token("/iot/d", "tg_not_a_token_at_all");
     gw.request("GET", &format!("/legacy/e?api_token={new}"), &[], b"");

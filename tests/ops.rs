@@ -12,16 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn wait_ok(gw: &Gateway, path: &str, token: &str) {
-    assert!(
-        poll_until(Duration::from_secs(5), Duration::from_millis(5), || gw
-            .get_with_token(path, token)
-            .status
-            == 200),
-        "{path} never answered 200"
-    );
-}
-
 fn hup(gw: &Gateway) {
     let st = std::process::Command::new("kill")
         .arg("-HUP")
@@ -49,7 +39,7 @@ fn reload_under_load_changes_routes_without_a_failed_request() {
     let b = Upstream::start("b");
     let gw = GatewayBuilder::new().route("a", "/a", a.addr()).start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/a/x", &token);
+    gw.wait_ok("/a/x", &token);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -87,7 +77,7 @@ fn reload_under_load_changes_routes_without_a_failed_request() {
     for round in 0..3 {
         fs::write(gw.config_path(), &with_b).unwrap();
         hup(&gw);
-        wait_ok(&gw, "/b/x", &token);
+        gw.wait_ok("/b/x", &token);
         fs::write(gw.config_path(), &base).unwrap();
         hup(&gw);
         assert!(
@@ -180,7 +170,7 @@ fn every_metric_family_is_exported_without_secrets_in_labels() {
         .route("dead", "/dead", refused_addr())
         .start();
     let (_, token) = gw.create_token("secret-user-name", "scale");
-    wait_ok(&gw, "/iot/private-path-segment", &token);
+    gw.wait_ok("/iot/private-path-segment", &token);
     gw.request(
         "POST",
         "/iot/upload",
@@ -190,7 +180,7 @@ fn every_metric_family_is_exported_without_secrets_in_labels() {
     gw.request("GET", "/iot/x", &[], b"");
     gw.get_with_token("/iot/x", "tg_nonsense");
     let (_, scoped) = gw.create_token_with("other", "cam", &["--scope", "telemetry:write"]);
-    wait_ok(&gw, "/iot/x", &scoped);
+    gw.wait_ok("/iot/x", &scoped);
     assert_eq!(gw.get_with_token("/scoped/x", &scoped).status, 403);
     gw.get_with_token("/dead/x", &token);
     gw.get_with_token("/nowhere", &token);
@@ -265,7 +255,7 @@ fn json_access_log_has_one_line_per_request_and_no_secrets() {
     let log = dir.path().join("access.log");
     let gw = access_log_gateway("json", &log, &up);
     let (id, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     // Lines are written in batches every 100 ms: let the ones from the wait above land first.
     std::thread::sleep(Duration::from_millis(400));
     let before = lines_eventually(&log, 1).len();
@@ -321,7 +311,7 @@ fn plain_and_off_access_logs() {
     let log = dir.path().join("plain.log");
     let gw = access_log_gateway("plain", &log, &up);
     let (id, token) = gw.create_token("bob", "scale");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     let mut last = String::new();
     poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
         last = fs::read_to_string(&log)
@@ -343,7 +333,7 @@ fn plain_and_off_access_logs() {
     let off = dir.path().join("off.log");
     let gw = access_log_gateway("off", &off, &up);
     let (_, token) = gw.create_token("carol", "scale");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     std::thread::sleep(Duration::from_millis(300));
     assert!(fs::read_to_string(&off).unwrap_or_default().is_empty());
 }
@@ -355,7 +345,7 @@ fn body_limits_answer_413_before_the_upstream_sees_the_rest() {
         .route_with("iot", "/iot", up.addr(), &[("max_body_bytes", "1000")])
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     let auth = format!("Bearer {token}");
     let hits = up.hits();
     let r = gw.request(
@@ -446,7 +436,7 @@ fn slow_request_bodies_get_408_and_others_are_served() {
         .route_with("iot", "/iot", up.addr(), &[("request_timeout", "\"1s\"")])
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     let mut s = TcpStream::connect(gw.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "POST /iot/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n0123456789").unwrap();
@@ -479,7 +469,7 @@ fn idle_keepalive_connections_are_closed() {
         .route("iot", "/iot", up.addr())
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_ok(&gw, "/iot/a", &token);
+    gw.wait_ok("/iot/a", &token);
     let mut s = TcpStream::connect(gw.addr()).unwrap();
     write!(
         s,

@@ -8,21 +8,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Polls until `token` gets `want` on `path` (tokens made by the CLI reach the gateway within its sync
-/// interval); returns the response that matched.
-fn wait_status(gw: &Gateway, path: &str, token: &str, want: u16) -> RawResponse {
-    let mut last = None;
-    let ok = poll_until(Duration::from_secs(10), Duration::from_millis(5), || {
-        let r = gw.get_with_token(path, token);
-        let hit = r.status == want;
-        last = Some(r);
-        hit
-    });
-    let last = last.expect("at least one request");
-    assert!(ok, "{path} never answered {want}; last: {last}");
-    last
-}
-
 #[test]
 fn scopes_are_enforced_per_route_with_rfc6750_answers() {
     let telemetry = Upstream::start("telemetry");
@@ -41,11 +26,11 @@ fn scopes_are_enforced_per_route_with_rfc6750_answers() {
     let (_, full) = gw.create_token("beekeeper", "phone");
     let (_, admin) = gw.create_token_with("ops", "console", &["--scope", "admin"]);
 
-    let r = wait_status(&gw, "/telemetry/x", &writer, 200);
+    let r = gw.wait_status("/telemetry/x", &writer, 200);
     assert_eq!(telemetry.last().single_header("x-user-id"), "hive", "{r}");
 
     let hits = telemetry.hits();
-    let r = wait_status(&gw, "/telemetry/x", &video_only, 403);
+    let r = gw.wait_status("/telemetry/x", &video_only, 403);
     let challenge = r.header("www-authenticate").expect("challenge");
     assert!(
         challenge.starts_with("Bearer realm=\"tokengate\""),
@@ -63,8 +48,8 @@ fn scopes_are_enforced_per_route_with_rfc6750_answers() {
     assert_eq!(telemetry.hits(), hits, "a 403 must not reach the upstream");
 
     // Full access: every route and scope but admin; a scoped token on a route without a requirement.
-    wait_status(&gw, "/telemetry/x", &full, 200);
-    wait_status(&gw, "/open/x", &video_only, 200);
+    gw.wait_status("/telemetry/x", &full, 200);
+    gw.wait_status("/open/x", &video_only, 200);
     let denied = raw_http(
         gw.admin_addr(),
         &build_request(
@@ -150,7 +135,7 @@ fn route_header_rules_strip_and_rename_identity() {
         )
         .start();
     let (_, token) = gw.create_token("alice", "scale");
-    wait_status(&gw, "/legacy/a", &token, 200);
+    gw.wait_status("/legacy/a", &token, 200);
     let r = gw.request(
         "GET",
         "/legacy/a",
@@ -186,8 +171,8 @@ fn expired_tokens_are_refused_and_listed_as_expired() {
         .route("iot", "/iot", up.addr())
         .start();
     let (id, token) = gw.create_token_with("alice", "short", &["--expires-in", "2s"]);
-    wait_status(&gw, "/iot/x", &token, 200);
-    let r = wait_status(&gw, "/iot/x", &token, 401);
+    gw.wait_status("/iot/x", &token, 200);
+    let r = gw.wait_status("/iot/x", &token, 401);
     let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
     assert!(
         challenge.contains("error=\"invalid_token\"") && challenge.contains("expired"),
@@ -214,8 +199,8 @@ fn expired_tokens_are_refused_and_listed_as_expired() {
 
     let soon = store_time(unix_now() + 5);
     let (_, at_token) = gw.create_token_with("alice", "until", &["--expires-at", &soon]);
-    wait_status(&gw, "/iot/x", &at_token, 200);
-    wait_status(&gw, "/iot/x", &at_token, 401);
+    gw.wait_status("/iot/x", &at_token, 200);
+    gw.wait_status("/iot/x", &at_token, 401);
 }
 
 fn store_time(secs: i64) -> String {
@@ -229,7 +214,7 @@ fn rotation_without_grace_stops_the_old_secret_at_once() {
         .route("iot", "/iot", up.addr())
         .start();
     let (id, old) = gw.create_token_with("alice", "scale", &["--scope", "telemetry:write"]);
-    wait_status(&gw, "/iot/x", &old, 200);
+    gw.wait_status("/iot/x", &old, 200);
     let rotated = gw.cli_json(&["token", "rotate", &id.to_string(), "--json"]);
     let returned = Instant::now();
     let new = rotated["token"].as_str().expect("new token").to_string();
@@ -238,14 +223,14 @@ fn rotation_without_grace_stops_the_old_secret_at_once() {
     assert_eq!(rotated["user"], "alice");
     assert_eq!(rotated["label"], "scale");
     assert_eq!(rotated["scopes"], serde_json::json!(["telemetry:write"]));
-    wait_status(&gw, "/iot/x", &old, 401);
+    gw.wait_status("/iot/x", &old, 401);
     let delay = returned.elapsed();
     eprintln!("rotation without grace: old secret refused {delay:?} after the CLI returned");
     assert!(
         delay < Duration::from_millis(250) + Duration::from_millis(100),
         "{delay:?}"
     );
-    let r = wait_status(&gw, "/iot/x", &new, 200);
+    let r = gw.wait_status("/iot/x", &new, 200);
     assert_eq!(up.last().single_header("x-user-id"), "alice", "{r}");
     // Usage history stays with the token id.
     assert!(poll_until(
@@ -262,7 +247,7 @@ fn rotation_with_grace_keeps_both_until_the_grace_ends() {
         .route("iot", "/iot", up.addr())
         .start();
     let (id, old) = gw.create_token("alice", "camera");
-    wait_status(&gw, "/iot/x", &old, 200);
+    gw.wait_status("/iot/x", &old, 200);
     let rotated = gw.cli_json(&[
         "token",
         "rotate",
@@ -273,13 +258,13 @@ fn rotation_with_grace_keeps_both_until_the_grace_ends() {
     ]);
     let rotated_at = Instant::now();
     let new = rotated["token"].as_str().expect("new token").to_string();
-    wait_status(&gw, "/iot/x", &new, 200);
+    gw.wait_status("/iot/x", &new, 200);
     assert_eq!(
         gw.get_with_token("/iot/x", &old).status,
         200,
         "old secret must work during the grace"
     );
-    wait_status(&gw, "/iot/x", &old, 401);
+    gw.wait_status("/iot/x", &old, 401);
     let waited = rotated_at.elapsed();
     eprintln!("rotation with 3s grace: old secret refused after {waited:?}");
     assert!(
@@ -358,7 +343,7 @@ fn a_version_1_database_is_upgraded_in_place() {
     }
     let mut gw = gw;
     gw.start();
-    let r = wait_status(&gw, "/iot/x", token.as_str(), 200);
+    let r = gw.wait_status("/iot/x", token.as_str(), 200);
     assert_eq!(up.last().single_header("x-user-id"), "old-user", "{r}");
     let version: i64 = rusqlite::Connection::open(gw.db_path())
         .unwrap()
@@ -369,7 +354,7 @@ fn a_version_1_database_is_upgraded_in_place() {
     assert_eq!(shown["events"][0]["event"], "created");
     let rotated = gw.cli_json(&["token", "rotate", "1", "--grace", "1m", "--json"]);
     let new = rotated["token"].as_str().unwrap().to_string();
-    wait_status(&gw, "/iot/x", &new, 200);
+    gw.wait_status("/iot/x", &new, 200);
     assert_eq!(
         gw.get_with_token("/iot/x", token.as_str()).status,
         200,
@@ -396,7 +381,7 @@ fn path_spellings_never_cross_from_one_scoped_route_to_another() {
         )
         .start();
     let (_, token) = gw.create_token_with("hive", "scale", &["--scope", "telemetry:write"]);
-    wait_status(&gw, "/telemetry/ok", &token, 200);
+    gw.wait_status("/telemetry/ok", &token, 200);
     let (t_hits, v_hits) = (telemetry.hits(), video.hits());
     for path in [
         "/telemetry/../video/x",

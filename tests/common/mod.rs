@@ -914,6 +914,26 @@ impl Gateway {
         )
     }
 
+    /// Polls `GET target` with `token` until it answers `want` (a token made by the CLI reaches a running
+    /// gateway within its sync interval); panics with the last answer after 10 s.
+    pub fn wait_status(&self, target: &str, token: &str, want: u16) -> RawResponse {
+        let mut last = None;
+        let ok = poll_until(Duration::from_secs(10), Duration::from_millis(5), || {
+            let r = self.get_with_token(target, token);
+            let hit = r.status == want;
+            last = Some(r);
+            hit
+        });
+        let last = last.expect("at least one request");
+        assert!(ok, "{target} never answered {want}; last: {last}");
+        last
+    }
+
+    /// [`Self::wait_status`] for 200.
+    pub fn wait_ok(&self, target: &str, token: &str) -> RawResponse {
+        self.wait_status(target, token, 200)
+    }
+
     /// `GET target` on the admin listener.
     pub fn admin_get(&self, target: &str) -> RawResponse {
         raw_http(self.admin, &build_request("GET", target, &[], b""))
