@@ -501,6 +501,7 @@ impl Stop {
 pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<Stop>) {
     use std::os::unix::fs::MetadataExt;
     let mut store: Option<(Store, u64)> = None;
+    let mut header: Option<(std::fs::File, u64)> = None;
     let mut seen_version: Option<i64> = None;
     let mut last_purge = Instant::now();
     let mut last_logged: Option<String> = None;
@@ -516,7 +517,13 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
                 .map_err(|_| gone("the database file is missing"))?
                 .ino();
             // The open connection answers from its cache: read the file's header to notice corruption.
-            if !has_sqlite_header(&path) {
+            // The handle stays open for the inode's lifetime: closing any descriptor of the database file
+            // would drop every POSIX lock this process's SQLite connections hold on it.
+            if header.as_ref().is_none_or(|(_, ino)| *ino != inode) {
+                store = None;
+                header = std::fs::File::open(&path).ok().map(|f| (f, inode));
+            }
+            if !header.as_ref().is_some_and(|(f, _)| has_sqlite_header(f)) {
                 return Err(gone("the database file is corrupt (no SQLite header)"));
             }
             if store.as_ref().is_some_and(|(_, ino)| *ino != inode) {
@@ -575,14 +582,11 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
     }
 }
 
-/// Whether the file starts with SQLite's magic string (16 bytes, one read).
-fn has_sqlite_header(path: &std::path::Path) -> bool {
-    use std::io::Read;
+/// Whether the file starts with SQLite's magic string (16 bytes, one positioned read).
+fn has_sqlite_header(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
     let mut magic = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == b"SQLite format 3\0"
+    file.read_exact_at(&mut magic, 0).is_ok() && &magic == b"SQLite format 3\0"
 }
 
 /// Runs the usage flush loop until stopped, then flushes once more. A database that is missing or was
