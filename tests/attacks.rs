@@ -489,6 +489,7 @@ fn signed_identity_verifies_and_client_copies_are_stripped() {
 fn secrets_never_appear_in_logs_or_listings() {
     let up = Upstream::start("iot");
     let gw = GatewayBuilder::new()
+        .env("RUST_LOG", "debug")
         .section("log", "access", "\"plain\"")
         .route("iot", "/iot", up.addr())
         .route_with(

@@ -552,6 +552,8 @@ pub struct GatewayBuilder {
     gateway: BTreeMap<String, String>,
     /// Other top-level tables (`log`, `throttle`, ...): name → key → raw TOML value.
     sections: BTreeMap<String, BTreeMap<String, String>>,
+    /// Extra environment for the `serve` process (e.g. `RUST_LOG`).
+    env: Vec<(String, String)>,
     routes: Vec<String>,
 }
 
@@ -577,6 +579,7 @@ impl GatewayBuilder {
         GatewayBuilder {
             gateway,
             sections,
+            env: Vec::new(),
             routes: Vec::new(),
         }
     }
@@ -593,6 +596,12 @@ impl GatewayBuilder {
             .entry(table.to_owned())
             .or_default()
             .insert(key.to_owned(), raw_value.to_owned());
+        self
+    }
+
+    /// Sets an environment variable for the gateway process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -736,6 +745,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config_path)
             .current_dir(&self.cwd)
+            .envs(self.builder.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(open_log("stdout.log"))
             .stderr(open_log("stderr.log"))
