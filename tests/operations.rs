@@ -21,8 +21,6 @@ use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -152,148 +150,6 @@ fn keepalive_head(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u
     }
     out.push_str("\r\n");
     out.into_bytes()
-}
-
-/// A client connection that can send requests piecewise and read several responses (keep-alive).
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect gateway");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("read timeout");
-        stream
-            .set_write_timeout(Some(Duration::from_secs(30)))
-            .expect("write timeout");
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        self.stream.write_all(data)?;
-        self.stream.flush()
-    }
-
-    /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut tmp = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
-    }
-
-    fn take_until(&mut self, delimiter: &[u8]) -> io::Result<Vec<u8>> {
-        loop {
-            if let Some(i) = self
-                .buf
-                .windows(delimiter.len())
-                .position(|w| w == delimiter)
-            {
-                let out = self.buf[..i].to_vec();
-                self.buf.drain(..i + delimiter.len());
-                return Ok(out);
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "connection closed; unread: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    ),
-                ));
-            }
-        }
-    }
-
-    fn take_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            if self.fill()? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "body shorter than announced",
-                ));
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    /// Reads one response (Content-Length, chunked, or until close).
-    fn read_response(&mut self) -> io::Result<RawResponse> {
-        let head = String::from_utf8_lossy(&self.take_until(b"\r\n\r\n")?).into_owned();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("bad status line {status_line:?}"),
-                )
-            })?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.to_ascii_lowercase())
-        };
-        let body = if let Some(len) = get("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?;
-            self.take_exact(len)?
-        } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            let mut body = Vec::new();
-            loop {
-                let line = String::from_utf8_lossy(&self.take_until(b"\r\n")?).into_owned();
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")
-                })?;
-                if size == 0 {
-                    while !self.take_until(b"\r\n")?.is_empty() {}
-                    break;
-                }
-                body.extend(self.take_exact(size)?);
-                self.take_exact(2)?;
-            }
-            body
-        } else {
-            while self.fill()? > 0 {}
-            std::mem::take(&mut self.buf)
-        };
-        Ok(RawResponse {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    /// Waits for the peer to close: `Ok(())` on end of stream or reset, `Err` on timeout or if data arrives.
-    fn wait_closed(&mut self) -> Result<(), String> {
-        let mut tmp = [0u8; 1024];
-        match self.stream.read(&mut tmp) {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(format!(
-                "unexpected data: {:?}",
-                String::from_utf8_lossy(&tmp[..n])
-            )),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
-            Err(e) => Err(format!("not closed: {e}")),
-        }
-    }
 }
 
 /// Polls until the file at `path` has at least `n` lines; returns its lines (possibly fewer on timeout).
@@ -1414,9 +1270,6 @@ fn stalled_request_body_gets_408_and_others_are_still_served() {
     let auth = bearer(&token);
     let staller = std::thread::spawn(move || {
         let mut c = Conn::open(addr);
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
         let mut req = keepalive_head(
             "POST",
             "/slow/stalled",
@@ -1481,9 +1334,7 @@ fn idle_keepalive_connection_is_closed_after_keepalive_timeout() {
     let auth = bearer(&token);
 
     let mut c = Conn::open(gw.addr());
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    c.set_read_timeout(Duration::from_secs(5));
     // Two requests on one connection: keep-alive works.
     for i in 0..2 {
         c.send(&keepalive_head(

@@ -422,6 +422,57 @@ struct BufReader {
     pos: usize,
 }
 
+/// A client connection kept open across requests (keep-alive, partial sends, waiting for the close).
+pub struct Conn(BufReader);
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .expect("write timeout");
+        Conn(BufReader {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+        })
+    }
+
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.0
+            .stream
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+    }
+
+    pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.stream.write_all(data)?;
+        self.0.stream.flush()
+    }
+
+    /// Reads one response (Content-Length, chunked, or until close).
+    pub fn read_response(&mut self) -> io::Result<RawResponse> {
+        read_response(&mut self.0, false)
+    }
+
+    /// Waits for the peer to close: `Ok(())` on end of stream or reset, `Err` on timeout or if data arrives.
+    pub fn wait_closed(&mut self) -> Result<(), String> {
+        let mut tmp = [0u8; 1024];
+        match self.0.stream.read(&mut tmp) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!(
+                "unexpected data: {:?}",
+                String::from_utf8_lossy(&tmp[..n])
+            )),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
+            Err(e) => Err(format!("not closed: {e}")),
+        }
+    }
+}
+
 impl BufReader {
     /// Reads more bytes; false at EOF.
     fn fill(&mut self) -> io::Result<bool> {
