@@ -463,6 +463,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What pingora writes into its own error and warning lines about a request: method, path and host,
+    /// never the query (a legacy route may carry a token there).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        format!("{} {}, Host: {host}", req.method, req.uri.path())
+    }
+
     /// Records metrics for the finished request.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx)
     where
