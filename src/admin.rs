@@ -339,6 +339,10 @@ impl Admin {
     ) -> Result<Reply, ApiError> {
         let rest = path.strip_prefix("/api/tokens").unwrap_or("");
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let actor = match self.authenticate(session) {
+            Ok(a) => a,
+            Err(d) => return Ok(denial_reply(&d)),
+        };
         let id = match segments.first() {
             Some(s) => Some(s.parse::<i64>().map_err(|_| {
                 ApiError(
@@ -348,10 +352,6 @@ impl Admin {
                 )
             })?),
             None => None,
-        };
-        let actor = match self.authenticate(session) {
-            Ok(a) => a,
-            Err(d) => return Ok(denial_reply(&d)),
         };
         let now = store::unix_now();
         match (
