@@ -72,6 +72,10 @@ pub struct GatewayConfig {
     pub upgrade_sock: PathBuf,
     /// Most requests handled at once; beyond, 503 with `Retry-After` (None: no limit).
     pub max_in_flight: Option<usize>,
+    /// Time a client has to send a request head (from its first byte; for a new connection, from accept).
+    pub header_timeout: Duration,
+    /// Client connections open at once at most; more get 503 and are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +214,8 @@ struct FileGateway {
     keepalive_timeout: Option<String>,
     upgrade_sock: Option<String>,
     max_in_flight: Option<usize>,
+    header_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -370,6 +376,22 @@ impl Config {
                 "gateway.keepalive_timeout",
                 "must be at least 1s".into(),
             ));
+        }
+        let header_timeout = dur(
+            "gateway.header_timeout",
+            &g.header_timeout,
+            Duration::from_secs(10),
+        )?;
+        if header_timeout < Duration::from_millis(100) || header_timeout > Duration::from_secs(300)
+        {
+            return Err(err(
+                "gateway.header_timeout",
+                "must be between 100ms and 300s".into(),
+            ));
+        }
+        let max_connections = g.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err(err("gateway.max_connections", "must be at least 1".into()));
         }
         let resolve = |p: &str| {
             let p = PathBuf::from(p);
@@ -584,6 +606,8 @@ impl Config {
                 keepalive_timeout,
                 upgrade_sock,
                 max_in_flight: g.max_in_flight,
+                header_timeout,
+                max_connections,
             },
             store: StoreConfig { path: store_path },
             admin: AdminConfig {

@@ -85,6 +85,11 @@ impl Entry {
             .expect("checked when indexed")
     }
 
+    /// The token id in decimal, as forwarded in the token id header.
+    pub fn token_id_text(&self) -> &[u8] {
+        &self.ident[self.user_len as usize..]
+    }
+
     /// The token id as a header value (shares the entry's buffer; no copy).
     pub fn token_id_value(&self) -> HeaderValue {
         HeaderValue::from_maybe_shared(self.ident.slice(self.user_len as usize..)).expect("digits")

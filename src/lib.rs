@@ -9,7 +9,10 @@
 //! - [`index`]: the lock-free digest → entry map, its sync loop and the usage counters.
 //! - [`auth`]: `Authorization` parsing and the allow/deny decision with RFC 6750 answers.
 //! - [`routes`]: the route table, path checks and longest-prefix matching.
-//! - [`proxy`]: the pingora `ProxyHttp` implementation wiring the above together.
+//! - [`proxy`]: the forwarding engine (a pingora `ServerApp`): per connection, read, decide, rewrite,
+//!   forward, relay — wiring the above together.
+//! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
+//! - [`upstream`]: connections to a route's upstream and their idle pool.
 //! - [`admin`]: the admin listener — `/healthz`, `/metrics`, the token API and page.
 //! - [`metrics`]: the Prometheus registry and per-route collectors.
 //! - [`clock`]: the coarse clock read on the request path.
@@ -25,6 +28,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod http1;
 pub mod index;
 pub mod metrics;
 pub mod proxy;
@@ -34,3 +38,4 @@ pub mod signing;
 pub mod store;
 pub mod throttle;
 pub mod token;
+pub mod upstream;

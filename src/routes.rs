@@ -8,11 +8,11 @@
 
 use crate::config::{AuthMode, Config, GatewayConfig, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::upstream::Upstream;
 use http::HeaderName;
-use pingora::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 
-/// One route, ready for the request path: the upstream peer is built once, here.
+/// One route, ready for the request path: the upstream (address resolved, idle pool) is built once, here.
 pub struct Route {
     pub name: Arc<str>,
     pub path_prefix: String,
@@ -26,7 +26,8 @@ pub struct Route {
     pub token_id_header: Option<HeaderName>,
     /// Identity header names in their `_`-for-`-`, lower-case form, for stripping client copies.
     pub identity_headers: Vec<HeaderName>,
-    pub peer: HttpPeer,
+    /// The upstream's address, timeouts and idle connections.
+    pub upstream: Upstream,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: Option<u64>,
     /// Time the client has to send the whole request body (408 beyond).
@@ -42,12 +43,13 @@ pub struct Route {
 impl Route {
     fn new(rc: &RouteConfig, gateway: &GatewayConfig, metrics: &Metrics) -> Route {
         let token_id_header = &gateway.token_id_header;
-        let mut peer = HttpPeer::new(rc.upstream_addr, false, String::new());
-        peer.options.connection_timeout = Some(rc.connect_timeout);
-        peer.options.total_connection_timeout = Some(rc.connect_timeout);
-        peer.options.read_timeout = Some(rc.read_timeout);
-        peer.options.write_timeout = Some(rc.write_timeout);
-        peer.options.idle_timeout = Some(rc.idle_timeout);
+        let upstream = Upstream::new(
+            rc.upstream_addr,
+            rc.connect_timeout,
+            rc.read_timeout,
+            rc.write_timeout,
+            rc.idle_timeout,
+        );
         // Client copies of every identity header any route injects are stripped, not only this route's.
         let mut identity_headers = vec![rc.user_id_header.clone()];
         if gateway.user_id_header != rc.user_id_header {
@@ -64,7 +66,7 @@ impl Route {
             user_id_header: rc.user_id_header.clone(),
             token_id_header: token_id_header.clone(),
             identity_headers,
-            peer,
+            upstream,
             max_body_bytes: rc.max_body_bytes,
             request_timeout: rc.request_timeout,
             query_token_param: rc.query_token_param.clone(),

@@ -1,4 +1,5 @@
-//! `tokengate serve`: builds the pingora server from a validated [`Config`] — the proxy service, the admin
+//! `tokengate serve`: builds the pingora server from a validated [`Config`] — the forwarding service (our
+//! [`Gateway`] app on pingora's listeners), the admin
 //! service, the index with its sync and usage-flush threads, the access log writer and the SIGHUP reloader
 //! — runs it until a signal, then stops the background threads and flushes usage one last time.
 //!
@@ -208,7 +209,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         index: state.index.clone(),
         unrouted: state.metrics.route("none"),
         access_log,
-        keepalive_secs: cfg.gateway.keepalive_timeout.as_secs().max(1),
+        keepalive_timeout: cfg.gateway.keepalive_timeout,
+        header_timeout: cfg.gateway.header_timeout,
         throttle: Throttle::new(
             cfg.throttle.max_failures,
             cfg.throttle.window.as_secs(),
@@ -218,12 +220,10 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .gateway
             .max_in_flight
             .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
+        connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        max_connections: cfg.gateway.max_connections,
     };
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "tokengate proxy",
-    );
+    let mut proxy = Service::new("tokengate proxy".to_string(), gateway);
     proxy.add_tcp(&cfg.gateway.listen);
     server.add_service(proxy);
 

@@ -1,0 +1,122 @@
+//! Connections to one route's upstream: connecting with the route's timeout, and a small pool of idle
+//! keep-alive connections.
+//!
+//! A client connection keeps the upstream connection it last used for as long as it stays on that route,
+//! so a device sending request after request on one keep-alive connection touches neither the pool nor
+//! its lock; the pool only sees a connection when a client connection ends or changes route. A pooled
+//! connection is checked for a close (FIN or stray bytes) before it is handed out, and dropped after the
+//! route's `idle_timeout`.
+
+use crate::http1::Buffer;
+use crate::metrics::UpstreamError;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Idle connections kept per route at most; more are closed when returned.
+const MAX_IDLE: usize = 256;
+
+/// A connection to an upstream and what has been read from it but not yet used.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub buf: Buffer,
+    /// When this connection last finished an exchange.
+    pub idle_since: Instant,
+    /// True once it has carried a request (a failure on it may be a close the upstream made while idle).
+    pub reused: bool,
+}
+
+impl Conn {
+    /// False when the upstream closed this idle connection or sent bytes nobody asked for. Needs no
+    /// system call when the socket has shown no readiness since it was last read to the end.
+    pub fn is_usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// One route's upstream address, timeouts and idle pool.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Idle connections, most recently used last. A mutex: it is touched once per client connection (not
+    /// per request), for a push or a pop.
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl Upstream {
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        write_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Upstream {
+        Upstream {
+            addr,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The most recently used idle connection that is still open, if any.
+    pub fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(conn) = idle.pop() {
+            if conn.idle_since.elapsed() < self.idle_timeout && conn.is_usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection that finished an exchange cleanly, for another client connection.
+    pub fn put_idle(&self, mut conn: Conn) {
+        conn.idle_since = Instant::now();
+        conn.buf.shrink_if_idle();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(conn);
+    }
+
+    /// Opens a new connection within `connect_timeout`.
+    pub async fn connect(&self) -> Result<Conn, (UpstreamError, std::io::Error)> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let kind = match e.kind() {
+                        std::io::ErrorKind::ConnectionRefused => UpstreamError::ConnectRefused,
+                        _ => UpstreamError::Other,
+                    };
+                    return Err((kind, e));
+                }
+                Err(_) => {
+                    return Err((
+                        UpstreamError::ConnectTimeout,
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                    ))
+                }
+            };
+        // Heads and small bodies go out in one write each; never wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            buf: Buffer::new(),
+            idle_since: Instant::now(),
+            reused: false,
+        })
+    }
+}
