@@ -35,7 +35,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -70,6 +70,16 @@ pub struct Gateway {
     /// touched once per connection.
     pub connections: Arc<AtomicUsize>,
     pub max_connections: usize,
+    /// Set when the server starts to shut down or hand over: exchanges end with `Connection: close` and
+    /// idle connections close within a second. A plain flag read with a relaxed load: pingora's shutdown
+    /// watch would cost a shared lock per idle wait.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl Gateway {
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
 
 /// Gives a counted slot back when dropped, whatever path the request or connection ended on.
@@ -91,12 +101,16 @@ fn take_slot(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
 impl ServerApp for Gateway {
     /// Serves one client connection until it closes, idles out, or the server shuts down. A connection
     /// over `max_connections` gets a 503 and is closed.
-    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        io: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let peer = io
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut client = Client {
-            gw: self.clone(),
+            gw: self,
             io,
             buf: Buffer::new(),
             head: RequestHead::default(),
@@ -104,7 +118,6 @@ impl ServerApp for Gateway {
             upstream: None,
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
-            shutdown: shutdown.clone(),
             served: 0,
         };
         match take_slot(&self.connections, self.max_connections) {
@@ -186,8 +199,8 @@ impl UpstreamFailure {
 }
 
 /// One client connection.
-struct Client {
-    gw: Arc<Gateway>,
+struct Client<'a> {
+    gw: &'a Gateway,
     io: Stream,
     buf: Buffer,
     head: RequestHead,
@@ -198,11 +211,13 @@ struct Client {
     peer: Option<IpAddr>,
     /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
     peer_text: String,
-    shutdown: ShutdownWatch,
     served: u64,
 }
 
-impl Client {
+/// Longest single wait for the next request: an idle connection notices a shutdown within this.
+const IDLE_SLICE: Duration = Duration::from_secs(1);
+
+impl Client<'_> {
     async fn run(&mut self) {
         loop {
             match self.read_head().await {
@@ -215,7 +230,7 @@ impl Client {
             }
             let keep = self.exchange().await;
             self.served += 1;
-            if !keep || *self.shutdown.borrow() {
+            if !keep || self.gw.is_draining() {
                 return;
             }
             self.buf.shrink_if_idle();
@@ -239,6 +254,7 @@ impl Client {
     /// past `keepalive_timeout`, or the server is shutting down — nothing to answer.
     async fn read_head(&mut self) -> Result<bool, HeadError> {
         let mut deadline: Option<Instant> = None;
+        let mut idle_deadline: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
                 if self.head.parse(self.buf.filled())? {
@@ -246,22 +262,31 @@ impl Client {
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.gw.header_timeout);
             }
+            let idle = self.buf.is_empty();
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
-                None if self.served == 0 => self.gw.header_timeout,
-                None => self.gw.keepalive_timeout,
+                None => {
+                    let limit = if self.served == 0 {
+                        self.gw.header_timeout
+                    } else {
+                        self.gw.keepalive_timeout
+                    };
+                    let idle_until = *idle_deadline.get_or_insert_with(|| Instant::now() + limit);
+                    idle_until
+                        .saturating_duration_since(Instant::now())
+                        .min(IDLE_SLICE)
+                }
             };
-            let idle = self.buf.is_empty();
-            let read = tokio::select! {
-                biased;
-                r = tokio::time::timeout(wait, self.io.read(self.buf.spare())) => r,
-                _ = self.shutdown.changed(), if idle => return Ok(false),
-            };
-            match read {
+            match tokio::time::timeout(wait, self.io.read(self.buf.spare())).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
                 Ok(Ok(n)) => self.buf.filled_by(n),
-                // Idle past the keep-alive (or first-request) timeout: just close. A partial head: 408.
-                Err(_) if idle => return Ok(false),
+                // Idle: close at the keep-alive (or first-request) timeout or on shutdown, else wait on.
+                Err(_) if idle => {
+                    let expired = idle_deadline.is_some_and(|d| Instant::now() >= d);
+                    if expired || self.gw.is_draining() {
+                        return Ok(false);
+                    }
+                }
                 Err(_) => {
                     let body = error_body(
                         "request_timeout",
@@ -280,7 +305,7 @@ impl Client {
     /// Handles the request whose head is at the front of the buffer. Returns whether the connection may
     /// carry another request.
     async fn exchange(&mut self) -> bool {
-        let gw = self.gw.clone();
+        let gw = self.gw;
         let mut facts = Facts {
             start: Instant::now(),
             route: None,
@@ -291,7 +316,7 @@ impl Client {
             bytes_out: 0,
             log: None,
         };
-        let keep = self.decide_and_forward(&gw, &mut facts).await;
+        let keep = self.decide_and_forward(gw, &mut facts).await;
         let m = facts
             .route
             .as_ref()
@@ -494,10 +519,8 @@ impl Client {
             Framing::Length(n) if (self.buf.len() - self.head.len) as u64 >= n => Some(n as usize),
             _ => None,
         };
-        let keep = reusable
-            && self.head.keep_alive
-            && body_in_buffer.is_some()
-            && !*self.shutdown.borrow();
+        let keep =
+            reusable && self.head.keep_alive && body_in_buffer.is_some() && !self.gw.is_draining();
         self.buf.consume(self.head.len);
         if let (true, Some(n)) = (keep, body_in_buffer) {
             self.buf.consume(n);
@@ -715,7 +738,7 @@ impl Client {
                 Framing::None | Framing::Length(_) | Framing::Chunked
             )
             && (resp.framing != Framing::Chunked || chunked_out)
-            && !*self.shutdown.borrow();
+            && !self.gw.is_draining();
         self.out.clear();
         write_response_head(
             &mut self.out,
@@ -877,8 +900,7 @@ impl Client {
         };
         let body = error_body(error, detail);
         // The body may be half read: keep the connection only for a bodiless request.
-        let keep =
-            req.framing == Framing::None && req.client_keep_alive && !*self.shutdown.borrow();
+        let keep = req.framing == Framing::None && req.client_keep_alive && !self.gw.is_draining();
         self.out.clear();
         write_error_head(&mut self.out, status, &body, None, None, keep);
         self.out.extend_from_slice(&body);

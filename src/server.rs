@@ -25,6 +25,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -125,6 +126,7 @@ impl ShutdownSignalWatch for EarlySignals {
 fn spawn_signal_thread(
     state: &State,
     stop: Arc<Stop>,
+    draining: Arc<AtomicBool>,
 ) -> anyhow::Result<(EarlySignals, std::thread::JoinHandle<()>)> {
     use tokio::signal::unix::{signal, SignalKind};
     let path: PathBuf = state.config.file.clone();
@@ -146,9 +148,18 @@ fn spawn_signal_thread(
         rt.block_on(async move {
             while !stop.is_stopped() {
                 tokio::select! {
-                    _ = term.recv() => { let _ = tx.send(ShutdownSignal::GracefulTerminate); }
-                    _ = int.recv() => { let _ = tx.send(ShutdownSignal::FastShutdown); }
-                    _ = quit.recv() => { let _ = tx.send(ShutdownSignal::GracefulUpgrade); }
+                    _ = term.recv() => {
+                        draining.store(true, Ordering::Relaxed);
+                        let _ = tx.send(ShutdownSignal::GracefulTerminate);
+                    }
+                    _ = int.recv() => {
+                        draining.store(true, Ordering::Relaxed);
+                        let _ = tx.send(ShutdownSignal::FastShutdown);
+                    }
+                    _ = quit.recv() => {
+                        draining.store(true, Ordering::Relaxed);
+                        let _ = tx.send(ShutdownSignal::GracefulUpgrade);
+                    }
                     _ = hup.recv() => match reload(&path, &current, &routes, &metrics) {
                         Ok(new) => {
                             log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
@@ -195,7 +206,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         ..ServerConf::default()
     };
     let stop = Arc::new(Stop::default());
-    let (signals, signal_thread) = spawn_signal_thread(&state, stop.clone())?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let (signals, signal_thread) = spawn_signal_thread(&state, stop.clone(), draining.clone())?;
     let opt = Opt {
         upgrade,
         ..Default::default()
@@ -222,6 +234,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
         connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         max_connections: cfg.gateway.max_connections,
+        draining,
     };
     let mut proxy = Service::new("tokengate proxy".to_string(), gateway);
     proxy.add_tcp(&cfg.gateway.listen);
