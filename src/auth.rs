@@ -168,8 +168,10 @@ pub fn parse_bearer(v: &[u8]) -> Result<&str, Denial> {
             "the scheme and token must be separated by a space",
         ));
     }
-    let token = rest.trim_ascii_start();
-    if rest.len() > token.len() && rest[..rest.len() - token.len()].contains(&b'\t') {
+    // `1*SP`: only spaces separate the scheme from the token (any other whitespace is malformed).
+    let spaces = rest.iter().take_while(|&&b| b == b' ').count();
+    let token = &rest[spaces..];
+    if token.first().is_some_and(|b| b.is_ascii_whitespace()) {
         return Err(Denial::Malformed(
             "the scheme and token must be separated by a space",
         ));
@@ -248,6 +250,17 @@ mod tests {
             parse_bearer(b"Bearer\tabc"),
             Err(Denial::Malformed(_))
         ));
+        for odd in [
+            &b"Bearer \rz"[..],
+            b"Bearer \nz",
+            b"Bearer \x0cz",
+            b"Bearer  \tz",
+        ] {
+            assert!(
+                matches!(parse_bearer(odd), Err(Denial::Malformed(_))),
+                "{odd:?}"
+            );
+        }
         assert!(matches!(
             parse_bearer(b"Bearer a\x01c"),
             Err(Denial::Malformed(_))

@@ -133,6 +133,13 @@ pub enum Framing {
     Close,
 }
 
+impl Framing {
+    /// Whether a message with this framing carries body bytes (`Content-Length: 0` does not).
+    pub fn has_body(self) -> bool {
+        !matches!(self, Framing::None | Framing::Length(0))
+    }
+}
+
 /// Why a head was refused; each maps to one status and a description for the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadError {
@@ -346,7 +353,8 @@ impl RequestHead {
             (true, None) if minor == 0 => return Err(HeadError::AmbiguousFraming),
             (true, None) if !chunked => return Err(HeadError::UnsupportedCoding),
             (true, None) => Framing::Chunked,
-            (false, Some(0)) | (false, None) => Framing::None,
+            (false, None) => Framing::None,
+            // `Content-Length: 0` is kept (and forwarded): some upstreams want it on a POST.
             (false, Some(n)) => Framing::Length(n),
         };
         if minor >= 1 && hosts != 1 || hosts > 1 {

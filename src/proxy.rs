@@ -478,7 +478,7 @@ impl Client<'_> {
         let req = Req {
             framing: self.head.framing,
             is_head: method == b"HEAD",
-            retryable: self.head.framing == Framing::None
+            retryable: !self.head.framing.has_body()
                 && matches!(
                     method,
                     b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
@@ -488,7 +488,7 @@ impl Client<'_> {
         };
         let expect_continue = self.head.expect_continue;
         self.buf.consume(self.head.len);
-        if expect_continue && req.framing != Framing::None && self.buf.is_empty() {
+        if expect_continue && req.framing.has_body() && self.buf.is_empty() {
             // The gateway answers the expectation itself (the upstream never sees `Expect`).
             if self
                 .io
@@ -572,7 +572,9 @@ impl Client<'_> {
         if let Some((r, conn)) = self.upstream.take() {
             if Arc::ptr_eq(&r, route) {
                 let idle = conn.idle_since.elapsed();
-                if idle < FRESH || (idle < route.upstream.idle_timeout && conn.is_usable()) {
+                if conn.buf.is_empty()
+                    && (idle < FRESH || (idle < route.upstream.idle_timeout && conn.is_usable()))
+                {
                     return Ok(conn);
                 }
             } else {
@@ -868,7 +870,13 @@ impl Client<'_> {
             );
             route.metrics.upstream_error(f.kind);
         }
-        if complete && body_sent && resp.keep_alive && resp.framing != Framing::Close {
+        // Bytes beyond the response (an upstream that sent more than it framed) make the connection unusable.
+        if complete
+            && body_sent
+            && resp.keep_alive
+            && resp.framing != Framing::Close
+            && conn.buf.is_empty()
+        {
             conn.idle_since = Instant::now();
             self.upstream = Some((route.clone(), conn));
         }
@@ -900,7 +908,7 @@ impl Client<'_> {
         };
         let body = error_body(error, detail);
         // The body may be half read: keep the connection only for a bodiless request.
-        let keep = req.framing == Framing::None && req.client_keep_alive && !self.gw.is_draining();
+        let keep = !req.framing.has_body() && req.client_keep_alive && !self.gw.is_draining();
         self.out.clear();
         write_error_head(&mut self.out, status, &body, None, None, keep);
         self.out.extend_from_slice(&body);
