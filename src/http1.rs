@@ -99,8 +99,14 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span of `part` inside `base`; empty when `part` is empty or not inside `base` (httparse
+    /// gives a static `""` reason phrase when the phrase is not UTF-8; found by fuzzing).
     fn of(base: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - base.as_ptr() as usize;
+        let (b, p) = (base.as_ptr() as usize, part.as_ptr() as usize);
+        if part.is_empty() || p < b || p + part.len() > b + base.len() {
+            return Span::default();
+        }
+        let start = p - b;
         Span {
             start: start as u32,
             end: (start + part.len()) as u32,
@@ -428,9 +434,6 @@ impl ResponseHead {
         self.len = len;
         self.status = status;
         self.reason = Span::of(buf, res.reason.unwrap_or("").as_bytes());
-        if self.reason.end == 0 {
-            self.reason = Span::default();
-        }
         self.minor = minor;
         self.fields.clear();
         let mut conn = ConnectionOptions::default();
@@ -830,6 +833,14 @@ mod tests {
         assert!(!r.keep_alive);
         let r = parse("HTTP/1.1 100 Continue\r\n\r\n", false);
         assert_eq!(r.framing, Framing::None);
+        // A reason phrase that is not UTF-8 (found by fuzzing): parsed, relayed without a phrase.
+        let raw = b"HTTP/1.1 200 O\xff\xff\r\nContent-Length: 3\r\n\r\nabc";
+        let mut r = ResponseHead::default();
+        assert!(r.parse(raw, false).unwrap());
+        assert_eq!(
+            (r.reason.get(raw), r.framing),
+            (&b""[..], Framing::Length(3))
+        );
         let mut r = ResponseHead::default();
         assert_eq!(
             r.parse(

@@ -364,10 +364,14 @@ impl Client<'_> {
         let method = self.head.method.get(head_bytes);
         let target = self.head.target.get(head_bytes);
         if gw.access_log.enabled() {
-            let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
+            // The path as forwarded (origin form), never the query.
+            let path = match origin_form(target) {
+                Some((p, _)) => p.to_owned(),
+                None => String::from_utf8_lossy(target).into_owned(),
+            };
             facts.log = Some((
                 http::Method::from_bytes(method).unwrap_or(http::Method::GET),
-                String::from_utf8_lossy(path).into_owned(),
+                path,
             ));
         }
         if method == b"CONNECT" {
