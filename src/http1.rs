@@ -437,7 +437,8 @@ impl ResponseHead {
         self.minor = minor;
         self.fields.clear();
         let mut conn = ConnectionOptions::default();
-        let (mut length, mut te, mut chunked_last) = (None, false, false);
+        let (mut length, mut te, mut codings) = (None, false, 0usize);
+        let mut chunked = false;
         for h in res.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             self.fields.push(Field {
@@ -448,24 +449,25 @@ impl ResponseHead {
                 content_length(value, &mut length).map_err(|_| HeadError::BadContentLength)?;
             } else if is(name, "transfer-encoding") {
                 te = true;
-                if let Some(last) = list(value).last() {
-                    chunked_last = is(last, "chunked");
+                for coding in list(value) {
+                    codings += 1;
+                    chunked = is(coding, "chunked");
                 }
             } else if is(name, "connection") {
                 conn.add(value);
             }
         }
+        // The gateway relays only the chunked coding: it drops Transfer-Encoding (hop-by-hop) and
+        // re-frames, which would pass on other codings' bytes as if they were content (RFC 9112 6.1).
+        if te && (codings != 1 || !chunked || minor == 0) {
+            return Err(HeadError::UnsupportedCoding);
+        }
         let bodiless = head_request || status < 200 || status == 204 || status == 304;
         self.framing = if bodiless {
             Framing::None
         } else if te {
-            // Transfer-Encoding overrides Content-Length (RFC 9112 section 6.3); a final coding other
-            // than chunked means the body ends when the connection does.
-            if chunked_last && minor >= 1 {
-                Framing::Chunked
-            } else {
-                Framing::Close
-            }
+            // Transfer-Encoding (exactly `chunked` here) overrides Content-Length (RFC 9112 section 6.3).
+            Framing::Chunked
         } else {
             match length {
                 Some(n) => Framing::Length(n),
@@ -849,6 +851,19 @@ mod tests {
             ),
             Err(HeadError::BadContentLength)
         );
+        for coded in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                ResponseHead::default().parse(coded, false),
+                Err(HeadError::UnsupportedCoding),
+                "{}",
+                String::from_utf8_lossy(coded)
+            );
+        }
     }
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, usize), ChunkError> {

@@ -42,9 +42,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long a client may take to accept a write of the response, or between two reads of its body.
 const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// An upstream connection idle for less than this is reused without checking it for a close (a request
-/// that fails on it anyway is retried when that is safe).
-const FRESH: Duration = Duration::from_secs(1);
 
 /// The gateway's request handling, shared by all worker threads.
 pub struct Gateway {
@@ -576,9 +573,10 @@ impl Client<'_> {
         if let Some((r, conn)) = self.upstream.take() {
             if Arc::ptr_eq(&r, route) {
                 let idle = conn.idle_since.elapsed();
-                if conn.buf.is_empty()
-                    && (idle < FRESH || (idle < route.upstream.idle_timeout && conn.is_usable()))
-                {
+                // Always checked: bytes an upstream sent after a complete response must never be taken
+                // for the next answer (RFC 9112 section 6.3). Free when the socket shows no readiness,
+                // as after a response read to its end.
+                if idle < route.upstream.idle_timeout && conn.is_usable() {
                     return Ok(conn);
                 }
             } else {
