@@ -48,7 +48,7 @@ impl State {
         let index = Arc::new(Index::with_capacity(count + 1024));
         index.reserve_ids(max_id);
         let n = index
-            .sync_from(&store)
+            .load_from(&config.store.path)
             .context("loading tokens into the index")?;
         log::info!(
             "index: loaded {n} tokens from {} in {:?}",
