@@ -588,11 +588,21 @@ impl Store {
             .map_err(err)?;
         let mut rows = stmt.query([rev]).map_err(err)?;
         while let Some(r) = rows.next().map_err(err)? {
-            let digest: Vec<u8> = r.get(2).map_err(err)?;
-            let prev: Option<Vec<u8>> = r.get(3).map_err(err)?;
-            let scopes: String = r.get(5).map_err(err)?;
+            // Blobs and text are read in place (no copy per row: the start-up load reads a million).
+            let blob = |i: usize| -> Result<Option<&[u8]>, StoreError> {
+                match r.get_ref(i).map_err(err)? {
+                    rusqlite::types::ValueRef::Blob(b) => Ok(Some(b)),
+                    _ => Ok(None),
+                }
+            };
+            let digest = blob(2)?.unwrap_or(&[]);
+            let prev = blob(3)?;
+            let scopes = match r.get_ref(5).map_err(err)? {
+                rusqlite::types::ValueRef::Text(t) => std::str::from_utf8(t).unwrap_or(""),
+                _ => "",
+            };
             let revoked_at: Option<i64> = r.get(7).map_err(err)?;
-            let Some(digest) = Digest::from_slice(&digest) else {
+            let Some(digest) = Digest::from_slice(digest) else {
                 log::error!(
                     "database {}: token row has a malformed digest; skipped",
                     self.path.display()
@@ -603,9 +613,9 @@ impl Store {
                 id: r.get(0).map_err(err)?,
                 user: r.get(1).map_err(err)?,
                 digest,
-                prev_digest: prev.as_deref().and_then(Digest::from_slice),
+                prev_digest: prev.and_then(Digest::from_slice),
                 prev_valid_until: r.get(4).map_err(err)?,
-                scopes: split_scopes(&scopes),
+                scopes: split_scopes(scopes),
                 expires_at: r.get(6).map_err(err)?,
                 revoked: revoked_at.is_some(),
                 rev: r.get(8).map_err(err)?,
