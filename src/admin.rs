@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 /// Largest JSON body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
+/// How much of an oversized body is read and dropped before the 413 goes out.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// The OpenAPI 3 description of the API, served at `/api/openapi.json`.
 pub const OPENAPI: &str = include_str!("admin/openapi.json");
@@ -312,6 +314,15 @@ impl Admin {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY {
                         session.set_keepalive(None);
+                        // Read (and drop) a bounded rest of the body first: closing with unread bytes makes
+                        // the kernel send a reset, which can destroy the 413 before the client reads it.
+                        let mut drained = 0usize;
+                        while drained < DRAIN_LIMIT {
+                            match session.read_request_body().await {
+                                Ok(Some(more)) => drained += more.len(),
+                                _ => break,
+                            }
+                        }
                         return Err(ApiError(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "payload_too_large",

@@ -116,6 +116,7 @@ impl ServerApp for Gateway {
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
             served: 0,
+            body_pending: false,
         };
         match take_slot(&self.connections, self.max_connections) {
             Some(_slot) => client.run().await,
@@ -209,6 +210,9 @@ struct Client<'a> {
     /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
     peer_text: String,
     served: u64,
+    /// The current request's body has not been read to its end (a close then lingers, see
+    /// [`Self::linger`]).
+    body_pending: bool,
 }
 
 /// Longest single wait for the next request: an idle connection notices a shutdown within this.
@@ -221,16 +225,47 @@ impl Client<'_> {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
-                    let _ = self.respond_error(e.status(), e.describe()).await;
+                    if self.respond_error(e.status(), e.describe()).await.is_ok() {
+                        self.linger().await;
+                    }
                     return;
                 }
             }
+            self.body_pending = self.head.framing.has_body();
             let keep = self.exchange().await;
             self.served += 1;
-            if !keep || self.gw.is_draining() {
+            if !keep {
+                if self.body_pending {
+                    self.linger().await;
+                }
+                return;
+            }
+            if self.gw.is_draining() {
                 return;
             }
             self.buf.shrink_if_idle();
+        }
+    }
+
+    /// Closes a connection whose client may still be sending (a refused or failed upload): the answer is
+    /// followed by a FIN, then at most 1 MiB or 1 s more of the body is read and dropped. Closing with
+    /// unread bytes would make the kernel reset the connection, which can destroy the answer before the
+    /// client reads it (nginx's lingering close; bounded, so a refused multi-GB upload is never read).
+    async fn linger(&mut self) {
+        const LIMIT: usize = 1 << 20;
+        let _ = self.io.shutdown().await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut drained = 0;
+        while drained < LIMIT {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, self.io.read(self.buf.spare())).await {
+                Ok(Ok(n)) if n > 0 => {
+                    drained += n;
+                    self.buf.filled_by(n);
+                    self.buf.consume(self.buf.len());
+                }
+                _ => break,
+            }
         }
     }
 
@@ -524,6 +559,7 @@ impl Client<'_> {
             reusable && self.head.keep_alive && body_in_buffer.is_some() && !self.gw.is_draining();
         self.buf.consume(self.head.len);
         if let (true, Some(n)) = (keep, body_in_buffer) {
+            self.body_pending = false;
             self.buf.consume(n);
             facts.bytes_in = n as u64;
         }
@@ -634,6 +670,7 @@ impl Client<'_> {
                 .await
         };
         facts.bytes_in = body.forwarded;
+        self.body_pending = !body.done();
         let body_sent = match result {
             Ok(sent) => sent,
             Err(Stop::Upstream(f)) => return self.upstream_failed(route, facts, f, req).await,
