@@ -235,6 +235,12 @@ TABLE="$RUN/table.md"
     verdict=$(echo "$auth >= 0.95" | bc -l)
     echo "- bearer / none (the cost of auth): **$auth** → auth costs $(echo "scale=1; (1 - $auth) * 100 / 1" | bc -l) %" \
         "of requests/s; target ≤ 5 %: $([ "$verdict" = 1 ] && echo met || echo NOT met)"
+    # Paired: tg-bearer and tg-none are one process measured back to back in every round, so the median of
+    # the per-round ratios cancels drift between rounds that the ratio of medians keeps.
+    paired=$(awk -F'\t' 'NR > 1 && $2 == "tg-bearer" { b[$1] = $3 } NR > 1 && $2 == "tg-none" { n[$1] = $3 }
+        END { for (r in b) if (n[r] > 0) print b[r] / n[r] }' "$RESULTS" | median)
+    echo "- bearer / none per round (paired; median of the round ratios): $(printf '%.3f' "$paired")" \
+        "→ auth costs $(echo "scale=1; (1 - $paired) * 100 / 1" | bc -l) %"
     if [ "$BIG_TOKENS" -gt 0 ]; then
         echo "- $BIG_TOKENS tokens / 1 token (tokengate bearer, requests/s): $(ratio tg-big tg-1)"
     fi
