@@ -265,6 +265,29 @@ fn content_length(value: &[u8], seen: &mut Option<u64>) -> Result<(), ()> {
     }
 }
 
+/// httparse's verdict as the head's length (`None`: incomplete), with the size limits applied.
+fn head_length(
+    parsed: httparse::Result<usize>,
+    available: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if available >= MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Syntax),
+    }
+}
+
+/// True when `name` is listed in one of the `Connection` fields among `fields`.
+fn named_by_connection(fields: &[Field], head: &[u8], name: &[u8]) -> bool {
+    fields.iter().any(|f| {
+        is(f.name.get(head), "connection")
+            && list(f.value.get(head)).any(|t| t.eq_ignore_ascii_case(name))
+    })
+}
+
 /// A parsed request head. The spans point into the bytes it was parsed from.
 #[derive(Debug)]
 pub struct RequestHead {
@@ -306,18 +329,9 @@ impl RequestHead {
     pub fn parse(&mut self, buf: &[u8]) -> Result<bool, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-                return Err(HeadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(_) => return Err(HeadError::Syntax),
+        let Some(len) = head_length(req.parse(buf), buf.len())? else {
+            return Ok(false);
         };
-        if len > MAX_HEAD_BYTES {
-            return Err(HeadError::TooLarge);
-        }
         let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
             return Err(HeadError::Syntax);
         };
@@ -373,11 +387,7 @@ impl RequestHead {
 
     /// True when `name` is listed in one of this request's `Connection` fields.
     pub fn named_by_connection(&self, head: &[u8], name: &[u8]) -> bool {
-        self.connection_names_fields
-            && self.fields.iter().any(|f| {
-                is(f.name.get(head), "connection")
-                    && list(f.value.get(head)).any(|t| t.eq_ignore_ascii_case(name))
-            })
+        self.connection_names_fields && named_by_connection(&self.fields, head, name)
     }
 }
 
@@ -416,18 +426,9 @@ impl ResponseHead {
     pub fn parse(&mut self, buf: &[u8], head_request: bool) -> Result<bool, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut headers);
-        let len = match res.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-                return Err(HeadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(_) => return Err(HeadError::Syntax),
+        let Some(len) = head_length(res.parse(buf), buf.len())? else {
+            return Ok(false);
         };
-        if len > MAX_HEAD_BYTES {
-            return Err(HeadError::TooLarge);
-        }
         let (Some(status), Some(minor)) = (res.code, res.version) else {
             return Err(HeadError::Syntax);
         };
@@ -484,11 +485,7 @@ impl ResponseHead {
 
     /// True when `name` is listed in one of this response's `Connection` fields.
     pub fn named_by_connection(&self, head: &[u8], name: &[u8]) -> bool {
-        self.connection_names_fields
-            && self.fields.iter().any(|f| {
-                is(f.name.get(head), "connection")
-                    && list(f.value.get(head)).any(|t| t.eq_ignore_ascii_case(name))
-            })
+        self.connection_names_fields && named_by_connection(&self.fields, head, name)
     }
 }
 
@@ -620,18 +617,8 @@ impl ChunkedDecoder {
                     }
                     return Ok((i + n, Chunk::Data(i..i + n)));
                 }
-                DataCr => {
-                    if b != b'\r' {
-                        return Err(ChunkError::Syntax);
-                    }
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError::Syntax);
-                    }
-                    self.state = Size;
-                }
+                DataCr => self.state = expect(b, b'\r', DataLf)?,
+                DataLf => self.state = expect(b, b'\n', Size)?,
                 TrailerStart => match b {
                     b'\r' => self.state = FinalLf,
                     // A field line starts with a name character: no obs-fold, no stray whitespace.
@@ -646,12 +633,7 @@ impl ChunkedDecoder {
                     b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
                     _ => return Err(ChunkError::Syntax),
                 },
-                TrailerLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError::Syntax);
-                    }
-                    self.state = TrailerStart;
-                }
+                TrailerLf => self.state = expect(b, b'\n', TrailerStart)?,
                 FinalLf => {
                     if b != b'\n' {
                         return Err(ChunkError::Syntax);
@@ -673,6 +655,15 @@ impl ChunkedDecoder {
             return Ok((i, Chunk::End));
         }
         Ok((i, Chunk::More))
+    }
+}
+
+/// The next state if `b` is the one byte allowed here.
+fn expect(b: u8, want: u8, next: ChunkState) -> Result<ChunkState, ChunkError> {
+    if b == want {
+        Ok(next)
+    } else {
+        Err(ChunkError::Syntax)
     }
 }
 
