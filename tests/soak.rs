@@ -612,28 +612,6 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     f64::from(sorted_us[i]) / 1000.0
 }
 
-/// Starts the gateway with `extra` appended to its config; restarts it if the harness rewrote the config
-/// on new ports (it does so when the first ports were taken), which would drop `extra`.
-fn start_with_extra_config(builder: GatewayBuilder, extra: &str) -> Gateway {
-    let mut gw = builder.build();
-    for _ in 0..3 {
-        let config = std::fs::read_to_string(gw.config_path()).expect("read config");
-        if !config.contains(extra) {
-            std::fs::write(gw.config_path(), config + extra).expect("append to config");
-        }
-        if gw.is_running() {
-            gw.sigterm();
-            gw.wait_exit(Duration::from_secs(10));
-        }
-        gw.start();
-        let config = std::fs::read_to_string(gw.config_path()).expect("read config");
-        if config.contains(extra) {
-            return gw;
-        }
-    }
-    panic!("the gateway config kept losing the extra sections")
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------------------------------------
@@ -666,13 +644,14 @@ fn soak_mixed_traffic_with_token_churn() {
         });
     }
 
-    let mut gw = start_with_extra_config(
-        GatewayBuilder::new()
-            .gateway("sync_interval", "\"100ms\"")
-            .route("telemetry", "/iot", upstream)
-            .route("video", "/video", upstream),
-        "\n[throttle]\nmax_failures = 0\n\n[log]\naccess = \"plain\"\naccess_path = \"access.log\"\n",
-    );
+    let mut gw = GatewayBuilder::new()
+        .gateway("sync_interval", "\"100ms\"")
+        .route("telemetry", "/iot", upstream)
+        .route("video", "/video", upstream)
+        .section("throttle", "max_failures", "0")
+        .section("log", "access", "\"plain\"")
+        .section("log", "access_path", "\"access.log\"")
+        .start();
     let pid = gw.pid();
 
     // Long-lived tokens, accepted before the load starts.
