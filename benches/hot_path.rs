@@ -25,7 +25,7 @@ use tokengate::config::Config;
 use tokengate::http1::RequestHead;
 use tokengate::index::Index;
 use tokengate::metrics::Metrics;
-use tokengate::proxy::write_upstream_head;
+use tokengate::proxy::{origin_form, write_upstream_head};
 use tokengate::routes::{check_path, RouteTable};
 use tokengate::store::IndexRow;
 use tokengate::token::{self, Digest, Token};
@@ -259,6 +259,7 @@ fn header_benches(c: &mut Criterion) {
     for (name, raw) in [("device", &device), ("spoofed", &spoofed)] {
         let mut head = RequestHead::default();
         assert!(head.parse(raw.as_bytes()).unwrap());
+        let target = origin_form(head.target.get(raw.as_bytes())).expect("origin form");
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
@@ -266,6 +267,7 @@ fn header_benches(c: &mut Criterion) {
                     &mut out,
                     &head,
                     raw.as_bytes(),
+                    target,
                     &route,
                     Some(&entry),
                     "127.0.0.1",

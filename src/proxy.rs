@@ -395,9 +395,10 @@ impl Client<'_> {
         let head_bytes = &self.buf.filled()[..self.head.len];
         let method = self.head.method.get(head_bytes);
         let target = self.head.target.get(head_bytes);
+        let origin = origin_form(target);
         if gw.access_log.enabled() {
             // The path as forwarded (origin form), never the query.
-            let path = match origin_form(target) {
+            let path = match origin {
                 Some((p, _)) => p.to_owned(),
                 None => String::from_utf8_lossy(target).into_owned(),
             };
@@ -410,7 +411,7 @@ impl Client<'_> {
             let body = error_body("method_not_allowed", "CONNECT is not supported");
             return self.refuse(facts, 405, &body, None, None, false).await;
         }
-        let Some((path, query)) = origin_form(target) else {
+        let Some((path, query)) = origin else {
             let body = error_body("invalid_request", "the request target must be a path");
             return self.refuse(facts, 400, &body, None, None, true).await;
         };
@@ -505,6 +506,7 @@ impl Client<'_> {
             &mut self.out,
             &self.head,
             head_bytes,
+            (path, query),
             &route,
             facts.entry.as_deref(),
             &self.peer_text,
@@ -1260,9 +1262,9 @@ fn authority(target: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
-/// The path and query of a request target in origin form; absolute-form targets give their path (the
+/// The path and query of a request target in origin form (public for the benches); absolute-form targets give their path (the
 /// path that matched is the path forwarded). `None` for `*` and authority-form.
-fn origin_form(target: &[u8]) -> Option<(&str, Option<&str>)> {
+pub fn origin_form(target: &[u8]) -> Option<(&str, Option<&str>)> {
     let pq = if target.first() == Some(&b'/') {
         target
     } else {
@@ -1366,6 +1368,7 @@ pub fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
     bytes: &[u8],
+    (path, query): (&str, Option<&str>),
     route: &Route,
     entry: Option<&Entry>,
     peer: &str,
@@ -1373,7 +1376,6 @@ pub fn write_upstream_head(
     now: u64,
 ) {
     let method = head.method.get(bytes);
-    let (path, query) = origin_form(head.target.get(bytes)).unwrap_or(("/", None));
     out.extend_from_slice(method);
     out.push(b' ');
     let target_start = out.len();
