@@ -6,9 +6,9 @@
 //! - `decision/{1k,100k,1M}/*`: the whole allow/deny decision — `auth::bearer_token` on a `HeaderMap`
 //!   plus `auth::authorize` (format, digest, lookup, constant-time compare, status/expiry/scope) — for an
 //!   allowed token, an unknown one, and garbage rejected by the checksum before any lookup;
-//! - `route/*`: `routes::check_path` + `RouteTable::find`, the part of `request_filter` before auth;
+//! - `route/*`: `gateway::paths::check_path` + `RouteTable::find`, the part of `request_filter` before auth;
 //! - `request_head/parse`: `http1::RequestHead::parse` of a typical device request (httparse + framing);
-//! - `header_rewrite/*`: `proxy::write_upstream_head`, the forwarded head written from the parsed one
+//! - `header_rewrite/*`: `transport::rewrite::write_upstream_head`, the forwarded head written from the parsed one
 //!   (credential, hop-by-hop and spoofed identity fields dropped; X-Forwarded-*, identity added).
 //!
 //! Run: `cargo bench --bench hot_path` (about 1.5 minutes; building the 1M index takes a few seconds).
@@ -20,15 +20,16 @@ use http::{HeaderMap, HeaderValue};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
-use tokengate::auth;
 use tokengate::config::Config;
-use tokengate::http1::RequestHead;
-use tokengate::index::Index;
-use tokengate::metrics::Metrics;
-use tokengate::proxy::{origin_form, write_upstream_head};
-use tokengate::routes::{check_path, RouteTable};
-use tokengate::store::IndexRow;
-use tokengate::token::{self, Digest, Token};
+use tokengate::gateway::auth::{self, Outcome};
+use tokengate::gateway::paths::{check_path, origin_form};
+use tokengate::gateway::routes::RouteTable;
+use tokengate::gateway::{Forward, Rewrite};
+use tokengate::tokens::format::{self as token, Digest, Token};
+use tokengate::tokens::index::Index;
+use tokengate::tokens::store::IndexRow;
+use tokengate::transport::http1::RequestHead;
+use tokengate::transport::rewrite::write_upstream_head;
 
 /// Index sizes measured.
 const SIZES: [(usize, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];
@@ -209,7 +210,7 @@ fn route_table() -> RouteTable {
         auth = "none"
     "#;
     let config = Config::parse(text, Path::new("bench.toml")).expect("bench config");
-    RouteTable::new(&config, &Metrics::new())
+    RouteTable::new(&config)
 }
 
 fn route_benches(c: &mut Criterion) {
@@ -259,7 +260,18 @@ fn header_benches(c: &mut Criterion) {
     for (name, raw) in [("device", &device), ("spoofed", &spoofed)] {
         let mut head = RequestHead::default();
         assert!(head.parse(raw.as_bytes()).unwrap());
-        let target = origin_form(head.target.get(raw.as_bytes())).expect("origin form");
+        let (path, query) = origin_form(head.target.get(raw.as_bytes())).expect("origin form");
+        let forward = Forward {
+            route: &route,
+            principal: Some(entry.clone()),
+            outcome: Outcome::Ok,
+            rewrite: Rewrite {
+                path,
+                query,
+                trusted_peer: false,
+                at: 0,
+            },
+        };
         g.bench_function(name, |b| {
             b.iter(|| {
                 out.clear();
@@ -267,12 +279,9 @@ fn header_benches(c: &mut Criterion) {
                     &mut out,
                     &head,
                     raw.as_bytes(),
-                    target,
-                    &route,
-                    Some(&entry),
+                    &forward,
+                    "127.0.0.1:8600",
                     "127.0.0.1",
-                    false,
-                    0,
                 );
                 out.len()
             })

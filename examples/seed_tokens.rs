@@ -18,7 +18,7 @@ use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use tokengate::store::{NewToken, Store};
+use tokengate::tokens::store::{NewToken, Store};
 
 #[derive(Parser, Debug)]
 #[command(about = "Bulk-create tokens in a tokengate SQLite database")]

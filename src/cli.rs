@@ -2,12 +2,12 @@
 //! [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
 
 use crate::config::{self, Config};
-use crate::store::{self, NewToken, Store, TokenRecord};
+use crate::tokens::fields::{check_label, check_scopes, check_user, expiry};
+use crate::tokens::store::{self, NewToken, Store, TokenRecord};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The actor recorded in the event log for CLI changes.
 const CLI_ACTOR: &str = "cli";
@@ -119,53 +119,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Checks a user id: it becomes an HTTP header value, so visible ASCII only, 1 to 128 characters.
-pub fn check_user(user: &str) -> Result<(), String> {
-    if user.is_empty() || user.len() > 128 || !user.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(format!(
-            "user {user:?} must be 1 to 128 visible ASCII characters without spaces"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a label: 1 to 100 characters, no control characters.
-pub fn check_label(label: &str) -> Result<(), String> {
-    let n = label.chars().count();
-    if n == 0 || n > 100 || label.chars().any(char::is_control) || label.trim() != label {
-        return Err(
-            "label must be 1 to 100 characters, without control characters or surrounding spaces"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-/// Turns the expiry options into unix seconds.
-pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Option<i64>, String> {
-    let now = store::unix_now();
-    let at = match (expires_in, expires_at) {
-        (Some(d), _) => {
-            let d = config::parse_duration(d)?;
-            if d < Duration::from_secs(1) {
-                return Err("expiry must be at least 1s away".into());
-            }
-            Some(now + d.as_secs() as i64)
-        }
-        (None, Some(t)) => Some(store::parse_rfc3339(t)?),
-        (None, None) => None,
-    };
-    if let Some(at) = at {
-        if at <= now {
-            return Err(format!(
-                "expiry {} is not in the future",
-                store::rfc3339(at)
-            ));
-        }
-    }
-    Ok(at)
-}
-
 fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()> {
     let now = store::unix_now();
     match command {
@@ -179,9 +132,7 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
         } => {
             check_user(&user).map_err(anyhow::Error::msg)?;
             check_label(&label).map_err(anyhow::Error::msg)?;
-            for s in &scopes {
-                config::check_scope(s).map_err(anyhow::Error::msg)?;
-            }
+            check_scopes(&scopes).map_err(anyhow::Error::msg)?;
             let expires_at =
                 expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
             let (record, token) = store.create(
@@ -340,19 +291,6 @@ pub fn table(records: &[TokenRecord], now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_are_checked() {
-        assert!(check_user("beekeeper-42").is_ok());
-        assert!(
-            check_user("a b").is_err() && check_user("").is_err() && check_user("x\u{7f}").is_err()
-        );
-        assert!(check_label("Hive scale #3 (garden)").is_ok());
-        assert!(check_label("bad\nlabel").is_err() && check_label(&"x".repeat(101)).is_err());
-        assert!(expiry(Some("0s"), None).is_err());
-        assert!(expiry(None, Some("2001-01-01T00:00:00Z")).is_err());
-        assert!(expiry(Some("90d"), None).unwrap().unwrap() > store::unix_now() + 89 * 86400);
-    }
 
     #[test]
     fn table_aligns_columns() {

@@ -1,5 +1,5 @@
 //! `tokengate serve`: builds the pingora server from a validated [`Config`] — the forwarding service (our
-//! [`Gateway`] app on pingora's listeners), the admin
+//! [`Engine`] app on pingora's listeners), the admin
 //! service, the index with its sync and usage-flush threads, the access log writer and the SIGHUP reloader
 //! — runs it until a signal, then stops the background threads and flushes usage one last time.
 //!
@@ -8,16 +8,17 @@
 //! (pingora's zero-downtime upgrade), SIGHUP re-reads the configuration file. All four are caught from the
 //! start, before any listener opens.
 
-use crate::access_log::AccessLog;
-use crate::admin::Admin;
 use crate::clock;
 use crate::config::Config;
-use crate::index::{self, Index, Stop};
-use crate::metrics::Metrics;
-use crate::proxy::Gateway;
-use crate::routes::RouteTable;
-use crate::store::Store;
-use crate::throttle::Throttle;
+use crate::gateway::throttle::Throttle;
+use crate::gateway::Gate;
+use crate::ops::access_log::AccessLog;
+use crate::ops::admin::Admin;
+use crate::ops::metrics::Metrics;
+use crate::tokens::index::Index;
+use crate::tokens::store::Store;
+use crate::tokens::sync::{self, Stop};
+use crate::transport::{Engine, Table};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
@@ -34,7 +35,7 @@ pub struct State {
     pub config: Config,
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
-    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub table: Arc<ArcSwap<Table>>,
 }
 
 impl State {
@@ -60,12 +61,12 @@ impl State {
             .last_sync
             .store(clock::now() as i64, std::sync::atomic::Ordering::Relaxed);
         let metrics = Metrics::new();
-        let routes = Arc::new(ArcSwap::from_pointee(RouteTable::new(&config, &metrics)));
+        let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics)));
         Ok(State {
             config,
             index,
             metrics,
-            routes,
+            table,
         })
     }
 }
@@ -76,7 +77,7 @@ impl State {
 pub fn reload(
     path: &std::path::Path,
     current: &Config,
-    routes: &ArcSwap<RouteTable>,
+    table: &ArcSwap<Table>,
     metrics: &Metrics,
 ) -> anyhow::Result<Config> {
     let new = Config::load(path)?;
@@ -101,7 +102,7 @@ pub fn reload(
             restart_needed.join(", ")
         );
     }
-    routes.store(Arc::new(RouteTable::new(&new, metrics)));
+    table.store(Arc::new(Table::new(&new, metrics)));
     Ok(new)
 }
 
@@ -131,7 +132,7 @@ fn spawn_signal_thread(
     use tokio::signal::unix::{signal, SignalKind};
     let path: PathBuf = state.config.file.clone();
     let mut current = state.config.clone();
-    let (routes, metrics) = (state.routes.clone(), state.metrics.clone());
+    let (table, metrics) = (state.table.clone(), state.metrics.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -160,7 +161,7 @@ fn spawn_signal_thread(
                         draining.store(true, Ordering::Relaxed);
                         let _ = tx.send(ShutdownSignal::GracefulUpgrade);
                     }
-                    _ = hup.recv() => match reload(&path, &current, &routes, &metrics) {
+                    _ = hup.recv() => match reload(&path, &current, &table, &metrics) {
                         Ok(new) => {
                             log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
                             metrics.reloads(true);
@@ -216,18 +217,20 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
 
     let (access_log, log_writer) = AccessLog::start(&cfg.log).context("opening the access log")?;
-    let gateway = Gateway {
-        routes: state.routes.clone(),
-        index: state.index.clone(),
+    let engine = Engine {
+        gate: Gate {
+            index: state.index.clone(),
+            throttle: Throttle::new(
+                cfg.throttle.max_failures,
+                cfg.throttle.window.as_secs(),
+                cfg.throttle.max_clients,
+            ),
+        },
+        table: state.table.clone(),
         unrouted: state.metrics.route("none"),
         access_log,
         keepalive_timeout: cfg.gateway.keepalive_timeout,
         header_timeout: cfg.gateway.header_timeout,
-        throttle: Throttle::new(
-            cfg.throttle.max_failures,
-            cfg.throttle.window.as_secs(),
-            cfg.throttle.max_clients,
-        ),
         in_flight: cfg
             .gateway
             .max_in_flight
@@ -236,7 +239,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         max_connections: cfg.gateway.max_connections,
         draining,
     };
-    let mut proxy = Service::new("tokengate proxy".to_string(), gateway);
+    let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     proxy.add_tcp(&cfg.gateway.listen);
     server.add_service(proxy);
 
@@ -258,7 +261,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         );
         std::thread::Builder::new()
             .name("tokengate-sync".into())
-            .spawn(move || index::run_sync(index, path, every, stop))?
+            .spawn(move || sync::run_sync(index, path, every, stop))?
     };
     let flush = {
         let (index, path, every, stop) = (
@@ -269,7 +272,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         );
         std::thread::Builder::new()
             .name("tokengate-usage".into())
-            .spawn(move || index::run_usage_flush(index, path, every, stop))?
+            .spawn(move || sync::run_usage_flush(index, path, every, stop))?
     };
 
     log::info!(

@@ -1289,7 +1289,7 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
         let now = unix_now() as u64;
         assert!(t.abs_diff(now) <= 5, "t={t}, now={now}");
         assert_eq!(
-            tokengate::signing::verify(
+            tokengate::gateway::signing::verify(
                 secret.as_bytes(),
                 &sig,
                 "alice",
@@ -1304,7 +1304,7 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
             seen.uri
         );
         // It binds user, token, method and path.
-        use tokengate::signing::verify;
+        use tokengate::gateway::signing::verify;
         assert!(verify(
             secret.as_bytes(),
             &sig,

@@ -450,7 +450,7 @@ fn expires_at_in_the_past_is_refused_by_the_cli() {
         .route("iot", "/iot", up.addr())
         .build();
     let before = gw.token_list().len();
-    let yesterday = tokengate::store::rfc3339(unix_now() - 86_400);
+    let yesterday = tokengate::tokens::store::rfc3339(unix_now() - 86_400);
     for past in ["2001-01-01T00:00:00Z", yesterday.as_str()] {
         let out = gw.cli(&[
             "token",
@@ -493,7 +493,7 @@ fn expires_at_a_few_seconds_ahead_works_like_expires_in() {
         .route("iot", "/iot", up.addr())
         .start();
     let at = unix_now() + 4;
-    let at_text = tokengate::store::rfc3339(at);
+    let at_text = tokengate::tokens::store::rfc3339(at);
     let created = gw.cli_json(&[
         "token",
         "create",
@@ -904,12 +904,12 @@ fn version_1_database_is_upgraded_in_place_and_keeps_working() {
     let mut gw = GatewayBuilder::new()
         .route("iot", "/iot", up.addr())
         .build();
-    let kept = tokengate::token::Token::generate();
-    let revoked = tokengate::token::Token::generate();
+    let kept = tokengate::tokens::format::Token::generate();
+    let revoked = tokengate::tokens::format::Token::generate();
     let created_at = unix_now() - 30 * 86_400;
     {
         let conn = rusqlite::Connection::open(gw.db_path()).expect("create a v1 database");
-        conn.execute_batch(tokengate::store::MIGRATIONS[0])
+        conn.execute_batch(tokengate::tokens::store::MIGRATIONS[0])
             .expect("migration 1");
         conn.execute_batch("PRAGMA user_version = 1")
             .expect("user_version");
@@ -944,7 +944,7 @@ fn version_1_database_is_upgraded_in_place_and_keeps_working() {
         .expect("open upgraded database")
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("user_version");
-    assert_eq!(version, tokengate::store::MIGRATIONS.len() as i64);
+    assert_eq!(version, tokengate::tokens::store::MIGRATIONS.len() as i64);
 
     let entry = gw.token_entry(1);
     assert_eq!(entry["status"], "active", "{entry}");

@@ -461,7 +461,7 @@ fn next_probe(rng: &mut Rng, stable: &[(String, String)], pool: &Mutex<Pool>) ->
         }
         Kind::Unknown => Probe {
             kind,
-            token: tokengate::token::Token::generate().into_string(),
+            token: tokengate::tokens::format::Token::generate().into_string(),
             user: None,
             churned: None,
         },

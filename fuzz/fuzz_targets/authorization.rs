@@ -1,5 +1,5 @@
-//! Fuzzes `Authorization` parsing: `tokengate::auth::parse_bearer` on arbitrary bytes, and
-//! `tokengate::auth::bearer_token` on a `HeaderMap` holding those bytes when they are a valid header value.
+//! Fuzzes `Authorization` parsing: `tokengate::gateway::auth::parse_bearer` on arbitrary bytes, and
+//! `tokengate::gateway::auth::bearer_token` on a `HeaderMap` holding those bytes when they are a valid header value.
 //! Asserts, besides "no panic": on `Ok(t)`, `t` is non-empty, at most `MAX_AUTHORIZATION_LEN` bytes, ASCII
 //! without space, tab or control bytes, and the tail of the input; the input starts with `bearer`
 //! (any case); every input of RFC 6750's strict form `Bearer 1*SP b64token` is accepted with that token;
@@ -9,7 +9,7 @@
 
 use http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use tokengate::auth::{bearer_token, parse_bearer, Denial, MAX_AUTHORIZATION_LEN};
+use tokengate::gateway::auth::{bearer_token, parse_bearer, Denial, MAX_AUTHORIZATION_LEN};
 
 /// RFC 6750 b64token characters (token68 without the trailing '=').
 fn is_b64token_char(b: u8) -> bool {

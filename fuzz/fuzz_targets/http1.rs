@@ -1,4 +1,4 @@
-//! Fuzzes the HTTP/1 wire layer of the forwarding engine (`tokengate::http1`): request and response head
+//! Fuzzes the HTTP/1 wire layer of the forwarding engine (`tokengate::transport::http1`): request and response head
 //! parsing and the chunked decoder, on arbitrary bytes. Asserts, besides "no panic":
 //! - a complete request head parses the same from exactly its own bytes (the end is found once, the same
 //!   way), every span lies inside the head, and `Length`/`Chunked` framing comes with the field that says
@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokengate::http1::{
+use tokengate::transport::http1::{
     encode_chunk, Chunk, ChunkedDecoder, Framing, RequestHead, ResponseHead, LAST_CHUNK,
 };
 

@@ -1,4 +1,4 @@
-//! Fuzzes token parsing: `tokengate::token::check_format` on arbitrary UTF-8 (invalid UTF-8 is converted
+//! Fuzzes token parsing: `tokengate::tokens::format::check_format` on arbitrary UTF-8 (invalid UTF-8 is converted
 //! lossily). Asserts, besides "no panic": it gives exactly the answer of an independent reference (length,
 //! `tg_` prefix, base62 alphabet, then a bit-by-bit CRC-32 over prefix and secret against the 6 base62
 //! checksum digits, in that order); every accepted string is 52 ASCII alphanumerics after `tg_`; a token
@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use tokengate::token::{check_format, FormatError, Token, CHECKSUM_LEN, PREFIX, SECRET_LEN, TOKEN_LEN};
+use tokengate::tokens::format::{check_format, FormatError, Token, CHECKSUM_LEN, PREFIX, SECRET_LEN, TOKEN_LEN};
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 

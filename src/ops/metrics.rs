@@ -4,8 +4,9 @@
 //! Per-route collectors are resolved once when the route table is built ([`RouteMetrics`]), so a request
 //! increments plain atomics instead of looking labels up.
 
-use crate::auth::Outcome;
-use crate::index::Index;
+use crate::gateway::auth::Outcome;
+use crate::tokens::index::Index;
+use crate::transport::upstream::UpstreamError;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -25,39 +26,6 @@ const OUTCOMES: [Outcome; 9] = [
     Outcome::None,
 ];
 const STATUS_CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Upstream failure kinds, as metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    ConnectRefused,
-    ConnectTimeout,
-    ReadTimeout,
-    WriteTimeout,
-    Reset,
-    Other,
-}
-
-impl UpstreamError {
-    const ALL: [UpstreamError; 6] = [
-        UpstreamError::ConnectRefused,
-        UpstreamError::ConnectTimeout,
-        UpstreamError::ReadTimeout,
-        UpstreamError::WriteTimeout,
-        UpstreamError::Reset,
-        UpstreamError::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamError::ConnectRefused => "connect_refused",
-            UpstreamError::ConnectTimeout => "connect_timeout",
-            UpstreamError::ReadTimeout => "read_timeout",
-            UpstreamError::WriteTimeout => "write_timeout",
-            UpstreamError::Reset => "reset",
-            UpstreamError::Other => "other",
-        }
-    }
-}
 
 /// All collectors, registered in one registry served at `/metrics`.
 pub struct Metrics {

@@ -7,11 +7,12 @@
 //! The database runs in WAL mode with `synchronous = FULL`: a committed token survives `kill -9` and power
 //! loss. The file is created with mode 0600.
 
-use crate::token::{Digest, Token};
+pub use super::fields::{parse_rfc3339, rfc3339, unix_now};
+use super::format::{Digest, Token};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Numbered schema migrations; `PRAGMA user_version` holds how many have been applied.
 /// Never edit a released entry: append a new one.
@@ -83,29 +84,6 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
-}
-
-/// Current wall-clock time in unix seconds.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Formats unix seconds as RFC 3339 UTC (`2026-11-22T22:30:00Z`).
-pub fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// Parses RFC 3339 into unix seconds.
-pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let t = humantime::parse_rfc3339_weak(s.trim())
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e})"))?;
-    Ok(t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0))
 }
 
 /// A token's metadata as stored (never the secret; the digest stays inside this module).
@@ -859,13 +837,5 @@ mod tests {
         let r = s.list(None).unwrap();
         assert_eq!(r[0].scopes, Vec::<String>::new());
         assert_eq!(s.events(r[0].id).unwrap()[0].event, "created");
-    }
-
-    #[test]
-    fn time_formats() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_386_600), "2026-11-22T22:30:00Z");
-        assert_eq!(parse_rfc3339("2026-11-22T22:30:00Z"), Ok(1_795_386_600));
-        assert!(parse_rfc3339("tomorrow").is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! HTTP/1.x on the wire (RFC 9112) for the forwarding engine in [`crate::proxy`]: the read buffer, request
+//! HTTP/1.x on the wire (RFC 9112) for the forwarding engine in [`crate::transport`]: the read buffer, request
 //! and response heads parsed by `httparse` into byte spans (no allocation per request), message framing,
 //! the chunked transfer coding, and which fields are hop-by-hop.
 //!
@@ -161,6 +161,9 @@ pub enum HeadError {
     UnsupportedCoding,
     /// An HTTP/1.1 request without Host, or with more than one.
     BadHost,
+    /// A field name that upstream frameworks read as `Content-Length` or `Transfer-Encoding`
+    /// (`Content_Length`, `transfer--encoding`) without being spelled so: a second, hidden framing.
+    LookalikeFraming,
 }
 
 impl HeadError {
@@ -183,6 +186,9 @@ impl HeadError {
             }
             HeadError::UnsupportedCoding => "only the chunked transfer coding is supported",
             HeadError::BadHost => "an HTTP/1.1 request needs exactly one Host header",
+            HeadError::LookalikeFraming => {
+                "a header name that reads as Content-Length or Transfer-Encoding must be spelled exactly so"
+            }
         }
     }
 }
@@ -192,8 +198,36 @@ fn is(name: &[u8], known: &str) -> bool {
     name.eq_ignore_ascii_case(known.as_bytes())
 }
 
-/// Hop-by-hop fields: they describe one connection and are never forwarded (RFC 9110 section 7.6.1).
-/// `Content-Length` and `Transfer-Encoding` are also left out here: the gateway writes its own framing.
+/// Field names as upstream frameworks may read them: ASCII case ignored, `_` read as `-`, and a run of
+/// `-`/`_` read as one (CGI and WSGI turn `Transfer_Encoding` and `Transfer-Encoding` alike into
+/// `HTTP_TRANSFER_ENCODING`). `target` is lower case with single `-`. Allocation-free; most names differ
+/// at their first byte.
+pub fn same_field(name: &[u8], target: &[u8]) -> bool {
+    let mut t = target.iter();
+    let mut after_separator = false;
+    for &b in name {
+        let c = match b {
+            b'_' | b'-' => b'-',
+            _ => b.to_ascii_lowercase(),
+        };
+        if c == b'-' {
+            if after_separator {
+                continue;
+            }
+            after_separator = true;
+        } else {
+            after_separator = false;
+        }
+        if t.next() != Some(&c) {
+            return false;
+        }
+    }
+    t.next().is_none()
+}
+
+/// Hop-by-hop fields: they describe one connection and are never forwarded (RFC 9110 section 7.6.1),
+/// nor are their look-alikes ([`same_field`]). `Content-Length` and `Transfer-Encoding` are also left out
+/// here: the gateway writes its own framing.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
     const HOP: [&str; 9] = [
         "connection",
@@ -206,7 +240,7 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
         "content-length",
         "proxy-authenticate",
     ];
-    HOP.iter().any(|h| is(name, h))
+    HOP.iter().any(|h| same_field(name, h.as_bytes()))
 }
 
 /// The comma-separated elements of a list-valued field, trimmed, empty ones skipped.
@@ -305,6 +339,11 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// Some `Connection` field names other fields, which must then not be forwarded.
     pub connection_names_fields: bool,
+    /// The `Host` field's value (there is at most one).
+    pub host: Option<Span>,
+    /// The first `Authorization` field's value, and how many `Authorization` fields there are.
+    pub authorization: Option<Span>,
+    pub authorizations: u8,
 }
 
 impl Default for RequestHead {
@@ -319,6 +358,9 @@ impl Default for RequestHead {
             keep_alive: true,
             expect_continue: false,
             connection_names_fields: false,
+            host: None,
+            authorization: None,
+            authorizations: 0,
         }
     }
 }
@@ -343,13 +385,19 @@ impl RequestHead {
         let mut conn = ConnectionOptions::default();
         let (mut length, mut te, mut chunked, mut hosts) = (None, false, false, 0);
         self.expect_continue = false;
+        self.host = None;
+        self.authorization = None;
+        self.authorizations = 0;
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             self.fields.push(Field {
                 name: Span::of(buf, name),
                 value: Span::of(buf, value),
             });
-            if is(name, "content-length") {
+            if is(name, "authorization") {
+                self.authorizations = self.authorizations.saturating_add(1);
+                self.authorization.get_or_insert(Span::of(buf, value));
+            } else if is(name, "content-length") {
                 content_length(value, &mut length).map_err(|_| HeadError::BadContentLength)?;
             } else if is(name, "transfer-encoding") {
                 for coding in list(value) {
@@ -364,8 +412,12 @@ impl RequestHead {
                 conn.add(value);
             } else if is(name, "host") {
                 hosts += 1;
+                self.host = Some(Span::of(buf, value));
             } else if is(name, "expect") && minor >= 1 {
                 self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            } else if same_field(name, b"content-length") || same_field(name, b"transfer-encoding")
+            {
+                return Err(HeadError::LookalikeFraming);
             }
         }
         self.framing = match (te, length) {
@@ -727,6 +779,45 @@ mod tests {
         let mut h = RequestHead::default();
         assert!(h.parse(raw.as_bytes())?, "incomplete: {raw:?}");
         Ok(h)
+    }
+
+    #[test]
+    fn field_names_compare_like_upstream_frameworks_do() {
+        assert!(same_field(b"x-user-id", b"x-user-id"));
+        assert!(same_field(b"x_user_id", b"x-user-id"));
+        assert!(same_field(b"X_User-Id", b"x-user-id"));
+        assert!(same_field(b"X__User--_Id", b"x-user-id"));
+        assert!(same_field(b"Transfer---Encoding", b"transfer-encoding"));
+        assert!(!same_field(b"x-user-idx", b"x-user-id"));
+        assert!(!same_field(b"x-userid", b"x-user-id"));
+        assert!(!same_field(b"-x-user-id", b"x-user-id"));
+        assert!(is_hop_by_hop(b"Keep_Alive") && is_hop_by_hop(b"content_length"));
+        assert!(!is_hop_by_hop(b"x-keep-alive"));
+    }
+
+    #[test]
+    fn lookalike_framing_fields_are_refused() {
+        for name in [
+            "Transfer_Encoding",
+            "transfer--encoding",
+            "Transfer---Encoding",
+            "TRANSFER_ENCODING",
+            "Content_Length",
+            "content__length",
+            "Content-_Length",
+        ] {
+            let raw =
+                format!("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n{name}: 0\r\n\r\n");
+            assert_eq!(
+                request(&raw).unwrap_err(),
+                HeadError::LookalikeFraming,
+                "{name}"
+            );
+            assert_eq!(HeadError::LookalikeFraming.status(), 400);
+        }
+        let h = request("GET / HTTP/1.1\r\nHost: h\r\nX-Content-Length: 4\r\nauthorization: a\r\nAuthorization: b\r\n\r\n").unwrap();
+        assert_eq!(h.authorizations, 2);
+        assert_eq!(h.authorization.unwrap().get(b"GET / HTTP/1.1\r\nHost: h\r\nX-Content-Length: 4\r\nauthorization: a\r\nAuthorization: b\r\n\r\n"), b"a");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The allow/deny decision: parsing the one `Authorization` header, checking the token's format, looking
 //! its digest up, and the status, expiry and scope checks. Denials carry their RFC 6750 answer.
 
-use crate::index::{Entry, Index};
-use crate::token::{self, Digest, FormatError};
+use crate::tokens::format::{self as token, Digest, FormatError};
+use crate::tokens::index::{Entry, Index};
 use http::{header::AUTHORIZATION, HeaderMap};
 use std::sync::Arc;
 
@@ -223,8 +223,8 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::IndexRow;
-    use crate::token::Token;
+    use crate::tokens::format::Token;
+    use crate::tokens::store::IndexRow;
     use http::HeaderValue;
 
     #[test]

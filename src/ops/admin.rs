@@ -5,12 +5,12 @@
 //! API changes go to SQLite on a blocking thread and are applied to this process's index before the
 //! answer is sent, so a revoked token is refused by this gateway once `DELETE` has returned.
 
-use crate::auth::{self, Denial};
-use crate::cli::{check_label, check_user, expiry};
-use crate::config::{self, parse_duration};
-use crate::index::{Index, ADMIN_SCOPE};
-use crate::metrics::Metrics;
-use crate::store::{self, NewToken, Store, StoreError, TokenRecord};
+use super::metrics::Metrics;
+use crate::config::parse_duration;
+use crate::gateway::auth::{self, Denial};
+use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, ADMIN_SCOPE};
+use crate::tokens::index::Index;
+use crate::tokens::store::{self, NewToken, Store, StoreError, TokenRecord};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -393,9 +393,7 @@ impl Admin {
                 )?;
                 check_user(&req.user).map_err(ApiError::bad)?;
                 check_label(&req.label).map_err(ApiError::bad)?;
-                for s in &req.scopes {
-                    config::check_scope(s).map_err(ApiError::bad)?;
-                }
+                check_scopes(&req.scopes).map_err(ApiError::bad)?;
                 if req.expires_in.is_some() && req.expires_at.is_some() {
                     return Err(ApiError::bad("give expires_in or expires_at, not both"));
                 }

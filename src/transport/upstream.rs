@@ -7,8 +7,7 @@
 //! connection is checked for a close (FIN or stray bytes) before it is handed out, and dropped after the
 //! route's `idle_timeout`.
 
-use crate::http1::Buffer;
-use crate::metrics::UpstreamError;
+use super::http1::Buffer;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,6 +15,39 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per route at most; more are closed when returned.
 const MAX_IDLE: usize = 256;
+
+/// Upstream failure kinds, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    ConnectRefused,
+    ConnectTimeout,
+    ReadTimeout,
+    WriteTimeout,
+    Reset,
+    Other,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 6] = [
+        UpstreamError::ConnectRefused,
+        UpstreamError::ConnectTimeout,
+        UpstreamError::ReadTimeout,
+        UpstreamError::WriteTimeout,
+        UpstreamError::Reset,
+        UpstreamError::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectRefused => "connect_refused",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::ReadTimeout => "read_timeout",
+            UpstreamError::WriteTimeout => "write_timeout",
+            UpstreamError::Reset => "reset",
+            UpstreamError::Other => "other",
+        }
+    }
+}
 
 /// A connection to an upstream and what has been read from it but not yet used.
 pub struct Conn {
@@ -42,6 +74,8 @@ impl Conn {
 /// One route's upstream address, timeouts and idle pool.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// `addr` as text, for the `Host` field of requests whose client sent none.
+    pub host: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -61,6 +95,7 @@ impl Upstream {
     ) -> Upstream {
         Upstream {
             addr,
+            host: addr.to_string(),
             connect_timeout,
             read_timeout,
             write_timeout,

@@ -1,0 +1,112 @@
+//! The configuration file as written: serde structs mirroring the TOML tables, unknown keys refused.
+//! Nothing here is validated; [`super::Config::parse`] turns it into the validated [`super::Config`].
+
+use super::AccessLogFormat;
+use super::AuthMode;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub(super) gateway: FileGateway,
+    #[serde(default)]
+    pub(super) store: FileStore,
+    #[serde(default)]
+    pub(super) admin: FileAdmin,
+    #[serde(default)]
+    pub(super) log: FileLog,
+    #[serde(default)]
+    pub(super) throttle: FileThrottle,
+    #[serde(default)]
+    pub(super) routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileThrottle {
+    pub(super) max_failures: Option<u32>,
+    pub(super) window: Option<String>,
+    pub(super) max_clients: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileLog {
+    pub(super) access: Option<AccessLogFormat>,
+    pub(super) access_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileGateway {
+    pub(super) listen: String,
+    pub(super) user_id_header: Option<String>,
+    pub(super) token_id_header: Option<String>,
+    pub(super) threads: Option<usize>,
+    pub(super) grace_period: Option<String>,
+    pub(super) sync_interval: Option<String>,
+    pub(super) usage_flush_interval: Option<String>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) keepalive_timeout: Option<String>,
+    pub(super) upgrade_sock: Option<String>,
+    pub(super) max_in_flight: Option<usize>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileStore {
+    pub(super) path: String,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        FileStore {
+            path: "data/tokengate.db".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAdmin {
+    pub(super) listen: String,
+}
+
+impl Default for FileAdmin {
+    fn default() -> Self {
+        FileAdmin {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRoute {
+    pub(super) name: String,
+    pub(super) path_prefix: String,
+    pub(super) upstream: String,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) read_timeout: Option<String>,
+    pub(super) write_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) auth: Option<AuthMode>,
+    pub(super) required_scope: Option<String>,
+    #[serde(default)]
+    pub(super) strip_request_headers: Vec<String>,
+    pub(super) user_id_header: Option<String>,
+    pub(super) max_body_bytes: Option<u64>,
+    pub(super) request_timeout: Option<String>,
+    pub(super) query_token_param: Option<String>,
+    pub(super) sign_secret: Option<String>,
+}
+
+/// The default number of proxy worker threads: the number of cores.
+pub(super) fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,200 @@
+//! Reading a configuration file: TOML syntax, then the file layer ([`super::file`]), then every value
+//! checked and defaulted into the validated [`Config`]. Errors name the file, the key and the problem.
+
+use super::context::Ctx;
+use super::file::{default_threads, FileConfig};
+use super::model::*;
+use super::route::route;
+use super::values::{check_listen, header_name, one_line};
+use http::HeaderName;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text that came from `path` (used for messages and for resolving
+    /// relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cx = Ctx {
+            file: path.display().to_string(),
+            base: path.parent().unwrap_or(Path::new(".")),
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| cx.err("(syntax)", one_line(e.message(), e.span(), text)))?;
+        let raw: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." || p.is_empty() => "(top level)".to_string(),
+                p => p,
+            };
+            cx.err(&key, e.inner().message().to_string())
+        })?;
+        let gateway = gateway(&cx, raw.gateway)?;
+
+        let access_path = match raw.log.access_path.as_deref() {
+            None | Some("-") => None,
+            Some("") => {
+                return Err(cx.err(
+                    "log.access_path",
+                    "must not be empty (use \"-\" for stdout)",
+                ))
+            }
+            Some(p) => Some(cx.path(p)),
+        };
+        let throttle = ThrottleConfig {
+            max_failures: raw.throttle.max_failures.unwrap_or(20),
+            window: cx.duration_within(
+                "throttle.window",
+                &raw.throttle.window,
+                Duration::from_secs(60),
+                (Duration::from_secs(1), Duration::MAX),
+                "at least 1s",
+            )?,
+            max_clients: raw.throttle.max_clients.unwrap_or(100_000),
+        };
+        if throttle.max_clients < 64 {
+            return Err(cx.err("throttle.max_clients", "must be at least 64"));
+        }
+
+        if raw.store.path.trim().is_empty() {
+            return Err(cx.err("store.path", "must not be empty"));
+        }
+        let store = StoreConfig {
+            path: cx.path(&raw.store.path),
+        };
+        check_listen(&raw.admin.listen).map_err(|p| cx.err("admin.listen", p))?;
+
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let r = route(&cx, i, r, &gateway, &routes)?;
+            routes.push(r);
+        }
+        if routes.is_empty() {
+            return Err(cx.err(
+                "routes",
+                "no [[routes]] defined: the gateway would answer 404 to everything",
+            ));
+        }
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            gateway,
+            store,
+            admin: AdminConfig {
+                listen: raw.admin.listen,
+            },
+            log: LogConfig {
+                access: raw.log.access.unwrap_or(AccessLogFormat::Plain),
+                access_path,
+            },
+            throttle,
+            routes,
+        })
+    }
+}
+
+/// The `[gateway]` table.
+fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, ConfigError> {
+    check_listen(&g.listen).map_err(|p| cx.err("gateway.listen", p))?;
+    let user_id_header = header_name(g.user_id_header.as_deref().unwrap_or("x-user-id"))
+        .map_err(|p| cx.err("gateway.user_id_header", p))?;
+    let token_id_header = match g.token_id_header.as_deref() {
+        None => Some(HeaderName::from_static("x-token-id")),
+        Some("") => None,
+        Some(s) => Some(header_name(s).map_err(|p| cx.err("gateway.token_id_header", p))?),
+    };
+    let threads = g.threads.unwrap_or_else(default_threads);
+    if threads == 0 || threads > 1024 {
+        return Err(cx.err(
+            "gateway.threads",
+            format!("{threads} is not between 1 and 1024"),
+        ));
+    }
+    let grace_period = cx.duration(
+        "gateway.grace_period",
+        &g.grace_period,
+        Duration::from_secs(3),
+    )?;
+    let sync_interval = cx.duration_within(
+        "gateway.sync_interval",
+        &g.sync_interval,
+        Duration::from_millis(100),
+        (Duration::from_millis(5), Duration::from_secs(60)),
+        "between 5ms and 60s",
+    )?;
+    let usage_flush_interval = cx.duration_within(
+        "gateway.usage_flush_interval",
+        &g.usage_flush_interval,
+        Duration::from_secs(5),
+        (Duration::from_millis(10), Duration::MAX),
+        "at least 10ms",
+    )?;
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in g.trusted_proxies.iter().enumerate() {
+        let net = IpNet::parse(p).ok_or_else(|| {
+            cx.err(
+                &format!("gateway.trusted_proxies[{i}]"),
+                format!("{p:?} is not an IP address or CIDR"),
+            )
+        })?;
+        trusted_proxies.push(net);
+    }
+    let keepalive_timeout = cx.duration_within(
+        "gateway.keepalive_timeout",
+        &g.keepalive_timeout,
+        Duration::from_secs(60),
+        (Duration::from_secs(1), Duration::MAX),
+        "at least 1s",
+    )?;
+    let header_timeout = cx.duration_within(
+        "gateway.header_timeout",
+        &g.header_timeout,
+        Duration::from_secs(10),
+        (Duration::from_millis(100), Duration::from_secs(300)),
+        "between 100ms and 300s",
+    )?;
+    let max_connections = g.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        return Err(cx.err("gateway.max_connections", "must be at least 1"));
+    }
+    let upgrade_sock = match g.upgrade_sock.as_deref() {
+        Some("") => return Err(cx.err("gateway.upgrade_sock", "must not be empty")),
+        Some(p) => cx.path(p),
+        None => std::env::temp_dir().join("tokengate-upgrade.sock"),
+    };
+    if g.max_in_flight == Some(0) {
+        return Err(cx.err(
+            "gateway.max_in_flight",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    Ok(GatewayConfig {
+        listen: g.listen,
+        user_id_header,
+        token_id_header,
+        threads,
+        grace_period,
+        sync_interval,
+        usage_flush_interval,
+        trusted_proxies,
+        keepalive_timeout,
+        upgrade_sock,
+        max_in_flight: g.max_in_flight,
+        header_timeout,
+        max_connections,
+    })
+}
+
+/// Reads only `[store] path` from a configuration, for CLI commands that must work even when other parts
+/// of the file (e.g. an upstream that does not resolve on this machine) are wrong.
+pub fn load_store_path(path: &Path) -> Result<PathBuf, ConfigError> {
+    Config::load(path).map(|c| c.store.path)
+}

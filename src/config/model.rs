@@ -1,0 +1,166 @@
+//! The validated configuration the rest of the crate sees: every value checked, defaults applied, paths
+//! resolved against the config file's folder. Built only by [`Config::parse`](super::Config::parse).
+
+use http::HeaderName;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this configuration was read from.
+    pub file: PathBuf,
+    pub gateway: GatewayConfig,
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub throttle: ThrottleConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Brute-force throttling of failed authentications per client address.
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    /// Failures allowed per address per window (0: off).
+    pub max_failures: u32,
+    pub window: Duration,
+    /// Most addresses tracked at once (memory bound).
+    pub max_clients: usize,
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    Off,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub access: AccessLogFormat,
+    /// `None`: standard output.
+    pub access_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: String,
+    pub user_id_header: HeaderName,
+    pub token_id_header: Option<HeaderName>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub sync_interval: Duration,
+    pub usage_flush_interval: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Idle time allowed between requests on a client connection.
+    pub keepalive_timeout: Duration,
+    /// Unix socket used to hand listening sockets to a new process (`serve --upgrade`).
+    pub upgrade_sock: PathBuf,
+    /// Most requests handled at once; beyond, 503 with `Retry-After` (None: no limit).
+    pub max_in_flight: Option<usize>,
+    /// Time a client has to send a request head (from its first byte; for a new connection, from accept).
+    pub header_timeout: Duration,
+    /// Client connections open at once at most; more get 503 and are closed.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Absolute (or config-relative, resolved) path of the SQLite database.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+/// Whether a route requires a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Bearer,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path_prefix: String,
+    /// The upstream as written (`host:port`), for messages.
+    pub upstream: String,
+    /// The upstream address, resolved once when the configuration loads.
+    pub upstream_addr: SocketAddr,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub auth: AuthMode,
+    pub required_scope: Option<String>,
+    pub strip_request_headers: Vec<HeaderName>,
+    pub user_id_header: HeaderName,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: Option<u64>,
+    /// Time the client has to send the whole request body (408 beyond).
+    pub request_timeout: Option<Duration>,
+    /// Legacy firmware: accept the token from this query parameter (removed before forwarding).
+    pub query_token_param: Option<String>,
+    /// HMAC key for the `x-tokengate-signature` header (None: not signed).
+    pub sign_secret: Option<Vec<u8>>,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|&p| p <= max)?,
+            None => max,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Parsers and checks for single configuration values (durations, addresses, path prefixes, scopes, header
+//! names). Each returns the problem as a sentence that quotes the value; the caller adds file and key.
+
+use http::HeaderName;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+pub(super) fn one_line(message: &str, span: Option<std::ops::Range<usize>>, text: &str) -> String {
+    match span {
+        Some(s) => {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", message.trim())
+        }
+        None => message.trim().to_string(),
+    }
+}
+
+/// Parses durations such as `100ms`, `30s`, `15m`, `12h`, `90d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("{s:?} is not a duration like 100ms, 30s, 15m, 12h or 90d"))
+}
+
+pub(super) fn check_listen(s: &str) -> Result<(), String> {
+    s.parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("{s:?} is not an address like 0.0.0.0:8080 or [::]:8080"))
+}
+
+pub fn resolve_upstream(s: &str) -> Result<SocketAddr, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+        return Err(format!(
+            "{s:?} is not host:port with a port from 1 to 65535"
+        ));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+pub(super) fn check_prefix(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    // The same spellings the request path check refuses can never match, so they are refused here too:
+    // every segment (but a trailing empty one) is plain, neither `.` nor `..`.
+    let trimmed = p.trim_end_matches('/');
+    let plain_segments = trimmed.len() <= 1
+        || trimmed[1..]
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if !plain_segments || p.contains('\\') {
+        return Err(format!(
+            "{p:?} must be a plain path: no '//', '.', '..', '%' escapes or backslashes"
+        ));
+    }
+    if p.contains(['?', '#', '%', ';']) || p.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(format!(
+            "{p:?} must be a plain path of visible ASCII without '?', '#', ';' or '%'"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn normalize_prefix(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        "/".to_string()
+    } else {
+        t.to_string()
+    }
+}
+
+/// Scopes are short words of visible ASCII without spaces, quotes or backslashes (RFC 6750 scope-token).
+pub fn check_scope(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    {
+        return Err(format!("{s:?} is not a scope: 1 to 64 visible ASCII characters, no spaces, quotes or backslashes"));
+    }
+    Ok(())
+}
+
+pub fn header_name(s: &str) -> Result<HeaderName, String> {
+    let lower = s.to_ascii_lowercase();
+    if lower == "authorization"
+        || lower == "host"
+        || lower == "content-length"
+        || lower == "transfer-encoding"
+    {
+        return Err(format!("{s:?} cannot be used here"));
+    }
+    HeaderName::from_bytes(lower.as_bytes())
+        .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
+}

@@ -1,0 +1,626 @@
+//! The decision: who gets in. One function, [`Gate::decide`], read top to bottom, that every transport
+//! calls with the facts of one request (HTTP/1 over TCP, the same over TLS, later the WebSocket upgrade):
+//!
+//! method → request target → path check → route → credential → token (format, digest, index, status,
+//! expiry, scope) → throttle of failures → body limit ⇒ [`Verdict::Forward`] or [`Verdict::Refuse`].
+//!
+//! No I/O and no `.await`: it reads the route table it is given, the token index and the clock value
+//! passed in, and updates only in-memory counters (a token's use count, an address's failure count).
+//! What the transport does with the verdict (write an answer, open an upstream connection, stream the
+//! body) is not its business; how the forwarded head is rewritten is described by [`Rewrite`].
+
+use super::auth::{self, Denial, Outcome};
+use super::paths::{authority, check_path, origin_form};
+use super::routes::{Route, RouteTable};
+use super::throttle::Throttle;
+use crate::config::AuthMode;
+use crate::tokens::index::{Entry, Index};
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What the decision needs to know about one request; the transport gathers it from the parsed head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    pub method: &'a [u8],
+    /// The request target as sent (origin form or absolute form).
+    pub target: &'a [u8],
+    /// The value of the (one) `Host` field, trimmed.
+    pub host: Option<&'a [u8]>,
+    /// The first `Authorization` field value, and how many there were.
+    pub authorization: Option<&'a [u8]>,
+    pub authorizations: usize,
+    /// The declared body length (`Content-Length`), if any.
+    pub content_length: Option<u64>,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
+}
+
+/// The gateway state the decision reads besides the route table: the token index and the failure
+/// throttle.
+pub struct Gate {
+    pub index: Arc<Index>,
+    pub throttle: Throttle,
+}
+
+/// What to do with a request.
+pub enum Verdict<'a> {
+    Forward(Forward<'a>),
+    Refuse(Refusal),
+}
+
+/// Let the request through to `route`'s upstream, rewritten as `rewrite` says.
+pub struct Forward<'a> {
+    pub route: &'a Arc<Route>,
+    /// The token holder (`None` on a public route): the identity headers name it.
+    pub principal: Option<Arc<Entry>>,
+    /// `ok`, or `public` on a route without auth.
+    pub outcome: Outcome,
+    pub rewrite: Rewrite<'a>,
+}
+
+/// How the forwarded head differs from the client's, apart from what every forwarded head loses
+/// (credential, hop-by-hop fields, client copies of identity headers).
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrite<'a> {
+    /// The target in origin form: the path that matched, and the query (without a legacy token
+    /// parameter; see [`Route::query_token_param`]).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The peer is a trusted proxy: its `X-Forwarded-For`/`-Proto` are kept and appended to.
+    pub trusted_peer: bool,
+    /// The decision's time (unix seconds), the signature's timestamp.
+    pub at: u64,
+}
+
+/// Answer the request from the gateway itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// The JSON `error` code.
+    pub error: &'static str,
+    /// The JSON `detail`: never a credential.
+    pub detail: Cow<'static, str>,
+    /// The `WWW-Authenticate` challenge (RFC 6750), for 400/401/403 on a bearer route.
+    pub challenge: Option<String>,
+    /// `Retry-After` in seconds (429, 503).
+    pub retry_after: Option<u64>,
+    /// The connection may carry another request (if the refused request's body is already buffered):
+    /// false when the client is misbehaving or the body may be large.
+    pub reusable: bool,
+    /// The auth outcome, for metrics and the access log.
+    pub outcome: Outcome,
+    /// The route, when one matched (metrics).
+    pub route: Option<usize>,
+    /// The scope a 403 names in its body.
+    pub scope: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal before authentication.
+    pub fn new(status: u16, error: &'static str, detail: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal {
+            status,
+            error,
+            detail: detail.into(),
+            challenge: None,
+            retry_after: None,
+            reusable: true,
+            outcome: Outcome::None,
+            route: None,
+            scope: None,
+        }
+    }
+
+    /// The connection closes after the answer.
+    pub fn closing(mut self) -> Refusal {
+        self.reusable = false;
+        self
+    }
+
+    fn on(mut self, route: &Route) -> Refusal {
+        self.route = Some(route.index);
+        self
+    }
+
+    fn denied(denial: &Denial, route: &Route) -> Refusal {
+        Refusal {
+            status: denial.status(),
+            error: denial.error_code().unwrap_or("unauthorized"),
+            detail: denial.description().into(),
+            challenge: Some(denial.challenge()),
+            retry_after: None,
+            reusable: true,
+            outcome: denial.outcome(),
+            route: Some(route.index),
+            scope: match denial {
+                Denial::InsufficientScope(s) => Some(s.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The JSON body: `{"error", "detail"}` (plus `scope` for 403).
+    pub fn body(&self) -> Vec<u8> {
+        let mut v = serde_json::json!({ "error": self.error, "detail": self.detail });
+        if let Some(s) = &self.scope {
+            v["scope"] = serde_json::Value::String(s.clone());
+        }
+        serde_json::to_vec(&v).expect("json")
+    }
+}
+
+impl Gate {
+    /// Decides what happens to `req` at unix time `now`, against the route table of this request.
+    pub fn decide<'a>(&self, table: &'a RouteTable, req: &Request<'a>, now: u64) -> Verdict<'a> {
+        if req.method == b"CONNECT" {
+            return refuse(
+                Refusal::new(405, "method_not_allowed", "CONNECT is not supported").closing(),
+            );
+        }
+        let Some((path, query)) = origin_form(req.target) else {
+            return refuse(Refusal::new(
+                400,
+                "invalid_request",
+                "the request target must be a path",
+            ));
+        };
+        if let Some(authority) = authority(req.target) {
+            // An absolute-form target must name the host the Host field names: two answers to "which
+            // host" are refused rather than resolved one way here and maybe another way upstream.
+            if req.host.is_none_or(|h| !h.eq_ignore_ascii_case(authority)) {
+                return refuse(Refusal::new(
+                    400,
+                    "invalid_request",
+                    "the request target and the Host header name different hosts",
+                ));
+            }
+        }
+        if let Err(e) = check_path(path) {
+            return refuse(Refusal::new(400, "invalid_request", e.describe()));
+        }
+        let Some(route) = table.find(path) else {
+            return refuse(Refusal::new(404, "not_found", "no route for this path"));
+        };
+        let principal = match route.auth {
+            AuthMode::None => None,
+            AuthMode::Bearer => {
+                let decision = credential(req, route, query).and_then(|t| {
+                    auth::authorize(&self.index, t, route.required_scope.as_deref(), now)
+                });
+                match decision {
+                    Ok(entry) => Some(entry),
+                    Err(denial) => return refuse(self.denied(&denial, route, req.peer, now)),
+                }
+            }
+        };
+        if let (Some(max), Some(n)) = (route.max_body_bytes, req.content_length) {
+            if n > max {
+                let detail =
+                    format!("the request body is larger than this route's limit of {max} bytes");
+                let mut r = Refusal::new(413, "payload_too_large", detail)
+                    .closing()
+                    .on(route);
+                r.outcome = if principal.is_some() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Public
+                };
+                return refuse(r);
+            }
+        }
+        if let Some(entry) = &principal {
+            entry.record_use(now);
+        }
+        Verdict::Forward(Forward {
+            route,
+            outcome: if principal.is_some() {
+                Outcome::Ok
+            } else {
+                Outcome::Public
+            },
+            principal,
+            rewrite: Rewrite {
+                path,
+                query,
+                trusted_peer: table.trusts(req.peer),
+                at: now,
+            },
+        })
+    }
+
+    /// The answer to a failed authentication: the RFC 6750 one, or 429 once the client's address has
+    /// failed too often (failures only; a missing credential or a missing scope is not a guess).
+    fn denied(&self, denial: &Denial, route: &Route, peer: Option<IpAddr>, now: u64) -> Refusal {
+        let counts = !matches!(denial, Denial::Missing | Denial::InsufficientScope(_));
+        if let (true, Some(ip)) = (counts, peer) {
+            if let Some(retry_after) = self.throttle.failure(ip, now) {
+                let mut r = Refusal::new(
+                    429,
+                    "too_many_requests",
+                    "too many failed authentications from this address; retry later",
+                )
+                .closing()
+                .on(route);
+                r.retry_after = Some(retry_after);
+                r.outcome = Outcome::Throttled;
+                return r;
+            }
+        }
+        Refusal::denied(denial, route)
+    }
+}
+
+fn refuse(r: Refusal) -> Verdict<'static> {
+    Verdict::Refuse(r)
+}
+
+/// The credential for this request: the one `Authorization` header, or — only on a route that opts in for
+/// legacy firmware, and only when no header was sent — the query parameter.
+fn credential<'a>(
+    req: &Request<'a>,
+    route: &Route,
+    query: Option<&'a str>,
+) -> Result<&'a str, Denial> {
+    if req.authorizations > 1 {
+        return Err(Denial::Multiple);
+    }
+    match (req.authorization, &route.query_token_param) {
+        (Some(v), _) => auth::parse_bearer(v),
+        (None, Some(param)) => match query_value(query, param) {
+            Some("") => Err(Denial::Malformed("the token parameter is empty")),
+            Some(t) => Ok(t),
+            None => Err(Denial::Missing),
+        },
+        (None, None) => Err(Denial::Missing),
+    }
+}
+
+/// The value of `key` in a query string, if present (no decoding: tokens are plain base62).
+pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some((k, v)) if k == key => Some(v),
+            None if pair == key => Some(""),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::tokens::format::Token;
+    use crate::tokens::store::IndexRow;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[gateway]
+listen = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8"]
+[[routes]]
+name = "iot"
+path_prefix = "/iot"
+upstream = "127.0.0.1:1"
+max_body_bytes = 100
+[[routes]]
+name = "video"
+path_prefix = "/video"
+upstream = "127.0.0.1:2"
+required_scope = "video:upload"
+[[routes]]
+name = "status"
+path_prefix = "/status"
+upstream = "127.0.0.1:3"
+auth = "none"
+max_body_bytes = 10
+[[routes]]
+name = "legacy"
+path_prefix = "/v1/scale"
+upstream = "127.0.0.1:4"
+query_token_param = "api_token"
+"#;
+
+    struct World {
+        gate: Gate,
+        table: RouteTable,
+        token: Token,
+        device: Token,
+        revoked: Token,
+        expired: Token,
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    fn world(max_failures: u32) -> World {
+        let table = RouteTable::new(&Config::parse(CONFIG, Path::new("t.toml")).unwrap());
+        let index = Index::new();
+        let row = |id, t: &Token, scopes: &[&str], expires_at, revoked| IndexRow {
+            id,
+            user: format!("user{id}"),
+            digest: t.digest(),
+            prev_digest: None,
+            prev_valid_until: None,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at,
+            revoked,
+            rev: id,
+        };
+        let (token, device, revoked, expired) = (
+            Token::generate(),
+            Token::generate(),
+            Token::generate(),
+            Token::generate(),
+        );
+        index.apply(&row(1, &token, &[], None, false));
+        index.apply(&row(2, &device, &["telemetry:write"], None, false));
+        index.apply(&row(3, &revoked, &[], None, true));
+        index.apply(&row(4, &expired, &[], Some(NOW as i64), false));
+        World {
+            gate: Gate {
+                index: Arc::new(index),
+                throttle: Throttle::new(max_failures, 60, 1000),
+            },
+            table,
+            token,
+            device,
+            revoked,
+            expired,
+        }
+    }
+
+    fn get<'a>(target: &'a str, auth: Option<&'a str>) -> Request<'a> {
+        Request {
+            method: b"GET",
+            target: target.as_bytes(),
+            host: Some(b"gw"),
+            authorization: auth.map(str::as_bytes),
+            authorizations: auth.is_some() as usize,
+            content_length: None,
+            peer: Some("192.0.2.1".parse().unwrap()),
+        }
+    }
+
+    fn refusal(v: Verdict<'_>) -> Refusal {
+        match v {
+            Verdict::Refuse(r) => r,
+            Verdict::Forward(f) => panic!("forwarded to {}", f.route.name),
+        }
+    }
+
+    fn forward<'a>(v: Verdict<'a>) -> Forward<'a> {
+        match v {
+            Verdict::Forward(f) => f,
+            Verdict::Refuse(r) => panic!("refused: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_token_is_forwarded_with_its_principal() {
+        let w = world(20);
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let f = forward(
+            w.gate
+                .decide(&w.table, &get("/iot/hive?x=1", Some(&bearer)), NOW),
+        );
+        assert_eq!(&*f.route.name, "iot");
+        assert_eq!(f.outcome, Outcome::Ok);
+        assert_eq!(f.principal.as_ref().unwrap().user(), "user1");
+        assert_eq!(
+            (f.rewrite.path, f.rewrite.query),
+            ("/iot/hive", Some("x=1"))
+        );
+        assert!(!f.rewrite.trusted_peer);
+        assert_eq!(f.rewrite.at, NOW);
+        assert_eq!(
+            w.gate.index.take_usage()[0].uses,
+            1,
+            "a forwarded request is a use"
+        );
+    }
+
+    #[test]
+    fn trusted_peer_and_absolute_form() {
+        let w = world(20);
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let mut req = get("http://gw/iot/a", Some(&bearer));
+        req.peer = Some("10.1.2.3".parse().unwrap());
+        let f = forward(w.gate.decide(&w.table, &req, NOW));
+        assert!(f.rewrite.trusted_peer);
+        assert_eq!(f.rewrite.path, "/iot/a");
+        req.host = Some(b"elsewhere");
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!(
+            (r.status, r.error, r.reusable),
+            (400, "invalid_request", true)
+        );
+        req.host = None;
+        assert_eq!(refusal(w.gate.decide(&w.table, &req, NOW)).status, 400);
+    }
+
+    #[test]
+    fn refusals_before_routing() {
+        let w = world(20);
+        let mut req = get("/iot", None);
+        req.method = b"CONNECT";
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!(
+            (r.status, r.reusable, r.outcome),
+            (405, false, Outcome::None)
+        );
+        for target in ["*", "gw:443"] {
+            let r = refusal(w.gate.decide(&w.table, &get(target, None), NOW));
+            assert_eq!((r.status, r.route), (400, None), "{target}");
+        }
+        let r = refusal(w.gate.decide(&w.table, &get("/iot/../video", None), NOW));
+        assert_eq!((r.status, r.error), (400, "invalid_request"));
+        let r = refusal(w.gate.decide(&w.table, &get("/status/..;/iot", None), NOW));
+        assert_eq!(r.status, 400, "a dot segment with parameters");
+        let r = refusal(w.gate.decide(&w.table, &get("/nowhere", None), NOW));
+        assert_eq!((r.status, r.error, r.reusable), (404, "not_found", true));
+        assert!(r.challenge.is_none());
+    }
+
+    #[test]
+    fn public_route_needs_no_token_but_keeps_its_limit() {
+        let w = world(20);
+        let f = forward(w.gate.decide(&w.table, &get("/status", None), NOW));
+        assert!(f.principal.is_none());
+        assert_eq!(f.outcome, Outcome::Public);
+        let mut req = get("/status", None);
+        req.content_length = Some(11);
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!(
+            (r.status, r.reusable, r.outcome),
+            (413, false, Outcome::Public)
+        );
+    }
+
+    #[test]
+    fn credential_problems() {
+        let w = world(20);
+        let r = refusal(w.gate.decide(&w.table, &get("/iot", None), NOW));
+        assert_eq!(
+            (r.status, r.error, r.outcome),
+            (401, "unauthorized", Outcome::Missing)
+        );
+        assert_eq!(r.challenge.as_deref(), Some("Bearer realm=\"tokengate\""));
+        assert_eq!(r.route, Some(0));
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get("/iot", Some("Basic dXNlcg==")), NOW),
+        );
+        assert_eq!((r.status, r.outcome), (401, Outcome::Missing));
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let mut req = get("/iot", Some(&bearer));
+        req.authorizations = 2;
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!((r.status, r.error), (400, "invalid_request"));
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get("/iot", Some("Bearer a b")), NOW),
+        );
+        assert_eq!((r.status, r.error), (400, "invalid_request"));
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get("/iot", Some("Bearer tg_short")), NOW),
+        );
+        assert_eq!(
+            (r.status, r.error, r.outcome),
+            (401, "invalid_token", Outcome::Invalid)
+        );
+    }
+
+    #[test]
+    fn token_states() {
+        let w = world(20);
+        let ask = |t: &Token, target: &str| {
+            let bearer = format!("Bearer {}", t.as_str());
+            refusal(w.gate.decide(&w.table, &get(target, Some(&bearer)), NOW))
+        };
+        let r = ask(&Token::generate(), "/iot");
+        assert_eq!((r.status, r.outcome), (401, Outcome::Invalid));
+        let r = ask(&w.revoked, "/iot");
+        assert_eq!((r.status, r.outcome), (401, Outcome::Revoked));
+        assert!(r.detail.contains("revoked"));
+        let r = ask(&w.expired, "/iot");
+        assert_eq!((r.status, r.outcome), (401, Outcome::Expired));
+        let r = ask(&w.device, "/video/clip");
+        assert_eq!((r.status, r.error), (403, "insufficient_scope"));
+        assert_eq!(r.scope.as_deref(), Some("video:upload"));
+        assert!(r.challenge.unwrap().contains("scope=\"video:upload\""));
+        assert!(
+            w.gate.index.take_usage().is_empty(),
+            "refusals are not uses"
+        );
+    }
+
+    #[test]
+    fn failures_are_throttled_per_address_but_valid_tokens_are_not() {
+        let w = world(2);
+        let bad = format!("Bearer {}", Token::generate().as_str());
+        for _ in 0..2 {
+            assert_eq!(
+                refusal(w.gate.decide(&w.table, &get("/iot", Some(&bad)), NOW)).status,
+                401
+            );
+        }
+        let r = refusal(w.gate.decide(&w.table, &get("/iot", Some(&bad)), NOW));
+        assert_eq!(
+            (r.status, r.outcome, r.reusable),
+            (429, Outcome::Throttled, false)
+        );
+        assert_eq!(r.retry_after, Some(60));
+        // Missing credentials and missing scopes are not counted as failures.
+        for _ in 0..5 {
+            assert_eq!(
+                refusal(w.gate.decide(&w.table, &get("/iot", None), NOW)).status,
+                401
+            );
+        }
+        let bearer = format!("Bearer {}", w.token.as_str());
+        forward(w.gate.decide(&w.table, &get("/iot", Some(&bearer)), NOW));
+        let mut other = get("/iot", Some(&bad));
+        other.peer = Some("192.0.2.99".parse().unwrap());
+        assert_eq!(refusal(w.gate.decide(&w.table, &other, NOW)).status, 401);
+    }
+
+    #[test]
+    fn body_limit_after_authentication() {
+        let w = world(20);
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let mut req = get("/iot", Some(&bearer));
+        req.content_length = Some(101);
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!((r.status, r.reusable, r.outcome), (413, false, Outcome::Ok));
+        req.content_length = Some(100);
+        forward(w.gate.decide(&w.table, &req, NOW));
+        // Unauthenticated oversized uploads get their 401 first.
+        let mut req = get("/iot", None);
+        req.content_length = Some(101);
+        assert_eq!(refusal(w.gate.decide(&w.table, &req, NOW)).status, 401);
+    }
+
+    #[test]
+    fn legacy_query_token() {
+        let w = world(20);
+        let target = format!("/v1/scale/7?a=1&api_token={}", w.token.as_str());
+        let f = forward(w.gate.decide(&w.table, &get(&target, None), NOW));
+        assert_eq!(f.principal.unwrap().token_id, 1);
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get("/v1/scale/7?api_token=", None), NOW),
+        );
+        assert_eq!(r.status, 400);
+        let r = refusal(w.gate.decide(&w.table, &get("/v1/scale/7?a=1", None), NOW));
+        assert_eq!((r.status, r.outcome), (401, Outcome::Missing));
+        // The header wins over the parameter; other routes ignore the parameter.
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get(&target, Some("Bearer tg_nope")), NOW),
+        );
+        assert_eq!(r.status, 401);
+        let iot = format!("/iot?api_token={}", w.token.as_str());
+        assert_eq!(
+            refusal(w.gate.decide(&w.table, &get(&iot, None), NOW)).status,
+            401
+        );
+    }
+
+    #[test]
+    fn refusal_bodies_are_json() {
+        let r = Refusal::new(404, "not_found", "no route for this path");
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "not_found", "detail": "no route for this path"})
+        );
+        assert_eq!(
+            query_value(Some("a=1&api_token=tg_x&b=2"), "api_token"),
+            Some("tg_x")
+        );
+        assert_eq!(query_value(Some("api_tokenx=1"), "api_token"), None);
+        assert_eq!(query_value(None, "api_token"), None);
+    }
+}

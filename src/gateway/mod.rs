@@ -1,0 +1,17 @@
+//! The gateway's policy: who gets in, and what the upstream is told about them.
+//!
+//! - [`decision`]: the one pure function every transport calls — request facts in, a [`Verdict`] out.
+//! - [`paths`]: request targets and the path check (reject, don't normalise).
+//! - [`routes`]: the route table and longest-prefix matching.
+//! - [`auth`]: `Authorization` parsing, the token check, RFC 6750 answers.
+//! - [`throttle`]: per-address throttling of failed authentications.
+//! - [`signing`]: the optional HMAC signature header for upstreams.
+
+pub mod auth;
+pub mod decision;
+pub mod paths;
+pub mod routes;
+pub mod signing;
+pub mod throttle;
+
+pub use decision::{Forward, Gate, Refusal, Request, Rewrite, Verdict};

@@ -1,0 +1,9 @@
+//! Running the gateway in production: what operators and their tools see.
+//!
+//! - [`admin`]: the admin listener — `/healthz`, `/metrics`, the token API and its page.
+//! - [`metrics`]: the Prometheus registry and per-route collectors.
+//! - [`access_log`]: the non-blocking access log.
+
+pub mod access_log;
+pub mod admin;
+pub mod metrics;

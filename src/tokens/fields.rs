@@ -1,0 +1,108 @@
+//! Checks of the fields people give a token (user id, label, scopes, expiry), shared by the CLI and the
+//! admin API so that both refuse exactly the same input with the same words.
+
+use crate::config::{check_scope, parse_duration};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The scope the admin API requires; never implied by full access.
+pub const ADMIN_SCOPE: &str = "admin";
+
+/// Current wall-clock time in unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Formats unix seconds as RFC 3339 UTC (`2026-11-22T22:30:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Parses RFC 3339 into unix seconds.
+pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time ({e})"))?;
+    Ok(t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0))
+}
+
+/// Checks a user id: it becomes an HTTP header value, so visible ASCII only, 1 to 128 characters.
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > 128 || !user.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(format!(
+            "user {user:?} must be 1 to 128 visible ASCII characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a label: 1 to 100 characters, no control characters.
+pub fn check_label(label: &str) -> Result<(), String> {
+    let n = label.chars().count();
+    if n == 0 || n > 100 || label.chars().any(char::is_control) || label.trim() != label {
+        return Err(
+            "label must be 1 to 100 characters, without control characters or surrounding spaces"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks every scope of a token (RFC 6750 scope-token syntax).
+pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
+    scopes.iter().try_for_each(|s| check_scope(s))
+}
+
+/// Turns the expiry options into unix seconds.
+pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Option<i64>, String> {
+    let now = unix_now();
+    let at = match (expires_in, expires_at) {
+        (Some(d), _) => {
+            let d = parse_duration(d)?;
+            if d < Duration::from_secs(1) {
+                return Err("expiry must be at least 1s away".into());
+            }
+            Some(now + d.as_secs() as i64)
+        }
+        (None, Some(t)) => Some(parse_rfc3339(t)?),
+        (None, None) => None,
+    };
+    if let Some(at) = at {
+        if at <= now {
+            return Err(format!("expiry {} is not in the future", rfc3339(at)));
+        }
+    }
+    Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_checked() {
+        assert!(check_user("beekeeper-42").is_ok());
+        assert!(
+            check_user("a b").is_err() && check_user("").is_err() && check_user("x\u{7f}").is_err()
+        );
+        assert!(check_label("Hive scale #3 (garden)").is_ok());
+        assert!(check_label("bad\nlabel").is_err() && check_label(&"x".repeat(101)).is_err());
+        assert!(check_scopes(&["telemetry:write".into()]).is_ok());
+        assert!(check_scopes(&["a b".into()]).is_err());
+        assert!(expiry(Some("0s"), None).is_err());
+        assert!(expiry(None, Some("2001-01-01T00:00:00Z")).is_err());
+        assert!(expiry(Some("90d"), None).unwrap().unwrap() > unix_now() + 89 * 86400);
+    }
+
+    #[test]
+    fn time_formats() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_386_600), "2026-11-22T22:30:00Z");
+        assert_eq!(parse_rfc3339("2026-11-22T22:30:00Z"), Ok(1_795_386_600));
+        assert!(parse_rfc3339("tomorrow").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Tokens: what they are and where they live.
+//!
+//! - [`format`]: the token format — generation from the OS CSPRNG, checksum, SHA-256 digest.
+//! - [`fields`]: checks of user ids, labels, scopes and expiry (CLI and admin API alike).
+//! - [`store`]: the source of truth (SQLite) — migrations, lifecycle operations, events, change feed,
+//!   usage flush.
+//! - [`index`]: the lock-free digest → entry map every request reads.
+//! - [`sync`]: the loops that keep the index in step with the store and flush usage.
+
+pub mod fields;
+pub mod format;
+pub mod index;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,434 @@
+//! One client connection: a loop of HTTP/1.1 exchanges. Per exchange, in order: a head within
+//! `header_timeout` (431/400/501 for bad heads, see [`super::http1`]); `max_in_flight` (503); the
+//! decision ([`Gate::decide`](crate::gateway::Gate::decide)); then the gateway's own answer or
+//! [`super::forward`]. After each exchange: metrics and the access log.
+//!
+//! The loop is generic over the client stream, so a TLS listener hands it the decrypted stream and gets
+//! exactly the same behaviour. A refused request whose body has not fully arrived closes the connection
+//! (after a bounded lingering close) instead of reading the body.
+
+use super::http1::{Buffer, Framing, HeadError, RequestHead};
+use super::rewrite::{write_error_head, write_upstream_head};
+use super::upstream::Conn;
+use super::{take_slot, Engine, RouteIo, Table};
+use crate::clock;
+use crate::gateway::auth::Outcome;
+use crate::gateway::paths::origin_form;
+use crate::gateway::{Refusal, Request, Verdict};
+use crate::ops::access_log::Record;
+use crate::tokens::index::Entry;
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How long a client may take to accept a write of the response, or between two reads of its body.
+pub(super) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest single wait for the next request: an idle connection notices a shutdown within this.
+const IDLE_SLICE: Duration = Duration::from_secs(1);
+
+/// The stream of a client connection: plain TCP or decrypted TLS.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
+/// What the forwarded request looks like, kept after its head has left the buffer.
+#[derive(Clone, Copy)]
+pub(super) struct Req {
+    pub(super) framing: Framing,
+    pub(super) is_head: bool,
+    /// Safe to send twice (RFC 9110 section 9.2.2) and without a body: may be retried on a fresh
+    /// connection when a reused one turns out closed.
+    pub(super) retryable: bool,
+    pub(super) client_minor: u8,
+    pub(super) client_keep_alive: bool,
+}
+
+/// What one exchange produced, for metrics and the access log.
+pub(super) struct Facts {
+    pub(super) start: Instant,
+    /// The route's index in the table, when one matched.
+    pub(super) route: Option<usize>,
+    pub(super) entry: Option<Arc<Entry>>,
+    pub(super) outcome: Outcome,
+    pub(super) status: u16,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    /// Method and path (never the query), only when the access log is on.
+    log: Option<(http::Method, String)>,
+}
+
+/// One client connection.
+pub struct Client<'a, S> {
+    pub(super) engine: &'a Engine,
+    pub(super) io: S,
+    pub(super) buf: Buffer,
+    pub(super) head: RequestHead,
+    /// Scratch for heads and re-framed body data on their way out.
+    pub(super) out: Vec<u8>,
+    /// The upstream connection of the last exchange, kept while the client stays on that upstream.
+    pub(super) upstream: Option<(Arc<super::upstream::Upstream>, Conn)>,
+    peer: Option<IpAddr>,
+    /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
+    peer_text: String,
+    served: u64,
+    /// The current request's body has not been read to its end (a close then lingers, see
+    /// [`Self::linger`]).
+    pub(super) body_pending: bool,
+}
+
+impl<'a, S: ClientStream> Client<'a, S> {
+    pub fn new(engine: &'a Engine, io: S, peer: Option<IpAddr>) -> Client<'a, S> {
+        Client {
+            engine,
+            io,
+            buf: Buffer::new(),
+            head: RequestHead::default(),
+            out: Vec::with_capacity(2048),
+            upstream: None,
+            peer,
+            peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
+            served: 0,
+            body_pending: false,
+        }
+    }
+
+    /// Gives the kept upstream connection back to its pool.
+    pub fn finish(&mut self) {
+        if let Some((upstream, conn)) = self.upstream.take() {
+            upstream.put_idle(conn);
+        }
+    }
+
+    /// Serves exchanges until the connection ends.
+    pub async fn run(&mut self) {
+        loop {
+            match self.read_head().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    if self.respond_error(e.status(), e.describe()).await.is_ok() {
+                        self.linger().await;
+                    }
+                    return;
+                }
+            }
+            self.body_pending = self.head.framing.has_body();
+            let keep = self.exchange().await;
+            self.served += 1;
+            if !keep {
+                if self.body_pending {
+                    self.linger().await;
+                }
+                return;
+            }
+            if self.engine.is_draining() {
+                return;
+            }
+            self.buf.shrink_if_idle();
+        }
+    }
+
+    /// Closes a connection whose client may still be sending (a refused or failed upload): the answer is
+    /// followed by a FIN, then at most 1 MiB or 1 s more of the body is read and dropped. Closing with
+    /// unread bytes would make the kernel reset the connection, which can destroy the answer before the
+    /// client reads it (nginx's lingering close; bounded, so a refused multi-GB upload is never read).
+    async fn linger(&mut self) {
+        const LIMIT: usize = 1 << 20;
+        let _ = self.io.shutdown().await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut drained = 0;
+        while drained < LIMIT {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, self.io.read(self.buf.spare())).await {
+                Ok(Ok(n)) if n > 0 => {
+                    drained += n;
+                    self.buf.filled_by(n);
+                    self.buf.consume(self.buf.len());
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Over `max_connections`: a 503 for whatever the client sends first, then close.
+    pub async fn refuse_connection(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.read(self.buf.spare())).await;
+        let mut r = Refusal::new(
+            503,
+            "overloaded",
+            "the gateway has as many connections open as it is allowed to; retry shortly",
+        )
+        .closing();
+        r.retry_after = Some(1);
+        let _ = self.answer(&r, false, false).await;
+    }
+
+    /// Waits for the next complete request head in the buffer. `Ok(false)`: the client closed, stayed idle
+    /// past `keepalive_timeout`, or the server is shutting down — nothing to answer.
+    async fn read_head(&mut self) -> Result<bool, HeadError> {
+        let mut deadline: Option<Instant> = None;
+        let mut idle_deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                if self.head.parse(self.buf.filled())? {
+                    return Ok(true);
+                }
+                deadline.get_or_insert_with(|| Instant::now() + self.engine.header_timeout);
+            }
+            let idle = self.buf.is_empty();
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => {
+                    let limit = if self.served == 0 {
+                        self.engine.header_timeout
+                    } else {
+                        self.engine.keepalive_timeout
+                    };
+                    let idle_until = *idle_deadline.get_or_insert_with(|| Instant::now() + limit);
+                    idle_until
+                        .saturating_duration_since(Instant::now())
+                        .min(IDLE_SLICE)
+                }
+            };
+            match tokio::time::timeout(wait, self.io.read(self.buf.spare())).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
+                Ok(Ok(n)) => self.buf.filled_by(n),
+                // Idle: close at the keep-alive (or first-request) timeout or on shutdown, else wait on.
+                Err(_) if idle => {
+                    let expired = idle_deadline.is_some_and(|d| Instant::now() >= d);
+                    if expired || self.engine.is_draining() {
+                        return Ok(false);
+                    }
+                }
+                Err(_) => {
+                    let r = Refusal::new(
+                        408,
+                        "request_timeout",
+                        "the request head was not received in time",
+                    )
+                    .closing();
+                    let _ = self.answer(&r, false, false).await;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Handles the request whose head is at the front of the buffer. Returns whether the connection may
+    /// carry another request.
+    async fn exchange(&mut self) -> bool {
+        let engine = self.engine;
+        let table = engine.table.load_full();
+        let mut facts = Facts {
+            start: Instant::now(),
+            route: None,
+            entry: None,
+            outcome: Outcome::None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            log: None,
+        };
+        let keep = self.decide_and_forward(&table, &mut facts).await;
+        let io = facts.route.map(|i| &table.io[i]);
+        let m = io.map(|io| &io.metrics).unwrap_or(&engine.unrouted);
+        m.count(facts.status, facts.outcome);
+        m.duration.observe(facts.start.elapsed().as_secs_f64());
+        m.bytes_in.inc_by(facts.bytes_in);
+        m.bytes_out.inc_by(facts.bytes_out);
+        if let Some((method, path)) = facts.log.take() {
+            engine.access_log.log(Record {
+                at: SystemTime::now(),
+                client: self.peer,
+                method,
+                path,
+                route: io.map(|io| io.route.name.clone()),
+                status: facts.status,
+                auth: facts.outcome.as_str(),
+                duration: facts.start.elapsed(),
+                bytes_in: facts.bytes_in,
+                bytes_out: facts.bytes_out,
+                token_id: facts.entry.as_ref().map(|e| e.token_id),
+                user: facts.entry.as_ref().map(|e| e.user_value()),
+            });
+        }
+        keep
+    }
+
+    /// Asks the decision about the request; answers a refusal, or rewrites the head and forwards.
+    async fn decide_and_forward(&mut self, table: &Table, facts: &mut Facts) -> bool {
+        let engine = self.engine;
+        let _in_flight = match &engine.in_flight {
+            Some((count, max)) => match take_slot(count, *max) {
+                Some(slot) => Some(slot),
+                None => {
+                    let mut r = Refusal::new(
+                        503,
+                        "overloaded",
+                        "the gateway is handling as many requests as it is allowed to; retry shortly",
+                    )
+                    .closing();
+                    r.retry_after = Some(1);
+                    return self.refuse(facts, r).await;
+                }
+            },
+            None => None,
+        };
+        let req = request(&self.head, &self.buf, self.peer);
+        if engine.access_log.enabled() {
+            // The path as forwarded (origin form), never the query.
+            let path = match origin_form(req.target) {
+                Some((p, _)) => p.to_owned(),
+                None => String::from_utf8_lossy(req.target).into_owned(),
+            };
+            facts.log = Some((
+                http::Method::from_bytes(req.method).unwrap_or(http::Method::GET),
+                path,
+            ));
+        }
+        let now = clock::now();
+        let forward = match engine.gate.decide(&table.routes, &req, now) {
+            Verdict::Refuse(r) => return self.refuse(facts, r).await,
+            Verdict::Forward(f) => f,
+        };
+        let io: &RouteIo = &table.io[forward.route.index];
+        facts.route = Some(forward.route.index);
+        facts.outcome = forward.outcome;
+        let head_bytes = &self.buf.filled()[..self.head.len];
+        self.out.clear();
+        write_upstream_head(
+            &mut self.out,
+            &self.head,
+            head_bytes,
+            &forward,
+            &io.upstream.host,
+            &self.peer_text,
+        );
+        facts.entry = forward.principal;
+        let method = self.head.method.get(head_bytes);
+        let req = Req {
+            framing: self.head.framing,
+            is_head: method == b"HEAD",
+            retryable: !self.head.framing.has_body()
+                && matches!(
+                    method,
+                    b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+                ),
+            client_minor: self.head.minor,
+            client_keep_alive: self.head.keep_alive,
+        };
+        let expect_continue = self.head.expect_continue;
+        self.buf.consume(self.head.len);
+        if expect_continue && req.framing.has_body() && self.buf.is_empty() {
+            // The gateway answers the expectation itself (the upstream never sees `Expect`).
+            if self
+                .io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+                || self.io.flush().await.is_err()
+            {
+                return false;
+            }
+        }
+        self.forward(io, req, facts).await
+    }
+
+    /// Answers the request from the gateway itself. The connection stays open only when the refusal is
+    /// `reusable` and the request's body (if any) is already in the buffer, so that it can be skipped
+    /// without reading on.
+    async fn refuse(&mut self, facts: &mut Facts, r: Refusal) -> bool {
+        let body_in_buffer = match self.head.framing {
+            Framing::None => Some(0),
+            Framing::Length(n) if (self.buf.len() - self.head.len) as u64 >= n => Some(n as usize),
+            _ => None,
+        };
+        let keep = r.reusable
+            && self.head.keep_alive
+            && body_in_buffer.is_some()
+            && !self.engine.is_draining();
+        let is_head = self.head.method.get(self.buf.filled()) == b"HEAD";
+        self.buf.consume(self.head.len);
+        if let (true, Some(n)) = (keep, body_in_buffer) {
+            self.body_pending = false;
+            self.buf.consume(n);
+            facts.bytes_in = n as u64;
+        }
+        facts.status = r.status;
+        facts.outcome = r.outcome;
+        facts.route = r.route.or(facts.route);
+        match self.answer(&r, keep, is_head).await {
+            Ok(sent) => {
+                facts.bytes_out = sent;
+                keep
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A JSON error answer outside an exchange (a bad head): always closes the connection.
+    async fn respond_error(&mut self, status: u16, detail: &'static str) -> io::Result<u64> {
+        let error = if status == 501 {
+            "not_implemented"
+        } else {
+            "invalid_request"
+        };
+        self.answer(&Refusal::new(status, error, detail).closing(), false, false)
+            .await
+    }
+
+    /// Writes the gateway's own answer; a `HEAD` request gets the head alone (a body would be read as the
+    /// start of the next response on a kept connection). Returns the body bytes sent.
+    pub(super) async fn answer(
+        &mut self,
+        r: &Refusal,
+        keep: bool,
+        is_head: bool,
+    ) -> io::Result<u64> {
+        let body = r.body();
+        self.out.clear();
+        write_error_head(&mut self.out, r, body.len(), keep);
+        if !is_head {
+            self.out.extend_from_slice(&body);
+        }
+        self.write_out().await?;
+        Ok(if is_head { 0 } else { body.len() as u64 })
+    }
+
+    /// Writes `self.out` to the client and flushes.
+    pub(super) async fn write_out(&mut self) -> io::Result<()> {
+        let io = &mut self.io;
+        let out = &self.out;
+        match tokio::time::timeout(CLIENT_IO_TIMEOUT, async {
+            io.write_all(out).await?;
+            io.flush().await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client write timed out",
+            )),
+        }
+    }
+}
+
+/// The facts of the request whose head is at the front of `buf`, for the decision.
+fn request<'b>(head: &RequestHead, buf: &'b Buffer, peer: Option<IpAddr>) -> Request<'b> {
+    let bytes = &buf.filled()[..head.len];
+    Request {
+        method: head.method.get(bytes),
+        target: head.target.get(bytes),
+        host: head.host.map(|s| s.get(bytes).trim_ascii()),
+        authorization: head.authorization.map(|s| s.get(bytes)),
+        authorizations: head.authorizations as usize,
+        content_length: match head.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        },
+        peer,
+    }
+}

@@ -1,0 +1,703 @@
+//! Sending an allowed request to its route's upstream and relaying the answer: the upstream connection
+//! (kept from the last exchange, idle in the pool, or new), the request body streamed in bounded buffers
+//! (re-framed when chunked, cut at `max_body_bytes`), the response head and body relayed the same way,
+//! and the 502/504/400/408/413 answers when either side fails midway.
+//!
+//! Only a request that is safe to repeat and has no body is ever sent twice, and only when a reused
+//! connection turns out closed before a byte of an answer arrived.
+
+use super::connection::{ClientStream, Facts, Req, CLIENT_IO_TIMEOUT};
+use super::http1::{self, Buffer, Chunk, ChunkError, ChunkedDecoder, Framing, ResponseHead};
+use super::rewrite::write_response_head;
+use super::upstream::{Conn, UpstreamError};
+use super::{connection::Client, RouteIo};
+use crate::gateway::Refusal;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How sending the request body ended badly.
+pub(super) enum BodyError {
+    /// The client closed or failed mid-body: nobody to answer.
+    ClientGone,
+    /// The client stopped sending (408).
+    Timeout,
+    /// Broken chunked framing (400).
+    Malformed,
+    /// Past `max_body_bytes` (413).
+    TooLarge(u64),
+    /// The upstream stopped taking the body (it may still answer).
+    Upstream(UpstreamError, io::Error),
+}
+
+/// How reading the response ended badly.
+#[derive(Debug)]
+pub(super) struct UpstreamFailure {
+    kind: UpstreamError,
+    detail: String,
+    /// Nothing at all came back (the connection was closed or reset before a byte of a response).
+    nothing_received: bool,
+}
+
+impl UpstreamFailure {
+    fn new(kind: UpstreamError, detail: impl Into<String>) -> UpstreamFailure {
+        UpstreamFailure {
+            kind,
+            detail: detail.into(),
+            nothing_received: false,
+        }
+    }
+
+    fn status(&self) -> u16 {
+        match self.kind {
+            UpstreamError::ConnectTimeout
+            | UpstreamError::ReadTimeout
+            | UpstreamError::WriteTimeout => 504,
+            _ => 502,
+        }
+    }
+}
+
+impl<S: ClientStream> Client<'_, S> {
+    /// The upstream connection for `route`: the one this client used last if it is on the same route,
+    /// else an idle one from the route's pool, else a new one.
+    async fn upstream_for(&mut self, io: &RouteIo) -> Result<Conn, UpstreamFailure> {
+        if let Some((up, conn)) = self.upstream.take() {
+            if Arc::ptr_eq(&up, &io.upstream) {
+                let idle = conn.idle_since.elapsed();
+                // Always checked: bytes an upstream sent after a complete response must never be taken
+                // for the next answer (RFC 9112 section 6.3). Free when the socket shows no readiness,
+                // as after a response read to its end.
+                if idle < io.upstream.idle_timeout && conn.is_usable() {
+                    return Ok(conn);
+                }
+            } else {
+                up.put_idle(conn);
+            }
+        }
+        if let Some(conn) = io.upstream.take_idle() {
+            return Ok(conn);
+        }
+        io.upstream
+            .connect()
+            .await
+            .map_err(|(kind, e)| UpstreamFailure::new(kind, format!("connect: {e}")))
+    }
+
+    /// Sends the request (head in `self.out`, body from the client) and relays the answer. Returns whether
+    /// the client connection may carry another request.
+    pub(super) async fn forward(&mut self, io: &RouteIo, req: Req, facts: &mut Facts) -> bool {
+        let mut conn = match self.upstream_for(io).await {
+            Ok(c) => c,
+            Err(f) => return self.upstream_failed(io, facts, f, req).await,
+        };
+        // Whatever of the body is already here goes out with the head, in one write.
+        let mut body = BodyState::new(req.framing);
+        if let Err(e) = body.stage(&mut self.buf, &mut self.out, io.route.max_body_bytes) {
+            return self.body_failed(io, facts, e, req).await;
+        }
+        let mut resp = ResponseHead::default();
+        let result = if body.done() {
+            let mut r = send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head).await;
+            if let Err(f) = &r {
+                if f.nothing_received && conn.reused && req.retryable {
+                    // The upstream closed this kept-alive connection while it was idle: once more on a new
+                    // one (only requests that are safe to repeat and have no body).
+                    log::debug!(
+                        "route {}: reused upstream connection closed; retrying once",
+                        io.route.name
+                    );
+                    match io.upstream.connect().await {
+                        Ok(fresh) => {
+                            conn = fresh;
+                            r = send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head)
+                                .await;
+                        }
+                        Err((kind, e)) => {
+                            r = Err(UpstreamFailure::new(kind, format!("connect: {e}")))
+                        }
+                    }
+                }
+            }
+            r.map(|()| true).map_err(Stop::Upstream)
+        } else {
+            self.stream_body(&mut conn, &mut body, &mut resp, io, req, facts.start)
+                .await
+        };
+        facts.bytes_in = body.forwarded;
+        self.body_pending = !body.done();
+        let body_sent = match result {
+            Ok(sent) => sent,
+            Err(Stop::Upstream(f)) => return self.upstream_failed(io, facts, f, req).await,
+            Err(Stop::Body(e)) => return self.body_failed(io, facts, e, req).await,
+        };
+        conn.reused = true;
+        self.relay_response(conn, io, &resp, req, body_sent, facts)
+            .await
+    }
+
+    /// Streams a body that did not fit in the first write, while watching for the response (an upstream
+    /// may answer before the body ends, e.g. with 413). `Ok(true)`: the body went out whole.
+    async fn stream_body(
+        &mut self,
+        conn: &mut Conn,
+        body: &mut BodyState,
+        resp: &mut ResponseHead,
+        io: &RouteIo,
+        req: Req,
+        start: Instant,
+    ) -> Result<bool, Stop> {
+        let write_timeout = io.upstream.write_timeout;
+        let (mut up_read, mut up_write) = conn.stream.split();
+        match tokio::time::timeout(write_timeout, up_write.write_all(&self.out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Stop::Upstream(UpstreamFailure::new(
+                    UpstreamError::Reset,
+                    format!("write: {e}"),
+                )))
+            }
+            Err(_) => {
+                return Err(Stop::Upstream(UpstreamFailure::new(
+                    UpstreamError::WriteTimeout,
+                    "write timed out",
+                )))
+            }
+        }
+        let deadline = io.route.request_timeout.map(|t| start + t);
+        let (head_result, sent) = {
+            let send = body.pump(
+                &mut self.io,
+                &mut self.buf,
+                &mut self.out,
+                &mut up_write,
+                write_timeout,
+                deadline,
+                io.route.max_body_bytes,
+            );
+            let head = read_response_head(&mut up_read, &mut conn.buf, resp, req.is_head);
+            tokio::pin!(send, head);
+            // The read timeout starts when the body has gone out: an upload may take longer than it.
+            let timer = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+            tokio::pin!(timer);
+            let mut sent: Option<Result<u64, BodyError>> = None;
+            let head_result = loop {
+                tokio::select! {
+                    biased;
+                    h = &mut head => break h,
+                    s = &mut send, if sent.is_none() => {
+                        match s {
+                            Ok(n) => sent = Some(Ok(n)),
+                            Err(BodyError::Upstream(kind, e)) => {
+                                // The upstream stopped reading; it may still have an answer (413, 400...).
+                                log::debug!("route {}: upstream stopped taking the body: {e}", io.route.name);
+                                sent = Some(Err(BodyError::Upstream(kind, e)));
+                            }
+                            Err(e) => return Err(Stop::Body(e)),
+                        }
+                        timer.as_mut().reset(tokio::time::Instant::now() + io.upstream.read_timeout);
+                    }
+                    _ = &mut timer, if sent.is_some() => {
+                        break Err(UpstreamFailure::new(UpstreamError::ReadTimeout, "no response within read_timeout"));
+                    }
+                }
+            };
+            (head_result, sent)
+        };
+        let body_done = body.done();
+        match (head_result, sent) {
+            (Ok(()), _) => Ok(body_done),
+            (Err(f), Some(Err(BodyError::Upstream(kind, e)))) if f.nothing_received => Err(
+                Stop::Upstream(UpstreamFailure::new(kind, format!("write: {e}"))),
+            ),
+            (Err(f), _) => Err(Stop::Upstream(f)),
+        }
+    }
+
+    /// Relays the response whose head is in `resp` (bytes at the front of `conn.buf`) and its body.
+    async fn relay_response(
+        &mut self,
+        mut conn: Conn,
+        io: &RouteIo,
+        resp: &ResponseHead,
+        req: Req,
+        body_sent: bool,
+        facts: &mut Facts,
+    ) -> bool {
+        // Re-frame for the client: chunked passes on as chunked to HTTP/1.1 clients (re-encoded), is
+        // decoded for HTTP/1.0 ones, whose connection then ends the body.
+        let chunked_out = resp.framing == Framing::Chunked && req.client_minor >= 1;
+        let keep_client = req.client_keep_alive
+            && body_sent
+            && matches!(
+                resp.framing,
+                Framing::None | Framing::Length(_) | Framing::Chunked
+            )
+            && (resp.framing != Framing::Chunked || chunked_out)
+            && !self.engine.is_draining();
+        self.out.clear();
+        write_response_head(
+            &mut self.out,
+            resp,
+            conn.buf.filled(),
+            chunked_out,
+            keep_client,
+            req.client_minor,
+        );
+        conn.buf.consume(resp.len);
+        facts.status = resp.status;
+        let mut sent_body = 0u64;
+        let read_timeout = io.upstream.read_timeout;
+        let mut complete = true;
+        let mut error: Option<UpstreamFailure> = None;
+        match resp.framing {
+            Framing::None => {
+                if self.write_out().await.is_err() {
+                    complete = false;
+                }
+            }
+            Framing::Length(n) => {
+                let mut left = n;
+                loop {
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    self.out.extend_from_slice(&conn.buf.filled()[..take]);
+                    conn.buf.consume(take);
+                    left -= take as u64;
+                    sent_body += take as u64;
+                    if self.write_out().await.is_err() {
+                        complete = false;
+                        break;
+                    }
+                    self.out.clear();
+                    if left == 0 {
+                        break;
+                    }
+                    if let Err(f) = fill(&mut conn, read_timeout).await {
+                        error = Some(f);
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            Framing::Chunked => {
+                let mut dec = ChunkedDecoder::default();
+                loop {
+                    let mut end = false;
+                    while !conn.buf.is_empty() && !end {
+                        let step = dec.decode(conn.buf.filled());
+                        match step {
+                            Ok((n, c)) => {
+                                match &c {
+                                    Chunk::Data(r) => {
+                                        let data = &conn.buf.filled()[r.clone()];
+                                        sent_body += data.len() as u64;
+                                        if chunked_out {
+                                            http1::encode_chunk(&mut self.out, data);
+                                        } else {
+                                            self.out.extend_from_slice(data);
+                                        }
+                                    }
+                                    Chunk::End => end = true,
+                                    Chunk::More => {}
+                                }
+                                conn.buf.consume(n);
+                            }
+                            Err(e) => {
+                                error = Some(UpstreamFailure::new(
+                                    UpstreamError::Other,
+                                    format!("chunked body: {e:?}"),
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    if error.is_some() {
+                        complete = false;
+                        break;
+                    }
+                    if end && chunked_out {
+                        self.out.extend_from_slice(http1::LAST_CHUNK);
+                    }
+                    if !self.out.is_empty() && self.write_out().await.is_err() {
+                        complete = false;
+                        break;
+                    }
+                    self.out.clear();
+                    if end {
+                        break;
+                    }
+                    if let Err(f) = fill(&mut conn, read_timeout).await {
+                        error = Some(f);
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            Framing::Close => loop {
+                self.out.extend_from_slice(conn.buf.filled());
+                let had = conn.buf.len();
+                conn.buf.consume(had);
+                sent_body += had as u64;
+                if self.write_out().await.is_err() {
+                    complete = false;
+                    break;
+                }
+                self.out.clear();
+                match fill(&mut conn, read_timeout).await {
+                    Ok(()) => {}
+                    Err(f) if f.nothing_received => break, // the end of the body
+                    Err(f) => {
+                        error = Some(f);
+                        complete = false;
+                        break;
+                    }
+                }
+            },
+        }
+        facts.bytes_out = sent_body;
+        if let Some(f) = error {
+            log::warn!(
+                "route {}: upstream failed during the response body: {} ({})",
+                io.route.name,
+                f.kind.as_str(),
+                f.detail
+            );
+            io.metrics.upstream_error(f.kind);
+        }
+        // Bytes beyond the response (an upstream that sent more than it framed) make the connection unusable.
+        if complete
+            && body_sent
+            && resp.keep_alive
+            && resp.framing != Framing::Close
+            && conn.buf.is_empty()
+        {
+            conn.idle_since = Instant::now();
+            self.upstream = Some((io.upstream.clone(), conn));
+        }
+        complete && keep_client
+    }
+
+    /// Answers a request the upstream could not take or answer: 502/504, unless the client is gone.
+    async fn upstream_failed(
+        &mut self,
+        io: &RouteIo,
+        facts: &mut Facts,
+        f: UpstreamFailure,
+        req: Req,
+    ) -> bool {
+        let status = f.status();
+        log::warn!(
+            "route {}: upstream {} failed: {} ({})",
+            io.route.name,
+            io.upstream.addr,
+            f.kind.as_str(),
+            f.detail
+        );
+        // Counted before the answer goes out, so that whoever reads the answer can see it counted.
+        io.metrics.upstream_error(f.kind);
+        let (error, detail) = if status == 504 {
+            ("gateway_timeout", "the upstream did not answer in time")
+        } else {
+            ("bad_gateway", "the upstream could not be reached or failed")
+        };
+        // The body may be half read: keep the connection only for a bodiless request.
+        let keep = !req.framing.has_body() && req.client_keep_alive && !self.engine.is_draining();
+        facts.status = status;
+        match self
+            .answer(&Refusal::new(status, error, detail), keep, req.is_head)
+            .await
+        {
+            Ok(sent) => {
+                facts.bytes_out = sent;
+                keep
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Answers a request whose body could not be taken from the client (400, 408, 413); always closes.
+    async fn body_failed(
+        &mut self,
+        io: &RouteIo,
+        facts: &mut Facts,
+        e: BodyError,
+        req: Req,
+    ) -> bool {
+        let (status, error, detail): (u16, &'static str, std::borrow::Cow<'static, str>) = match e {
+            BodyError::ClientGone => return false,
+            BodyError::Timeout => (
+                408,
+                "request_timeout",
+                "the request body was not received in time".into(),
+            ),
+            BodyError::Malformed => (
+                400,
+                "invalid_request",
+                "the chunked request body is malformed".into(),
+            ),
+            BodyError::TooLarge(max) => (
+                413,
+                "payload_too_large",
+                format!("the request body is larger than this route's limit of {max} bytes").into(),
+            ),
+            BodyError::Upstream(kind, e) => {
+                let f = UpstreamFailure::new(kind, format!("write: {e}"));
+                return self.upstream_failed(io, facts, f, req).await;
+            }
+        };
+        facts.status = status;
+        let refusal = Refusal::new(status, error, detail).closing();
+        if let Ok(sent) = self.answer(&refusal, false, req.is_head).await {
+            facts.bytes_out = sent;
+        }
+        false
+    }
+}
+
+/// Why forwarding stopped before a response head arrived.
+enum Stop {
+    Upstream(UpstreamFailure),
+    Body(BodyError),
+}
+
+/// Progress of a request body from the client to the upstream.
+struct BodyState {
+    framing: Framing,
+    /// Body bytes (data, without chunk framing) still to come for `Length`.
+    left: u64,
+    decoder: ChunkedDecoder,
+    /// Body data bytes forwarded so far.
+    forwarded: u64,
+    finished: bool,
+}
+
+impl BodyState {
+    fn new(framing: Framing) -> BodyState {
+        BodyState {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            decoder: ChunkedDecoder::default(),
+            forwarded: 0,
+            finished: matches!(framing, Framing::None),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    /// Moves what the buffer holds of the body into `out` (re-framed when chunked). Returns the data bytes
+    /// moved.
+    fn stage(
+        &mut self,
+        buf: &mut Buffer,
+        out: &mut Vec<u8>,
+        max: Option<u64>,
+    ) -> Result<u64, BodyError> {
+        let before = self.forwarded;
+        match self.framing {
+            Framing::None | Framing::Close => {}
+            Framing::Length(_) => {
+                let take = (buf.len() as u64).min(self.left) as usize;
+                out.extend_from_slice(&buf.filled()[..take]);
+                buf.consume(take);
+                self.left -= take as u64;
+                self.forwarded += take as u64;
+                self.finished = self.left == 0;
+            }
+            Framing::Chunked => {
+                while !buf.is_empty() && !self.finished {
+                    let (n, c) = self.decoder.decode(buf.filled()).map_err(|e| match e {
+                        ChunkError::Syntax | ChunkError::TooLarge => BodyError::Malformed,
+                    })?;
+                    match c {
+                        Chunk::Data(r) => {
+                            let data = &buf.filled()[r];
+                            self.forwarded += data.len() as u64;
+                            if let Some(max) = max {
+                                if self.forwarded > max {
+                                    return Err(BodyError::TooLarge(max));
+                                }
+                            }
+                            http1::encode_chunk(out, data);
+                        }
+                        Chunk::End => {
+                            out.extend_from_slice(http1::LAST_CHUNK);
+                            self.finished = true;
+                        }
+                        Chunk::More => {}
+                    }
+                    buf.consume(n);
+                }
+            }
+        }
+        Ok(self.forwarded - before)
+    }
+
+    /// Reads the rest of the body from the client and writes it upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn pump<R, W>(
+        &mut self,
+        client: &mut R,
+        buf: &mut Buffer,
+        out: &mut Vec<u8>,
+        upstream: &mut W,
+        write_timeout: Duration,
+        deadline: Option<Instant>,
+        max: Option<u64>,
+    ) -> Result<u64, BodyError>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin,
+    {
+        while !self.finished {
+            let wait = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(CLIENT_IO_TIMEOUT),
+                None => CLIENT_IO_TIMEOUT,
+            };
+            match tokio::time::timeout(wait, client.read(buf.spare())).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(BodyError::ClientGone),
+                Ok(Ok(n)) => buf.filled_by(n),
+                Err(_) => return Err(BodyError::Timeout),
+            }
+            out.clear();
+            self.stage(buf, out, max)?;
+            if !out.is_empty() {
+                match tokio::time::timeout(write_timeout, upstream.write_all(out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(BodyError::Upstream(UpstreamError::Reset, e)),
+                    Err(_) => {
+                        return Err(BodyError::Upstream(
+                            UpstreamError::WriteTimeout,
+                            io::Error::new(io::ErrorKind::TimedOut, "write timed out"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(self.forwarded)
+    }
+}
+
+/// Writes a whole request (already in `out`) and reads the response head into `resp`.
+async fn send_and_read(
+    conn: &mut Conn,
+    out: &[u8],
+    resp: &mut ResponseHead,
+    io: &RouteIo,
+    is_head: bool,
+) -> Result<(), UpstreamFailure> {
+    match tokio::time::timeout(io.upstream.write_timeout, conn.stream.write_all(out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let mut f = UpstreamFailure::new(UpstreamError::Reset, format!("write: {e}"));
+            f.nothing_received = true;
+            return Err(f);
+        }
+        Err(_) => {
+            return Err(UpstreamFailure::new(
+                UpstreamError::WriteTimeout,
+                "write timed out",
+            ))
+        }
+    }
+    match tokio::time::timeout(
+        io.upstream.read_timeout,
+        read_response_head(&mut conn.stream, &mut conn.buf, resp, is_head),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamFailure::new(
+            UpstreamError::ReadTimeout,
+            "no response within read_timeout",
+        )),
+    }
+}
+
+/// Reads until a final (non-1xx) response head is at the front of `buf`; interim responses are dropped
+/// (the gateway answers `Expect` itself). 101 is refused: the gateway does not forward upgrades.
+async fn read_response_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Buffer,
+    resp: &mut ResponseHead,
+    is_head: bool,
+) -> Result<(), UpstreamFailure> {
+    let mut received = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            match resp.parse(buf.filled(), is_head) {
+                Ok(true) if resp.status == 101 => {
+                    return Err(UpstreamFailure::new(
+                        UpstreamError::Other,
+                        "101 without an upgrade request",
+                    ))
+                }
+                Ok(true) if resp.status < 200 => {
+                    buf.consume(resp.len);
+                    continue;
+                }
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(UpstreamFailure::new(
+                        UpstreamError::Other,
+                        format!("bad response head: {e:?}"),
+                    ))
+                }
+            }
+        }
+        match r.read(buf.spare()).await {
+            Ok(0) => {
+                let mut f = UpstreamFailure::new(
+                    UpstreamError::Reset,
+                    "closed before a complete response head",
+                );
+                f.nothing_received = !received;
+                return Err(f);
+            }
+            Ok(n) => {
+                buf.filled_by(n);
+                received = true;
+            }
+            Err(e) => {
+                let mut f = UpstreamFailure::new(UpstreamError::Reset, format!("read: {e}"));
+                f.nothing_received = !received;
+                return Err(f);
+            }
+        }
+    }
+}
+
+/// Reads more of a response body into the connection's buffer. A clean close is reported with
+/// `nothing_received` set (the end of a close-delimited body).
+async fn fill(conn: &mut Conn, read_timeout: Duration) -> Result<(), UpstreamFailure> {
+    match tokio::time::timeout(read_timeout, conn.stream.read(conn.buf.spare())).await {
+        Ok(Ok(0)) => {
+            let mut f = UpstreamFailure::new(
+                UpstreamError::Reset,
+                "closed before the end of the response body",
+            );
+            f.nothing_received = true;
+            Err(f)
+        }
+        Ok(Ok(n)) => {
+            conn.buf.filled_by(n);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(UpstreamFailure::new(
+            UpstreamError::Reset,
+            format!("read: {e}"),
+        )),
+        Err(_) => Err(UpstreamFailure::new(
+            UpstreamError::ReadTimeout,
+            "response body stalled past read_timeout",
+        )),
+    }
+}
