@@ -34,10 +34,6 @@ use std::time::{Duration, Instant};
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 /// What a raw exchange produced: every byte the gateway sent and how the connection ended.
 struct Exchange {
     bytes: Vec<u8>,
@@ -133,42 +129,6 @@ fn assert_all_authenticated(up: &Upstream, user: &str) {
 /// The paths an upstream received.
 fn seen_paths(up: &Upstream) -> Vec<String> {
     up.requests().into_iter().map(|r| r.uri).collect()
-}
-
-fn health(gw: &Gateway) -> serde_json::Value {
-    gw.admin_get("/healthz").json()
-}
-
-fn metrics_text(gw: &Gateway) -> String {
-    gw.admin_get("/metrics").text()
-}
-
-/// Sum of every sample of `family` whose label set contains all of `labels` (`key="value"` strings).
-fn metric_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(family)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Polls `/healthz` until its status is `want`; returns how long that took, or panics with the last answer.
-fn wait_health(gw: &Gateway, want: &str, timeout: Duration) -> Duration {
-    let t = Instant::now();
-    let mut last = serde_json::Value::Null;
-    let ok = poll_until(timeout, Duration::from_millis(20), || {
-        last = health(gw);
-        last["status"] == want
-    });
-    assert!(
-        ok,
-        "/healthz never said {want:?} within {timeout:?}; last: {last}"
-    );
-    t.elapsed()
 }
 
 fn db_files(db: &Path) -> [PathBuf; 3] {
@@ -785,7 +745,7 @@ fn brute_force_from_one_address_is_throttled_but_valid_tokens_never_are() {
     assert_eq!(r.status, 200, "{r}");
     // A missing credential while throttled is still a plain 401 (it is not a guess).
     assert_eq!(gw.request("GET", "/iot/x", &[], b"").status, 401);
-    let text = metrics_text(&gw);
+    let text = gw.metrics();
     let counted = metric_sum(
         &text,
         "tokengate_requests_total",
@@ -848,11 +808,11 @@ fn a_database_moved_away_keeps_the_last_good_index_and_recovers() {
         &up,
         &admin_up,
     );
-    assert_eq!(health(&gw)["status"], "ok");
+    assert_eq!(gw.health()["status"], "ok");
     let aside = gw.dir().join("moved-away.db");
     move_db(&gw.db_path(), &aside);
-    let took = wait_health(&gw, "degraded", Duration::from_secs(5));
-    let h = health(&gw);
+    let took = gw.wait_health("degraded", Duration::from_secs(5));
+    let h = gw.health();
     eprintln!("moved away: degraded after {took:?}: {h}");
     assert!(
         took < Duration::from_secs(3),
@@ -860,7 +820,7 @@ fn a_database_moved_away_keeps_the_last_good_index_and_recovers() {
     );
     let why = h["sync_error"].as_str().unwrap_or_else(|| panic!("{h}"));
     assert!(why.contains("missing"), "sync_error: {why}");
-    let text = metrics_text(&gw);
+    let text = gw.metrics();
     assert_eq!(
         metric_sum(&text, "tokengate_store_healthy", &[]),
         0.0,
@@ -881,9 +841,9 @@ fn a_database_moved_away_keeps_the_last_good_index_and_recovers() {
     );
     assert!(!gw.db_path().exists(), "a database was created at the path");
     move_db(&aside, &gw.db_path());
-    let took = wait_health(&gw, "ok", Duration::from_secs(10));
+    let took = gw.wait_health("ok", Duration::from_secs(10));
     eprintln!("moved back: ok after {took:?}");
-    let text = metrics_text(&gw);
+    let text = gw.metrics();
     assert_eq!(
         metric_sum(&text, "tokengate_store_healthy", &[]),
         1.0,
@@ -913,15 +873,15 @@ fn a_deleted_database_keeps_the_last_good_index_and_is_not_recreated() {
     for f in db_files(&gw.db_path()) {
         let _ = fs::remove_file(f);
     }
-    let took = wait_health(&gw, "degraded", Duration::from_secs(5));
-    let h = health(&gw);
+    let took = gw.wait_health("degraded", Duration::from_secs(5));
+    let h = gw.health();
     eprintln!("deleted: degraded after {took:?}: {h}");
     assert!(
         h["sync_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{h}"
     );
     assert_eq!(
-        metric_sum(&metrics_text(&gw), "tokengate_store_healthy", &[]),
+        metric_sum(&gw.metrics(), "tokengate_store_healthy", &[]),
         0.0
     );
     // Keep using the token across several sync and usage-flush intervals.
@@ -948,7 +908,7 @@ fn a_deleted_database_keeps_the_last_good_index_and_is_not_recreated() {
             fs::rename(a, b).unwrap();
         }
     }
-    wait_health(&gw, "ok", Duration::from_secs(10));
+    gw.wait_health("ok", Duration::from_secs(10));
     let (_, later) = gw.create_token("bob", "after the restore");
     gw.wait_ok("/iot/later", &later);
 }
@@ -966,15 +926,15 @@ fn a_corrupted_database_header_keeps_the_last_good_index() {
         f.write_all(&[0xA5; 100]).unwrap();
         f.sync_all().unwrap();
     }
-    let took = wait_health(&gw, "degraded", Duration::from_secs(5));
-    let h = health(&gw);
+    let took = gw.wait_health("degraded", Duration::from_secs(5));
+    let h = gw.health();
     eprintln!("corrupted: degraded after {took:?}: {h}");
     assert!(
         h["sync_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{h}"
     );
     assert_eq!(
-        metric_sum(&metrics_text(&gw), "tokengate_store_healthy", &[]),
+        metric_sum(&gw.metrics(), "tokengate_store_healthy", &[]),
         0.0
     );
     for i in 0..5 {
@@ -992,7 +952,7 @@ fn a_corrupted_database_header_keeps_the_last_good_index() {
         f.write_all(&original).unwrap();
         f.sync_all().unwrap();
     }
-    wait_health(&gw, "ok", Duration::from_secs(10));
+    gw.wait_health("ok", Duration::from_secs(10));
     assert_eq!(gw.get_with_token("/iot/restored", &token).status, 200);
 }
 
@@ -1027,7 +987,7 @@ fn uses_made_while_the_usage_flush_fails_are_counted_once_the_file_is_back() {
     }
     // Several flush intervals fail.
     std::thread::sleep(Duration::from_millis(1000));
-    let h = health(&gw);
+    let h = gw.health();
     assert_eq!(h["status"], "degraded", "{h}");
     eprintln!("while away: {h}");
     assert!(
@@ -1036,7 +996,7 @@ fn uses_made_while_the_usage_flush_fails_are_counted_once_the_file_is_back() {
         gw.logs()
     );
     move_db(&aside, &gw.db_path());
-    wait_health(&gw, "ok", Duration::from_secs(10));
+    gw.wait_health("ok", Duration::from_secs(10));
     let want = uses + meanwhile;
     let mut last = 0;
     let ok = poll_until(Duration::from_secs(5), Duration::from_millis(50), || {
@@ -1083,7 +1043,7 @@ fn an_upstream_slower_than_read_timeout_gives_504() {
         "{took:?}"
     );
     assert_eq!(slow.hits(), 1, "attempted once");
-    let text = metrics_text(&gw);
+    let text = gw.metrics();
     assert!(
         metric_sum(
             &text,
@@ -1166,7 +1126,7 @@ fn an_upstream_reset_during_a_10_mib_upload_gives_502_and_is_not_retried() {
         1,
         "the non-idempotent upload was attempted more than once"
     );
-    let text = metrics_text(&gw);
+    let text = gw.metrics();
     assert!(
         metric_sum(
             &text,

@@ -1,4 +1,4 @@
-//! HTTP/1.1 on the wire: the forwarding engine (`src/proxy.rs` with `src/http1.rs` and `src/upstream.rs`)
+//! HTTP/1.1 on the wire: the forwarding engine (`src/transport/`)
 //! attacked and checked over real loopback sockets, against the real `tokengate serve` binary.
 //!
 //! Covered: pipelining; chunked request bodies (extensions, trailers, re-framing) and malformed ones;
@@ -26,10 +26,6 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------------------------
 // Helpers: gateway, raw client, scripted upstream
 // ---------------------------------------------------------------------------------------------------------
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 /// Builds the gateway, creates one token per user before it starts (so no request races the sync), and
 /// starts it.

@@ -27,10 +27,6 @@ const POLL: Duration = Duration::from_millis(10);
 
 const TELEMETRY_SCOPE: &str = "telemetry:write";
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 /// `GET target` on the admin listener with a bearer token.
 fn admin_get_with_token(gw: &Gateway, target: &str, token: &str) -> RawResponse {
     raw_http(

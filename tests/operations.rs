@@ -124,22 +124,12 @@ fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
-fn metrics_text(gw: &Gateway) -> String {
-    let r = gw.admin_get("/metrics");
-    assert_eq!(r.status, 200, "/metrics: {r}");
-    r.text()
-}
-
 /// A corrupted copy of a real token (checksum no longer matches): refused as `invalid_token`.
 fn corrupt(token: &str) -> String {
     let mut t = token.to_owned();
     let last = t.pop().expect("token");
     t.push(if last == 'A' { 'B' } else { 'A' });
     t
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 /// A request head without `Connection: close` (keep-alive), with the given header lines.
@@ -272,7 +262,7 @@ async fn sighup_reload_under_keepalive_load_never_fails_a_request() {
 
     let reloads = |result: &str| {
         metric(
-            &parse_metrics(&metrics_text(&gw)),
+            &parse_metrics(&gw.metrics()),
             "tokengate_config_reloads_total",
             &[("result", result)],
         )
@@ -451,7 +441,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
     gw.wait_ok("/iot/warmup", &full);
     gw.wait_status("/secure/warmup", &scoped, 403);
 
-    let before = parse_metrics(&metrics_text(&gw));
+    let before = parse_metrics(&gw.metrics());
     let counter =
         |s: &[Sample], name: &str, labels: &[(&str, &str)]| metric(s, name, labels).unwrap_or(0.0);
 
@@ -616,7 +606,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
     ];
     let mut text = String::new();
     let all_hold = poll_until(SLOW, Duration::from_millis(50), || {
-        text = metrics_text(&gw);
+        text = gw.metrics();
         let s = parse_metrics(&text);
         checks.iter().all(|(_, c)| c(&s))
     });

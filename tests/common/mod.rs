@@ -374,6 +374,38 @@ impl std::fmt::Display for RawResponse {
     }
 }
 
+/// `Bearer <token>`, the value of an `Authorization` field.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Builds a keep-alive request: like [`build_request`] without `Connection: close`.
+pub fn keepalive_request(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = build_request(method, target, headers, body);
+    let close = b"Connection: close\r\n\r\n";
+    let at = out.len() - body.len() - close.len();
+    out.splice(at..at + close.len(), b"\r\n".iter().copied());
+    out
+}
+
+/// Sum of every sample of `family` whose label set contains all of `labels` (`key="value"` strings).
+pub fn metric_sum(text: &str, family: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Builds a request with `Host`, the given header lines (written exactly as given, any bytes),
 /// `Content-Length` when there is a body, and `Connection: close`.
 pub fn build_request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
@@ -456,6 +488,21 @@ impl Conn {
     /// Reads one response (Content-Length, chunked, or until close).
     pub fn read_response(&mut self) -> io::Result<RawResponse> {
         read_response(&mut self.0, false)
+    }
+
+    /// Reads the response to a `HEAD` request: a head, and no body whatever its fields say.
+    pub fn read_head_response(&mut self) -> io::Result<RawResponse> {
+        read_response(&mut self.0, true)
+    }
+
+    /// Sends one request and reads its response (`HEAD` requests: the head only).
+    pub fn roundtrip(&mut self, request: &[u8]) -> io::Result<RawResponse> {
+        self.send(request)?;
+        if request.starts_with(b"HEAD ") {
+            self.read_head_response()
+        } else {
+            self.read_response()
+        }
     }
 
     /// Waits for the peer to close: `Ok(())` on end of stream or reset, `Err` on timeout or if data arrives.
@@ -998,6 +1045,39 @@ impl Gateway {
     /// `GET target` on the admin listener.
     pub fn admin_get(&self, target: &str) -> RawResponse {
         raw_http(self.admin, &build_request("GET", target, &[], b""))
+    }
+
+    /// `GET /healthz` as JSON.
+    pub fn health(&self) -> Value {
+        self.admin_get("/healthz").json()
+    }
+
+    /// `GET /metrics` as text.
+    pub fn metrics(&self) -> String {
+        let r = self.admin_get("/metrics");
+        assert_eq!(r.status, 200, "/metrics: {r}");
+        r.text()
+    }
+
+    /// Polls `/healthz` until its status is `want`; returns how long that took, or panics with the last
+    /// answer.
+    pub fn wait_health(&self, want: &str, timeout: Duration) -> Duration {
+        let t = Instant::now();
+        let mut last = Value::Null;
+        let ok = poll_until(timeout, Duration::from_millis(20), || {
+            last = self.health();
+            last["status"] == want
+        });
+        assert!(
+            ok,
+            "/healthz never said {want:?} within {timeout:?}; last: {last}"
+        );
+        t.elapsed()
+    }
+
+    /// A keep-alive connection to the proxy listener.
+    pub fn connect(&self) -> Conn {
+        Conn::open(self.listen)
     }
 
     fn signal(&self, signal: &str) {
