@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             label: format!("seed {i}"),
             scopes: Vec::new(),
             expires_at: None,
+            bound_cert: None,
         }));
         let t = Instant::now();
         let tokens = store.create_many(&batch, "seed")?;

@@ -2,7 +2,7 @@
 //! [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
 
 use crate::config::{self, Config};
-use crate::tokens::fields::{check_label, check_scopes, check_user, expiry};
+use crate::tokens::fields::{cert_thumbprint, check_label, check_scopes, check_user, expiry};
 use crate::tokens::store::{self, NewToken, Store, TokenRecord};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -62,6 +62,13 @@ pub enum TokenCommand {
         /// Restrict the token to this scope (repeatable). Default: full access.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// Bind the token to the device certificate in this PEM file: it then works only over TLS with
+        /// that client certificate.
+        #[arg(long, conflicts_with = "bind_cert_sha256")]
+        bind_cert: Option<PathBuf>,
+        /// Bind the token to the certificate with this SHA-256 thumbprint (of its DER, hex).
+        #[arg(long)]
+        bind_cert_sha256: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -103,11 +110,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig => {
             let c = Config::load(&cli.config)?;
+            let file = cli.config.display();
+            // The files the config names: certificates and keys, client and upstream CAs.
+            crate::transport::Table::new(&c, &crate::ops::metrics::Metrics::new())
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            if let Some(t) = &c.tls {
+                let certs = crate::transport::tls::load_certificates(&t.certificates)
+                    .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                crate::transport::tls::edge_config(t, None)
+                    .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                for w in crate::transport::tls::warnings(
+                    &t.certificates,
+                    &certs,
+                    std::time::SystemTime::now(),
+                ) {
+                    eprintln!("warning: {file}: {w}");
+                }
+            }
             println!(
-                "{}: ok ({} routes, store {})",
-                cli.config.display(),
+                "{file}: ok ({} routes, store {}{})",
                 c.routes.len(),
-                c.store.path.display()
+                c.store.path.display(),
+                c.tls
+                    .as_ref()
+                    .map(|t| format!(
+                        ", TLS on {} with {} certificates",
+                        t.listen,
+                        t.certificates.len()
+                    ))
+                    .unwrap_or_default()
             );
             Ok(())
         }
@@ -128,6 +159,8 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
             expires_in,
             expires_at,
             scopes,
+            bind_cert,
+            bind_cert_sha256,
             json,
         } => {
             check_user(&user).map_err(anyhow::Error::msg)?;
@@ -135,12 +168,28 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
             check_scopes(&scopes).map_err(anyhow::Error::msg)?;
             let expires_at =
                 expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
+            let bound_cert = match (bind_cert, bind_cert_sha256) {
+                (Some(file), _) => {
+                    let pem = std::fs::read(&file)
+                        .with_context(|| format!("--bind-cert: cannot read {}", file.display()))?;
+                    Some(
+                        cert_thumbprint(&pem)
+                            .map_err(|e| anyhow::anyhow!("--bind-cert {}: {e}", file.display()))?,
+                    )
+                }
+                (None, Some(hex)) => Some(
+                    store::parse_sha256_hex(&hex)
+                        .map_err(|e| anyhow::anyhow!("--bind-cert-sha256: {e}"))?,
+                ),
+                (None, None) => None,
+            };
             let (record, token) = store.create(
                 &NewToken {
                     user,
                     label,
                     scopes,
                     expires_at,
+                    bound_cert,
                 },
                 CLI_ACTOR,
             )?;
@@ -305,6 +354,7 @@ mod tests {
             rotated_at: None,
             last_used_at: None,
             use_count: 0,
+            bound_cert: None,
         };
         let t = table(&[r], 10);
         let lines: Vec<&str> = t.lines().collect();

@@ -18,7 +18,7 @@ use crate::ops::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::Store;
 use crate::tokens::sync::{self, Stop};
-use crate::transport::{Engine, Table};
+use crate::transport::{tls, Engine, Table, TlsListener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
@@ -36,6 +36,8 @@ pub struct State {
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
     pub table: Arc<ArcSwap<Table>>,
+    /// The TLS listener's configuration (certificates, versions, client CA), swapped on reload.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 impl State {
@@ -61,30 +63,48 @@ impl State {
             .last_sync
             .store(clock::now() as i64, std::sync::atomic::Ordering::Relaxed);
         let metrics = Metrics::new();
-        let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics)));
+        let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics)?));
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(ArcSwap::from(tls::edge_config(t, None)?))),
+            None => None,
+        };
         Ok(State {
             config,
             index,
             metrics,
             table,
+            tls,
         })
     }
 }
 
 /// Re-reads the configuration file and swaps the route table (routes, scopes, header rules, trusted
-/// proxies) atomically. In-flight requests keep the table they started with. An invalid file changes
-/// nothing. Settings that need a restart (listeners, store, threads) are reported, not applied.
+/// proxies, upstream TLS) and the TLS listener's certificates atomically. In-flight requests keep the
+/// table they started with; established TLS connections keep their certificate. An invalid file (or a
+/// certificate that does not load) changes nothing. Settings that need a restart (listeners, store,
+/// threads) are reported, not applied.
 pub fn reload(
     path: &std::path::Path,
     current: &Config,
     table: &ArcSwap<Table>,
+    edge: Option<&ArcSwap<rustls::ServerConfig>>,
     metrics: &Metrics,
 ) -> anyhow::Result<Config> {
     let new = Config::load(path)?;
+    // Everything is built before anything is swapped: a bad certificate refuses the whole reload.
+    let new_table = Table::new(&new, metrics)?;
+    let new_edge = match (edge, &new.tls) {
+        (Some(current), Some(t)) => Some((current, tls::edge_config(t, Some(&current.load()))?)),
+        _ => None,
+    };
     let restart_needed: Vec<&str> = [
         (
             "gateway.listen",
             new.gateway.listen != current.gateway.listen,
+        ),
+        (
+            "tls.listen",
+            new.tls.as_ref().map(|t| &t.listen) != current.tls.as_ref().map(|t| &t.listen),
         ),
         ("admin.listen", new.admin.listen != current.admin.listen),
         ("store.path", new.store.path != current.store.path),
@@ -102,7 +122,10 @@ pub fn reload(
             restart_needed.join(", ")
         );
     }
-    table.store(Arc::new(Table::new(&new, metrics)));
+    table.store(Arc::new(new_table));
+    if let Some((current, config)) = new_edge {
+        current.store(config);
+    }
     Ok(new)
 }
 
@@ -133,6 +156,7 @@ fn spawn_signal_thread(
     let path: PathBuf = state.config.file.clone();
     let mut current = state.config.clone();
     let (table, metrics) = (state.table.clone(), state.metrics.clone());
+    let edge = state.tls.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -161,7 +185,7 @@ fn spawn_signal_thread(
                         draining.store(true, Ordering::Relaxed);
                         let _ = tx.send(ShutdownSignal::GracefulUpgrade);
                     }
-                    _ = hup.recv() => match reload(&path, &current, &table, &metrics) {
+                    _ = hup.recv() => match reload(&path, &current, &table, edge.as_deref(), &metrics) {
                         Ok(new) => {
                             log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
                             metrics.reloads(true);
@@ -184,10 +208,13 @@ fn spawn_signal_thread(
 pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     if !upgrade {
         // Pingora retries a taken port forever in the background; fail at once with a clear message.
+        let tls_listen = config.tls.as_ref().map(|t| &t.listen);
         for (key, addr) in [
-            ("gateway.listen", &config.gateway.listen),
-            ("admin.listen", &config.admin.listen),
+            ("gateway.listen", config.gateway.listen.as_ref()),
+            ("tls.listen", tls_listen),
+            ("admin.listen", Some(&config.admin.listen)),
         ] {
+            let Some(addr) = addr else { continue };
             std::net::TcpListener::bind(addr.as_str()).with_context(|| {
                 format!("{}: {key}: cannot listen on {addr}", config.file.display())
             })?;
@@ -237,10 +264,25 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
         connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         max_connections: cfg.gateway.max_connections,
+        tls: match (&cfg.tls, &state.tls) {
+            (Some(t), Some(config)) => Some(TlsListener {
+                addr: t.listen.parse().context("tls.listen")?,
+                config: config.clone(),
+            }),
+            _ => None,
+        },
+        tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
         draining,
     };
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
-    proxy.add_tcp(&cfg.gateway.listen);
+    if let Some(listen) = &cfg.gateway.listen {
+        proxy.add_tcp(listen);
+    }
+    if let Some(t) = &cfg.tls {
+        // A plain TCP listener: the engine runs the handshake itself, under `header_timeout` and inside
+        // the connection limit (see transport::tls).
+        proxy.add_tcp(&t.listen);
+    }
     server.add_service(proxy);
 
     let admin = Admin::new(
@@ -276,9 +318,16 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     };
 
     log::info!(
-        "tokengate {} serving on {} (admin on {}), {} routes, {} worker threads",
+        "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
         env!("CARGO_PKG_VERSION"),
-        cfg.gateway.listen,
+        cfg.gateway
+            .listen
+            .as_deref()
+            .unwrap_or("(no plain listener)"),
+        cfg.tls
+            .as_ref()
+            .map(|t| format!(", TLS on {}", t.listen))
+            .unwrap_or_default(),
         cfg.admin.listen,
         cfg.routes.len(),
         cfg.gateway.threads

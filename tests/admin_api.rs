@@ -44,7 +44,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
 ];
 
 /// The fields of a token in `token list --json` and in the API.
-const TOKEN_FIELDS: [&str; 11] = [
+const TOKEN_FIELDS: [&str; 12] = [
     "id",
     "user",
     "label",
@@ -56,6 +56,7 @@ const TOKEN_FIELDS: [&str; 11] = [
     "last_used_at",
     "use_count",
     "status",
+    "bound_cert_sha256",
 ];
 
 /// Keys that would carry a secret and must never appear in a token listing.
@@ -1479,12 +1480,20 @@ fn openapi_every_documented_operation_reaches_its_handler() {
     props.sort();
     assert_eq!(
         props,
-        ["expires_at", "expires_in", "label", "scopes", "user"],
+        [
+            "bound_cert_sha256",
+            "expires_at",
+            "expires_in",
+            "label",
+            "scopes",
+            "user"
+        ],
         "documented create fields"
     );
     // Every documented create field is accepted by the handler.
     env.create(&json!({"user": "all", "label": "fields", "expires_in": "1h", "scopes": ["x"]}));
     env.create(&json!({"user": "all", "label": "fields", "expires_at": "2999-01-01T00:00:00Z"}));
+    env.create(&json!({"user": "all", "label": "fields", "bound_cert_sha256": "00".repeat(32)}));
     let rotate = resolve(
         doc,
         doc.pointer(

@@ -1,8 +1,7 @@
 //! The configuration file as written: serde structs mirroring the TOML tables, unknown keys refused.
 //! Nothing here is validated; [`super::Config::parse`] turns it into the validated [`super::Config`].
 
-use super::AccessLogFormat;
-use super::AuthMode;
+use super::model::{AccessLogFormat, AuthMode, ClientAuth};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -17,8 +16,27 @@ pub(super) struct FileConfig {
     pub(super) log: FileLog,
     #[serde(default)]
     pub(super) throttle: FileThrottle,
+    pub(super) tls: Option<FileTls>,
     #[serde(default)]
     pub(super) routes: Vec<FileRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTls {
+    pub(super) listen: String,
+    pub(super) min_version: Option<String>,
+    pub(super) client_ca: Option<String>,
+    pub(super) client_auth: Option<ClientAuth>,
+    #[serde(default)]
+    pub(super) certificates: Vec<FileCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileCert {
+    pub(super) cert: String,
+    pub(super) key: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -102,6 +120,9 @@ pub(super) struct FileRoute {
     pub(super) request_timeout: Option<String>,
     pub(super) query_token_param: Option<String>,
     pub(super) sign_secret: Option<String>,
+    pub(super) tls_only: Option<bool>,
+    pub(super) upstream_ca: Option<String>,
+    pub(super) upstream_sni: Option<String>,
 }
 
 /// The default number of proxy worker threads: the number of cores.

@@ -38,6 +38,20 @@ impl Config {
             cx.err(&key, e.inner().message().to_string())
         })?;
         let gateway = gateway(&cx, raw.gateway)?;
+        let tls = raw.tls.map(|t| super::tls::tls(&cx, t)).transpose()?;
+        match (&gateway.listen, &tls) {
+            (None, None) => return Err(cx.err(
+                "gateway.listen",
+                "is \"\" (no plain listener) but there is no [tls] section: nothing would listen",
+            )),
+            (Some(plain), Some(t)) if same_port(plain, &t.listen) => {
+                return Err(cx.err(
+                    "tls.listen",
+                    format!("{:?} uses the port of gateway.listen ({plain:?})", t.listen),
+                ))
+            }
+            _ => {}
+        }
 
         let access_path = match raw.log.access_path.as_deref() {
             None | Some("-") => None,
@@ -96,6 +110,7 @@ impl Config {
                 access_path,
             },
             throttle,
+            tls,
             routes,
         })
     }
@@ -103,7 +118,13 @@ impl Config {
 
 /// The `[gateway]` table.
 fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, ConfigError> {
-    check_listen(&g.listen).map_err(|p| cx.err("gateway.listen", p))?;
+    let listen = match g.listen.as_str() {
+        "" => None,
+        l => {
+            check_listen(l).map_err(|p| cx.err("gateway.listen", p))?;
+            Some(g.listen)
+        }
+    };
     let user_id_header = header_name(g.user_id_header.as_deref().unwrap_or("x-user-id"))
         .map_err(|p| cx.err("gateway.user_id_header", p))?;
     let token_id_header = match g.token_id_header.as_deref() {
@@ -177,7 +198,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         ));
     }
     Ok(GatewayConfig {
-        listen: g.listen,
+        listen,
         user_id_header,
         token_id_header,
         threads,
@@ -191,6 +212,12 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         header_timeout,
         max_connections,
     })
+}
+
+/// Whether two listen addresses (already checked) share a port.
+fn same_port(a: &str, b: &str) -> bool {
+    let port = |s: &str| s.parse::<std::net::SocketAddr>().map(|a| a.port()).ok();
+    port(a) == port(b)
 }
 
 /// Reads only `[store] path` from a configuration, for CLI commands that must work even when other parts

@@ -4,7 +4,7 @@
 //!
 //! - [`model`]: the validated types (`Config`, `RouteConfig`, ...).
 //! - [`file`]: the file as written (serde structs).
-//! - [`load`]: reading and checking a file; [`route`]: one `[[routes]]` entry.
+//! - [`load`]: reading and checking a file; [`route`]: one `[[routes]]` entry; [`tls`]: the `[tls]` table.
 //! - [`values`]: parsers for single values (durations, scopes, header names, addresses).
 
 mod context;
@@ -12,6 +12,7 @@ mod file;
 mod load;
 pub mod model;
 mod route;
+mod tls;
 pub mod values;
 
 pub use load::load_store_path;

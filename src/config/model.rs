@@ -26,7 +26,53 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub throttle: ThrottleConfig,
+    /// The TLS listener, when `[tls]` is present.
+    pub tls: Option<TlsConfig>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// The lowest TLS version the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// Whether clients must present a certificate signed by `client_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Optional,
+    Required,
+}
+
+/// One certificate chain and its private key (PEM files), as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[tls]`: the TLS listener for devices. Files are only named here; they are read (and checked) by
+/// the transport's TLS set-up, so that `check-config` and reloads report them by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub listen: String,
+    pub min_version: TlsVersion,
+    /// The first is the default certificate; the others are chosen by SNI.
+    pub certificates: Vec<CertFiles>,
+    /// Ask clients for a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// TLS to an upstream (`upstream = "https://..."`): always verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and checked against the upstream's certificate.
+    pub server_name: String,
+    /// A PEM bundle of CA certificates to trust instead of the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 /// Brute-force throttling of failed authentications per client address.
@@ -57,7 +103,8 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    pub listen: String,
+    /// The plain listener; `None` (`listen = ""`) runs TLS only.
+    pub listen: Option<String>,
     pub user_id_header: HeaderName,
     pub token_id_header: Option<HeaderName>,
     pub threads: usize,
@@ -120,6 +167,10 @@ pub struct RouteConfig {
     pub query_token_param: Option<String>,
     /// HMAC key for the `x-tokengate-signature` header (None: not signed).
     pub sign_secret: Option<Vec<u8>>,
+    /// Refuse requests that did not arrive over TLS (403 `tls_required`).
+    pub tls_only: bool,
+    /// TLS to the upstream (`https://` upstreams).
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).

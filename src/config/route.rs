@@ -41,7 +41,48 @@ pub(super) fn route(
             format!("{:?} is already used by routes[{other}]", r.path_prefix),
         ));
     }
-    let upstream_addr = resolve_upstream(&r.upstream).map_err(|p| cx.err(&k("upstream"), p))?;
+    // `https://host:port` is TLS to the upstream (verified, always); `host:port` and `http://` are plain.
+    let (https, host_port) = match r.upstream.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        Some((scheme, _)) => {
+            return Err(cx.err(
+                &k("upstream"),
+                format!("{scheme:?} is not a scheme tokengate speaks (http:// or https://)"),
+            ))
+        }
+        None => (false, r.upstream.as_str()),
+    };
+    let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
+    let upstream_addr = resolve_upstream(host_port).map_err(|p| cx.err(&k("upstream"), p))?;
+    let upstream_tls = if https {
+        let host = host_port
+            .rsplit_once(':')
+            .map_or(host_port, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = r.upstream_sni.clone().unwrap_or_else(|| host.to_string());
+        if server_name.is_empty() || server_name.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(cx.err(
+                &k("upstream_sni"),
+                format!("{server_name:?} is not a host name or IP address"),
+            ));
+        }
+        Some(UpstreamTls {
+            server_name,
+            ca: r.upstream_ca.as_deref().map(|p| cx.path(p)),
+        })
+    } else {
+        for (key, set) in [
+            ("upstream_ca", r.upstream_ca.is_some()),
+            ("upstream_sni", r.upstream_sni.is_some()),
+        ] {
+            if set {
+                return Err(cx.err(&k(key), "only applies to an https:// upstream"));
+            }
+        }
+        None
+    };
     let auth = r.auth.unwrap_or(AuthMode::Bearer);
     let required_scope = match r.required_scope {
         Some(s) if auth == AuthMode::None => {
@@ -143,5 +184,7 @@ pub(super) fn route(
         request_timeout,
         query_token_param: r.query_token_param,
         sign_secret,
+        tls_only: r.tls_only.unwrap_or(false),
+        upstream_tls,
     })
 }

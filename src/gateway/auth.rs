@@ -29,6 +29,8 @@ pub enum Denial {
     Expired,
     /// Valid token without the route's required scope.
     InsufficientScope(String),
+    /// A token bound to a client certificate, presented without that certificate (or not over TLS).
+    CertificateMismatch,
 }
 
 /// The auth outcome as a metric label value. A fixed set: never a token, user or path.
@@ -42,6 +44,8 @@ pub enum Outcome {
     InsufficientScope,
     /// Refused with 429: too many failures from this address.
     Throttled,
+    /// A certificate-bound token without its certificate.
+    CertMismatch,
     /// The route needs no credential.
     Public,
     /// Refused before authentication (no route, bad path).
@@ -58,6 +62,7 @@ impl Outcome {
             Outcome::Revoked => "revoked",
             Outcome::InsufficientScope => "insufficient_scope",
             Outcome::Throttled => "throttled",
+            Outcome::CertMismatch => "cert_mismatch",
             Outcome::Public => "public",
             Outcome::None => "none",
         }
@@ -79,6 +84,7 @@ impl Denial {
             Denial::Revoked => Outcome::Revoked,
             Denial::Expired => Outcome::Expired,
             Denial::InsufficientScope(_) => Outcome::InsufficientScope,
+            Denial::CertificateMismatch => Outcome::CertMismatch,
             _ => Outcome::Invalid,
         }
     }
@@ -104,6 +110,10 @@ impl Denial {
             Denial::Revoked => "the token has been revoked".into(),
             Denial::Expired => "the token has expired".into(),
             Denial::InsufficientScope(s) => format!("this route requires the scope {s}"),
+            Denial::CertificateMismatch => {
+                "the token is bound to a client certificate: send it over TLS with that certificate"
+                    .into()
+            }
         }
     }
 
@@ -193,11 +203,13 @@ pub fn parse_bearer(v: &[u8]) -> Result<&str, Denial> {
     Ok(std::str::from_utf8(token).expect("ascii"))
 }
 
-/// Decides whether `token` may use a route requiring `required_scope`, at unix time `now`.
+/// Decides whether `token` may use a route requiring `required_scope`, at unix time `now`, on a
+/// connection whose client certificate has the SHA-256 `client_cert` (if any).
 pub fn authorize(
     index: &Index,
     token: &str,
     required_scope: Option<&str>,
+    client_cert: Option<&[u8; 32]>,
     now: u64,
 ) -> Result<Arc<Entry>, Denial> {
     token::check_format(token).map_err(Denial::BadFormat)?;
@@ -211,6 +223,14 @@ pub fn authorize(
     }
     if now >= entry.expires_at {
         return Err(Denial::Expired);
+    }
+    if let Some(bound) = entry.bound_cert.as_deref() {
+        // Proof of possession (RFC 8705 style): the TLS peer holds the key of the bound certificate.
+        let matches = client_cert
+            .is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(&c[..], &bound[..])));
+        if !matches {
+            return Err(Denial::CertificateMismatch);
+        }
     }
     if let Some(scope) = required_scope {
         if !entry.allows(scope) {
@@ -316,38 +336,41 @@ mod tests {
             expires_at,
             revoked,
             rev,
+            bound_cert: None,
         };
         index.apply(&row(1, t.digest(), Some(1000), false, 1));
         assert_eq!(
-            authorize(&index, t.as_str(), None, 999).unwrap().token_id,
-            1
-        );
-        assert_eq!(
-            authorize(&index, t.as_str(), Some("telemetry:write"), 999)
+            authorize(&index, t.as_str(), None, None, 999)
                 .unwrap()
                 .token_id,
             1
         );
         assert_eq!(
-            authorize(&index, t.as_str(), Some("admin"), 999).unwrap_err(),
+            authorize(&index, t.as_str(), Some("telemetry:write"), None, 999)
+                .unwrap()
+                .token_id,
+            1
+        );
+        assert_eq!(
+            authorize(&index, t.as_str(), Some("admin"), None, 999).unwrap_err(),
             Denial::InsufficientScope("admin".into())
         );
         assert_eq!(
-            authorize(&index, t.as_str(), None, 1000).unwrap_err(),
+            authorize(&index, t.as_str(), None, None, 1000).unwrap_err(),
             Denial::Expired
         );
         let other = Token::generate();
         assert_eq!(
-            authorize(&index, other.as_str(), None, 1).unwrap_err(),
+            authorize(&index, other.as_str(), None, None, 1).unwrap_err(),
             Denial::Unknown
         );
         assert_eq!(
-            authorize(&index, "tg_short", None, 1).unwrap_err(),
+            authorize(&index, "tg_short", None, None, 1).unwrap_err(),
             Denial::BadFormat(FormatError::Length)
         );
         index.apply(&row(1, t.digest(), None, true, 2));
         assert_eq!(
-            authorize(&index, t.as_str(), None, 1).unwrap_err(),
+            authorize(&index, t.as_str(), None, None, 1).unwrap_err(),
             Denial::Revoked
         );
     }

@@ -1,8 +1,9 @@
 //! The decision: who gets in. One function, [`Gate::decide`], read top to bottom, that every transport
 //! calls with the facts of one request (HTTP/1 over TCP, the same over TLS, later the WebSocket upgrade):
 //!
-//! method → request target → path check → route → credential → token (format, digest, index, status,
-//! expiry, scope) → throttle of failures → body limit ⇒ [`Verdict::Forward`] or [`Verdict::Refuse`].
+//! method → request target → path check → route → TLS-only route → credential → token (format, digest,
+//! index, status, expiry, certificate binding, scope) → throttle of failures → body limit ⇒
+//! [`Verdict::Forward`] or [`Verdict::Refuse`].
 //!
 //! No I/O and no `.await`: it reads the route table it is given, the token index and the clock value
 //! passed in, and updates only in-memory counters (a token's use count, an address's failure count).
@@ -34,6 +35,15 @@ pub struct Request<'a> {
     pub content_length: Option<u64>,
     /// The client's address.
     pub peer: Option<IpAddr>,
+    /// Set when the request arrived over TLS (the listener's handshake facts).
+    pub tls: Option<&'a TlsPeer>,
+}
+
+/// What the TLS handshake established about a client connection (computed once per connection).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// The SHA-256 of the client certificate's DER, when the client sent one that chains to `client_ca`.
+    pub client_cert_sha256: Option<[u8; 32]>,
 }
 
 /// The gateway state the decision reads besides the route table: the token index and the failure
@@ -69,6 +79,8 @@ pub struct Rewrite<'a> {
     pub query: Option<&'a str>,
     /// The peer is a trusted proxy: its `X-Forwarded-For`/`-Proto` are kept and appended to.
     pub trusted_peer: bool,
+    /// The request arrived over TLS: `X-Forwarded-Proto: https` (unless a trusted proxy said otherwise).
+    pub https: bool,
     /// The decision's time (unix seconds), the signature's timestamp.
     pub at: u64,
 }
@@ -182,11 +194,22 @@ impl Gate {
         let Some(route) = table.find(path) else {
             return refuse(Refusal::new(404, "not_found", "no route for this path"));
         };
+        if route.tls_only && req.tls.is_none() {
+            // Before any credential is read: a token sent in the clear is not even looked at.
+            let r = Refusal::new(
+                403,
+                "tls_required",
+                "this route is served over TLS (https) only",
+            );
+            return refuse(r.on(route));
+        }
         let principal = match route.auth {
             AuthMode::None => None,
             AuthMode::Bearer => {
+                let client_cert = req.tls.and_then(|t| t.client_cert_sha256.as_ref());
                 let decision = credential(req, route, query).and_then(|t| {
-                    auth::authorize(&self.index, t, route.required_scope.as_deref(), now)
+                    let scope = route.required_scope.as_deref();
+                    auth::authorize(&self.index, t, scope, client_cert, now)
                 });
                 match decision {
                     Ok(entry) => Some(entry),
@@ -224,6 +247,7 @@ impl Gate {
                 path,
                 query,
                 trusted_peer: table.trusts(req.peer),
+                https: req.tls.is_some(),
                 at: now,
             },
         })
@@ -346,6 +370,7 @@ query_token_param = "api_token"
             expires_at,
             revoked,
             rev: id,
+            bound_cert: None,
         };
         let (token, device, revoked, expired) = (
             Token::generate(),
@@ -379,6 +404,7 @@ query_token_param = "api_token"
             authorizations: auth.is_some() as usize,
             content_length: None,
             peer: Some("192.0.2.1".parse().unwrap()),
+            tls: None,
         }
     }
 

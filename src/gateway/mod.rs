@@ -14,4 +14,4 @@ pub mod routes;
 pub mod signing;
 pub mod throttle;
 
-pub use decision::{Forward, Gate, Refusal, Request, Rewrite, Verdict};
+pub use decision::{Forward, Gate, Refusal, Request, Rewrite, TlsPeer, Verdict};

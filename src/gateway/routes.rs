@@ -35,6 +35,8 @@ pub struct Route {
     pub query_token_param: Option<String>,
     /// HMAC key for the signature header, if this route signs.
     pub sign_secret: Option<Arc<[u8]>>,
+    /// Refuse requests that did not arrive over TLS (403).
+    pub tls_only: bool,
 }
 
 impl Route {
@@ -53,6 +55,7 @@ impl Route {
             request_timeout: rc.request_timeout,
             query_token_param: rc.query_token_param.clone(),
             sign_secret: rc.sign_secret.as_deref().map(Arc::from),
+            tls_only: rc.tls_only,
         }
     }
 }

@@ -102,6 +102,8 @@ struct CreateRequest {
     expires_at: Option<String>,
     #[serde(default)]
     scopes: Vec<String>,
+    /// Bind the token to the certificate with this SHA-256 (hex of its DER).
+    bound_cert_sha256: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -247,8 +249,9 @@ impl Admin {
 
     /// Checks the caller's bearer token for the `admin` scope; returns the actor name for the event log.
     fn authenticate(&self, session: &ServerSession) -> Result<String, Denial> {
-        let decision = auth::bearer_token(&session.req_header().headers)
-            .and_then(|t| auth::authorize(&self.index, t, Some(ADMIN_SCOPE), crate::clock::now()));
+        let decision = auth::bearer_token(&session.req_header().headers).and_then(|t| {
+            auth::authorize(&self.index, t, Some(ADMIN_SCOPE), None, crate::clock::now())
+        });
         match decision {
             Ok(entry) => {
                 entry.record_use(crate::clock::now());
@@ -399,11 +402,18 @@ impl Admin {
                 }
                 let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())
                     .map_err(ApiError::bad)?;
+                let bound_cert = req
+                    .bound_cert_sha256
+                    .as_deref()
+                    .map(store::parse_sha256_hex)
+                    .transpose()
+                    .map_err(ApiError::bad)?;
                 let new = NewToken {
                     user: req.user,
                     label: req.label,
                     scopes: req.scopes,
                     expires_at,
+                    bound_cert,
                 };
                 let (record, token) = self.with_store(move |s| s.create(&new, &actor)).await?;
                 Ok(json(

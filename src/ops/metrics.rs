@@ -14,7 +14,7 @@ use prometheus::{
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-const OUTCOMES: [Outcome; 9] = [
+const OUTCOMES: [Outcome; 10] = [
     Outcome::Ok,
     Outcome::Missing,
     Outcome::Invalid,
@@ -22,6 +22,7 @@ const OUTCOMES: [Outcome; 9] = [
     Outcome::Revoked,
     Outcome::InsufficientScope,
     Outcome::Throttled,
+    Outcome::CertMismatch,
     Outcome::Public,
     Outcome::None,
 ];
@@ -40,6 +41,8 @@ pub struct Metrics {
     since_flush: prometheus::Gauge,
     sync_ok: IntGauge,
     reloads: IntCounterVec,
+    /// TLS handshakes on the TLS listener that failed or timed out.
+    pub tls_handshake_failures: IntCounter,
 }
 
 /// One route's collectors, resolved once.
@@ -150,6 +153,11 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        let tls_handshake_failures = IntCounter::new(
+            "tokengate_tls_handshake_failures_total",
+            "TLS handshakes on the TLS listener that failed or did not finish within header_timeout.",
+        )
+        .expect("metric");
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
         let build = IntGauge::with_opts(
@@ -172,6 +180,7 @@ impl Metrics {
             Box::new(since_flush.clone()),
             Box::new(sync_ok.clone()),
             Box::new(reloads.clone()),
+            Box::new(tls_handshake_failures.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("register metric");
@@ -188,6 +197,7 @@ impl Metrics {
             since_flush,
             sync_ok,
             reloads,
+            tls_handshake_failures,
         })
     }
 

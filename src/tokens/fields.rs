@@ -57,6 +57,18 @@ pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
     scopes.iter().try_for_each(|s| check_scope(s))
 }
 
+/// The thumbprint a token is bound to: SHA-256 of the DER of the first certificate in a PEM file (the
+/// device's own certificate; a chain may follow it).
+pub fn cert_thumbprint(pem: &[u8]) -> Result<[u8; 32], String> {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::{Digest, Sha256};
+    let cert = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or("no PEM certificate (-----BEGIN CERTIFICATE-----) found")?
+        .map_err(|e| format!("the PEM certificate cannot be read: {e}"))?;
+    Ok(Sha256::digest(cert.as_ref()).into())
+}
+
 /// Turns the expiry options into unix seconds.
 pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Option<i64>, String> {
     let now = unix_now();

@@ -33,6 +33,8 @@ pub struct Entry {
     pub scopes: Box<[Box<str>]>,
     /// Unix seconds after which the token is expired (`u64::MAX`: never).
     pub expires_at: u64,
+    /// The SHA-256 of the client certificate this token is bound to (boxed: most tokens have none).
+    pub bound_cert: Option<Box<[u8; 32]>>,
     revoked: AtomicBool,
     /// Store revision of the state applied; older rows are ignored (two loaders may race).
     rev: AtomicI64,
@@ -56,6 +58,7 @@ impl Entry {
             user_len: row.user.len() as u32,
             scopes: row.scopes.iter().map(|s| s.as_str().into()).collect(),
             expires_at: row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX),
+            bound_cert: row.bound_cert.map(Box::new),
             revoked: AtomicBool::new(row.revoked),
             rev: AtomicI64::new(row.rev),
             uses: AtomicU32::new(0),
@@ -63,10 +66,11 @@ impl Entry {
         })
     }
 
-    /// Whether `row` describes the same identity (user, scopes, expiry) as this entry.
+    /// Whether `row` describes the same identity (user, scopes, expiry, binding) as this entry.
     fn same_identity(&self, row: &IndexRow) -> bool {
         self.user() == row.user
             && self.expires_at == row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX)
+            && self.bound_cert.as_deref() == row.bound_cert.as_ref()
             && self.scopes.len() == row.scopes.len()
             && self.scopes.iter().zip(&row.scopes).all(|(a, b)| **a == **b)
     }
@@ -527,6 +531,7 @@ mod tests {
             expires_at: None,
             revoked: false,
             rev,
+            bound_cert: None,
         }
     }
 

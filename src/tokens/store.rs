@@ -55,6 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
     INSERT INTO token_events (token_id, at, event, actor, detail)
         SELECT id, revoked_at, 'revoked', 'unknown', 'recorded by migration 2' FROM tokens
         WHERE revoked_at IS NOT NULL;",
+    // 3: certificate-bound tokens (the SHA-256 of the device certificate's DER).
+    "ALTER TABLE tokens ADD COLUMN bound_cert_sha256 BLOB;",
 ];
 
 /// How long a command waits for another writer before giving up with [`StoreError::Busy`].
@@ -99,6 +101,8 @@ pub struct TokenRecord {
     pub rotated_at: Option<i64>,
     pub last_used_at: Option<i64>,
     pub use_count: i64,
+    /// The SHA-256 of the certificate (DER) this token is bound to.
+    pub bound_cert: Option<[u8; 32]>,
 }
 
 /// A token's status at some moment.
@@ -134,6 +138,8 @@ pub struct TokenView {
     pub last_used_at: Option<String>,
     pub use_count: i64,
     pub status: Status,
+    /// Lower-case hex of the bound certificate's SHA-256; null when unbound.
+    pub bound_cert_sha256: Option<String>,
 }
 
 impl TokenRecord {
@@ -160,6 +166,7 @@ impl TokenRecord {
             last_used_at: self.last_used_at.map(rfc3339),
             use_count: self.use_count,
             status: self.status(now),
+            bound_cert_sha256: self.bound_cert.map(|d| hex(&d)),
         }
     }
 }
@@ -190,6 +197,7 @@ pub struct IndexRow {
     pub expires_at: Option<i64>,
     pub revoked: bool,
     pub rev: i64,
+    pub bound_cert: Option<[u8; 32]>,
 }
 
 /// What a new token is made of.
@@ -199,6 +207,8 @@ pub struct NewToken {
     pub label: String,
     pub scopes: Vec<String>,
     pub expires_at: Option<i64>,
+    /// Bind the token to the certificate with this SHA-256 (of its DER).
+    pub bound_cert: Option<[u8; 32]>,
 }
 
 /// Pending usage for one token, as flushed.
@@ -362,8 +372,9 @@ impl Store {
             let first_rev = next_rev(&tx).map_err(err)?;
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at,
+                                         bound_cert_sha256)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(err)?;
             for (rev, new) in (first_rev..).zip(news) {
@@ -376,14 +387,18 @@ impl Store {
                         now,
                         rev,
                         new.scopes.join(" "),
-                        new.expires_at
+                        new.expires_at,
+                        new.bound_cert.as_ref().map(|d| &d[..])
                     ])
                     .map_err(err)?;
                 let id = tx.last_insert_rowid();
-                let detail = match new.expires_at {
+                let mut detail = match new.expires_at {
                     Some(e) => format!("expires {}", rfc3339(e)),
                     None => "permanent".to_string(),
                 };
+                if let Some(d) = &new.bound_cert {
+                    detail.push_str(&format!(", bound to certificate {}", hex(d)));
+                }
                 add_event(&tx, id, now, "created", actor, Some(&detail)).map_err(err)?;
                 out.push((id, token));
             }
@@ -560,7 +575,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev
+                "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev,
+                        bound_cert_sha256
                  FROM tokens WHERE rev > ?1 ORDER BY rev",
             )
             .map_err(err)?;
@@ -597,6 +613,7 @@ impl Store {
                 expires_at: r.get(6).map_err(err)?,
                 revoked: revoked_at.is_some(),
                 rev: r.get(8).map_err(err)?,
+                bound_cert: blob(9)?.and_then(|b| b.try_into().ok()),
             });
         }
         Ok(())
@@ -641,7 +658,8 @@ impl Store {
 }
 
 const RECORD_COLUMNS: &str =
-    "id, user_id, label, scopes, created_at, expires_at, revoked_at, rotated_at, last_used_at, use_count";
+    "id, user_id, label, scopes, created_at, expires_at, revoked_at, rotated_at, \
+                              last_used_at, use_count, bound_cert_sha256";
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let scopes: String = r.get(3)?;
@@ -656,7 +674,29 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         rotated_at: r.get(7)?,
         last_used_at: r.get(8)?,
         use_count: r.get(9)?,
+        bound_cert: r
+            .get::<_, Option<Vec<u8>>>(10)?
+            .and_then(|b| b.try_into().ok()),
     })
+}
+
+/// Lower-case hex of bytes (certificate thumbprints).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a SHA-256 thumbprint written as 64 hex digits (`:` separators, as `openssl x509 -fingerprint`
+/// prints them, are allowed).
+pub fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
+    let digits: String = s.trim().chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not a SHA-256 thumbprint (64 hex digits)"));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    Ok(out)
 }
 
 fn split_scopes(s: &str) -> Vec<String> {

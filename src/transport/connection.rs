@@ -14,7 +14,7 @@ use super::{take_slot, Engine, RouteIo, Table};
 use crate::clock;
 use crate::gateway::auth::Outcome;
 use crate::gateway::paths::origin_form;
-use crate::gateway::{Refusal, Request, Verdict};
+use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
 use crate::ops::access_log::Record;
 use crate::tokens::index::Entry;
 use std::io;
@@ -72,6 +72,8 @@ pub struct Client<'a, S> {
     peer: Option<IpAddr>,
     /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
     peer_text: String,
+    /// What the TLS handshake established (`None` on the plain listener).
+    tls: Option<TlsPeer>,
     served: u64,
     /// The current request's body has not been read to its end (a close then lingers, see
     /// [`Self::linger`]).
@@ -79,7 +81,12 @@ pub struct Client<'a, S> {
 }
 
 impl<'a, S: ClientStream> Client<'a, S> {
-    pub fn new(engine: &'a Engine, io: S, peer: Option<IpAddr>) -> Client<'a, S> {
+    pub fn new(
+        engine: &'a Engine,
+        io: S,
+        peer: Option<IpAddr>,
+        tls: Option<TlsPeer>,
+    ) -> Client<'a, S> {
         Client {
             engine,
             io,
@@ -89,6 +96,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             upstream: None,
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
+            tls,
             served: 0,
             body_pending: false,
         }
@@ -276,7 +284,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             },
             None => None,
         };
-        let req = request(&self.head, &self.buf, self.peer);
+        let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
         if engine.access_log.enabled() {
             // The path as forwarded (origin form), never the query.
             let path = match origin_form(req.target) {
@@ -417,7 +425,12 @@ impl<'a, S: ClientStream> Client<'a, S> {
 }
 
 /// The facts of the request whose head is at the front of `buf`, for the decision.
-fn request<'b>(head: &RequestHead, buf: &'b Buffer, peer: Option<IpAddr>) -> Request<'b> {
+fn request<'b>(
+    head: &RequestHead,
+    buf: &'b Buffer,
+    peer: Option<IpAddr>,
+    tls: Option<&'b TlsPeer>,
+) -> Request<'b> {
     let bytes = &buf.filled()[..head.len];
     Request {
         method: head.method.get(bytes),
@@ -430,5 +443,6 @@ fn request<'b>(head: &RequestHead, buf: &'b Buffer, peer: Option<IpAddr>) -> Req
             _ => None,
         },
         peer,
+        tls,
     }
 }

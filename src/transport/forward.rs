@@ -63,7 +63,7 @@ impl<S: ClientStream> Client<'_, S> {
     /// The upstream connection for `route`: the one this client used last if it is on the same route,
     /// else an idle one from the route's pool, else a new one.
     async fn upstream_for(&mut self, io: &RouteIo) -> Result<Conn, UpstreamFailure> {
-        if let Some((up, conn)) = self.upstream.take() {
+        if let Some((up, mut conn)) = self.upstream.take() {
             if Arc::ptr_eq(&up, &io.upstream) {
                 let idle = conn.idle_since.elapsed();
                 // Always checked: bytes an upstream sent after a complete response must never be taken
@@ -149,7 +149,7 @@ impl<S: ClientStream> Client<'_, S> {
         start: Instant,
     ) -> Result<bool, Stop> {
         let write_timeout = io.upstream.write_timeout;
-        let (mut up_read, mut up_write) = conn.stream.split();
+        let (mut up_read, mut up_write) = tokio::io::split(&mut conn.stream);
         match tokio::time::timeout(write_timeout, up_write.write_all(&self.out)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -396,10 +396,13 @@ impl<S: ClientStream> Client<'_, S> {
         );
         // Counted before the answer goes out, so that whoever reads the answer can see it counted.
         io.metrics.upstream_error(f.kind);
-        let (error, detail) = if status == 504 {
-            ("gateway_timeout", "the upstream did not answer in time")
-        } else {
-            ("bad_gateway", "the upstream could not be reached or failed")
+        let (error, detail) = match (status, f.kind) {
+            (504, _) => ("gateway_timeout", "the upstream did not answer in time"),
+            (_, UpstreamError::Tls) => (
+                "upstream_tls",
+                "the upstream's TLS certificate could not be verified, or its TLS handshake failed",
+            ),
+            _ => ("bad_gateway", "the upstream could not be reached or failed"),
         };
         // The body may be half read: keep the connection only for a bodiless request.
         let keep = !req.framing.has_body() && req.client_keep_alive && !self.engine.is_draining();

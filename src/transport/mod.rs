@@ -9,6 +9,8 @@
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
 //! - [`upstream`]: connections to a route's upstream and their idle pool.
+//! - [`tls`]: TLS at the edge (certificates by SNI, client certificates, the handshake under a deadline)
+//!   and to upstreams.
 //!
 //! Why not pingora-proxy's `ProxyHttp`: its per-request machinery (a boxed state machine, header maps with
 //! case maps, body tasks) cost about half of the CPU of a proxied request here, twice what nginx spends on
@@ -21,11 +23,12 @@ pub mod connection;
 pub mod forward;
 pub mod http1;
 pub mod rewrite;
+pub mod tls;
 pub mod upstream;
 
 use crate::config::Config;
 use crate::gateway::routes::{Route, RouteTable};
-use crate::gateway::Gate;
+use crate::gateway::{Gate, TlsPeer};
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::{Metrics, RouteMetrics};
 use arc_swap::ArcSwap;
@@ -34,10 +37,11 @@ use connection::Client;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use upstream::Upstream;
+use upstream::{Upstream, UpstreamTls};
 
 /// The bytes-moving side of one route: its upstream (address, timeouts, idle connections) and its metric
 /// collectors, next to the route's policy.
@@ -55,19 +59,36 @@ pub struct Table {
 }
 
 impl Table {
-    /// Builds the table from a validated configuration; collectors are resolved once, here.
-    pub fn new(config: &Config, metrics: &Metrics) -> Table {
+    /// Builds the table from a validated configuration; collectors are resolved once, here. Fails when an
+    /// `https://` upstream's CA file cannot be used.
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Table, tls::TlsError> {
         let routes = RouteTable::new(config);
         let mut io: Vec<RouteIo> = Vec::with_capacity(config.routes.len());
         let mut by_index: Vec<Option<Arc<Route>>> = vec![None; config.routes.len()];
         for r in routes.routes() {
             by_index[r.index] = Some(r.clone());
         }
-        for (rc, route) in config.routes.iter().zip(by_index) {
+        for (i, (rc, route)) in config.routes.iter().zip(by_index).enumerate() {
             let route = route.expect("every route is in the table");
+            let tls = match &rc.upstream_tls {
+                None => None,
+                Some(t) => Some(UpstreamTls {
+                    connector: tokio_rustls::TlsConnector::from(tls::upstream_client_config(
+                        t.ca.as_deref(),
+                        &format!("routes[{i}].upstream_ca"),
+                    )?),
+                    server_name: tls::server_name(&t.server_name).map_err(|problem| {
+                        tls::TlsError::Config {
+                            key: format!("routes[{i}].upstream_sni"),
+                            problem,
+                        }
+                    })?,
+                }),
+            };
             io.push(RouteIo {
                 upstream: Arc::new(Upstream::new(
                     rc.upstream_addr,
+                    tls,
                     rc.connect_timeout,
                     rc.read_timeout,
                     rc.write_timeout,
@@ -77,7 +98,25 @@ impl Table {
                 route,
             });
         }
-        Table { routes, io }
+        Ok(Table { routes, io })
+    }
+}
+
+/// The TLS listener: which accepted connections are TLS, and how to shake hands with them.
+pub struct TlsListener {
+    /// The configured address (its IP may be unspecified: then any local IP on that port).
+    pub addr: SocketAddr,
+    /// Certificates, versions and client CA; a reload swaps it, new handshakes use the new one.
+    pub config: Arc<ArcSwap<rustls::ServerConfig>>,
+}
+
+impl TlsListener {
+    /// Whether a connection accepted on local address `local` came in on this listener.
+    fn accepted(&self, local: Option<SocketAddr>) -> bool {
+        local.is_some_and(|l| {
+            l.port() == self.addr.port()
+                && (self.addr.ip().is_unspecified() || self.addr.ip() == l.ip())
+        })
     }
 }
 
@@ -103,6 +142,10 @@ pub struct Engine {
     /// touched once per connection.
     pub connections: Arc<AtomicUsize>,
     pub max_connections: usize,
+    /// The TLS listener, when `[tls]` is configured.
+    pub tls: Option<TlsListener>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: prometheus::IntCounter,
     /// Set when the server starts to shut down or hand over: exchanges end with `Connection: close` and
     /// idle connections close within a second. A plain flag read with a relaxed load: pingora's shutdown
     /// watch would cost a shared lock per idle wait.
@@ -139,15 +182,42 @@ impl ServerApp for Engine {
         io: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer = io
-            .get_socket_digest()
+        let digest = io.get_socket_digest();
+        let peer = digest
+            .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let mut client = Client::new(self, io, peer);
-        match take_slot(&self.connections, self.max_connections) {
-            Some(_slot) => client.run().await,
-            None => client.refuse_connection().await,
+        let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        // The slot is taken before a TLS handshake: a client that never finishes one holds it for at most
+        // `header_timeout`.
+        let slot = take_slot(&self.connections, self.max_connections);
+        match &self.tls {
+            Some(tls) if tls.accepted(local) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
+                match tls::accept(&acceptor, io, self.header_timeout).await {
+                    Ok((stream, facts)) => {
+                        let peer_facts = TlsPeer {
+                            client_cert_sha256: facts.client_cert_sha256,
+                        };
+                        serve(Client::new(self, stream, peer, Some(peer_facts)), slot).await;
+                    }
+                    Err(e) => {
+                        self.tls_handshake_failures.inc();
+                        log::debug!("TLS handshake from {peer:?} failed: {e}");
+                    }
+                }
+            }
+            _ => serve(Client::new(self, io, peer, None), slot).await,
         }
-        client.finish();
         None
     }
+}
+
+/// Runs a client connection (or refuses it when there was no slot), then gives its upstream connection
+/// back.
+async fn serve<S: connection::ClientStream>(mut client: Client<'_, S>, slot: Option<Slot>) {
+    match slot {
+        Some(_slot) => client.run().await,
+        None => client.refuse_connection().await,
+    }
+    client.finish();
 }

@@ -123,7 +123,11 @@ pub fn write_upstream_head(
         out.extend_from_slice(b"\r\n");
     }
     if !client_proto {
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+        out.extend_from_slice(if forward.rewrite.https {
+            b"X-Forwarded-Proto: https\r\n"
+        } else {
+            b"X-Forwarded-Proto: http\r\n"
+        });
     }
     if !host {
         http1::push_field(out, b"Host", upstream_host.as_bytes());
