@@ -25,9 +25,10 @@ struct Setup {
     token: String,
 }
 
-fn setup() -> Setup {
+fn setup(wire: Wire) -> Setup {
     let upstream = Upstream::start("api");
     let gw = GatewayBuilder::new()
+        .wire(wire)
         .route("api", "/api", upstream.addr())
         .start();
     let (id, token) = gw.create_token("alice", "laptop");
@@ -134,7 +135,7 @@ fn healthz_answers_ok_json() {
 
 #[test]
 fn metrics_are_prometheus_text() {
-    let s = setup();
+    let s = setup(Wire::Plain);
     assert_eq!(s.gw.get_with_token("/api/a", &s.token).status, 200);
     assert_eq!(s.gw.request("GET", "/api/a", &[], b"").status, 401);
     let response = s.gw.admin_get("/metrics");
@@ -169,9 +170,8 @@ fn metrics_are_prometheus_text() {
 // Credentials
 // ----------------------------------------------------------------------------------------------------------
 
-#[test]
-fn valid_token_is_forwarded() {
-    let s = setup();
+fn valid_token_is_forwarded(wire: Wire) {
+    let s = setup(wire);
     let before = s.upstream.hits();
     let response = s.gw.get_with_token("/api/things", &s.token);
     assert_eq!(response.status, 200, "{response}");
@@ -181,9 +181,8 @@ fn valid_token_is_forwarded() {
     assert_eq!(s.upstream.hits(), before + 1);
 }
 
-#[test]
-fn missing_credential_is_401_and_upstream_untouched() {
-    let s = setup();
+fn missing_credential_is_401_and_upstream_untouched(wire: Wire) {
+    let s = setup(wire);
     let before = s.upstream.hits();
     let response = s.gw.request("GET", "/api/things", &[], b"");
     assert_unauthorized(&response, "no Authorization header");
@@ -192,9 +191,8 @@ fn missing_credential_is_401_and_upstream_untouched() {
     assert_eq!(s.upstream.hits(), before, "upstream must not be contacted");
 }
 
-#[test]
-fn non_bearer_scheme_is_401_unauthorized() {
-    let s = setup();
+fn non_bearer_scheme_is_401_unauthorized(wire: Wire) {
+    let s = setup(wire);
     let before = s.upstream.hits();
     let cases = [
         "Basic YWxpY2U6c2VjcmV0".to_owned(),
@@ -210,9 +208,8 @@ fn non_bearer_scheme_is_401_unauthorized() {
     assert_eq!(s.upstream.hits(), before, "upstream must not be contacted");
 }
 
-#[test]
-fn bearer_scheme_is_case_insensitive() {
-    let s = setup();
+fn bearer_scheme_is_case_insensitive(wire: Wire) {
+    let s = setup(wire);
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
         let value = format!("{scheme} {}", s.token);
         let response =
@@ -228,11 +225,11 @@ fn change_char(token: &str, index: usize) -> String {
     String::from_utf8(bytes).unwrap()
 }
 
-#[test]
-fn wrong_tokens_are_401_invalid_token() {
-    let s = setup();
+fn wrong_tokens_are_401_invalid_token(wire: Wire) {
+    let s = setup(wire);
     // A token of valid format that this gateway's store does not know: made by another store.
     let other = GatewayBuilder::new()
+        .wire(wire)
         .route("api", "/api", s.upstream.addr())
         .build();
     let (_, foreign) = other.create_token("mallory", "elsewhere");
@@ -265,9 +262,8 @@ fn wrong_tokens_are_401_invalid_token() {
     assert_eq!(s.gw.get_with_token("/api/x", &s.token).status, 200);
 }
 
-#[test]
-fn revoked_token_is_401_invalid_token() {
-    let s = setup();
+fn revoked_token_is_401_invalid_token(wire: Wire) {
+    let s = setup(wire);
     s.gw.revoke(s.id);
     let mut last = None;
     let rejected = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
@@ -281,9 +277,8 @@ fn revoked_token_is_401_invalid_token() {
     assert_invalid_token(&last, "revoked token");
 }
 
-#[test]
-fn expired_token_is_401_mentioning_expired() {
-    let s = setup();
+fn expired_token_is_401_mentioning_expired(wire: Wire) {
+    let s = setup(wire);
     let (_, token) =
         s.gw.create_token_with("alice", "short-lived", &["--expires-in", "2s"]);
     // Before the sync the token is merely unknown ("not valid"); wait for the expiry-specific answer.
@@ -311,9 +306,8 @@ fn expired_token_is_401_mentioning_expired() {
     assert_invalid_token(&last, "expired token");
 }
 
-#[test]
-fn two_authorization_headers_are_400() {
-    let s = setup();
+fn two_authorization_headers_are_400(wire: Wire) {
+    let s = setup(wire);
     let bearer = format!("Bearer {}", s.token);
     let before = s.upstream.hits();
     let cases: [[&str; 2]; 3] = [
@@ -337,9 +331,8 @@ fn two_authorization_headers_are_400() {
     assert_eq!(s.upstream.hits(), before, "upstream must not be contacted");
 }
 
-#[test]
-fn malformed_bearer_credentials_are_400() {
-    let s = setup();
+fn malformed_bearer_credentials_are_400(wire: Wire) {
+    let s = setup(wire);
     let t = &s.token;
     let cases = [
         ("Bearer ".to_owned(), "empty token"),
@@ -373,10 +366,9 @@ fn malformed_bearer_credentials_are_400() {
     assert_eq!(s.upstream.hits(), before, "upstream must not be contacted");
 }
 
-#[test]
-fn control_characters_in_credential_are_400() {
+fn control_characters_in_credential_are_400(wire: Wire) {
     // httparse may reject these before tokengate sees them, so only the status and the upstream are checked.
-    let s = setup();
+    let s = setup(wire);
     let t = &s.token;
     let cases = [
         format!("Bearer {}\x01{}", &t[..20], &t[20..]),
@@ -392,9 +384,8 @@ fn control_characters_in_credential_are_400() {
     assert_eq!(s.upstream.hits(), before, "upstream must not be contacted");
 }
 
-#[test]
-fn token_in_query_string_is_not_a_credential() {
-    let s = setup();
+fn token_in_query_string_is_not_a_credential(wire: Wire) {
+    let s = setup(wire);
     let before = s.upstream.hits();
     for target in [
         format!("/api/x?access_token={}", s.token),
@@ -411,10 +402,10 @@ fn token_in_query_string_is_not_a_credential() {
 // Routing
 // ----------------------------------------------------------------------------------------------------------
 
-#[test]
-fn unknown_route_is_404_and_prefix_matches_whole_segments() {
+fn unknown_route_is_404_and_prefix_matches_whole_segments(wire: Wire) {
     let iot = Upstream::start("iot");
     let gw = GatewayBuilder::new()
+        .wire(wire)
         .route("telemetry", "/iot", iot.addr())
         .start();
     let (_, token) = gw.create_token("alice", "laptop");
@@ -442,12 +433,12 @@ fn unknown_route_is_404_and_prefix_matches_whole_segments() {
     }
 }
 
-#[test]
-fn longest_prefix_wins() {
+fn longest_prefix_wins(wire: Wire) {
     let api = Upstream::start("api");
     let v2 = Upstream::start("v2");
     // The shorter prefix comes first, so first-match routing would fail.
     let gw = GatewayBuilder::new()
+        .wire(wire)
         .route("api", "/api", api.addr())
         .route("api-v2", "/api/v2", v2.addr())
         .start();
@@ -475,9 +466,8 @@ fn longest_prefix_wins() {
     }
 }
 
-#[test]
-fn path_tricks_are_400_before_routing() {
-    let s = setup();
+fn path_tricks_are_400_before_routing(wire: Wire) {
+    let s = setup(wire);
     let tricks = [
         "/api/../secret",
         "/api/..",
@@ -536,10 +526,9 @@ fn path_tricks_are_400_before_routing() {
 // What the upstream receives
 // ----------------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn method_path_query_and_body_are_forwarded_unchanged() {
-    let s = setup();
-    let http = client();
+async fn method_path_query_and_body_are_forwarded_unchanged(wire: Wire) {
+    let s = setup(wire);
+    let http = s.gw.http_client();
     let body: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
@@ -604,9 +593,8 @@ async fn method_path_query_and_body_are_forwarded_unchanged() {
     );
 }
 
-#[test]
-fn identity_and_forwarding_headers_are_replaced() {
-    let s = setup();
+fn identity_and_forwarding_headers_are_replaced(wire: Wire) {
+    let s = setup(wire);
     let bearer = format!("Bearer {}", s.token);
     let spoofed = [
         ("Authorization", bearer.as_str()),
@@ -637,7 +625,7 @@ fn identity_and_forwarding_headers_are_replaced() {
     assert_eq!(seen.single_header("x-user-id"), "alice");
     assert_eq!(seen.single_header("x-token-id"), id);
     assert_eq!(seen.single_header("x-forwarded-for"), "127.0.0.1");
-    assert_eq!(seen.single_header("x-forwarded-proto"), "http");
+    assert_eq!(seen.single_header("x-forwarded-proto"), proto(wire));
     assert_eq!(seen.single_header("x-custom"), "keep");
     assert_eq!(seen.single_header("x-user-idx"), "not an identity header");
     assert_eq!(seen.body_len, 7);
@@ -649,17 +637,17 @@ fn identity_and_forwarding_headers_are_replaced() {
     assert_eq!(seen.single_header("x-user-id"), "alice");
     assert_eq!(seen.single_header("x-token-id"), id);
     assert_eq!(seen.single_header("x-forwarded-for"), "127.0.0.1");
-    assert_eq!(seen.single_header("x-forwarded-proto"), "http");
+    assert_eq!(seen.single_header("x-forwarded-proto"), proto(wire));
 }
 
 // ----------------------------------------------------------------------------------------------------------
 // Upstream failures
 // ----------------------------------------------------------------------------------------------------------
 
-#[test]
-fn refused_upstream_is_502_and_other_routes_keep_working() {
+fn refused_upstream_is_502_and_other_routes_keep_working(wire: Wire) {
     let api = Upstream::start("api");
     let gw = GatewayBuilder::new()
+        .wire(wire)
         .route("dead", "/dead", refused_addr())
         .route("api", "/api", api.addr())
         .start();
@@ -675,11 +663,11 @@ fn refused_upstream_is_502_and_other_routes_keep_working() {
     }
 }
 
-#[test]
-fn slow_upstream_is_504_after_read_timeout() {
+fn slow_upstream_is_504_after_read_timeout(wire: Wire) {
     let slow = Upstream::with_delay("slow", Duration::from_secs(8));
     let api = Upstream::start("api");
     let gw = GatewayBuilder::new()
+        .wire(wire)
         .route_with("slow", "/slow", slow.addr(), &[("read_timeout", "\"1s\"")])
         .route("api", "/api", api.addr())
         .start();
@@ -712,21 +700,21 @@ fn slow_upstream_is_504_after_read_timeout() {
 const MIB: u64 = 1024 * 1024;
 const MEMORY_LIMIT_KIB: u64 = 200 * 1024;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_gib_chunked_upload_streams_through() {
-    let s = setup();
+async fn one_gib_chunked_upload_streams_through(wire: Wire) {
+    let s = setup(wire);
     let total: u64 = 1024 * MIB;
     let hwm_before = s.gw.vm_hwm_kib();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
         pattern_chunks(total).map(Ok::<_, std::io::Error>),
     ));
     let started = Instant::now();
-    let send = client()
-        .put(s.gw.url("/api/videos/big.bin"))
-        .bearer_auth(&s.token)
-        .header("content-type", "application/octet-stream")
-        .body(body)
-        .send();
+    let send =
+        s.gw.http_client()
+            .put(s.gw.url("/api/videos/big.bin"))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send();
     let response = tokio::time::timeout(Duration::from_secs(900), send)
         .await
         .expect("upload did not finish within 900 s")
@@ -753,18 +741,18 @@ async fn one_gib_chunked_upload_streams_through() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_download_streams_through() {
-    let s = setup();
+async fn large_download_streams_through(wire: Wire) {
+    let s = setup(wire);
     let total: u64 = 256 * MIB;
     let started = Instant::now();
-    let response = client()
-        .get(s.gw.url("/api/videos/big.bin"))
-        .bearer_auth(&s.token)
-        .header(DOWNLOAD_HEADER, total.to_string())
-        .send()
-        .await
-        .expect("download request");
+    let response =
+        s.gw.http_client()
+            .get(s.gw.url("/api/videos/big.bin"))
+            .bearer_auth(&s.token)
+            .header(DOWNLOAD_HEADER, total.to_string())
+            .send()
+            .await
+            .expect("download request");
     assert_eq!(response.status(), 200);
     let mut stream = response.bytes_stream();
     let mut received = 0u64;
@@ -793,4 +781,35 @@ async fn large_download_streams_through() {
         "gateway peak RSS {} MiB while streaming",
         hwm / 1024
     );
+}
+
+/// The `X-Forwarded-Proto` the upstream sees for a request that arrived over `wire`.
+fn proto(wire: Wire) -> &'static str {
+    match wire {
+        Wire::Plain => "http",
+        Wire::Tls => "https",
+    }
+}
+
+/// Every test above runs twice: over the plain listener and over TLS (the same guarantees on both).
+macro_rules! over_both_wires {
+    (sync: $($name:ident),* ; async: $($aname:ident),* $(,)?) => {
+        mod plain {
+            use super::Wire;
+            $( #[test] fn $name() { super::$name(Wire::Plain) } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $aname() { super::$aname(Wire::Plain).await } )*
+        }
+        mod tls {
+            use super::Wire;
+            $( #[test] fn $name() { super::$name(Wire::Tls) } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $aname() { super::$aname(Wire::Tls).await } )*
+        }
+    };
+}
+
+over_both_wires! {
+    sync: valid_token_is_forwarded, missing_credential_is_401_and_upstream_untouched, non_bearer_scheme_is_401_unauthorized, bearer_scheme_is_case_insensitive, wrong_tokens_are_401_invalid_token, revoked_token_is_401_invalid_token, expired_token_is_401_mentioning_expired, two_authorization_headers_are_400, malformed_bearer_credentials_are_400, control_characters_in_credential_are_400, token_in_query_string_is_not_a_credential, unknown_route_is_404_and_prefix_matches_whole_segments, longest_prefix_wins, path_tricks_are_400_before_routing, identity_and_forwarding_headers_are_replaced, refused_upstream_is_502_and_other_routes_keep_working, slow_upstream_is_504_after_read_timeout;
+    async: method_path_query_and_body_are_forwarded_unchanged, one_gib_chunked_upload_streams_through, large_download_streams_through
 }

@@ -11,6 +11,8 @@
 //! Each test file uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fs::{self, OpenOptions};
@@ -433,10 +435,15 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> RawResponse {
 
 /// Sends `request` on a new connection and reads one response.
 pub fn try_raw_http(addr: SocketAddr, request: &[u8]) -> io::Result<RawResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(60)))?;
-    stream.write_all(request)?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    try_exchange(Wired::plain(stream)?, request)
+}
+
+/// Sends `request` on `stream` and reads one response (`HEAD`: the head only).
+fn try_exchange(mut stream: Wired, request: &[u8]) -> io::Result<RawResponse> {
+    stream.set_timeouts(Duration::from_secs(60))?;
+    stream.io.write_all(request)?;
+    stream.io.flush()?;
     let head_only = request.starts_with(b"HEAD ");
     read_response(
         &mut BufReader {
@@ -448,8 +455,49 @@ pub fn try_raw_http(addr: SocketAddr, request: &[u8]) -> io::Result<RawResponse>
     )
 }
 
+/// Which listener a test talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// `[gateway] listen`, plain HTTP.
+    Plain,
+    /// `[tls] listen`, HTTP over TLS (the harness's CA, SNI `localhost`).
+    Tls,
+}
+
+/// Anything a client connection can be: a TCP stream or TLS over one.
+pub trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// A client byte stream and the TCP socket under it (for timeouts and shutdown).
+pub struct Wired {
+    io: Box<dyn ReadWrite>,
+    tcp: TcpStream,
+}
+
+impl Wired {
+    pub fn plain(tcp: TcpStream) -> io::Result<Wired> {
+        Ok(Wired {
+            io: Box::new(tcp.try_clone()?),
+            tcp,
+        })
+    }
+
+    pub fn tls(stream: tls::TlsStream) -> io::Result<Wired> {
+        let tcp = stream.sock.try_clone()?;
+        Ok(Wired {
+            io: Box::new(stream),
+            tcp,
+        })
+    }
+
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.tcp.set_read_timeout(Some(t))?;
+        self.tcp.set_write_timeout(Some(t))
+    }
+}
+
 struct BufReader {
-    stream: TcpStream,
+    stream: Wired,
     buf: Vec<u8>,
     pos: usize,
 }
@@ -460,12 +508,14 @@ pub struct Conn(BufReader);
 impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+        Conn::over(Wired::plain(stream).expect("clone socket"))
+    }
+
+    /// A connection over an established stream (plain or TLS).
+    pub fn over(stream: Wired) -> Conn {
         stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("read timeout");
-        stream
-            .set_write_timeout(Some(Duration::from_secs(30)))
-            .expect("write timeout");
+            .set_timeouts(Duration::from_secs(30))
+            .expect("timeouts");
         Conn(BufReader {
             stream,
             buf: Vec::new(),
@@ -476,13 +526,19 @@ impl Conn {
     pub fn set_read_timeout(&self, timeout: Duration) {
         self.0
             .stream
+            .tcp
             .set_read_timeout(Some(timeout))
             .expect("read timeout");
     }
 
     pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        self.0.stream.write_all(data)?;
-        self.0.stream.flush()
+        self.0.stream.io.write_all(data)?;
+        self.0.stream.io.flush()
+    }
+
+    /// Half-closes the connection for writing (the gateway sees the end of the request stream).
+    pub fn shutdown_write(&self) {
+        let _ = self.0.stream.tcp.shutdown(std::net::Shutdown::Write);
     }
 
     /// Reads one response (Content-Length, chunked, or until close).
@@ -505,16 +561,37 @@ impl Conn {
         }
     }
 
+    /// Reads whatever arrives until the peer closes or `timeout` passes without a byte.
+    pub fn read_rest(&mut self) -> Vec<u8> {
+        let mut out = self.0.buf[self.0.pos..].to_vec();
+        self.0.pos = self.0.buf.len();
+        let mut tmp = [0u8; 16 * 1024];
+        while let Ok(n) = self.0.stream.io.read(&mut tmp) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&tmp[..n]);
+        }
+        out
+    }
+
     /// Waits for the peer to close: `Ok(())` on end of stream or reset, `Err` on timeout or if data arrives.
     pub fn wait_closed(&mut self) -> Result<(), String> {
         let mut tmp = [0u8; 1024];
-        match self.0.stream.read(&mut tmp) {
+        match self.0.stream.io.read(&mut tmp) {
             Ok(0) => Ok(()),
             Ok(n) => Err(format!(
                 "unexpected data: {:?}",
                 String::from_utf8_lossy(&tmp[..n])
             )),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(format!("not closed: {e}")),
         }
     }
@@ -524,7 +601,12 @@ impl BufReader {
     /// Reads more bytes; false at EOF.
     fn fill(&mut self) -> io::Result<bool> {
         let mut tmp = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut tmp)?;
+        let n = match self.stream.io.read(&mut tmp) {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: the end of a close-delimited body too.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(n > 0)
     }
@@ -645,7 +727,7 @@ fn read_response(reader: &mut BufReader, head_only: bool) -> io::Result<RawRespo
 // ---------------------------------------------------------------------------------------------------------
 
 /// Builds the TOML config of a [`Gateway`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GatewayBuilder {
     gateway: BTreeMap<String, String>,
     /// Other top-level tables (`log`, `throttle`, ...): name → key → raw TOML value.
@@ -653,6 +735,31 @@ pub struct GatewayBuilder {
     /// Extra environment for the `serve` process (e.g. `RUST_LOG`).
     env: Vec<(String, String)>,
     routes: Vec<String>,
+    /// The TLS listener, when enabled.
+    tls: Option<TlsSetup>,
+    /// Which listener `request`, `connect` and `url` use.
+    wire: Wire,
+}
+
+/// The harness's `[tls]` section: its keys, the certificates (written into the gateway's folder at
+/// build), and the CA that signed them.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub pki: Arc<tls::Pki>,
+    /// More `[tls]` keys (raw TOML values).
+    pub keys: BTreeMap<String, String>,
+    /// `[[tls.certificates]]`, the first the default.
+    pub certificates: Vec<tls::Leaf>,
+}
+
+impl std::fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("gateway", &self.gateway)
+            .field("routes", &self.routes)
+            .field("wire", &self.wire)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for GatewayBuilder {
@@ -679,7 +786,54 @@ impl GatewayBuilder {
             sections,
             env: Vec::new(),
             routes: Vec::new(),
+            tls: None,
+            wire: Wire::Plain,
         }
+    }
+
+    /// Turns the TLS listener on, with a certificate for `localhost` and 127.0.0.1 signed by a fresh CA.
+    pub fn tls(mut self) -> Self {
+        if self.tls.is_none() {
+            let pki = Arc::new(tls::Pki::new("tokengate test CA"));
+            let server = pki.leaf(&["localhost", "127.0.0.1"]);
+            self.tls = Some(TlsSetup {
+                pki,
+                keys: BTreeMap::new(),
+                certificates: vec![server],
+            });
+        }
+        self
+    }
+
+    /// Sets a `[tls]` key (turning TLS on); `raw_value` is TOML.
+    pub fn tls_key(mut self, key: &str, raw_value: &str) -> Self {
+        self = self.tls();
+        let t = self.tls.as_mut().expect("tls on");
+        t.keys.insert(key.to_owned(), raw_value.to_owned());
+        self
+    }
+
+    /// Replaces the TLS certificates (turning TLS on); the first is the default.
+    pub fn tls_certificates(mut self, certificates: Vec<tls::Leaf>) -> Self {
+        self = self.tls();
+        self.tls.as_mut().expect("tls on").certificates = certificates;
+        self
+    }
+
+    /// The CA of the TLS listener (turning TLS on).
+    pub fn pki(&mut self) -> Arc<tls::Pki> {
+        let this = std::mem::take(self).tls();
+        *self = this;
+        self.tls.as_ref().expect("tls on").pki.clone()
+    }
+
+    /// Which listener the gateway's request helpers use (TLS turns the TLS listener on).
+    pub fn wire(mut self, wire: Wire) -> Self {
+        if wire == Wire::Tls {
+            self = self.tls();
+        }
+        self.wire = wire;
+        self
     }
 
     /// Sets a `[gateway]` key; `raw_value` is TOML (strings need their quotes).
@@ -736,12 +890,19 @@ impl GatewayBuilder {
         // working directory instead of the config file's folder shows up as a missing database file.
         let cwd = dir.path().join("cwd");
         fs::create_dir_all(&cwd).expect("create cwd");
+        if let Some(t) = &self.tls {
+            for (i, leaf) in t.certificates.iter().enumerate() {
+                leaf.write(dir.path(), &format!("server{i}"));
+            }
+        }
+        let tls_listen = self.tls.as_ref().map(|_| free_loopback_addr());
         let gateway = Gateway {
             config_path: dir.path().join("tokengate.toml"),
             dir,
             cwd,
             builder: self,
             listen: free_loopback_addr(),
+            tls_listen,
             admin: free_loopback_addr(),
             child: None,
             log_offset: 0,
@@ -769,6 +930,8 @@ pub struct Gateway {
     config_path: PathBuf,
     builder: GatewayBuilder,
     listen: SocketAddr,
+    /// The TLS listener, when the builder turned TLS on.
+    tls_listen: Option<SocketAddr>,
     admin: SocketAddr,
     child: Option<Child>,
     /// Length of `stderr.log` when the current run started.
@@ -793,6 +956,17 @@ impl Gateway {
                 toml.push_str(&format!("{key} = {value}\n"));
             }
         }
+        if let (Some(t), Some(addr)) = (&self.builder.tls, self.tls_listen) {
+            toml.push_str(&format!("\n[tls]\nlisten = \"{addr}\"\n"));
+            for (key, value) in &t.keys {
+                toml.push_str(&format!("{key} = {value}\n"));
+            }
+            for i in 0..t.certificates.len() {
+                toml.push_str(&format!(
+                    "[[tls.certificates]]\ncert = \"server{i}.crt\"\nkey = \"server{i}.key\"\n"
+                ));
+            }
+        }
         for route in &self.builder.routes {
             toml.push('\n');
             toml.push_str(route);
@@ -815,6 +989,7 @@ impl Gateway {
                     if attempt == 0 && port_taken {
                         self.listen = free_loopback_addr();
                         self.admin = free_loopback_addr();
+                        self.tls_listen = self.tls_listen.map(|_| free_loopback_addr());
                         self.write_config();
                         continue;
                     }
@@ -907,13 +1082,88 @@ impl Gateway {
         self.listen
     }
 
+    /// TLS listener address; panics unless TLS is on.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_listen.expect("the builder did not turn TLS on")
+    }
+
+    /// Which listener the request helpers use.
+    pub fn wire(&self) -> Wire {
+        self.builder.wire
+    }
+
+    /// The CA that signed the TLS listener's certificates; panics unless TLS is on.
+    pub fn pki(&self) -> &tls::Pki {
+        &self.builder.tls.as_ref().expect("TLS is off").pki
+    }
+
+    /// A TLS client configuration trusting the harness's CA.
+    pub fn tls_client(&self, options: &tls::ClientOptions) -> Arc<rustls::ClientConfig> {
+        tls::client_config(&self.pki().ca_pem, options)
+    }
+
+    /// A TLS connection to the TLS listener with SNI `localhost` (or `server_name`).
+    pub fn tls_connect(
+        &self,
+        options: &tls::ClientOptions,
+        server_name: &str,
+    ) -> io::Result<tls::TlsStream> {
+        tls::connect(self.tls_addr(), &self.tls_client(options), server_name)
+    }
+
+    /// A keep-alive connection over TLS, as `options` say.
+    pub fn tls_conn(&self, options: &tls::ClientOptions) -> Conn {
+        let stream = self.tls_connect(options, "localhost").expect("TLS connect");
+        Conn::over(Wired::tls(stream).expect("clone socket"))
+    }
+
+    /// Sends raw request bytes on a new connection on the test's wire and reads one response.
+    pub fn raw(&self, request: &[u8]) -> RawResponse {
+        self.try_raw(request).unwrap_or_else(|e| {
+            panic!(
+                "raw request over {:?} failed: {e}; request: {:?}",
+                self.wire(),
+                String::from_utf8_lossy(request)
+            )
+        })
+    }
+
+    /// [`Self::raw`], returning I/O errors.
+    pub fn try_raw(&self, request: &[u8]) -> io::Result<RawResponse> {
+        match self.wire() {
+            Wire::Plain => try_raw_http(self.listen, request),
+            Wire::Tls => {
+                let stream = self.tls_connect(&tls::ClientOptions::default(), "localhost")?;
+                try_exchange(Wired::tls(stream)?, request)
+            }
+        }
+    }
+
     /// Admin listener address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }
 
+    /// A URL on the test's wire (`https://localhost:PORT` over TLS; see [`Self::http_client`]).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
+        match self.wire() {
+            Wire::Plain => format!("http://{}{path}", self.listen),
+            Wire::Tls => format!("https://localhost:{}{path}", self.tls_addr().port()),
+        }
+    }
+
+    /// An HTTP client for [`Self::url`]: plain, or TLS trusting the harness's CA (`localhost` resolved to
+    /// the TLS listener).
+    pub fn http_client(&self) -> reqwest::Client {
+        match self.wire() {
+            Wire::Plain => client(),
+            Wire::Tls => reqwest::Client::builder()
+                .no_proxy()
+                .use_preconfigured_tls((*self.tls_client(&tls::ClientOptions::default())).clone())
+                .resolve("localhost", self.tls_addr())
+                .build()
+                .expect("reqwest TLS client"),
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -1009,7 +1259,7 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> RawResponse {
-        raw_http(self.listen, &build_request(method, target, headers, body))
+        self.raw(&build_request(method, target, headers, body))
     }
 
     /// `GET target` with `Authorization: Bearer <token>`.
@@ -1075,9 +1325,12 @@ impl Gateway {
         t.elapsed()
     }
 
-    /// A keep-alive connection to the proxy listener.
+    /// A keep-alive connection on the test's wire.
     pub fn connect(&self) -> Conn {
-        Conn::open(self.listen)
+        match self.wire() {
+            Wire::Plain => Conn::open(self.listen),
+            Wire::Tls => self.tls_conn(&tls::ClientOptions::default()),
+        }
     }
 
     fn signal(&self, signal: &str) {
@@ -1161,6 +1414,8 @@ impl Drop for Gateway {
 
 /// An HTTP client that ignores proxy settings from the environment.
 pub fn client() -> reqwest::Client {
+    // reqwest builds a rustls configuration even for plain HTTP: give the process its provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .build()
