@@ -112,8 +112,35 @@ impl Upstream {
         Self::with_delay(name, Duration::ZERO)
     }
 
+    /// Starts an upstream that speaks HTTPS with `certificate` (a [`tls::Leaf`] for `localhost`).
+    pub fn start_tls(name: &str, certificate: &tls::Leaf) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
+            .expect("upstream key");
+        let chain = vec![rustls::pki_types::CertificateDer::from(
+            certificate.der.clone(),
+        )];
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("upstream certificate");
+        Self::serve(
+            name,
+            Duration::ZERO,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
     /// Starts an upstream that waits `delay` after reading the whole request body before answering.
     pub fn with_delay(name: &str, delay: Duration) -> Self {
+        Self::serve(name, delay, None)
+    }
+
+    fn serve(name: &str, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         listener
             .set_nonblocking(true)
@@ -135,7 +162,7 @@ impl Upstream {
                     .enable_all()
                     .build()
                     .expect("upstream runtime");
-                runtime.block_on(serve_upstream(listener, thread_state, rx));
+                runtime.block_on(serve_upstream(listener, thread_state, rx, tls));
             })
             .expect("spawn upstream thread");
         Upstream {
@@ -182,6 +209,7 @@ async fn serve_upstream(
     listener: TcpListener,
     state: Arc<UpstreamState>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio upstream listener");
     loop {
@@ -190,9 +218,18 @@ async fn serve_upstream(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let state = Arc::clone(&state);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle_upstream(req, Arc::clone(&state)));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
         }
@@ -1043,7 +1080,11 @@ impl Gateway {
                 return Err("a listen port is in use".to_owned());
             }
             let healthy = try_raw_http(self.admin, &healthz).is_ok_and(|r| r.status == 200);
-            if healthy && TcpStream::connect_timeout(&self.listen, Duration::from_secs(1)).is_ok() {
+            let listening =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_ok();
+            if healthy
+                && (listening(&self.listen) || self.tls_listen.as_ref().is_some_and(listening))
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -1340,6 +1381,11 @@ impl Gateway {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// SIGHUP: reload the configuration.
+    pub fn sighup(&self) {
+        self.signal("HUP");
     }
 
     pub fn sigterm(&self) {

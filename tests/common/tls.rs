@@ -96,6 +96,57 @@ pub struct ClientOptions {
     pub versions: Option<Vec<&'static rustls::SupportedProtocolVersion>>,
     /// Only these cipher suites (default: the provider's).
     pub suites: Option<Vec<rustls::SupportedCipherSuite>>,
+    /// Accept whatever certificate the server presents (to look at which one it chose).
+    pub any_server_certificate: bool,
+}
+
+/// A verifier that accepts every server certificate: only for tests that look at which one was sent.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A rustls client configuration trusting `ca_pem`.
@@ -117,6 +168,7 @@ pub fn client_config(ca_pem: &str, options: &ClientOptions) -> Arc<rustls::Clien
         .with_protocol_versions(&versions)
         .expect("versions")
         .with_root_certificates(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = match &options.identity {
         Some(leaf) => builder
             .with_client_auth_cert(
@@ -126,6 +178,11 @@ pub fn client_config(ca_pem: &str, options: &ClientOptions) -> Arc<rustls::Clien
             .expect("client cert"),
         None => builder.with_no_client_auth(),
     };
+    if options.any_server_certificate {
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(AcceptAny(provider)));
+    }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
