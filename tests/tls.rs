@@ -644,3 +644,55 @@ fn tls_only_gateway_without_a_plain_listener() {
     assert_eq!(gw.get_with_token("/api/x", &token).status, 200);
     assert!(TcpStream::connect_timeout(&gw.addr(), Duration::from_millis(500)).is_err());
 }
+
+#[test]
+fn pipelining_body_limits_and_header_timeout_hold_over_tls() {
+    let up = Upstream::start("api");
+    let mut gw = GatewayBuilder::new()
+        .tls()
+        .gateway("header_timeout", "\"300ms\"")
+        .route("api", "/api", up.addr())
+        .route_with("small", "/small", up.addr(), &[("max_body_bytes", "10")])
+        .build();
+    let (_, token) = gw.create_token("alice", "pipeline");
+    gw.start();
+    let auth = bearer(&token);
+    // Three pipelined requests in one write: each is decided on its own credential.
+    let mut c = gw.tls_conn(&ClientOptions::default());
+    let mut pipeline = keepalive_request("GET", "/api/one", &[("Authorization", &auth)], b"");
+    pipeline.extend(keepalive_request(
+        "GET",
+        "/api/two",
+        &[("Authorization", &auth)],
+        b"",
+    ));
+    pipeline.extend(keepalive_request("GET", "/api/three", &[], b""));
+    c.send(&pipeline).unwrap();
+    let statuses: Vec<u16> = (0..3).map(|_| c.read_response().unwrap().status).collect();
+    assert_eq!(statuses, [200, 200, 401]);
+    let seen: Vec<String> = up.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(seen, ["/api/one", "/api/two"]);
+    // A body over the route's limit: 413 before anything is forwarded.
+    let mut c = gw.tls_conn(&ClientOptions::default());
+    let r = c
+        .roundtrip(&build_request(
+            "POST",
+            "/small/x",
+            &[("Authorization", &auth)],
+            b"0123456789A",
+        ))
+        .unwrap();
+    assert_eq!(r.status, 413, "{r}");
+    assert_eq!(up.requests().len(), 2);
+    // Half a head over TLS: 408 at header_timeout.
+    let mut c = gw.tls_conn(&ClientOptions::default());
+    let t = Instant::now();
+    c.send(b"GET /api/slow HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 408, "{r}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "408 after {:?}",
+        t.elapsed()
+    );
+}

@@ -119,6 +119,9 @@ upstream = "127.0.0.1:8600"
         );
         assert_eq!(c.admin.listen, "127.0.0.1:9090");
         assert!(c.routes.iter().any(|r| r.query_token_param.is_some()));
+        let tls = c.tls.expect("production runs TLS");
+        assert_eq!(tls.certificates.len(), 2);
+        assert!(c.routes.iter().any(|r| r.tls_only));
     }
 
     #[test]
@@ -126,5 +129,66 @@ upstream = "127.0.0.1:8600"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokengate.toml");
         let c = Config::load(&path).unwrap();
         assert!(c.routes.iter().any(|r| r.path_prefix == "/video"));
+    }
+
+    #[test]
+    fn tls_section_and_https_upstreams() {
+        let with_tls = |tls: &str| MINIMAL.replace("[[routes]]", &format!("{tls}\n[[routes]]"));
+        let c = parse(&with_tls(
+            "[tls]\nlisten = \"0.0.0.0:8443\"\nclient_ca = \"ca.pem\"\n[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"/k/a.key\"",
+        ))
+        .unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.min_version, TlsVersion::V1_2);
+        assert_eq!(t.client_auth, ClientAuth::Optional);
+        assert_eq!(t.certificates[0].cert, PathBuf::from("/etc/tg/a.pem"));
+        assert_eq!(t.certificates[0].key, PathBuf::from("/k/a.key"));
+        let cert = "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"";
+        for (tls, key) in [
+            (
+                format!("[tls]\nlisten = \"0.0.0.0:8443\"\nmin_version = \"1.1\"\n{cert}"),
+                "tls.min_version",
+            ),
+            (
+                "[tls]\nlisten = \"0.0.0.0:8443\"".to_string(),
+                "tls.certificates",
+            ),
+            (
+                format!("[tls]\nlisten = \"0.0.0.0:8443\"\nclient_auth = \"required\"\n{cert}"),
+                "tls.client_auth",
+            ),
+            (
+                format!("[tls]\nlisten = \"127.0.0.1:8080\"\n{cert}"),
+                "tls.listen",
+            ),
+            (format!("[tls]\nlisten = \"nowhere\"\n{cert}"), "tls.listen"),
+        ] {
+            let e = parse(&with_tls(&tls)).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = parse(&MINIMAL.replace("listen = \"127.0.0.1:8080\"", "listen = \"\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.listen") && e.contains("[tls]"), "{e}");
+
+        let https = MINIMAL.replace("127.0.0.1:8600", "https://localhost:8600");
+        let r = &parse(&https).unwrap().routes[0];
+        let up = r.upstream_tls.as_ref().unwrap();
+        assert_eq!(
+            (up.server_name.as_str(), up.ca.as_ref()),
+            ("localhost", None)
+        );
+        assert_eq!(r.upstream_addr.port(), 8600);
+        let e = parse(&MINIMAL.replace("127.0.0.1:8600", "ftp://localhost:8600"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[0].upstream"), "{e}");
+        let e = parse(&format!("{MINIMAL}upstream_ca = \"x.pem\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("routes[0].upstream_ca") && e.contains("https"),
+            "{e}"
+        );
     }
 }
