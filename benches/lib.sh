@@ -75,7 +75,7 @@ wait_http() {
     local url=$1 secs=$2 pid=${3:-}
     local deadline=$((SECONDS + secs))
     while [ $SECONDS -lt $deadline ]; do
-        if curl -s -o /dev/null --max-time 1 "$url"; then return 0; fi
+        if curl -sk -o /dev/null --max-time 1 "$url"; then return 0; fi
         if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
         sleep 0.05
     done

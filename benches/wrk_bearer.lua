@@ -36,8 +36,8 @@ end
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
-      "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d connect_err=%d read_err=%d write_err=%d status_err=%d timeouts=%d\n",
+      "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%d p99_us=%d p999_us=%d connect_err=%d read_err=%d write_err=%d status_err=%d timeouts=%d\n",
       summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
-      latency:percentile(50), latency:percentile(99),
+      latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
       e.connect, e.read, e.write, e.status, e.timeout))
 end
