@@ -11,21 +11,23 @@
 //!     --users 1000 --write-tokens /tmp/tg-bench/tokens.txt --keep 64
 //! ```
 //!
-//! Then point a gateway's `[store] path` at the database; it loads every token at start.
+//! Then point a gateway's `[store] path` (or `url`, for `--db postgres://...`) at the store; it loads
+//! every token at start.
 
 use anyhow::Context;
 use clap::Parser;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use tokengate::tokens::store::{NewToken, Store};
+use tokengate::tokens::store::{Location, NewToken, Store};
 
 #[derive(Parser, Debug)]
-#[command(about = "Bulk-create tokens in a tokengate SQLite database")]
+#[command(about = "Bulk-create tokens in a tokengate store (SQLite or PostgreSQL)")]
 struct Args {
-    /// The SQLite database (created with mode 0600 and migrated when missing).
+    /// The SQLite database (created with mode 0600 and migrated when missing), or a PostgreSQL URL
+    /// (`postgres://...`, migrated when needed).
     #[arg(long)]
-    db: PathBuf,
+    db: String,
     /// How many tokens to create.
     #[arg(long)]
     count: u64,
@@ -47,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.users > 0, "--users must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    let mut store = Store::open(&args.db)?;
+    let mut store = Store::open(&Location::parse_target(&args.db)?)?;
     let mut out = match &args.write_tokens {
         Some(path) => Some(std::io::BufWriter::new(private_file(path)?)),
         None => None,

@@ -3,7 +3,7 @@
 
 use crate::config::{self, Config};
 use crate::tokens::fields::{cert_thumbprint, check_label, check_scopes, check_user, expiry};
-use crate::tokens::store::{self, NewToken, Store, TokenRecord};
+use crate::tokens::store::{self, Location, NewToken, Store, TokenRecord};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -40,6 +40,27 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage the store: apply its schema, copy it to another store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Apply the schema migrations the configured store lacks (`serve` does it on start too).
+    Migrate,
+    /// Copy every token, event and usage figure from the configured store into an empty target,
+    /// creating its schema: `postgres://...` or `sqlite:PATH`.
+    Copy {
+        /// The target store.
+        #[arg(long)]
+        to: String,
+        /// Replace what the target holds.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -111,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig => {
             let c = Config::load(&cli.config)?;
             let file = cli.config.display();
+            Location::from_config(&c.store).map_err(|e| anyhow::anyhow!("{file}: [store]: {e}"))?;
             // The files the config names: certificates and keys, client and upstream CAs.
             crate::transport::Table::new(&c, &crate::ops::metrics::Metrics::new())
                 .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
@@ -130,7 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{file}: ok ({} routes, store {}{})",
                 c.routes.len(),
-                c.store.path.display(),
+                c.store.describe(),
                 c.tls
                     .as_ref()
                     .map(|t| format!(
@@ -143,9 +165,61 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => {
-            let path = config::load_store_path(&cli.config)?;
-            let mut store = Store::open(&path)?;
+            let mut store = open_store(&cli.config)?;
             token_command(&mut store, command)
+        }
+        Command::Store { command } => {
+            let location = Location::from_config(&config::load_store(&cli.config)?)?;
+            store_command(&location, command)
+        }
+    }
+}
+
+/// The configured store, opened (and migrated) for a command.
+fn open_store(config: &std::path::Path) -> anyhow::Result<Store> {
+    let location = Location::from_config(&config::load_store(config)?)?;
+    Store::open(&location)
+        .with_context(|| format!("opening the token store {}", location.describe()))
+}
+
+fn store_command(from: &Location, command: StoreCommand) -> anyhow::Result<()> {
+    match command {
+        StoreCommand::Migrate => {
+            let mut store = Store::open(from)?;
+            let (version, known) = store.schema_version()?;
+            println!(
+                "{}: schema version {version} (this tokengate knows {known})",
+                from.describe()
+            );
+            Ok(())
+        }
+        StoreCommand::Copy { to, force } => {
+            let target = Location::parse_target(&to)?;
+            if target.describe() == from.describe() {
+                anyhow::bail!("the target is the configured store itself");
+            }
+            let data = Store::open(from)?.export()?;
+            let mut dest = Store::open(&target)
+                .with_context(|| format!("opening the target {}", target.describe()))?;
+            // Idempotent: a target holding exactly this data is fine as it is.
+            if dest.export()? == data {
+                println!(
+                    "{} already holds these {} tokens and {} events; nothing to do",
+                    target.describe(),
+                    data.tokens.len(),
+                    data.events.len()
+                );
+                return Ok(());
+            }
+            dest.import(&data, force)?;
+            println!(
+                "copied {} tokens and {} events from {} to {}",
+                data.tokens.len(),
+                data.events.len(),
+                from.describe(),
+                target.describe()
+            );
+            Ok(())
         }
     }
 }

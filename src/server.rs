@@ -16,7 +16,7 @@ use crate::ops::access_log::AccessLog;
 use crate::ops::admin::Admin;
 use crate::ops::metrics::Metrics;
 use crate::tokens::index::Index;
-use crate::tokens::store::Store;
+use crate::tokens::store::{Location, Store};
 use crate::tokens::sync::{self, Stop};
 use crate::transport::{tls, Engine, Table, TlsListener};
 use anyhow::Context;
@@ -33,6 +33,8 @@ use std::time::Instant;
 /// Everything the running gateway shares between its services.
 pub struct State {
     pub config: Config,
+    /// Where the tokens live (the store URL, if any, parsed once).
+    pub location: Location,
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
     pub table: Arc<ArcSwap<Table>>,
@@ -41,21 +43,30 @@ pub struct State {
 }
 
 impl State {
-    /// Opens the store (creating it on first run) and loads the whole index.
+    /// Opens the store (creating an SQLite database on first run; migrating either store) and loads the
+    /// whole index. A store that cannot be reached is an error: a gateway never serves an empty index.
     pub fn load(config: Config) -> anyhow::Result<State> {
         clock::start();
         let t = Instant::now();
-        let store = Store::open(&config.store.path)?;
+        let location = Location::from_config(&config.store)
+            .with_context(|| format!("{}: [store]", config.file.display()))?;
+        let mut store = Store::open(&location).with_context(|| {
+            format!(
+                "cannot open the token store {}; not serving without the tokens",
+                location.describe()
+            )
+        })?;
         let (count, max_id) = store.token_counts()?;
+        drop(store);
         // Sized for what is there now (the map rounds up to a power of two, which leaves room to grow).
         let index = Arc::new(Index::with_capacity(count + 1024));
         index.reserve_ids(max_id);
         let n = index
-            .load_from(&config.store.path)
+            .load_from(&location)
             .context("loading tokens into the index")?;
         log::info!(
             "index: loaded {n} tokens from {} in {:?}",
-            config.store.path.display(),
+            location.describe(),
             t.elapsed()
         );
         index
@@ -70,6 +81,7 @@ impl State {
         };
         Ok(State {
             config,
+            location,
             index,
             metrics,
             table,
@@ -107,7 +119,7 @@ pub fn reload(
             new.tls.as_ref().map(|t| &t.listen) != current.tls.as_ref().map(|t| &t.listen),
         ),
         ("admin.listen", new.admin.listen != current.admin.listen),
-        ("store.path", new.store.path != current.store.path),
+        ("store", new.store != current.store),
         (
             "gateway.threads",
             new.gateway.threads != current.gateway.threads,
@@ -288,7 +300,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let admin = Admin::new(
         state.index.clone(),
         state.metrics.clone(),
-        cfg.store.path.clone(),
+        state.location.clone(),
     );
     let mut admin_service = Service::new("tokengate admin".to_string(), HttpServer::new_app(admin));
     admin_service.add_tcp(&cfg.admin.listen);
@@ -297,7 +309,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let sync = {
         let (index, path, every, stop) = (
             state.index.clone(),
-            cfg.store.path.clone(),
+            state.location.clone(),
             cfg.gateway.sync_interval,
             stop.clone(),
         );
@@ -308,7 +320,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let flush = {
         let (index, path, every, stop) = (
             state.index.clone(),
-            cfg.store.path.clone(),
+            state.location.clone(),
             cfg.gateway.usage_flush_interval,
             stop.clone(),
         );

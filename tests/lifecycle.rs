@@ -905,7 +905,7 @@ fn version_1_database_is_upgraded_in_place_and_keeps_working() {
     let created_at = unix_now() - 30 * 86_400;
     {
         let conn = rusqlite::Connection::open(gw.db_path()).expect("create a v1 database");
-        conn.execute_batch(tokengate::tokens::store::MIGRATIONS[0])
+        conn.execute_batch(tokengate::tokens::store::sqlite::MIGRATIONS[0])
             .expect("migration 1");
         conn.execute_batch("PRAGMA user_version = 1")
             .expect("user_version");
@@ -940,7 +940,10 @@ fn version_1_database_is_upgraded_in_place_and_keeps_working() {
         .expect("open upgraded database")
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .expect("user_version");
-    assert_eq!(version, tokengate::tokens::store::MIGRATIONS.len() as i64);
+    assert_eq!(
+        version,
+        tokengate::tokens::store::sqlite::MIGRATIONS.len() as i64
+    );
 
     let entry = gw.token_entry(1);
     assert_eq!(entry["status"], "active", "{entry}");

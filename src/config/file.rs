@@ -73,18 +73,12 @@ pub(super) struct FileGateway {
     pub(super) max_connections: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileStore {
-    pub(super) path: String,
-}
-
-impl Default for FileStore {
-    fn default() -> Self {
-        FileStore {
-            path: "data/tokengate.db".into(),
-        }
-    }
+    pub(super) path: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) url_file: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ use super::model::*;
 use super::route::route;
 use super::values::{check_listen, header_name, one_line};
 use http::HeaderName;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 impl Config {
@@ -78,12 +78,7 @@ impl Config {
             return Err(cx.err("throttle.max_clients", "must be at least 64"));
         }
 
-        if raw.store.path.trim().is_empty() {
-            return Err(cx.err("store.path", "must not be empty"));
-        }
-        let store = StoreConfig {
-            path: cx.path(&raw.store.path),
-        };
+        let store = store(&cx, raw.store)?;
         check_listen(&raw.admin.listen).map_err(|p| cx.err("admin.listen", p))?;
 
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
@@ -220,8 +215,65 @@ fn same_port(a: &str, b: &str) -> bool {
     port(a) == port(b)
 }
 
-/// Reads only `[store] path` from a configuration, for CLI commands that must work even when other parts
-/// of the file (e.g. an upstream that does not resolve on this machine) are wrong.
-pub fn load_store_path(path: &Path) -> Result<PathBuf, ConfigError> {
-    Config::load(path).map(|c| c.store.path)
+/// The environment variable that gives the PostgreSQL URL instead of `[store] path`.
+pub const STORE_URL_ENV: &str = "TOKENGATE_STORE_URL";
+
+/// `[store]`: exactly one of `path` (SQLite, the default), `url` or `url_file` (PostgreSQL); the
+/// environment variable `TOKENGATE_STORE_URL`, when set, stands for `url` (and replaces `path`).
+fn store(cx: &Ctx, s: super::file::FileStore) -> Result<StoreConfig, ConfigError> {
+    let env = std::env::var(STORE_URL_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let given = [s.url.is_some(), s.url_file.is_some(), env.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(cx.err(
+            "store",
+            format!("give one of url, url_file or {STORE_URL_ENV}, not several"),
+        ));
+    }
+    if s.path.is_some() && (s.url.is_some() || s.url_file.is_some()) {
+        return Err(cx.err(
+            "store",
+            "give path (SQLite) or url/url_file (PostgreSQL), not both",
+        ));
+    }
+    let check = |key: &'static str, url: String| -> Result<StoreConfig, ConfigError> {
+        let url = StoreUrl::new(url.trim().to_string());
+        let text = url.expose();
+        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+            return Err(cx.err(
+                key,
+                format!("{url} is not a postgres://user:password@host:port/database URL"),
+            ));
+        }
+        Ok(StoreConfig::Postgres { url, from: key })
+    };
+    if let Some(url) = s.url {
+        return check("store.url", url);
+    }
+    if let Some(file) = s.url_file {
+        let path = cx.path(&file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            cx.err(
+                "store.url_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        return check("store.url_file", text);
+    }
+    if let Some(url) = env {
+        return check(STORE_URL_ENV, url);
+    }
+    let path = s.path.unwrap_or_else(|| "data/tokengate.db".into());
+    if path.trim().is_empty() {
+        return Err(cx.err("store.path", "must not be empty"));
+    }
+    Ok(StoreConfig::Sqlite {
+        path: cx.path(&path),
+    })
+}
+
+/// Reads only `[store]` from a configuration, for the `token` and `store` commands.
+pub fn load_store(path: &Path) -> Result<StoreConfig, ConfigError> {
+    Config::load(path).map(|c| c.store)
 }

@@ -15,7 +15,7 @@ mod route;
 mod tls;
 pub mod values;
 
-pub use load::load_store_path;
+pub use load::{load_store, STORE_URL_ENV};
 pub use model::*;
 pub use values::{check_scope, parse_duration};
 
@@ -47,7 +47,12 @@ upstream = "127.0.0.1:8600"
             "x-token-id"
         );
         assert_eq!(c.gateway.sync_interval, Duration::from_millis(100));
-        assert_eq!(c.store.path, PathBuf::from("/etc/tg/data/tokengate.db"));
+        assert_eq!(
+            c.store,
+            StoreConfig::Sqlite {
+                path: PathBuf::from("/etc/tg/data/tokengate.db")
+            }
+        );
         assert_eq!(c.admin.listen, "127.0.0.1:9090");
         assert_eq!(c.routes[0].path_prefix, "/iot");
         assert_eq!(c.routes[0].auth, AuthMode::Bearer);
@@ -114,8 +119,10 @@ upstream = "127.0.0.1:8600"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/production.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(
-            c.store.path,
-            PathBuf::from("/var/lib/tokengate/tokengate.db")
+            c.store,
+            StoreConfig::Sqlite {
+                path: PathBuf::from("/var/lib/tokengate/tokengate.db")
+            }
         );
         assert_eq!(c.admin.listen, "127.0.0.1:9090");
         assert!(c.routes.iter().any(|r| r.query_token_param.is_some()));
@@ -190,5 +197,33 @@ upstream = "127.0.0.1:8600"
             e.contains("routes[0].upstream_ca") && e.contains("https"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn store_urls_never_show_their_password() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[store]\nurl = \"postgres://tg:s3cret@db:5432/tg?sslmode=require&password=s3cret\"\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = format!("{:?} {}", c.store, c.store.describe());
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("postgres://tg:***@db:5432/tg?sslmode=require&password=***"),
+            "{text}"
+        );
+        let e = parse(&format!(
+            "{MINIMAL}\n[store]\nurl = \"mysql://u:s3cret@h/db\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.url") && !e.contains("s3cret"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}\n[store]\npath = \"a.db\"\nurl = \"postgres://u:p@h/db\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 }

@@ -124,10 +124,92 @@ pub struct GatewayConfig {
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Absolute (or config-relative, resolved) path of the SQLite database.
-    pub path: PathBuf,
+/// `[store]`: where the tokens live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite: the database file (config-relative paths resolved).
+    Sqlite { path: PathBuf },
+    /// PostgreSQL: the connection URL, and which key (or variable) gave it, for messages.
+    Postgres { url: StoreUrl, from: &'static str },
+}
+
+impl StoreConfig {
+    /// Where the store is, for messages (a URL without its password).
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite { path } => path.display().to_string(),
+            StoreConfig::Postgres { url, .. } => url.to_string(),
+        }
+    }
+}
+
+/// A store URL. It may carry a password: `Debug` and `Display` show it as `***`, so that the
+/// configuration can be logged; [`StoreUrl::expose`] gives the real text to the client library only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn new(url: String) -> StoreUrl {
+        StoreUrl(url)
+    }
+
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (and any `password=` parameter) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({:?})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:SECRET@host/...?password=SECRET` → `scheme://user:***@host/...?password=***`.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, host) = match rest.rfind('@') {
+                Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+                None => (None, rest),
+            };
+            match auth {
+                Some(a) => match a.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                    None => format!("{scheme}://{a}@{host}"),
+                },
+                None => format!("{scheme}://{host}"),
+            }
+        }
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 #[derive(Debug, Clone)]

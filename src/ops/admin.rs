@@ -10,13 +10,12 @@ use crate::config::parse_duration;
 use crate::gateway::auth::{self, Denial};
 use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, ADMIN_SCOPE};
 use crate::tokens::index::Index;
-use crate::tokens::store::{self, NewToken, Store, StoreError, TokenRecord};
+use crate::tokens::store::{self, Location, NewToken, Store, StoreError, TokenRecord};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -39,9 +38,9 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 pub struct Admin {
     pub index: Arc<Index>,
     pub metrics: Arc<Metrics>,
-    /// The API's own database connection, used from blocking threads.
+    /// The API's own store connection, used from blocking threads.
     store: Arc<Mutex<Option<Store>>>,
-    store_path: PathBuf,
+    location: Location,
 }
 
 type Reply = Response<Vec<u8>>;
@@ -134,6 +133,15 @@ impl From<StoreError> for ApiError {
             StoreError::Busy { .. } => {
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_busy", e.to_string())
             }
+            // The store cannot be reached: nothing was changed; the gateway keeps serving its index.
+            other if other.is_unavailable() => {
+                log::error!("admin API: {other}");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the token store cannot be reached; nothing was changed, retry later".into(),
+                )
+            }
             other => {
                 log::error!("admin API: {other}");
                 ApiError(
@@ -200,12 +208,12 @@ fn with_token(record: &TokenRecord, token: &str) -> serde_json::Value {
 }
 
 impl Admin {
-    pub fn new(index: Arc<Index>, metrics: Arc<Metrics>, store_path: PathBuf) -> Admin {
+    pub fn new(index: Arc<Index>, metrics: Arc<Metrics>, location: Location) -> Admin {
         Admin {
             index,
             metrics,
             store: Arc::new(Mutex::new(None)),
-            store_path,
+            location,
         }
     }
 
@@ -266,24 +274,29 @@ impl Admin {
         &self,
         op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let (store, path, index) = (
+        let (store, location, index) = (
             self.store.clone(),
-            self.store_path.clone(),
+            self.location.clone(),
             self.index.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let mut guard = store.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
-                *guard = Some(Store::open_existing(&path)?);
+                *guard = Some(Store::open_existing(&location)?);
             }
             let s = guard.as_mut().expect("opened above");
             let result = op(s);
-            if matches!(result, Err(StoreError::Sqlite { .. })) {
+            if matches!(
+                result,
+                Err(StoreError::Sqlite { .. }
+                    | StoreError::Unavailable { .. }
+                    | StoreError::Postgres { .. })
+            ) {
                 *guard = None; // reopen next time
                 return result;
             }
             let out = result?;
-            index.sync_from(guard.as_ref().expect("still open"))?;
+            index.sync_from(guard.as_mut().expect("still open"))?;
             Ok(out)
         })
         .await

@@ -8,12 +8,11 @@
 
 use super::fields::ADMIN_SCOPE;
 use super::format::Digest;
-use super::store::{IndexRow, Store, StoreError, UsageDelta};
+use super::store::{IndexRow, Location, Store, StoreError, UsageDelta};
 use crate::clock;
 use bytes::Bytes;
 use http::HeaderValue;
 use std::hash::{BuildHasher, Hasher};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -275,7 +274,7 @@ impl Index {
     }
 
     /// Loads every change after [`Index::last_rev`] from the store.
-    pub fn sync_from(&self, store: &Store) -> Result<usize, StoreError> {
+    pub fn sync_from(&self, store: &mut Store) -> Result<usize, StoreError> {
         let mut n = 0;
         let from = self.last_rev();
         store.for_each_change(from, |row| {
@@ -286,18 +285,18 @@ impl Index {
     }
 
     /// The first, whole load at start-up: a reader thread streams rows from its own connection to the
-    /// database at `path` in batches while this thread applies them, so that SQLite's work and the
-    /// index's (hashing, allocation, page faults) overlap on two cores. Measured at 1M tokens: 2.0-2.1 s
-    /// one after the other, see BENCHMARKS.md for the pipelined figure.
-    pub fn load_from(&self, path: &Path) -> Result<usize, StoreError> {
+    /// store in batches while this thread applies them, so that the store's work and the index's
+    /// (hashing, allocation, page faults) overlap on two cores. Measured at 1M tokens: 2.0-2.1 s one after
+    /// the other, see BENCHMARKS.md for the pipelined figure.
+    pub fn load_from(&self, location: &Location) -> Result<usize, StoreError> {
         const BATCH: usize = 4096;
         let from = self.last_rev();
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<IndexRow>>(8);
-        let path = path.to_path_buf();
+        let location = location.clone();
         let reader = std::thread::Builder::new()
             .name("tokengate-load".into())
             .spawn(move || -> Result<(), StoreError> {
-                let store = Store::open_existing(&path)?;
+                let mut store = Store::open_existing(&location)?;
                 let mut batch = Vec::with_capacity(BATCH);
                 store.for_each_change(from, |row| {
                     batch.push(row);
@@ -483,33 +482,6 @@ impl Index {
                 k.entry
                     .last_used
                     .fetch_max(d.last_used_at.max(0) as u32, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Flushes pending usage to the store; on failure the counts are kept for the next try.
-    pub fn flush_usage(&self, store: &mut Store) -> Result<usize, StoreError> {
-        let deltas = self.take_usage();
-        match store.flush_usage(&deltas) {
-            Ok(()) => {
-                self.health
-                    .last_flush
-                    .store(clock::now() as i64, Ordering::Relaxed);
-                *self
-                    .health
-                    .flush_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
-                Ok(deltas.len())
-            }
-            Err(e) => {
-                self.restore_usage(&deltas);
-                *self
-                    .health
-                    .flush_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                Err(e)
             }
         }
     }

@@ -1,26 +1,37 @@
-//! The background loops that keep the index in step with the store: the sync loop (notices other
-//! processes' commits and loads the changed rows) and the usage flush (writes the in-memory use counts
-//! as increments), plus the [`Stop`] signal that wakes them at once on shutdown.
+//! The background loops that keep the index in step with the store, plus the [`Stop`] signal that wakes
+//! them at once on shutdown:
+//!
+//! - the **sync loop** loads every change with `rev > last applied`. What wakes it: on SQLite, an inotify
+//!   event on the database files (another process — the CLI — committed), on PostgreSQL a `NOTIFY` on
+//!   `tokengate_changes`; and in both cases a poll every `sync_interval` (SQLite's `data_version`,
+//!   PostgreSQL's revision counter), which catches whatever a notification missed. The revision, not the
+//!   notification, is the truth. Store errors keep the last good index, mark `/healthz` degraded, log once
+//!   per state change, and are retried with a fresh connection (with backoff on PostgreSQL).
+//! - the **usage flush** writes the in-memory use counts as increments every `usage_flush_interval` and
+//!   once more at shutdown. A batch that failed is retried as it was (same id) before new counts are
+//!   taken: PostgreSQL records each batch id, so a batch whose commit succeeded but whose answer was lost
+//!   is never added twice.
 
 use super::index::Index;
-use super::store::{Store, StoreError};
+use super::store::{Location, Store, StoreError, UsageBatch, UsageDelta};
 use crate::clock;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// A stop signal that wakes sleeping background threads at once.
+/// A stop signal that wakes sleeping background threads at once; it also carries "pokes" (a change
+/// was noticed) that wake the sync loop early.
 #[derive(Default)]
 pub struct Stop {
-    stopped: Mutex<bool>,
+    state: Mutex<(bool, u64)>,
     cv: Condvar,
     flag: AtomicBool,
 }
 
 impl Stop {
     pub fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
         self.flag.store(true, Ordering::Release);
         self.cv.notify_all();
     }
@@ -31,34 +42,144 @@ impl Stop {
 
     /// Sleeps up to `d`; returns true if stopped.
     pub fn wait(&self, d: Duration) -> bool {
-        let g = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (g, _) = self
             .cv
-            .wait_timeout_while(g, d, |s| !*s)
+            .wait_timeout_while(g, d, |s| !s.0)
             .unwrap_or_else(|p| p.into_inner());
-        *g
+        g.0
+    }
+
+    /// Wakes [`Self::wait_poke`] (a change notification arrived).
+    pub fn poke(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps up to `d` or until poked (after `*seen`); returns true if stopped.
+    fn wait_poke(&self, d: Duration, seen: &mut u64) -> bool {
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |s| !s.0 && s.1 == *seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *seen = g.1;
+        g.0
     }
 }
 
-/// Runs the sync loop until stopped: every `interval`, checks `PRAGMA data_version` (cheap) and, when
-/// another connection committed, loads the changed rows. Store errors keep the last good index and are
-/// retried with a fresh connection.
-pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<Stop>) {
+/// Records the outcome of one sync attempt in the index's health, logging once per state change.
+struct Health<'a> {
+    index: &'a Index,
+    last_logged: Option<String>,
+}
+
+impl Health<'_> {
+    fn ok(&mut self) {
+        self.index
+            .health
+            .last_sync
+            .store(clock::now() as i64, Ordering::Relaxed);
+        let mut e = self
+            .index
+            .health
+            .sync_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if e.take().is_some() {
+            log::warn!("sync: recovered; the index is current again");
+        }
+        self.last_logged = None;
+    }
+
+    fn failed(&mut self, err: &StoreError) {
+        let msg = err.to_string();
+        if self.last_logged.as_deref() != Some(msg.as_str()) {
+            log::error!("sync: {msg}; serving the last good index");
+            self.last_logged = Some(msg.clone());
+        }
+        *self
+            .index
+            .health
+            .sync_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(msg);
+    }
+}
+
+/// Runs the sync loop until stopped.
+pub fn run_sync(index: Arc<Index>, location: Location, interval: Duration, stop: Arc<Stop>) {
+    match location {
+        Location::Sqlite(path) => sync_sqlite(&index, &path, interval, &stop),
+        Location::Postgres(_) => sync_postgres(&index, &location, interval, &stop),
+    }
+}
+
+/// Drops rotated-out digests whose grace ended, at most once a second.
+fn purge(index: &Index, last: &mut Instant) {
+    if last.elapsed() >= Duration::from_secs(1) {
+        index.purge_expired_grace();
+        *last = Instant::now();
+    }
+}
+
+/// Watches the database's folder for writes to the database or its WAL (another process committed) and
+/// pokes `stop`. `None` when the watch cannot be set up: the poll still catches every change.
+fn watch_sqlite(path: &Path, stop: &Arc<Stop>) -> Option<notify::INotifyWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())?
+        .to_path_buf();
+    let name = path.file_name()?.to_os_string();
+    let stop = stop.clone();
+    let mut watcher = notify::INotifyWatcher::new(
+        move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            let ours = event.paths.iter().any(|p| {
+                p.file_name().is_some_and(|f| {
+                    f == name.as_os_str()
+                        || f.to_string_lossy() == format!("{}-wal", name.to_string_lossy())
+                })
+            });
+            if ours && matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_)) {
+                stop.poke();
+            }
+        },
+        notify::Config::default(),
+    )
+    .map_err(|e| log::warn!("sync: cannot watch {} ({e}); polling only", dir.display()))
+    .ok()?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| log::warn!("sync: cannot watch {} ({e}); polling only", dir.display()))
+        .ok()?;
+    Some(watcher)
+}
+
+/// SQLite: woken by inotify or every `interval`, checks `PRAGMA data_version` (cheap) and, when another
+/// connection committed, loads the changed rows.
+fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>) {
     use std::os::unix::fs::MetadataExt;
+    let _watcher = watch_sqlite(path, stop);
     let mut store: Option<(Store, u64)> = None;
     let mut header: Option<(std::fs::File, u64)> = None;
     let mut seen_version: Option<i64> = None;
     let mut last_purge = Instant::now();
-    let mut last_logged: Option<String> = None;
+    let mut health = Health {
+        index,
+        last_logged: None,
+    };
+    let mut pokes = 0;
     let gone = |why: &str| StoreError::Create {
         path: path.display().to_string(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, why.to_string()),
     };
-    while !stop.wait(interval) {
+    while !stop.wait_poke(interval, &mut pokes) {
         let result = (|| -> Result<(), StoreError> {
             // A stat per tick notices a database deleted or replaced under the open handle, which would
             // otherwise keep answering from the unlinked file.
-            let inode = std::fs::metadata(&path)
+            let inode = std::fs::metadata(path)
                 .map_err(|_| gone("the database file is missing"))?
                 .ino();
             // The open connection answers from its cache: read the file's header to notice corruption.
@@ -66,7 +187,7 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
             // would drop every POSIX lock this process's SQLite connections hold on it.
             if header.as_ref().is_none_or(|(_, ino)| *ino != inode) {
                 store = None;
-                header = std::fs::File::open(&path).ok().map(|f| (f, inode));
+                header = std::fs::File::open(path).ok().map(|f| (f, inode));
             }
             if !header.as_ref().is_some_and(|(f, _)| has_sqlite_header(f)) {
                 return Err(gone("the database file is corrupt (no SQLite header)"));
@@ -76,11 +197,15 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
                 store = None;
             }
             if store.is_none() {
-                store = Some((Store::open_existing(&path)?, inode));
+                let location = Location::Sqlite(path.to_path_buf());
+                store = Some((Store::open_existing(&location)?, inode));
                 seen_version = None;
             }
-            let (s, _) = store.as_ref().expect("opened above");
-            let v = s.data_version()?;
+            let (s, _) = store.as_mut().expect("opened above");
+            let Store::Sqlite(sqlite) = s else {
+                unreachable!("an SQLite location opens an SQLite store")
+            };
+            let v = sqlite.data_version()?;
             if seen_version != Some(v) {
                 let n = index.sync_from(s)?;
                 if n > 0 {
@@ -91,39 +216,13 @@ pub fn run_sync(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<
             Ok(())
         })();
         match result {
-            Ok(()) => {
-                index
-                    .health
-                    .last_sync
-                    .store(clock::now() as i64, Ordering::Relaxed);
-                let mut e = index
-                    .health
-                    .sync_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if e.take().is_some() {
-                    log::warn!("sync: recovered; the index is current again");
-                }
-                last_logged = None;
-            }
+            Ok(()) => health.ok(),
             Err(err) => {
                 store = None;
-                let msg = err.to_string();
-                if last_logged.as_deref() != Some(msg.as_str()) {
-                    log::error!("sync: {msg}; serving the last good index");
-                    last_logged = Some(msg.clone());
-                }
-                *index
-                    .health
-                    .sync_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(msg);
+                health.failed(&err);
             }
         }
-        if last_purge.elapsed() >= Duration::from_secs(1) {
-            index.purge_expired_grace();
-            last_purge = Instant::now();
-        }
+        purge(index, &mut last_purge);
     }
 }
 
@@ -134,26 +233,166 @@ fn has_sqlite_header(file: &std::fs::File) -> bool {
     file.read_exact_at(&mut magic, 0).is_ok() && &magic == b"SQLite format 3\0"
 }
 
-/// Runs the usage flush loop until stopped, then flushes once more. A database that is missing or was
-/// replaced is reopened (never created) on the next try; the counts wait in memory meanwhile.
-pub fn run_usage_flush(index: Arc<Index>, path: PathBuf, interval: Duration, stop: Arc<Stop>) {
+/// Longest wait between reconnection attempts to PostgreSQL.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// PostgreSQL: a listening connection sleeps until `NOTIFY tokengate_changes` or `interval`; then the
+/// changed rows are loaded (`rev > last applied`), so a notification lost while disconnected is caught up
+/// by the revision. Connection failures back off from `interval` to [`MAX_BACKOFF`].
+fn sync_postgres(index: &Index, location: &Location, interval: Duration, stop: &Arc<Stop>) {
+    let Location::Postgres(url) = location else {
+        unreachable!("called for PostgreSQL")
+    };
+    let mut conn: Option<(Store, super::store::pg::Listener)> = None;
+    let mut health = Health {
+        index,
+        last_logged: None,
+    };
+    let mut backoff = interval;
+    let mut last_purge = Instant::now();
+    while !stop.is_stopped() {
+        let result = (|| -> Result<(), StoreError> {
+            if conn.is_none() {
+                let store = Store::open_existing(location)?;
+                let listener = super::store::pg::Listener::connect(url)?;
+                conn = Some((store, listener));
+                // Whatever changed while this node was not listening.
+                let (store, _) = conn.as_mut().expect("connected above");
+                let n = index.sync_from(store)?;
+                if n > 0 {
+                    log::info!("sync: caught up {n} token changes after connecting");
+                }
+                return Ok(());
+            }
+            let (store, listener) = conn.as_mut().expect("connected");
+            let notified = listener.wait(interval)?;
+            let behind = notified || {
+                let Store::Postgres(pg) = store else {
+                    unreachable!("a PostgreSQL location opens a PostgreSQL store")
+                };
+                pg.current_rev()? > index.last_rev()
+            };
+            if behind {
+                let n = index.sync_from(store)?;
+                if n > 0 {
+                    log::debug!("sync: applied {n} token changes");
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                health.ok();
+                backoff = interval;
+            }
+            Err(err) => {
+                conn = None;
+                health.failed(&err);
+                if stop.wait(backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        purge(index, &mut last_purge);
+    }
+}
+
+/// The usage waiting to be written: a batch that failed (retried as it is, with its id) and the id of
+/// the next one.
+struct Flusher {
+    node: String,
+    next_seq: AtomicU64,
+    pending: Option<UsageBatch>,
+}
+
+impl Flusher {
+    fn new() -> Flusher {
+        use rand_core::RngCore;
+        let mut id = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut id);
+        Flusher {
+            node: super::store::hex(&id),
+            next_seq: AtomicU64::new(1),
+            pending: None,
+        }
+    }
+
+    /// Writes the pending batch, if any, then everything counted since. Counts are never lost: a failed
+    /// batch stays pending (and is not merged with newer counts, so its id keeps meaning the same rows).
+    fn flush(&mut self, index: &Index, store: &mut Store) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for _ in 0..2 {
+            let batch = match self.pending.take() {
+                Some(b) => b,
+                None => {
+                    let deltas: Vec<UsageDelta> = index.take_usage();
+                    if deltas.is_empty() {
+                        break;
+                    }
+                    UsageBatch {
+                        node: self.node.clone(),
+                        seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                        deltas,
+                    }
+                }
+            };
+            match store.flush_usage(&batch) {
+                Ok(()) => written += batch.deltas.len(),
+                Err(e) => {
+                    self.pending = Some(batch);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Runs the usage flush loop until stopped, then flushes once more. A store that is missing (SQLite
+/// file deleted or replaced) or unreachable is reopened (never created) on the next try; the counts
+/// wait in memory meanwhile.
+pub fn run_usage_flush(index: Arc<Index>, location: Location, interval: Duration, stop: Arc<Stop>) {
     use std::os::unix::fs::MetadataExt;
     let mut store: Option<(Store, u64)> = None;
+    let mut flusher = Flusher::new();
+    let sqlite_path: Option<PathBuf> = match &location {
+        Location::Sqlite(p) => Some(p.clone()),
+        Location::Postgres(_) => None,
+    };
+    let mut failing = false;
     loop {
         let stopped = stop.wait(interval);
         let result = (|| -> Result<usize, StoreError> {
-            let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
-            if store.as_ref().is_some_and(|(_, ino)| Some(*ino) != inode) {
+            let inode = sqlite_path
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).map(|m| m.ino()).ok());
+            if sqlite_path.is_some() && store.as_ref().is_some_and(|(_, ino)| Some(*ino) != inode) {
                 store = None;
             }
             if store.is_none() {
-                store = Some((Store::open_existing(&path)?, inode.unwrap_or(0)));
+                store = Some((Store::open_existing(&location)?, inode.unwrap_or(0)));
             }
-            index.flush_usage(&mut store.as_mut().expect("opened above").0)
+            flusher.flush(&index, &mut store.as_mut().expect("opened above").0)
         })();
-        if let Err(e) = result {
-            store = None;
-            log::error!("usage flush: {e}; counts are kept and retried");
+        let h = &index.health;
+        match result {
+            Ok(_) => {
+                h.last_flush.store(clock::now() as i64, Ordering::Relaxed);
+                *h.flush_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if failing {
+                    log::warn!("usage flush: recovered; held counts written");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                store = None;
+                if !failing {
+                    log::error!("usage flush: {e}; counts are kept and retried");
+                    failing = true;
+                }
+                *h.flush_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
         }
         if stopped {
             return;

@@ -1,0 +1,447 @@
+//! The store, the source of truth for tokens: one interface ([`Store`]) over two backends —
+//! [`sqlite`] (embedded, the default: one file, nothing to install) and [`pg`] (PostgreSQL: a fleet of gateways
+//! sharing one database) — with the same operations, semantics, JSON shapes and errors. One contract test
+//! suite (`tests/store_contract.rs`) runs unchanged against both.
+//!
+//! Semantics both keep: every change to a token (create, revoke, rotate) gets the next revision (`rev`),
+//! and revisions become visible in commit order, so a reader may ask for `rev > last_seen` and never miss
+//! one; usage is added as increments and never touches `rev`; `token_events` is append-only.
+
+pub mod pg;
+pub mod pg_url;
+pub mod sqlite;
+
+pub use super::fields::{parse_rfc3339, rfc3339, unix_now};
+use super::format::{Digest, Token};
+pub use pg_url::PgUrl;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a command waits for another writer before giving up with [`StoreError::Busy`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no token with id {id}")]
+    NotFound { id: i64 },
+    #[error("token {id} is revoked")]
+    Revoked { id: i64 },
+    #[error("the database {path} is locked by another writer; gave up after {waited:?}")]
+    Busy { path: String, waited: Duration },
+    #[error("the database {path} has schema version {found}, newer than this tokengate knows ({known}); upgrade tokengate")]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    /// The PostgreSQL server cannot be reached, refused the connection (a failed login too), or the
+    /// connection broke: retry later. `url` never shows a password; the message includes the causes.
+    #[error("database {url} is unavailable: {}", pg::pg_reason(.error))]
+    Unavailable {
+        url: String,
+        error: ::postgres::Error,
+    },
+    /// The PostgreSQL server answered a statement with an error.
+    #[error("database {url}: {}", pg::pg_reason(.error))]
+    Postgres {
+        url: String,
+        error: ::postgres::Error,
+    },
+    /// `store copy` into a store that already holds tokens, without `--force`.
+    #[error("{target} already holds {tokens} tokens; copy into an empty store, or pass --force to replace them")]
+    NotEmpty { target: String, tokens: i64 },
+    /// The store URL (shown with its password redacted) cannot be used.
+    #[error("store URL {url}: {problem}")]
+    BadUrl { url: String, problem: String },
+}
+
+impl StoreError {
+    /// The store could not be reached (as opposed to a refused operation): admin writes answer 503.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// A token's metadata as stored (never the secret; the digest stays inside this module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub user: String,
+    pub label: String,
+    pub scopes: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub rotated_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub use_count: i64,
+    /// The SHA-256 of the certificate (DER) this token is bound to.
+    pub bound_cert: Option<[u8; 32]>,
+}
+
+/// A token's status at some moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Revoked => "revoked",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+/// The public JSON shape of a token (CLI `--json` and the admin API).
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    pub id: i64,
+    pub user: String,
+    pub label: String,
+    pub scopes: Vec<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub rotated_at: Option<String>,
+    pub last_used_at: Option<String>,
+    pub use_count: i64,
+    pub status: Status,
+    /// Lower-case hex of the bound certificate's SHA-256; null when unbound.
+    pub bound_cert_sha256: Option<String>,
+}
+
+impl TokenRecord {
+    pub fn status(&self, now: i64) -> Status {
+        if self.revoked_at.is_some() {
+            Status::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+
+    pub fn view(&self, now: i64) -> TokenView {
+        TokenView {
+            id: self.id,
+            user: self.user.clone(),
+            label: self.label.clone(),
+            scopes: self.scopes.clone(),
+            created_at: rfc3339(self.created_at),
+            expires_at: self.expires_at.map(rfc3339),
+            revoked_at: self.revoked_at.map(rfc3339),
+            rotated_at: self.rotated_at.map(rfc3339),
+            last_used_at: self.last_used_at.map(rfc3339),
+            use_count: self.use_count,
+            status: self.status(now),
+            bound_cert_sha256: self.bound_cert.map(|d| hex(&d)),
+        }
+    }
+}
+
+/// One entry of a token's lifecycle log.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Event {
+    #[serde(serialize_with = "ser_time")]
+    pub at: i64,
+    pub event: String,
+    pub actor: String,
+    pub detail: Option<String>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+/// What the index needs of a changed token.
+#[derive(Debug, Clone)]
+pub struct IndexRow {
+    pub id: i64,
+    pub user: String,
+    pub digest: Digest,
+    pub prev_digest: Option<Digest>,
+    pub prev_valid_until: Option<i64>,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub rev: i64,
+    pub bound_cert: Option<[u8; 32]>,
+}
+
+/// What a new token is made of.
+#[derive(Debug, Clone, Default)]
+pub struct NewToken {
+    pub user: String,
+    pub label: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+    /// Bind the token to the certificate with this SHA-256 (of its DER).
+    pub bound_cert: Option<[u8; 32]>,
+}
+
+/// Pending usage for one token, as flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub id: i64,
+    pub uses: u64,
+    pub last_used_at: i64,
+}
+
+/// Lower-case hex of bytes (certificate thumbprints).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a SHA-256 thumbprint written as 64 hex digits (`:` separators, as `openssl x509 -fingerprint`
+/// prints them, are allowed).
+pub fn parse_sha256_hex(s: &str) -> Result<[u8; 32], String> {
+    let digits: String = s.trim().chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not a SHA-256 thumbprint (64 hex digits)"));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    Ok(out)
+}
+
+pub(crate) fn split_scopes(s: &str) -> Vec<String> {
+    s.split_ascii_whitespace().map(str::to_string).collect()
+}
+
+/// One flush of usage: its id (the node that counted it, a sequence number) and the increments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageBatch {
+    pub node: String,
+    pub seq: u64,
+    pub deltas: Vec<UsageDelta>,
+}
+
+impl UsageBatch {
+    /// A batch without an id worth recording (tools and tests).
+    pub fn once(deltas: Vec<UsageDelta>) -> UsageBatch {
+        use rand_core::RngCore;
+        let mut id = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut id);
+        UsageBatch {
+            node: hex(&id),
+            seq: 1,
+            deltas,
+        }
+    }
+}
+
+/// Where the tokens live.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// An SQLite database file (created, mode 0600, on first use).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (the URL prints with its password as `***`).
+    Postgres(Box<PgUrl>),
+}
+
+impl Location {
+    /// The location a validated `[store]` section names (a URL is parsed here: TLS mode, CA file).
+    pub fn from_config(config: &crate::config::StoreConfig) -> Result<Location, StoreError> {
+        Ok(match config {
+            crate::config::StoreConfig::Sqlite { path } => Location::Sqlite(path.clone()),
+            crate::config::StoreConfig::Postgres { url, .. } => {
+                Location::Postgres(Box::new(PgUrl::parse(url.expose())?))
+            }
+        })
+    }
+
+    /// The location for messages: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(u) => u.to_string(),
+        }
+    }
+
+    /// Parses a `store copy --to` target: `postgres://...`, `sqlite:PATH`, or a plain path.
+    pub fn parse_target(target: &str) -> Result<Location, StoreError> {
+        if target.starts_with("postgres://") || target.starts_with("postgresql://") {
+            Ok(Location::Postgres(Box::new(PgUrl::parse(target)?)))
+        } else {
+            let path = target.strip_prefix("sqlite:").unwrap_or(target);
+            Ok(Location::Sqlite(PathBuf::from(path)))
+        }
+    }
+}
+
+/// One connection to the store. Open one per thread that needs it; after an error that says the store
+/// is unavailable, drop it and open again later.
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(Box<pg::PgStore>),
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! each {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store, creating it (SQLite) and applying the migrations it lacks (both).
+    pub fn open(location: &Location) -> Result<Store, StoreError> {
+        Ok(match location {
+            Location::Sqlite(p) => Store::Sqlite(sqlite::SqliteStore::open(p)?),
+            Location::Postgres(u) => {
+                let mut s = pg::PgStore::connect_to(u)?;
+                s.migrate()?;
+                Store::Postgres(Box::new(s))
+            }
+        })
+    }
+
+    /// Opens an existing store without creating or migrating it (background loops: a database that
+    /// disappeared is reported, not silently replaced by an empty one).
+    pub fn open_existing(location: &Location) -> Result<Store, StoreError> {
+        Ok(match location {
+            Location::Sqlite(p) => Store::Sqlite(sqlite::SqliteStore::open_existing(p)?),
+            Location::Postgres(u) => Store::Postgres(Box::new(pg::PgStore::connect_to(u)?)),
+        })
+    }
+
+    /// Applies the migrations the store lacks (safe when several nodes start at once).
+    pub fn migrate(&mut self) -> Result<(), StoreError> {
+        each!(self, s => s.migrate())
+    }
+
+    /// The schema version applied and the newest this build knows.
+    pub fn schema_version(&mut self) -> Result<(i64, i64), StoreError> {
+        each!(self, s => s.schema_version())
+    }
+
+    /// Creates a token; returns its record and the plaintext, which exists nowhere else.
+    pub fn create(
+        &mut self,
+        new: &NewToken,
+        actor: &str,
+    ) -> Result<(TokenRecord, Token), StoreError> {
+        let (id, token) = self
+            .create_many(std::slice::from_ref(new), actor)?
+            .pop()
+            .expect("one token");
+        Ok((self.get(id)?, token))
+    }
+
+    /// Creates tokens in one transaction. Returns each id with its plaintext, in order.
+    pub fn create_many(
+        &mut self,
+        news: &[NewToken],
+        actor: &str,
+    ) -> Result<Vec<(i64, Token)>, StoreError> {
+        each!(self, s => s.create_many(news, actor))
+    }
+
+    /// One token's metadata.
+    pub fn get(&mut self, id: i64) -> Result<TokenRecord, StoreError> {
+        each!(self, s => s.get(id))
+    }
+
+    /// All tokens, optionally of one user, oldest first.
+    pub fn list(&mut self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+        each!(self, s => s.list(user))
+    }
+
+    /// A token's lifecycle events, oldest first.
+    pub fn events(&mut self, id: i64) -> Result<Vec<Event>, StoreError> {
+        each!(self, s => s.events(id))
+    }
+
+    /// Revokes a token at once. Returns the record and whether this call changed it.
+    pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
+        each!(self, s => s.revoke(id, actor))
+    }
+
+    /// Gives a token a new secret (old one valid for `grace`, or stopped at once).
+    pub fn rotate(
+        &mut self,
+        id: i64,
+        grace: Option<Duration>,
+        actor: &str,
+    ) -> Result<(TokenRecord, Token), StoreError> {
+        each!(self, s => s.rotate(id, grace, actor))
+    }
+
+    /// Number of tokens and the highest id, to size the index before loading it.
+    pub fn token_counts(&mut self) -> Result<(usize, i64), StoreError> {
+        each!(self, s => s.token_counts())
+    }
+
+    /// Streams every token changed after revision `rev`, in revision order.
+    pub fn for_each_change(&mut self, rev: i64, f: impl FnMut(IndexRow)) -> Result<(), StoreError> {
+        each!(self, s => s.for_each_change(rev, f))
+    }
+
+    /// Every token changed after revision `rev`, collected.
+    pub fn changes_since(&mut self, rev: i64) -> Result<Vec<IndexRow>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_change(rev, |row| out.push(row))?;
+        Ok(out)
+    }
+
+    /// Adds usage counted in memory (increments; `last_used_at` only moves forward), at most once per
+    /// batch id.
+    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<(), StoreError> {
+        each!(self, s => s.flush_usage(batch))
+    }
+
+    /// A health query: is the store there and readable?
+    pub fn check(&mut self) -> Result<(), StoreError> {
+        each!(self, s => s.check())
+    }
+
+    /// Everything a copy moves: every token row (digests included, never plaintexts), every event.
+    pub fn export(&mut self) -> Result<Export, StoreError> {
+        each!(self, s => s.export())
+    }
+
+    /// Loads an [`Export`] into this store, replacing what is there; `force` allows a non-empty target.
+    pub fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError> {
+        each!(self, s => s.import(data, force))
+    }
+}
+
+/// A whole store's contents, for `tokengate store copy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Export {
+    pub tokens: Vec<ExportedToken>,
+    /// (token id, event), in the order they were appended.
+    pub events: Vec<(i64, Event)>,
+}
+
+/// One token row as stored (the digest, never a plaintext).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedToken {
+    pub record: TokenRecord,
+    pub digest: Digest,
+    pub prev_digest: Option<Digest>,
+    pub prev_valid_until: Option<i64>,
+    pub rev: i64,
+}

@@ -1,0 +1,455 @@
+//! The store contract: one suite, run unchanged against both backends — SQLite (a fresh file) and
+//! PostgreSQL (a fresh database on the cluster `.ci/postgres.sh` starts; skipped outside CI when
+//! `TOKENGATE_TEST_PG_URL` is unset). Create, list, show, revoke, rotate (with and without grace), expiry,
+//! scopes, certificate binding, events, usage increments (and batch ids), the change feed in commit
+//! order under concurrent writers, concurrent revoke/rotate, migrations from several threads at once,
+//! and `store copy` in both directions.
+
+mod common;
+
+use common::pg::{admin_url, fresh_database, TestDb};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+use tokengate::tokens::store::{
+    unix_now, Location, NewToken, Status, Store, StoreError, UsageBatch, UsageDelta,
+};
+
+/// A backend under test and what keeps it alive (a temporary folder or a database).
+struct Backend {
+    name: &'static str,
+    location: Location,
+    _keep: Keep,
+}
+
+enum Keep {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Db(#[allow(dead_code)] TestDb),
+}
+
+impl Backend {
+    fn open(&self) -> Store {
+        Store::open(&self.location).unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+}
+
+fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend {
+        name: "sqlite",
+        location: Location::Sqlite(dir.path().join("tokens.db")),
+        _keep: Keep::Dir(dir),
+    }
+}
+
+fn postgres() -> Option<Backend> {
+    let db = fresh_database(&admin_url()?);
+    Some(Backend {
+        name: "postgres",
+        location: Location::parse_target(db.url()).unwrap(),
+        _keep: Keep::Db(db),
+    })
+}
+
+/// Every backend available here: SQLite always, PostgreSQL when its test cluster is announced.
+fn backends() -> Vec<Backend> {
+    let mut all = vec![sqlite()];
+    all.extend(postgres());
+    all
+}
+
+fn new(user: &str) -> NewToken {
+    NewToken {
+        user: user.into(),
+        label: "hive scale".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn create_list_show_revoke_with_revisions_and_events() {
+    for b in backends() {
+        let mut s = b.open();
+        let (a, ta) = s.create(&new("alice"), "cli").unwrap();
+        let (bob, _) = s.create(&new("bob"), "cli").unwrap();
+        let many = s.create_many(&[new("carol"), new("dave")], "seed").unwrap();
+        assert_eq!(many.len(), 2, "{}", b.name);
+        assert_eq!(s.list(Some("dave")).unwrap()[0].id, many[1].0);
+        assert_eq!(s.list(None).unwrap().len(), 4);
+        assert_eq!(s.list(Some("alice")).unwrap(), vec![a.clone()]);
+        assert_eq!(s.get(a.id).unwrap(), a);
+        let all = s.changes_since(0).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].digest, ta.digest());
+        assert!(all.windows(2).all(|w| w[0].rev < w[1].rev), "{}", b.name);
+        let last = all[3].rev;
+        assert!(s.changes_since(last).unwrap().is_empty());
+        assert_eq!(s.token_counts().unwrap(), (4, many[1].0));
+
+        let (r, changed) = s.revoke(bob.id, "admin:1").unwrap();
+        assert!(changed && r.status(unix_now()) == Status::Revoked);
+        let (again, changed) = s.revoke(bob.id, "cli").unwrap();
+        assert!(!changed && again.revoked_at == r.revoked_at, "{}", b.name);
+        let ch = s.changes_since(last).unwrap();
+        assert_eq!(ch.len(), 1, "a second revoke is no change ({})", b.name);
+        assert!(ch[0].revoked && ch[0].rev > last);
+        let ev: Vec<(String, String)> = s
+            .events(bob.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event, e.actor))
+            .collect();
+        assert_eq!(
+            ev,
+            [
+                ("created".to_string(), "cli".to_string()),
+                ("revoked".to_string(), "admin:1".to_string())
+            ],
+            "{}",
+            b.name
+        );
+        assert!(matches!(
+            s.revoke(999, "cli"),
+            Err(StoreError::NotFound { id: 999 })
+        ));
+        assert!(matches!(s.get(999), Err(StoreError::NotFound { id: 999 })));
+    }
+}
+
+#[test]
+fn fields_round_trip_scopes_expiry_and_binding() {
+    for b in backends() {
+        let mut s = b.open();
+        let in_a_day = unix_now() + 86_400;
+        let full = NewToken {
+            user: "cam-net".into(),
+            label: "entrance cam 2 — ünïcode".into(),
+            scopes: vec!["telemetry:write".into(), "video:upload".into()],
+            expires_at: Some(in_a_day),
+            bound_cert: Some([7u8; 32]),
+        };
+        let (r, _) = s.create(&full, "cli").unwrap();
+        assert_eq!(r.user, full.user, "{}", b.name);
+        assert_eq!(r.label, full.label);
+        assert_eq!(r.scopes, full.scopes);
+        assert_eq!(r.expires_at, Some(in_a_day));
+        assert_eq!(r.bound_cert, Some([7u8; 32]));
+        assert_eq!(r.use_count, 0);
+        assert_eq!(r.view(unix_now()).bound_cert_sha256, Some("07".repeat(32)));
+        let row = s.changes_since(0).unwrap().pop().unwrap();
+        assert_eq!(row.scopes, full.scopes);
+        assert_eq!(row.expires_at, Some(in_a_day));
+        assert_eq!(row.bound_cert, Some([7u8; 32]));
+        let detail = s.events(r.id).unwrap()[0].detail.clone().unwrap();
+        assert!(
+            detail.contains("expires") && detail.contains("bound to certificate"),
+            "{detail}"
+        );
+        // Expired: the status says so; the row stays until revoked.
+        let (e, _) = s
+            .create(
+                &NewToken {
+                    expires_at: Some(unix_now() - 1),
+                    ..new("old")
+                },
+                "cli",
+            )
+            .unwrap();
+        assert_eq!(e.status(unix_now()), Status::Expired);
+    }
+}
+
+#[test]
+fn rotate_keeps_identity_binding_and_grace() {
+    for b in backends() {
+        let mut s = b.open();
+        let bound = NewToken {
+            bound_cert: Some([1u8; 32]),
+            ..new("alice")
+        };
+        let (a, old) = s.create(&bound, "cli").unwrap();
+        let (r, fresh) = s
+            .rotate(a.id, Some(Duration::from_secs(60)), "cli")
+            .unwrap();
+        assert_eq!(
+            (r.id, &r.user, &r.label, r.bound_cert),
+            (a.id, &a.user, &a.label, a.bound_cert)
+        );
+        assert!(r.rotated_at.is_some(), "{}", b.name);
+        let row = s.changes_since(0).unwrap().pop().unwrap();
+        assert_eq!(row.digest, fresh.digest());
+        assert_eq!(row.prev_digest, Some(old.digest()));
+        assert!(row.prev_valid_until.unwrap() >= unix_now() + 59);
+        let (_, _) = s.rotate(a.id, None, "cli").unwrap();
+        let row = s.changes_since(0).unwrap().pop().unwrap();
+        assert_eq!(row.prev_digest, None, "{}", b.name);
+        s.revoke(a.id, "cli").unwrap();
+        let row = s.changes_since(0).unwrap().pop().unwrap();
+        assert!(row.revoked && row.prev_digest.is_none());
+        assert!(matches!(
+            s.rotate(a.id, None, "cli"),
+            Err(StoreError::Revoked { .. })
+        ));
+        let kinds: Vec<String> = s
+            .events(a.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["created", "rotated", "rotated", "revoked"],
+            "{}",
+            b.name
+        );
+    }
+}
+
+#[test]
+fn usage_adds_up_moves_forward_and_never_touches_revisions() {
+    for b in backends() {
+        let mut s = b.open();
+        let (a, _) = s.create(&new("alice"), "cli").unwrap();
+        let rev = s.changes_since(0).unwrap()[0].rev;
+        let delta = |uses, at| UsageDelta {
+            id: a.id,
+            uses,
+            last_used_at: at,
+        };
+        s.flush_usage(&UsageBatch::once(vec![delta(3, 100)]))
+            .unwrap();
+        s.flush_usage(&UsageBatch::once(vec![delta(2, 50), delta(1, 60)]))
+            .unwrap();
+        let r = s.get(a.id).unwrap();
+        assert_eq!((r.use_count, r.last_used_at), (6, Some(100)), "{}", b.name);
+        assert!(
+            s.changes_since(rev).unwrap().is_empty(),
+            "usage is not a change"
+        );
+        // Unknown ids are ignored.
+        s.flush_usage(&UsageBatch::once(vec![UsageDelta {
+            id: 999,
+            uses: 1,
+            last_used_at: 1,
+        }]))
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_usage_batch_sent_twice_is_added_once_on_postgres() {
+    let Some(b) = postgres() else { return };
+    let mut s = b.open();
+    let (a, _) = s.create(&new("alice"), "cli").unwrap();
+    let batch = UsageBatch {
+        node: "node-a".into(),
+        seq: 7,
+        deltas: vec![UsageDelta {
+            id: a.id,
+            uses: 5,
+            last_used_at: 10,
+        }],
+    };
+    s.flush_usage(&batch).unwrap();
+    s.flush_usage(&batch).unwrap(); // its answer was "lost": sent again
+    let other = UsageBatch {
+        seq: 8,
+        ..batch.clone()
+    };
+    s.flush_usage(&other).unwrap();
+    let by_other_node = UsageBatch {
+        node: "node-b".into(),
+        ..batch
+    };
+    s.flush_usage(&by_other_node).unwrap();
+    assert_eq!(s.get(a.id).unwrap().use_count, 15);
+}
+
+#[test]
+fn migrations_apply_once_from_many_threads_and_twice_is_harmless() {
+    for b in backends() {
+        let location = Arc::new(b.location.clone());
+        let barrier = Arc::new(Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (location, barrier) = (location.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut s = Store::open(&location)?;
+                    s.schema_version()
+                })
+            })
+            .collect();
+        for t in threads {
+            let (v, known) = t
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{}: {e}", b.name));
+            assert_eq!(v, known, "{}", b.name);
+        }
+        let mut s = b.open();
+        s.migrate().unwrap();
+        let (v, known) = s.schema_version().unwrap();
+        assert_eq!(v, known);
+    }
+}
+
+#[test]
+fn revisions_appear_in_commit_order_under_concurrent_writers() {
+    for b in backends() {
+        let location = b.location.clone();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let location = location.clone();
+                std::thread::spawn(move || {
+                    let mut s = Store::open(&location).unwrap();
+                    for i in 0..40 {
+                        let (r, _) = s.create(&new(&format!("w{w}-{i}")), "cli").unwrap();
+                        if i % 3 == 0 {
+                            s.revoke(r.id, "cli").unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        // A reader following the feed while they write never sees a revision below one it saw.
+        let mut reader = Store::open(&location).unwrap();
+        let mut last = 0;
+        let mut seen = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            for row in reader.changes_since(last).unwrap() {
+                assert!(row.rev > last, "{}: rev {} after {last}", b.name, row.rev);
+                last = row.rev;
+                seen += 1;
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        for row in reader.changes_since(last).unwrap() {
+            assert!(row.rev > last);
+            last = row.rev;
+            seen += 1;
+        }
+        let mut s = b.open();
+        assert_eq!(s.token_counts().unwrap().0, 80, "{}", b.name);
+        assert!(seen >= 80, "{}: the reader saw {seen} changes", b.name);
+    }
+}
+
+#[test]
+fn concurrent_revokes_and_rotations_leave_one_consistent_row_and_one_event_per_change() {
+    for b in backends() {
+        let mut s = b.open();
+        let (a, _) = s.create(&new("alice"), "cli").unwrap();
+        let barrier = Arc::new(Barrier::new(4));
+        let outcomes: Vec<_> = (0..4)
+            .map(|i| {
+                let (location, barrier) = (b.location.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut s = Store::open(&location).unwrap();
+                    barrier.wait();
+                    let mut changed = 0;
+                    for _ in 0..10 {
+                        let r = if i % 2 == 0 {
+                            s.revoke(a.id, "racer").map(|(_, c)| c)
+                        } else {
+                            s.rotate(a.id, None, "racer").map(|_| true)
+                        };
+                        match r {
+                            Ok(true) => changed += 1,
+                            Ok(false) | Err(StoreError::Revoked { .. }) => {}
+                            Err(StoreError::Busy { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    changed
+                })
+            })
+            .collect();
+        let changes: usize = outcomes.into_iter().map(|t| t.join().unwrap()).sum();
+        let events = s.events(a.id).unwrap();
+        assert_eq!(
+            events.len(),
+            1 + changes,
+            "{}: one event per change",
+            b.name
+        );
+        assert_eq!(
+            events.iter().filter(|e| e.event == "revoked").count(),
+            1,
+            "{}: revoked exactly once",
+            b.name
+        );
+        assert_eq!(
+            events.last().unwrap().event,
+            "revoked",
+            "{}: nothing after the revoke",
+            b.name
+        );
+        let row = s.changes_since(0).unwrap().pop().unwrap();
+        assert!(row.revoked && row.prev_digest.is_none(), "{}", b.name);
+    }
+}
+
+#[test]
+fn store_copy_moves_everything_both_ways() {
+    let Some(pg) = postgres() else {
+        // Without a PostgreSQL server: SQLite to SQLite still goes through the same code.
+        let (a, b) = (sqlite(), sqlite());
+        copy_round_trip(&a, &b);
+        return;
+    };
+    let (a, back) = (sqlite(), sqlite());
+    copy_round_trip(&a, &pg);
+    copy_round_trip(&pg, &back);
+}
+
+fn copy_round_trip(from: &Backend, to: &Backend) {
+    let mut s = from.open();
+    if s.token_counts().unwrap().0 == 0 {
+        let (a, _) = s.create(&new("alice"), "cli").unwrap();
+        s.create(
+            &NewToken {
+                bound_cert: Some([9; 32]),
+                ..new("bob")
+            },
+            "cli",
+        )
+        .unwrap();
+        s.rotate(a.id, Some(Duration::from_secs(600)), "cli")
+            .unwrap();
+        s.flush_usage(&UsageBatch::once(vec![UsageDelta {
+            id: a.id,
+            uses: 42,
+            last_used_at: 77,
+        }]))
+        .unwrap();
+    }
+    let data = s.export().unwrap();
+    let mut t = to.open();
+    t.import(&data, false).unwrap();
+    assert_eq!(t.export().unwrap(), data, "{} → {}", from.name, to.name);
+    assert!(matches!(
+        t.import(&data, false),
+        Err(StoreError::NotEmpty { .. })
+    ));
+    t.import(&data, true).unwrap();
+    // The copy goes on where the original left off: new ids and revisions come after the copied ones.
+    let max_id = data.tokens.iter().map(|t| t.record.id).max().unwrap();
+    let max_rev = data.tokens.iter().map(|t| t.rev).max().unwrap();
+    let (fresh, _) = t.create(&new("carol"), "cli").unwrap();
+    assert!(
+        fresh.id > max_id,
+        "{}: id {} after {max_id}",
+        to.name,
+        fresh.id
+    );
+    let row = t.changes_since(max_rev).unwrap();
+    assert_eq!(row.len(), 1, "{}", to.name);
+    let a = &data.tokens[0];
+    let got = t.get(a.record.id).unwrap();
+    assert_eq!(
+        (got.use_count, got.last_used_at),
+        (a.record.use_count, a.record.last_used_at)
+    );
+}
