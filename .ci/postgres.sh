@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL cluster for tokengate's tests (CI and developers alike).
 #
-#   eval "$(ci/postgres.sh start [--tls])"   # prints `export TOKENGATE_TEST_PG_URL=...` (and the CA with --tls)
-#   ci/postgres.sh stop                      # stops the cluster and removes its directory
+#   eval "$(.ci/postgres.sh start [--tls])"  # prints `export TOKENGATE_TEST_PG_URL=...` (and the CA with --tls)
+#   .ci/postgres.sh stop                     # stops the cluster and removes its directory
+#   .ci/postgres.sh run CMD...               # start --tls, run CMD with the exports, stop (CMD's exit code)
 #
 # `start` installs PostgreSQL with apt-get when no initdb is found (under /usr/lib/postgresql/*/bin or on PATH),
 # runs `initdb` into a fresh directory, starts the server on a free port of 127.0.0.1 only (socket in that
@@ -183,5 +184,20 @@ stop)
     BIN=$(find_bindir) || BIN=/nonexistent
     stop
     ;;
-*) die "usage: $0 start [--tls] | stop" ;;
+run)
+    shift
+    [ $# -gt 0 ] || die "usage: $0 run CMD..."
+    BIN=$(find_bindir) || { apt_install postgresql; BIN=$(find_bindir) || die "initdb still not found"; }
+    # A cluster of this run's own, whatever else runs on the machine.
+    [ -n "${TOKENGATE_PG_DIR:-}" ] || STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-pg-run.XXXXXX")
+    trap stop EXIT
+    eval "$(start --tls)"
+    export CI=${CI:-true} # the PostgreSQL tests fail rather than skip without their cluster
+    set +e
+    "$@"
+    code=$?
+    set -e
+    exit "$code"
+    ;;
+*) die "usage: $0 start [--tls] | stop | run CMD..." ;;
 esac

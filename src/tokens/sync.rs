@@ -154,6 +154,10 @@ fn watch_sqlite(path: &Path, stop: &Arc<Stop>) -> Option<notify::INotifyWatcher>
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| log::warn!("sync: cannot watch {} ({e}); polling only", dir.display()))
         .ok()?;
+    log::debug!(
+        "sync: watching {} for commits by other processes",
+        dir.display()
+    );
     Some(watcher)
 }
 
@@ -171,11 +175,26 @@ fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>)
         last_logged: None,
     };
     let mut pokes = 0;
+    // A file event may come before the commit it belongs to is visible (SQLite publishes a commit in
+    // the -shm index after writing its WAL frames, and mmap writes raise no event): after an event,
+    // the database is looked at every half millisecond for a moment, not only once.
+    let mut fast_until: Option<Instant> = None;
     let gone = |why: &str| StoreError::Create {
         path: path.display().to_string(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, why.to_string()),
     };
-    while !stop.wait_poke(interval, &mut pokes) {
+    loop {
+        let before = pokes;
+        let wait = match fast_until {
+            Some(until) if Instant::now() < until => Duration::from_micros(500),
+            _ => interval,
+        };
+        if stop.wait_poke(wait, &mut pokes) {
+            return;
+        }
+        if pokes != before {
+            fast_until = Some(Instant::now() + SETTLE);
+        }
         let result = (|| -> Result<(), StoreError> {
             // A stat per tick notices a database deleted or replaced under the open handle, which would
             // otherwise keep answering from the unlinked file.
@@ -225,6 +244,9 @@ fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>)
         purge(index, &mut last_purge);
     }
 }
+
+/// How long after a file event the SQLite database is looked at every half millisecond.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Whether the file starts with SQLite's magic string (16 bytes, one positioned read).
 fn has_sqlite_header(file: &std::fs::File) -> bool {

@@ -777,6 +777,8 @@ pub struct GatewayBuilder {
     tls: Option<TlsSetup>,
     /// Which listener `request`, `connect` and `url` use.
     wire: Wire,
+    /// A PostgreSQL store instead of the SQLite file next to the config.
+    store_url: Option<String>,
 }
 
 /// The harness's `[tls]` section: its keys, the certificates (written into the gateway's folder at
@@ -826,7 +828,14 @@ impl GatewayBuilder {
             routes: Vec::new(),
             tls: None,
             wire: Wire::Plain,
+            store_url: None,
         }
+    }
+
+    /// Uses the PostgreSQL database at `url` as the store (`[store] url`).
+    pub fn store_url(mut self, url: &str) -> Self {
+        self.store_url = Some(url.to_owned());
+        self
     }
 
     /// Turns the TLS listener on, with a certificate for `localhost` and 127.0.0.1 signed by a fresh CA.
@@ -986,7 +995,10 @@ impl Gateway {
         for (key, value) in &self.builder.gateway {
             toml.push_str(&format!("{key} = {value}\n"));
         }
-        toml.push_str("\n[store]\npath = \"tokengate.db\"\n");
+        match &self.builder.store_url {
+            None => toml.push_str("\n[store]\npath = \"tokengate.db\"\n"),
+            Some(url) => toml.push_str(&format!("\n[store]\nurl = {url:?}\n")),
+        }
         toml.push_str(&format!("\n[admin]\nlisten = \"{}\"\n", self.admin));
         for (table, keys) in &self.builder.sections {
             toml.push_str(&format!("\n[{table}]\n"));
