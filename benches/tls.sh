@@ -31,6 +31,7 @@ BASE_PORT=${BASE_PORT:-19080}
 WRITE_MD=${WRITE_MD:-1}
 
 UPSTREAM_PORT=$((BASE_PORT + 1))
+ECHO_PORT=$((BASE_PORT + 3)) # reads every upload byte (nginx's `return 200` would answer before the body)
 NGINX_PORT=$((BASE_PORT + 2))
 TG_PORT=$((BASE_PORT + 10)) # admin +1, TLS +2
 TG_TLS_PORT=$((BASE_PORT + 12))
@@ -52,7 +53,7 @@ DB=$(seeded_db "$TOKENS" "$TOKENS")
 TOKENS_FILE="$BENCH_DIR/tokens-$TOKENS.txt"
 
 # ---- one certificate for both ----------------------------------------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=localhost" \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj "/CN=localhost" \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$RUN/server.key" -out "$RUN/server.pem" 2>/dev/null
 chmod 600 "$RUN/server.key"
 
@@ -83,6 +84,9 @@ CONF
 } >"$RUN/upstream/nginx.conf"
 spawn "$RUN/upstream.log" $(pin "$SERVER_CPU") nginx -p "$RUN/upstream" -c "$RUN/upstream/nginx.conf" -e "$RUN/upstream.error.log"
 wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$SPAWNED" || die "upstream nginx did not start"
+(cd "$REPO" && cargo build --release --quiet --example echo_upstream)
+spawn "$RUN/echo.log" $(pin "$SERVER_CPU") "$REPO/target/release/examples/echo_upstream" --listen "127.0.0.1:$ECHO_PORT" --name upload
+wait_http "http://127.0.0.1:$ECHO_PORT/" 10 "$SPAWNED" || die "echo upstream did not start"
 
 awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$TOKENS_FILE" >"$RUN/nginx-tls/tokens.map"
 {
@@ -102,11 +106,24 @@ http {
         server 127.0.0.1:$UPSTREAM_PORT;
         keepalive 64;
     }
+    upstream upload {
+        server 127.0.0.1:$ECHO_PORT;
+        keepalive 8;
+    }
     server {
         listen 127.0.0.1:$NGINX_PORT ssl;
         ssl_certificate $RUN/server.pem;
         ssl_certificate_key $RUN/server.key;
         ssl_protocols TLSv1.2 TLSv1.3;
+        location /upload {
+            if (\$user_id = "") { return 401; }
+            proxy_pass http://upload;
+            proxy_http_version 1.1;
+            proxy_request_buffering off;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header x-user-id \$user_id;
+        }
         location / {
             if (\$user_id = "") { return 401; }
             proxy_pass http://api;
@@ -127,6 +144,11 @@ wait_http "https://127.0.0.1:$NGINX_PORT/" 120 "$SPAWNED" || die "nginx-tls did 
 
 gateway_config "$RUN/tg.toml" "127.0.0.1:$TG_PORT" "127.0.0.1:$((TG_PORT + 1))" "$DB" "127.0.0.1:$UPSTREAM_PORT" 1
 cat >>"$RUN/tg.toml" <<CONF
+
+[[routes]]
+name = "upload"
+path_prefix = "/upload"
+upstream = "127.0.0.1:$ECHO_PORT"
 
 [tls]
 listen = "127.0.0.1:$TG_TLS_PORT"
@@ -164,9 +186,10 @@ UPLOAD="$BENCH_DIR/upload-${UPLOAD_MIB}MiB.bin"
 # upload NAME URL: prints MiB/s of one curl -T over TLS.
 upload() {
     local out
-    out=$($(pin "$WRK_CPU") curl -sk -o /dev/null -w '%{http_code} %{time_total}' -T "$UPLOAD" \
+    out=$($(pin "$WRK_CPU") curl -sk -o "$RUN/upload-$1.json" -w '%{http_code} %{time_total}' -T "$UPLOAD" \
         -H "Authorization: Bearer $(head -1 "$TOKENS_FILE")" "$2") || die "upload to $1 failed"
     [ "${out%% *}" = 200 ] || die "upload to $1 answered ${out%% *}"
+    grep -q "\"body_bytes\":$((UPLOAD_MIB * 1048576))" "$RUN/upload-$1.json" || die "the upstream did not get every byte from $1"
     echo "$UPLOAD_MIB / ${out##* }" | bc -l
 }
 
@@ -191,7 +214,7 @@ for round in $(seq 1 "$ROUNDS"); do
         IFS='|' read -r name url <<<"${CONTENDERS[$(((k + round - 1) % n))]}"
         record "$round" keepalive "$name" "$(run_wrk "$name" "$url" "$DURATION" "$CONNS")"
         record "$round" handshake "$name" "$(run_wrk "$name" "$url" "$DURATION" "$HS_CONNS" -H "Connection: close")"
-        mibs=$(upload "$name" "$url")
+        mibs=$(upload "$name" "${url%/bearer/hives/7}/upload/clip.bin")
         printf '%s\tupload\t%s\t%s\t0\t0\t0\t0\n' "$round" "$name" "$mibs" >>"$RESULTS"
         log "round $round upload $name: $(printf '%.0f' "$mibs") MiB/s"
     done
