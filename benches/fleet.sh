@@ -58,7 +58,7 @@ upstream = "127.0.0.1:$BASE_PORT"
 CONF
 }
 start_node() { # NAME PORT
-    RUST_LOG=warn spawn "$RUN/$1.log" "$TG_BIN" serve -c "$RUN/$1.toml"
+    RUST_LOG=${RUST_LOG:-warn} spawn "$RUN/$1.log" "$TG_BIN" serve -c "$RUN/$1.toml"
     wait_http "http://127.0.0.1:$(($2 + 1))/healthz" 300 "$SPAWNED" || die "$1 did not start ($RUN/$1.log)"
 }
 
@@ -91,7 +91,7 @@ if [ "$BIG_TOKENS" -gt 0 ]; then
     port=$((BASE_PORT + 60))
     node_config big "$port" url "$PG_URL"
     t0=$(date +%s%N)
-    start_node big "$port"
+    RUST_LOG=info start_node big "$port"
     startup_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     load=$(grep -o 'loaded [0-9]* tokens from [^ ]* in [0-9.]*[a-zµ]*' "$RUN/big.log" | sed 's/ from [^ ]*//' || true)
     rss=$(vmrss "$SPAWNED")
@@ -104,7 +104,8 @@ if [ "$BIG_TOKENS" -gt 0 ]; then
     sleep 3
     # Seed i belongs to user(i % 1000): the second kept plaintext (i = 1) is user1's first token.
     vid=$(curl -s -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$((BASE_PORT + 11))/api/tokens?user=user1" |
-        grep -o '"id":[0-9]*' | head -1 | tr -dc 0-9)
+        grep -o -m1 '"id":[0-9]*' | tr -dc 0-9 || true)
+    [ -n "$vid" ] || die "no token of user1 found through the admin API"
     t0=$(date +%s%N)
     curl -s -o /dev/null -X DELETE -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$((BASE_PORT + 11))/api/tokens/$vid"
     worst=0

@@ -113,11 +113,22 @@ fn read_response(c: &mut TcpStream) -> Option<(u16, String, bool)> {
         buf.extend_from_slice(&tmp[..n]);
     }
     let close = head.contains("connection: close");
-    Some((status, String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned(), close))
+    Some((
+        status,
+        String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned(),
+        close,
+    ))
 }
 
 /// Polls `client` until `path` answers `want` for `token`; the time since `from`.
-fn until(client: &mut Client, path: &str, token: &str, want: u16, from: Instant, limit: Duration) -> Duration {
+fn until(
+    client: &mut Client,
+    path: &str,
+    token: &str,
+    want: u16,
+    from: Instant,
+    limit: Duration,
+) -> Duration {
     loop {
         if client.call("GET", path, token, "").0 == want {
             return from.elapsed();
@@ -135,7 +146,11 @@ fn cli(command: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run the CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
@@ -157,7 +172,12 @@ fn summary(name: &str, mut v: Vec<Duration>) -> String {
         q(1.0)
     );
     println!("{line}");
-    format!("{name}_p50_ms={:.3} {name}_p99_ms={:.3} {name}_max_ms={:.3}", q(0.5), q(0.99), q(1.0))
+    format!(
+        "{name}_p50_ms={:.3} {name}_p99_ms={:.3} {name}_max_ms={:.3}",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    )
 }
 
 fn main() {
@@ -175,29 +195,46 @@ fn main() {
     let (mut created, mut revoked) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         if let Some(command) = &args.cli {
-            let out = cli(command, &["token", "create", "--user", "probe", "--label", "probe", "--json"]);
+            let out = cli(
+                command,
+                &[
+                    "token", "create", "--user", "probe", "--label", "probe", "--json",
+                ],
+            );
             let t = Instant::now();
-            let (id, token) = (field(&out, "id").to_string(), field(&out, "token").to_string());
+            let (id, token) = (
+                field(&out, "id").to_string(),
+                field(&out, "token").to_string(),
+            );
             created.push(until(&mut nodes[0].1, &args.path, &token, 200, t, limit));
             cli(command, &["token", "revoke", &id]);
             let t = Instant::now();
             revoked.push(until(&mut nodes[0].1, &args.path, &token, 401, t, limit));
             continue;
         }
-        let admin = args.admin_token.as_deref().expect("--admin-token in fleet mode");
+        let admin = args
+            .admin_token
+            .as_deref()
+            .expect("--admin-token in fleet mode");
         let n = nodes.len();
         let writer = round % n;
         let body = format!(r#"{{"user":"probe{round}","label":"propagation"}}"#);
         let (status, out) = nodes[writer].0.call("POST", "/api/tokens", admin, &body);
         assert_eq!(status, 201, "create: {out}");
         let t = Instant::now();
-        let (id, token) = (field(&out, "id").to_string(), field(&out, "token").to_string());
+        let (id, token) = (
+            field(&out, "id").to_string(),
+            field(&out, "token").to_string(),
+        );
         for (i, node) in nodes.iter_mut().enumerate() {
             if i != writer {
                 created.push(until(&mut node.1, &args.path, &token, 200, t, limit));
             }
         }
-        let (status, out) = nodes[(round + 1) % n].0.call("DELETE", &format!("/api/tokens/{id}"), admin, "");
+        let (status, out) =
+            nodes[(round + 1) % n]
+                .0
+                .call("DELETE", &format!("/api/tokens/{id}"), admin, "");
         assert_eq!(status, 200, "revoke: {out}");
         let t = Instant::now();
         for (i, node) in nodes.iter_mut().enumerate() {

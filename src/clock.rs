@@ -2,6 +2,7 @@
 //!
 //! A background thread stores the unix time in seconds every 50 ms; expiry checks and usage stamps read
 //! it. Before [`start`] is called (unit tests, CLI commands) [`now`] falls back to the system clock.
+//! [`mono_nanos`] is the fine monotonic clock the rate limiters read (only when a limit applies).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -39,6 +40,15 @@ pub fn now() -> u64 {
         0 => system_secs(),
         t => t,
     }
+}
+
+/// Nanoseconds on a monotonic clock since the first call in this process (rate limiters' time: never
+/// goes back, unaffected by wall-clock steps). One `clock_gettime` through the vDSO.
+#[inline]
+pub fn mono_nanos() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(std::time::Instant::now);
+    epoch.elapsed().as_nanos() as u64
 }
 
 #[cfg(test)]

@@ -131,6 +131,16 @@ fn a_change_through_any_node_reaches_every_other_node_within_a_second() {
         max < Duration::from_secs(1),
         "a change took {max:?} to reach a node (bound 1 s)"
     );
+    // Nodes whose admin API holds a PostgreSQL connection shut down cleanly.
+    for mut n in nodes {
+        n.sigterm();
+        let status = n.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.success() && !n.logs().contains("panicked"),
+            "{status}\n{}",
+            n.logs()
+        );
+    }
 }
 
 #[test]
@@ -172,7 +182,13 @@ fn usage_adds_up_across_nodes_and_a_killed_node_loses_only_its_own_unflushed_cou
     }
     for g in [&mut a, &mut b] {
         g.sigterm();
-        g.wait_exit(Duration::from_secs(10));
+        let status = g.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "a clean exit after SIGTERM: {status}\n{}",
+            g.logs()
+        );
+        assert!(!g.logs().contains("panicked"), "{}", g.logs());
     }
     let entry = a.token_entry(id);
     assert_eq!(entry["use_count"], 44, "{entry}");

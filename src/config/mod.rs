@@ -17,7 +17,7 @@ pub mod values;
 
 pub use load::{load_store, STORE_URL_ENV};
 pub use model::*;
-pub use values::{check_scope, parse_duration};
+pub use values::{check_scope, parse_duration, Rate};
 
 #[cfg(test)]
 mod tests {

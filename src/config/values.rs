@@ -100,3 +100,70 @@ pub fn header_name(s: &str) -> Result<HeaderName, String> {
     HeaderName::from_bytes(lower.as_bytes())
         .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
 }
+
+/// A rate: `count` requests per `per_secs` seconds, written `20/s`, `600/m` or `10000/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per_secs: u64,
+}
+
+impl Rate {
+    /// Parses `N/s`, `N/m` or `N/h` (also `/sec`, `/min`, `/hour`).
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let bad = || format!("{s:?} is not a rate like 20/s, 600/m or 10000/h");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let per_secs = match unit.trim() {
+            "s" | "sec" | "second" => 1,
+            "m" | "min" | "minute" => 60,
+            "h" | "hour" => 3600,
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > 1_000_000_000 {
+            return Err(format!("{s:?}: the count must be between 1 and 1000000000"));
+        }
+        Ok(Rate { count, per_secs })
+    }
+
+    /// One second's worth of requests (at least 1): the default burst.
+    pub fn one_second(&self) -> u64 {
+        self.count.div_ceil(self.per_secs).max(1)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(
+            Rate::parse("20/s"),
+            Ok(Rate {
+                count: 20,
+                per_secs: 1
+            })
+        );
+        assert_eq!(Rate::parse("600/m").unwrap().one_second(), 10);
+        assert_eq!(Rate::parse("1/h").unwrap().one_second(), 1);
+        assert_eq!(
+            Rate::parse(" 10000 / hour ").unwrap().to_string(),
+            "10000/h"
+        );
+        for bad in ["", "20", "0/s", "x/s", "20/d", "-1/s", "20/"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

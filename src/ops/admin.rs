@@ -481,6 +481,17 @@ impl Admin {
     }
 }
 
+impl Drop for Admin {
+    /// The admin service is dropped on a runtime thread at shutdown; a PostgreSQL connection closes by
+    /// blocking on its own runtime, which tokio forbids there: it is closed on a plain thread instead.
+    fn drop(&mut self) {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if store.is_some() {
+            let _ = std::thread::spawn(move || drop(store)).join();
+        }
+    }
+}
+
 /// The RFC 6750 answer for a refused admin credential.
 fn denial_reply(d: &Denial) -> Reply {
     let mut r = reply(
