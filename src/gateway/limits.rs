@@ -16,7 +16,7 @@
 //! traffic of overshoot per node.
 
 use crate::config::Rate;
-use crate::tokens::fields::{Period, Quota};
+use crate::tokens::fields::Quota;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
