@@ -66,6 +66,10 @@ fn row(id: i64, digest: Digest) -> IndexRow {
         revoked: false,
         rev: id,
         bound_cert: None,
+        rate_limit: None,
+        quota: None,
+        quota_used: 0,
+        quota_period: None,
     }
 }
 
@@ -266,6 +270,7 @@ fn header_benches(c: &mut Criterion) {
             route: &route,
             principal: Some(entry.clone()),
             outcome: Outcome::Ok,
+            rate_limit: None,
             rewrite: Rewrite {
                 path,
                 query,

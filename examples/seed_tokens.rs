@@ -68,6 +68,8 @@ fn main() -> anyhow::Result<()> {
             scopes: Vec::new(),
             expires_at: None,
             bound_cert: None,
+            rate_limit: None,
+            quota: None,
         }));
         let t = Instant::now();
         let tokens = store.create_many(&batch, "seed")?;

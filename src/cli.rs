@@ -1,9 +1,11 @@
 //! The command line: `serve`, `check-config` and the `token` commands. `main.rs` only parses and calls
 //! [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
 
+use crate::config::Rate;
 use crate::config::{self, Config};
+use crate::tokens::fields::Quota;
 use crate::tokens::fields::{cert_thumbprint, check_label, check_scopes, check_user, expiry};
-use crate::tokens::store::{self, Location, NewToken, Store, TokenRecord};
+use crate::tokens::store::{self, Location, NewToken, Store, TokenPatch, TokenRecord};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -90,6 +92,30 @@ pub enum TokenCommand {
         /// Bind the token to the certificate with this SHA-256 thumbprint (of its DER, hex).
         #[arg(long)]
         bind_cert_sha256: Option<String>,
+        /// The token's own rate limit, all routes together (5/s, 300/m, 10000/h).
+        #[arg(long)]
+        rate_limit: Option<String>,
+        /// Accepted requests per calendar period, UTC (100000/day, 2000000/month).
+        #[arg(long)]
+        quota: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a token's label, expiry or limits without rotating it (`none` clears a limit).
+    Set {
+        id: i64,
+        #[arg(long)]
+        label: Option<String>,
+        /// A new expiry (duration from now), or `never`.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// 5/s, 300/m, 10000/h, or none.
+        #[arg(long)]
+        rate_limit: Option<String>,
+        /// 100000/day, 2000000/month, or none.
+        #[arg(long)]
+        quota: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -235,6 +261,8 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
             scopes,
             bind_cert,
             bind_cert_sha256,
+            rate_limit,
+            quota,
             json,
         } => {
             check_user(&user).map_err(anyhow::Error::msg)?;
@@ -257,6 +285,16 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
                 ),
                 (None, None) => None,
             };
+            let rate_limit = rate_limit
+                .as_deref()
+                .map(Rate::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--rate-limit: {e}"))?;
+            let quota = quota
+                .as_deref()
+                .map(Quota::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--quota: {e}"))?;
             let (record, token) = store.create(
                 &NewToken {
                     user,
@@ -264,6 +302,8 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
                     scopes,
                     expires_at,
                     bound_cert,
+                    rate_limit,
+                    quota,
                 },
                 CLI_ACTOR,
             )?;
@@ -301,6 +341,45 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
             }
             Ok(())
         }
+        TokenCommand::Set {
+            id,
+            label,
+            expires_in,
+            rate_limit,
+            quota,
+            json,
+        } => {
+            if let Some(l) = &label {
+                check_label(l).map_err(anyhow::Error::msg)?;
+            }
+            let patch = TokenPatch {
+                label,
+                expires_at: match expires_in.as_deref() {
+                    None => None,
+                    Some("never") => Some(None),
+                    Some(d) => Some(expiry(Some(d), None).map_err(anyhow::Error::msg)?),
+                },
+                rate_limit: limit_arg(rate_limit.as_deref(), Rate::parse, "--rate-limit")?,
+                quota: limit_arg(quota.as_deref(), Quota::parse, "--quota")?,
+            };
+            if patch.is_empty() {
+                anyhow::bail!(
+                    "nothing to change: give --label, --expires-in, --rate-limit or --quota"
+                );
+            }
+            let (record, changed) = store.update(id, &patch, CLI_ACTOR)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record.view(now))?);
+            } else if changed {
+                println!(
+                    "updated token {} ({}, user {})",
+                    record.id, record.label, record.user
+                );
+            } else {
+                println!("token {} already had these settings", record.id);
+            }
+            Ok(())
+        }
         TokenCommand::Revoke { id } => {
             let (record, changed) = store.revoke(id, CLI_ACTOR)?;
             if changed {
@@ -324,6 +403,21 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
                 .with_context(|| format!("rotating token {id}"))?;
             print_secret(&record, token.as_str(), json, now)
         }
+    }
+}
+
+/// `--rate-limit`/`--quota` of `token set`: absent (no change), `none` (clear) or a value.
+fn limit_arg<T>(
+    value: Option<&str>,
+    parse: fn(&str) -> Result<T, String>,
+    flag: &str,
+) -> anyhow::Result<Option<Option<T>>> {
+    match value {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(v) => parse(v)
+            .map(|x| Some(Some(x)))
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}")),
     }
 }
 
@@ -429,6 +523,10 @@ mod tests {
             last_used_at: None,
             use_count: 0,
             bound_cert: None,
+            rate_limit: None,
+            quota: None,
+            quota_used: 0,
+            quota_period: None,
         };
         let t = table(&[r], 10);
         let lines: Vec<&str> = t.lines().collect();

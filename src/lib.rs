@@ -11,12 +11,14 @@
 //!   signing.
 //! - [`tokens`]: the token format, field checks, the store, the in-memory index and its sync.
 //! - [`config`]: the TOML schema, defaults and validation (file/key/problem errors).
-//! - [`clock`]: the coarse clock read on the request path.
+//! - [`clock`]: the coarse clock read on the request path; [`limiter`]: rate bucket and quota counter
+//!   primitives (no policy).
 
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod gateway;
+pub mod limiter;
 pub mod ops;
 pub mod server;
 pub mod tokens;

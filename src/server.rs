@@ -328,6 +328,18 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .name("tokengate-usage".into())
             .spawn(move || sync::run_usage_flush(index, path, every, stop))?
     };
+    // Rate-limit buckets that are full again say nothing a fresh one would not: dropped every few
+    // seconds, so idle tokens and users cost no memory.
+    let sweep = {
+        let (table, stop) = (state.table.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("tokengate-limits".into())
+            .spawn(move || {
+                while !stop.wait(std::time::Duration::from_secs(5)) {
+                    table.load().routes.limiters.sweep(clock::mono_nanos());
+                }
+            })?
+    };
 
     log::info!(
         "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
@@ -353,6 +365,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     stop.stop();
     let _ = sync.join();
     let _ = flush.join();
+    let _ = sweep.join();
     let _ = signal_thread.join();
     if let Some(w) = log_writer {
         // The writer ends when the proxy service (owning the sender) is dropped with its runtime; give

@@ -70,6 +70,7 @@ fn listener_wakes_on_changes_only() {
         id: a.id,
         uses: 1,
         last_used_at: 1,
+        quota: None,
     }]))
     .unwrap();
     assert!(!l.wait(Duration::from_millis(300)).unwrap());
@@ -190,6 +191,7 @@ fn a_server_stopped_under_the_store_is_a_clean_error() {
         id: a.id,
         uses: 1,
         last_used_at: 1,
+        quota: None,
     }]);
     let errors = [
         s.get(a.id).unwrap_err(),

@@ -10,6 +10,8 @@ mod common;
 use common::pg::{admin_url, fresh_database, TestDb};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
+use tokengate::config::Rate;
+use tokengate::tokens::fields::Quota;
 use tokengate::tokens::store::{
     unix_now, Location, NewToken, Status, Store, StoreError, UsageBatch, UsageDelta,
 };
@@ -126,6 +128,8 @@ fn fields_round_trip_scopes_expiry_and_binding() {
             scopes: vec!["telemetry:write".into(), "video:upload".into()],
             expires_at: Some(in_a_day),
             bound_cert: Some([7u8; 32]),
+            rate_limit: Some(Rate::parse("5/s").unwrap()),
+            quota: Some(Quota::parse("1000/month").unwrap()),
         };
         let (r, _) = s.create(&full, "cli").unwrap();
         assert_eq!(r.user, full.user, "{}", b.name);
@@ -133,12 +137,16 @@ fn fields_round_trip_scopes_expiry_and_binding() {
         assert_eq!(r.scopes, full.scopes);
         assert_eq!(r.expires_at, Some(in_a_day));
         assert_eq!(r.bound_cert, Some([7u8; 32]));
+        assert_eq!(r.rate_limit, full.rate_limit);
+        assert_eq!(r.quota, full.quota);
+        assert_eq!((r.quota_used, r.quota_period), (0, None));
         assert_eq!(r.use_count, 0);
         assert_eq!(r.view(unix_now()).bound_cert_sha256, Some("07".repeat(32)));
         let row = s.changes_since(0).unwrap().pop().unwrap();
         assert_eq!(row.scopes, full.scopes);
         assert_eq!(row.expires_at, Some(in_a_day));
         assert_eq!(row.bound_cert, Some([7u8; 32]));
+        assert_eq!((row.rate_limit, row.quota), (full.rate_limit, full.quota));
         let detail = s.events(r.id).unwrap()[0].detail.clone().unwrap();
         assert!(
             detail.contains("expires") && detail.contains("bound to certificate"),
@@ -214,6 +222,7 @@ fn usage_adds_up_moves_forward_and_never_touches_revisions() {
             id: a.id,
             uses,
             last_used_at: at,
+            quota: None,
         };
         s.flush_usage(&UsageBatch::once(vec![delta(3, 100)]))
             .unwrap();
@@ -230,6 +239,7 @@ fn usage_adds_up_moves_forward_and_never_touches_revisions() {
             id: 999,
             uses: 1,
             last_used_at: 1,
+            quota: None,
         }]))
         .unwrap();
     }
@@ -247,6 +257,7 @@ fn a_usage_batch_sent_twice_is_added_once_on_postgres() {
             id: a.id,
             uses: 5,
             last_used_at: 10,
+            quota: None,
         }],
     };
     s.flush_usage(&batch).unwrap();
@@ -422,6 +433,7 @@ fn copy_round_trip(from: &Backend, to: &Backend) {
             id: a.id,
             uses: 42,
             last_used_at: 77,
+            quota: None,
         }]))
         .unwrap();
     }

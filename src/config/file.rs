@@ -115,6 +115,10 @@ pub(super) struct FileRoute {
     pub(super) query_token_param: Option<String>,
     pub(super) sign_secret: Option<String>,
     pub(super) tls_only: Option<bool>,
+    pub(super) rate_limit: Option<String>,
+    pub(super) rate_burst: Option<u64>,
+    pub(super) user_rate_limit: Option<String>,
+    pub(super) rate_limit_headers: Option<bool>,
     pub(super) upstream_ca: Option<String>,
     pub(super) upstream_sni: Option<String>,
 }

@@ -253,6 +253,12 @@ pub struct RouteConfig {
     pub tls_only: bool,
     /// TLS to the upstream (`https://` upstreams).
     pub upstream_tls: Option<UpstreamTls>,
+    /// Per token on this route, with its burst (default: one second's worth).
+    pub rate_limit: Option<(super::Rate, u64)>,
+    /// All tokens of one user together on this route (burst: one second's worth).
+    pub user_rate_limit: Option<super::Rate>,
+    /// `RateLimit` on responses within the limits too (429s always carry it).
+    pub rate_limit_headers: bool,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).

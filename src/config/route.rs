@@ -4,7 +4,9 @@
 use super::context::Ctx;
 use super::file::FileRoute;
 use super::model::*;
-use super::values::{check_prefix, check_scope, header_name, normalize_prefix, resolve_upstream};
+use super::values::{
+    check_prefix, check_scope, header_name, normalize_prefix, resolve_upstream, Rate,
+};
 use std::time::Duration;
 
 /// Checks route number `i` against the gateway settings and the routes before it.
@@ -159,6 +161,32 @@ pub(super) fn route(
         Some(h) => header_name(&h).map_err(|p| cx.err(&k("user_id_header"), p))?,
         None => gateway.user_id_header.clone(),
     };
+    let rate = |key: &str, v: &Option<String>| -> Result<Option<Rate>, ConfigError> {
+        v.as_deref()
+            .map(|s| Rate::parse(s).map_err(|p| cx.err(&k(key), p)))
+            .transpose()
+    };
+    let limits_need_tokens = r.rate_limit.is_some() || r.user_rate_limit.is_some();
+    if limits_need_tokens && auth == AuthMode::None {
+        return Err(cx.err(
+            &k("rate_limit"),
+            "limits per token or user need auth = \"bearer\"",
+        ));
+    }
+    let rate_limit = match rate("rate_limit", &r.rate_limit)? {
+        Some(rt) => {
+            let burst = r.rate_burst.unwrap_or_else(|| rt.one_second());
+            if burst == 0 || burst > 1_000_000_000 {
+                return Err(cx.err(&k("rate_burst"), "must be between 1 and 1000000000"));
+            }
+            Some((rt, burst))
+        }
+        None if r.rate_burst.is_some() => {
+            return Err(cx.err(&k("rate_burst"), "needs rate_limit on the same route"))
+        }
+        None => None,
+    };
+    let user_rate_limit = rate("user_rate_limit", &r.user_rate_limit)?;
     Ok(RouteConfig {
         name: r.name,
         path_prefix: prefix,
@@ -186,5 +214,8 @@ pub(super) fn route(
         sign_secret,
         tls_only: r.tls_only.unwrap_or(false),
         upstream_tls,
+        rate_limit,
+        user_rate_limit,
+        rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
     })
 }

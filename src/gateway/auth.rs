@@ -46,6 +46,10 @@ pub enum Outcome {
     Throttled,
     /// A certificate-bound token without its certificate.
     CertMismatch,
+    /// Refused with 429: over a rate limit (the token's, the route's per token or per user).
+    RateLimited,
+    /// Refused with 429: the token's quota for the period is used up.
+    QuotaExceeded,
     /// The route needs no credential.
     Public,
     /// Refused before authentication (no route, bad path).
@@ -63,6 +67,8 @@ impl Outcome {
             Outcome::InsufficientScope => "insufficient_scope",
             Outcome::Throttled => "throttled",
             Outcome::CertMismatch => "cert_mismatch",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::QuotaExceeded => "quota_exceeded",
             Outcome::Public => "public",
             Outcome::None => "none",
         }
@@ -337,6 +343,10 @@ mod tests {
             revoked,
             rev,
             bound_cert: None,
+            rate_limit: None,
+            quota: None,
+            quota_used: 0,
+            quota_period: None,
         };
         index.apply(&row(1, t.digest(), Some(1000), false, 1));
         assert_eq!(

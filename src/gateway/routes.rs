@@ -5,6 +5,7 @@
 //! `/iot` matches `/iot`, `/iot/`, `/iot/a` and `/iot;p` (a path parameter, which servers such as Tomcat
 //! strip), never `/iotx`.
 
+use super::limits::{Gcra, Limiters};
 use crate::config::{AuthMode, Config, GatewayConfig, RouteConfig};
 use http::HeaderName;
 use std::sync::Arc;
@@ -37,6 +38,12 @@ pub struct Route {
     pub sign_secret: Option<Arc<[u8]>>,
     /// Refuse requests that did not arrive over TLS (403).
     pub tls_only: bool,
+    /// `rate_limit`: a bucket per token on this route.
+    pub token_rate: Option<Gcra>,
+    /// `user_rate_limit`: a bucket per user on this route (all their tokens together).
+    pub user_rate: Option<Gcra>,
+    /// `RateLimit` on answers within the limits too.
+    pub rate_limit_headers: bool,
 }
 
 impl Route {
@@ -56,6 +63,9 @@ impl Route {
             query_token_param: rc.query_token_param.clone(),
             sign_secret: rc.sign_secret.as_deref().map(Arc::from),
             tls_only: rc.tls_only,
+            token_rate: rc.rate_limit.map(|(r, burst)| Gcra::new(r, burst)),
+            user_rate: rc.user_rate_limit.map(|r| Gcra::new(r, r.one_second())),
+            rate_limit_headers: rc.rate_limit_headers,
         }
     }
 }
@@ -67,6 +77,9 @@ pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// Peers whose `X-Forwarded-*` headers are kept.
     pub trusted_proxies: Vec<crate::config::IpNet>,
+    /// The routes' per-token and per-user buckets (a reload starts them afresh: route indices may
+    /// mean other routes then).
+    pub limiters: Limiters,
 }
 
 impl RouteTable {
@@ -95,6 +108,7 @@ impl RouteTable {
         RouteTable {
             routes,
             trusted_proxies: config.gateway.trusted_proxies.clone(),
+            limiters: Limiters::default(),
         }
     }
 

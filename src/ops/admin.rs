@@ -7,10 +7,12 @@
 
 use super::metrics::Metrics;
 use crate::config::parse_duration;
+use crate::config::Rate;
 use crate::gateway::auth::{self, Denial};
+use crate::tokens::fields::Quota;
 use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, ADMIN_SCOPE};
 use crate::tokens::index::Index;
-use crate::tokens::store::{self, Location, NewToken, Store, StoreError, TokenRecord};
+use crate::tokens::store::{self, Location, NewToken, Store, StoreError, TokenPatch, TokenRecord};
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -103,6 +105,31 @@ struct CreateRequest {
     scopes: Vec<String>,
     /// Bind the token to the certificate with this SHA-256 (hex of its DER).
     bound_cert_sha256: Option<String>,
+    rate_limit: Option<String>,
+    quota: Option<String>,
+}
+
+/// `PATCH /api/tokens/{id}`: the fields to change; a limit given as `null` is cleared.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PatchRequest {
+    label: Option<String>,
+    expires_in: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    quota: Option<Option<String>>,
+}
+
+/// A field that is present (`Some`, possibly `null`) as opposed to absent (`None`, by `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Default)]
@@ -198,7 +225,44 @@ fn with_pending(index: &Index, mut record: TokenRecord) -> TokenRecord {
     if last > 0 && record.last_used_at.is_none_or(|l| l < last) {
         record.last_used_at = Some(last);
     }
+    let now = store::unix_now();
+    if let (Some(q), Some(here)) = (record.quota, index.quota_used(record.id, now)) {
+        // This node's view (the shared count of its last flush + its unflushed requests) or the store's,
+        // whichever has counted more.
+        record.quota_used = record.quota_used_now(now).max(here as i64);
+        record.quota_period = Some(q.period.start_of(q.period.index(now)));
+    }
     record
+}
+
+/// Checks a PATCH body into a store patch.
+fn patch_from(req: PatchRequest) -> Result<TokenPatch, ApiError> {
+    if let Some(l) = &req.label {
+        check_label(l).map_err(ApiError::bad)?;
+    }
+    if req.expires_in.is_some() && req.expires_at.is_some() {
+        return Err(ApiError::bad("give expires_in or expires_at, not both"));
+    }
+    let expires_at = match (req.expires_in.as_deref(), req.expires_at) {
+        (Some(d), _) => Some(expiry(Some(d), None).map_err(ApiError::bad)?),
+        (None, Some(None)) => Some(None),
+        (None, Some(Some(t))) => Some(expiry(None, Some(&t)).map_err(ApiError::bad)?),
+        (None, None) => None,
+    };
+    fn limit<T>(
+        v: Option<Option<String>>,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Option<Option<T>>, ApiError> {
+        v.map(|v| v.as_deref().map(parse).transpose())
+            .transpose()
+            .map_err(ApiError::bad)
+    }
+    Ok(TokenPatch {
+        label: req.label,
+        expires_at,
+        rate_limit: limit(req.rate_limit, Rate::parse)?,
+        quota: limit(req.quota, Quota::parse)?,
+    })
 }
 
 fn with_token(record: &TokenRecord, token: &str) -> serde_json::Value {
@@ -421,12 +485,26 @@ impl Admin {
                     .map(store::parse_sha256_hex)
                     .transpose()
                     .map_err(ApiError::bad)?;
+                let rate_limit = req
+                    .rate_limit
+                    .as_deref()
+                    .map(Rate::parse)
+                    .transpose()
+                    .map_err(ApiError::bad)?;
+                let quota = req
+                    .quota
+                    .as_deref()
+                    .map(Quota::parse)
+                    .transpose()
+                    .map_err(ApiError::bad)?;
                 let new = NewToken {
                     user: req.user,
                     label: req.label,
                     scopes: req.scopes,
                     expires_at,
                     bound_cert,
+                    rate_limit,
+                    quota,
                 };
                 let (record, token) = self.with_store(move |s| s.create(&new, &actor)).await?;
                 Ok(json(
@@ -448,6 +526,25 @@ impl Admin {
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::to_value(record.view(now)).expect("json"),
+                ))
+            }
+            ("PATCH", Some(id), None, 1) => {
+                let req: PatchRequest = Self::read_json::<Option<PatchRequest>>(session, false)
+                    .await?
+                    .unwrap_or_default();
+                let patch = patch_from(req)?;
+                if patch.is_empty() {
+                    return Err(ApiError::bad(
+                        "give at least one of label, expires_in, expires_at, rate_limit, quota",
+                    ));
+                }
+                let (record, _) = self
+                    .with_store(move |s| s.update(id, &patch, &actor))
+                    .await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::to_value(with_pending(&self.index, record).view(now))
+                        .expect("json"),
                 ))
             }
             ("POST", Some(id), Some("rotate"), 2) => {

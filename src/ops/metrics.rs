@@ -5,6 +5,7 @@
 //! increments plain atomics instead of looking labels up.
 
 use crate::gateway::auth::Outcome;
+use crate::gateway::decision::LimitKind;
 use crate::tokens::index::Index;
 use crate::transport::upstream::UpstreamError;
 use prometheus::{
@@ -14,7 +15,7 @@ use prometheus::{
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-const OUTCOMES: [Outcome; 10] = [
+const OUTCOMES: [Outcome; 12] = [
     Outcome::Ok,
     Outcome::Missing,
     Outcome::Invalid,
@@ -23,6 +24,8 @@ const OUTCOMES: [Outcome; 10] = [
     Outcome::InsufficientScope,
     Outcome::Throttled,
     Outcome::CertMismatch,
+    Outcome::RateLimited,
+    Outcome::QuotaExceeded,
     Outcome::Public,
     Outcome::None,
 ];
@@ -34,6 +37,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    limited: IntCounterVec,
     bytes_in: IntCounterVec,
     bytes_out: IntCounterVec,
     index_tokens: IntGauge,
@@ -50,6 +54,7 @@ pub struct RouteMetrics {
     requests: Vec<IntCounter>,
     pub duration: Histogram,
     upstream_errors: Vec<IntCounter>,
+    limited: Vec<IntCounter>,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
 }
@@ -67,6 +72,13 @@ impl RouteMetrics {
             .position(|x| *x == outcome)
             .unwrap_or(OUTCOMES.len() - 1);
         self.requests[class * OUTCOMES.len() + o].inc();
+    }
+
+    /// Counts a request refused by a limit (429).
+    pub fn limited(&self, kind: LimitKind) {
+        if let Some(i) = LimitKind::ALL.iter().position(|k| *k == kind) {
+            self.limited[i].inc();
+        }
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
@@ -105,6 +117,14 @@ impl Metrics {
             Opts::new(
                 "tokengate_upstream_errors_total",
                 "Failures talking to an upstream, by route and kind.",
+            ),
+            &["route", "kind"],
+        )
+        .expect("metric");
+        let limited = IntCounterVec::new(
+            Opts::new(
+                "tokengate_limited_total",
+                "Requests refused with 429 by a rate limit or quota, by route and kind (rate, user_rate, quota).",
             ),
             &["route", "kind"],
         )
@@ -173,6 +193,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(limited.clone()),
             Box::new(bytes_in.clone()),
             Box::new(bytes_out.clone()),
             Box::new(index_tokens.clone()),
@@ -190,6 +211,7 @@ impl Metrics {
             requests,
             duration,
             upstream_errors,
+            limited,
             bytes_in,
             bytes_out,
             index_tokens,
@@ -215,6 +237,10 @@ impl Metrics {
             upstream_errors: UpstreamError::ALL
                 .iter()
                 .map(|k| self.upstream_errors.with_label_values(&[route, k.as_str()]))
+                .collect(),
+            limited: LimitKind::ALL
+                .iter()
+                .map(|k| self.limited.with_label_values(&[route, k.as_str()]))
                 .collect(),
             bytes_in: self.bytes_in.with_label_values(&[route]),
             bytes_out: self.bytes_out.with_label_values(&[route]),

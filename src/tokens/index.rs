@@ -8,12 +8,13 @@
 
 use super::fields::ADMIN_SCOPE;
 use super::format::Digest;
-use super::store::{IndexRow, Location, Store, StoreError, UsageDelta};
+use super::store::{IndexRow, Location, QuotaTotal, Store, StoreError, UsageDelta};
 use crate::clock;
+use crate::limiter::{Gcra, QuotaCount};
 use bytes::Bytes;
 use http::HeaderValue;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What the gateway knows about one token, shared by all digests it is indexed under (two during a
@@ -34,6 +35,8 @@ pub struct Entry {
     pub expires_at: u64,
     /// The SHA-256 of the client certificate this token is bound to (boxed: most tokens have none).
     pub bound_cert: Option<Box<[u8; 32]>>,
+    /// The token's own rate limit and quota (boxed: most tokens have none; about 64 bytes when set).
+    pub limits: Option<Box<TokenLimits>>,
     revoked: AtomicBool,
     /// Store revision of the state applied; older rows are ignored (two loaders may race).
     rev: AtomicI64,
@@ -58,6 +61,7 @@ impl Entry {
             scopes: row.scopes.iter().map(|s| s.as_str().into()).collect(),
             expires_at: row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX),
             bound_cert: row.bound_cert.map(Box::new),
+            limits: TokenLimits::new(row).map(Box::new),
             revoked: AtomicBool::new(row.revoked),
             rev: AtomicI64::new(row.rev),
             uses: AtomicU32::new(0),
@@ -70,6 +74,16 @@ impl Entry {
         self.user() == row.user
             && self.expires_at == row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX)
             && self.bound_cert.as_deref() == row.bound_cert.as_ref()
+            && self
+                .limits
+                .as_ref()
+                .and_then(|l| l.rate.as_ref().map(|r| r.0.rate))
+                == row.rate_limit
+            && self
+                .limits
+                .as_ref()
+                .and_then(|l| l.quota.as_ref().map(|q| q.quota))
+                == row.quota
             && self.scopes.len() == row.scopes.len()
             && self.scopes.iter().zip(&row.scopes).all(|(a, b)| **a == **b)
     }
@@ -117,6 +131,31 @@ impl Entry {
         if self.last_used.load(Ordering::Relaxed) != now {
             self.last_used.store(now, Ordering::Relaxed);
         }
+    }
+}
+
+/// A token's own limits, in memory: its rate bucket (all routes together) and its quota count.
+#[derive(Debug)]
+pub struct TokenLimits {
+    /// The bucket and its state (the theoretical arrival time, see [`Gcra`]).
+    pub rate: Option<(Gcra, AtomicU64)>,
+    pub quota: Option<QuotaCount>,
+}
+
+impl TokenLimits {
+    fn new(row: &IndexRow) -> Option<TokenLimits> {
+        if row.rate_limit.is_none() && row.quota.is_none() {
+            return None;
+        }
+        Some(TokenLimits {
+            rate: row
+                .rate_limit
+                .map(|r| (Gcra::new(r, r.one_second()), AtomicU64::new(0))),
+            quota: row.quota.map(|q| {
+                let period = row.quota_period.map(|p| q.period.index(p));
+                QuotaCount::new(q, period, row.quota_used.max(0) as u64)
+            }),
+        })
     }
 }
 
@@ -371,6 +410,12 @@ impl Index {
                 entry
                     .last_used
                     .fetch_max(k.entry.last_used.load(Ordering::Acquire), Ordering::AcqRel);
+                if let (Some(new), Some(old)) = (
+                    entry.limits.as_ref().and_then(|l| l.quota.as_ref()),
+                    k.entry.limits.as_ref().and_then(|l| l.quota.as_ref()),
+                ) {
+                    new.absorb(old);
+                }
                 w.retired.push(k.entry.clone());
             }
         }
@@ -448,16 +493,53 @@ impl Index {
             .chain(retired.iter())
         {
             let uses = e.uses.swap(0, Ordering::Relaxed);
-            if uses > 0 {
+            let quota = e
+                .limits
+                .as_ref()
+                .and_then(|l| l.quota.as_ref())
+                .and_then(|q| q.pending());
+            if uses > 0 || quota.is_some() {
                 let last_used_at = e.last_used.load(Ordering::Relaxed) as i64;
                 out.push(UsageDelta {
                     id: e.token_id,
                     uses: uses as u64,
                     last_used_at,
+                    quota,
                 });
             }
         }
         out
+    }
+
+    /// After a flush: the shared quota counts the store reported, and the sent counts off the local ones.
+    pub fn settle_quota(&self, sent: &[UsageDelta], totals: &[QuotaTotal]) {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        for t in totals {
+            let Some(q) = w
+                .get(t.id)
+                .and_then(|k| k.entry.limits.as_ref())
+                .and_then(|l| l.quota.as_ref())
+            else {
+                continue;
+            };
+            let sent_here = sent
+                .iter()
+                .filter(|d| d.id == t.id)
+                .filter_map(|d| d.quota)
+                .filter(|(p, _)| *p == t.period_start)
+                .map(|(_, n)| n)
+                .sum();
+            q.settle(t.period_start, sent_here, t.total);
+        }
+    }
+
+    /// This node's view of a token's quota: used in the current period (shared + unflushed).
+    pub fn quota_used(&self, id: i64, now: i64) -> Option<u64> {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.get(id)
+            .and_then(|k| k.entry.limits.as_ref())
+            .and_then(|l| l.quota.as_ref())
+            .map(|q| q.used(now).0)
     }
 
     /// Usage counted in memory but not flushed yet for a token: (uses, last used unix seconds or 0).
@@ -504,6 +586,10 @@ mod tests {
             revoked: false,
             rev,
             bound_cert: None,
+            rate_limit: None,
+            quota: None,
+            quota_used: 0,
+            quota_period: None,
         }
     }
 
@@ -536,7 +622,8 @@ mod tests {
             vec![UsageDelta {
                 id: 1,
                 uses: 2,
-                last_used_at: 6
+                last_used_at: 6,
+                quota: None
             }]
         );
         assert!(idx.take_usage().is_empty());

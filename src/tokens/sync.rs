@@ -360,7 +360,10 @@ impl Flusher {
                 }
             };
             match store.flush_usage(&batch) {
-                Ok(()) => written += batch.deltas.len(),
+                Ok(totals) => {
+                    index.settle_quota(&batch.deltas, &totals);
+                    written += batch.deltas.len();
+                }
                 Err(e) => {
                     self.pending = Some(batch);
                     return Err(e);

@@ -13,6 +13,7 @@ use super::upstream::Conn;
 use super::{take_slot, Engine, RouteIo, Table};
 use crate::clock;
 use crate::gateway::auth::Outcome;
+use crate::gateway::decision::LimitKind;
 use crate::gateway::paths::origin_form;
 use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
 use crate::ops::access_log::Record;
@@ -57,6 +58,10 @@ pub(super) struct Facts {
     pub(super) bytes_out: u64,
     /// Method and path (never the query), only when the access log is on.
     log: Option<(http::Method, String)>,
+    /// The `RateLimit` field for the response (a route with `rate_limit_headers`).
+    pub(super) rate_limit: Option<String>,
+    /// The limit that refused the request (429), for metrics.
+    limit: Option<LimitKind>,
 }
 
 /// One client connection.
@@ -238,11 +243,16 @@ impl<'a, S: ClientStream> Client<'a, S> {
             bytes_in: 0,
             bytes_out: 0,
             log: None,
+            rate_limit: None,
+            limit: None,
         };
         let keep = self.decide_and_forward(&table, &mut facts).await;
         let io = facts.route.map(|i| &table.io[i]);
         let m = io.map(|io| &io.metrics).unwrap_or(&engine.unrouted);
         m.count(facts.status, facts.outcome);
+        if let Some(kind) = facts.limit {
+            m.limited(kind);
+        }
         m.duration.observe(facts.start.elapsed().as_secs_f64());
         m.bytes_in.inc_by(facts.bytes_in);
         m.bytes_out.inc_by(facts.bytes_out);
@@ -315,6 +325,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             &self.peer_text,
         );
         facts.entry = forward.principal;
+        facts.rate_limit = forward.rate_limit;
         let method = self.head.method.get(head_bytes);
         let req = Req {
             framing: self.head.framing,
@@ -366,6 +377,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
         }
         facts.status = r.status;
         facts.outcome = r.outcome;
+        facts.limit = r.limit;
         facts.route = r.route.or(facts.route);
         match self.answer(&r, keep, is_head).await {
             Ok(sent) => {

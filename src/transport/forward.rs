@@ -241,9 +241,8 @@ impl<S: ClientStream> Client<'_, S> {
             &mut self.out,
             resp,
             conn.buf.filled(),
-            chunked_out,
-            keep_client,
-            req.client_minor,
+            (chunked_out, keep_client, req.client_minor),
+            facts.rate_limit.as_deref(),
         );
         conn.buf.consume(resp.len);
         facts.status = resp.status;

@@ -175,9 +175,8 @@ pub fn write_response_head(
     out: &mut Vec<u8>,
     resp: &ResponseHead,
     bytes: &[u8],
-    chunked_out: bool,
-    keep_client: bool,
-    client_minor: u8,
+    (chunked_out, keep_client, client_minor): (bool, bool, u8),
+    rate_limit: Option<&str>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     http1::push_decimal(out, u64::from(resp.status));
@@ -197,7 +196,14 @@ pub fn write_response_head(
         if http1::is_hop_by_hop(name) || resp.named_by_connection(bytes, name) {
             continue;
         }
+        // The gateway's own limits are the ones a client is told about, not an upstream's.
+        if rate_limit.is_some() && name.eq_ignore_ascii_case(b"ratelimit") {
+            continue;
+        }
         http1::push_field(out, name, f.value.get(bytes));
+    }
+    if let Some(v) = rate_limit {
+        http1::push_field(out, b"RateLimit", v.as_bytes());
     }
     match resp.framing {
         Framing::Length(n) => {
@@ -239,6 +245,9 @@ pub fn write_error_head(out: &mut Vec<u8>, r: &Refusal, body_len: usize, keep: b
         out.extend_from_slice(b"retry-after: ");
         http1::push_decimal(out, s);
         out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &r.headers {
+        http1::push_field(out, name.as_bytes(), value.as_bytes());
     }
     if !keep {
         out.extend_from_slice(b"connection: close\r\n");

@@ -11,8 +11,10 @@ pub mod pg;
 pub mod pg_url;
 pub mod sqlite;
 
+use super::fields::Quota;
 pub use super::fields::{parse_rfc3339, rfc3339, unix_now};
 use super::format::{Digest, Token};
+use crate::config::Rate;
 pub use pg_url::PgUrl;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -88,6 +90,13 @@ pub struct TokenRecord {
     pub use_count: i64,
     /// The SHA-256 of the certificate (DER) this token is bound to.
     pub bound_cert: Option<[u8; 32]>,
+    /// The token's own rate limit (all routes together).
+    pub rate_limit: Option<Rate>,
+    /// Accepted requests allowed per calendar period.
+    pub quota: Option<Quota>,
+    /// Accepted requests counted in the period starting at `quota_period` (unix seconds), all nodes.
+    pub quota_used: i64,
+    pub quota_period: Option<i64>,
 }
 
 /// A token's status at some moment.
@@ -125,9 +134,25 @@ pub struct TokenView {
     pub status: Status,
     /// Lower-case hex of the bound certificate's SHA-256; null when unbound.
     pub bound_cert_sha256: Option<String>,
+    /// `5/s`-style, or null.
+    pub rate_limit: Option<String>,
+    /// `100000/day`-style, or null.
+    pub quota: Option<String>,
+    /// Accepted requests in the current quota period (0 without a quota).
+    pub quota_used: i64,
+    /// When the current quota period ends (null without a quota).
+    pub quota_resets_at: Option<String>,
 }
 
 impl TokenRecord {
+    /// Accepted requests counted in the quota period that contains `now` (0 once a new period began).
+    pub fn quota_used_now(&self, now: i64) -> i64 {
+        match (self.quota, self.quota_period) {
+            (Some(q), Some(p)) if q.period.index(p) == q.period.index(now) => self.quota_used,
+            _ => 0,
+        }
+    }
+
     pub fn status(&self, now: i64) -> Status {
         if self.revoked_at.is_some() {
             Status::Revoked
@@ -152,6 +177,12 @@ impl TokenRecord {
             use_count: self.use_count,
             status: self.status(now),
             bound_cert_sha256: self.bound_cert.map(|d| hex(&d)),
+            rate_limit: self.rate_limit.map(|r| r.to_string()),
+            quota: self.quota.map(|q| q.to_string()),
+            quota_used: self.quota_used_now(now),
+            quota_resets_at: self
+                .quota
+                .map(|q| rfc3339(q.period.start_of(q.period.index(now) + 1))),
         }
     }
 }
@@ -183,6 +214,11 @@ pub struct IndexRow {
     pub revoked: bool,
     pub rev: i64,
     pub bound_cert: Option<[u8; 32]>,
+    pub rate_limit: Option<Rate>,
+    pub quota: Option<Quota>,
+    /// The shared quota count, in the period starting at `quota_period`.
+    pub quota_used: i64,
+    pub quota_period: Option<i64>,
 }
 
 /// What a new token is made of.
@@ -194,6 +230,91 @@ pub struct NewToken {
     pub expires_at: Option<i64>,
     /// Bind the token to the certificate with this SHA-256 (of its DER).
     pub bound_cert: Option<[u8; 32]>,
+    pub rate_limit: Option<Rate>,
+    pub quota: Option<Quota>,
+}
+
+/// The detail of a token's `created` event: expiry, and binding and limits when set.
+pub(crate) fn created_detail(new: &NewToken) -> String {
+    let mut detail = match new.expires_at {
+        Some(e) => format!("expires {}", rfc3339(e)),
+        None => "permanent".to_string(),
+    };
+    if let Some(d) = &new.bound_cert {
+        detail.push_str(&format!(", bound to certificate {}", hex(d)));
+    }
+    if let Some(r) = &new.rate_limit {
+        detail.push_str(&format!(", rate limit {r}"));
+    }
+    if let Some(q) = &new.quota {
+        detail.push_str(&format!(", quota {q}"));
+    }
+    detail
+}
+
+/// A stored rate or quota (`5/s`, `100/day`); one that does not parse any more is logged and dropped.
+pub(crate) fn parse_limit<T>(
+    text: Option<&str>,
+    parse: fn(&str) -> Result<T, String>,
+) -> Option<T> {
+    let text = text?;
+    parse(text)
+        .map_err(|e| log::error!("store: a token's limit {text:?} does not parse ({e}); ignored"))
+        .ok()
+}
+
+/// A change to a token's editable fields; `None` leaves a field as it is, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenPatch {
+    pub label: Option<String>,
+    pub expires_at: Option<Option<i64>>,
+    pub rate_limit: Option<Option<Rate>>,
+    pub quota: Option<Option<Quota>>,
+}
+
+impl TokenPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == TokenPatch::default()
+    }
+
+    /// Applies the patch to `r`; returns the event detail describing what changed (`None`: nothing).
+    pub fn apply(&self, r: &mut TokenRecord) -> Option<String> {
+        let mut changes = Vec::new();
+        if let Some(l) = &self.label {
+            if *l != r.label {
+                changes.push(format!("label {:?}", l));
+                r.label = l.clone();
+            }
+        }
+        if let Some(e) = self.expires_at {
+            if e != r.expires_at {
+                changes.push(match e {
+                    Some(at) => format!("expires {}", rfc3339(at)),
+                    None => "permanent".into(),
+                });
+                r.expires_at = e;
+            }
+        }
+        if let Some(rl) = self.rate_limit {
+            if rl != r.rate_limit {
+                changes.push(format!(
+                    "rate limit {}",
+                    rl.map_or("none".into(), |x| x.to_string())
+                ));
+                r.rate_limit = rl;
+            }
+        }
+        if let Some(q) = self.quota {
+            if q != r.quota {
+                changes.push(format!(
+                    "quota {}",
+                    q.map_or("none".into(), |x| x.to_string())
+                ));
+                r.quota = q;
+            }
+        }
+        (!changes.is_empty()).then(|| changes.join(", "))
+    }
 }
 
 /// Pending usage for one token, as flushed.
@@ -202,6 +323,16 @@ pub struct UsageDelta {
     pub id: i64,
     pub uses: u64,
     pub last_used_at: i64,
+    /// Accepted requests counted against the token's quota: (the period's start, unix seconds; count).
+    pub quota: Option<(i64, u64)>,
+}
+
+/// A token's shared quota count after a flush added to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaTotal {
+    pub id: i64,
+    pub period_start: i64,
+    pub total: u64,
 }
 
 /// Lower-case hex of bytes (certificate thumbprints).
@@ -407,9 +538,20 @@ impl Store {
     }
 
     /// Adds usage counted in memory (increments; `last_used_at` only moves forward), at most once per
-    /// batch id.
-    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<(), StoreError> {
+    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to.
+    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         each!(self, s => s.flush_usage(batch))
+    }
+
+    /// Changes a token's label, expiry or limits (a change: new revision, one event). Returns the record
+    /// and whether anything changed. Refused for a revoked token.
+    pub fn update(
+        &mut self,
+        id: i64,
+        patch: &TokenPatch,
+        actor: &str,
+    ) -> Result<(TokenRecord, bool), StoreError> {
+        each!(self, s => s.update(id, patch, actor))
     }
 
     /// A health query: is the store there and readable?

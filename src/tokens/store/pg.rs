@@ -34,9 +34,11 @@
 
 use super::pg_url::PgUrl;
 use super::{
-    hex, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken, IndexRow, NewToken,
-    StoreError, TokenRecord, UsageBatch, BUSY_TIMEOUT,
+    created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
+    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch, BUSY_TIMEOUT,
 };
+use crate::config::Rate;
+use crate::tokens::fields::Quota;
 use crate::tokens::format::{Digest, Token};
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
@@ -95,6 +97,12 @@ pub const MIGRATIONS: &[&str] = &[
         at   BIGINT NOT NULL,
         PRIMARY KEY (node, seq)
     );",
+    // 2: rate limits and quotas per token (SQLite's migration 4); the quota count of the period starting
+    // at quota_period.
+    "ALTER TABLE tokens ADD COLUMN rate_limit TEXT;
+    ALTER TABLE tokens ADD COLUMN quota TEXT;
+    ALTER TABLE tokens ADD COLUMN quota_used BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE tokens ADD COLUMN quota_period BIGINT;",
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
@@ -113,7 +121,7 @@ const CHANGE_BATCH: i32 = 10_000;
 macro_rules! record_columns {
     () => {
         "id, user_id, label, scopes, created_at, expires_at, revoked_at, rotated_at, last_used_at, use_count, \
-         bound_cert_sha256"
+         bound_cert_sha256, rate_limit, quota, quota_used, quota_period"
     };
 }
 
@@ -122,10 +130,13 @@ const TAKE_REVS: &str = "WITH r AS (UPDATE token_revision SET rev = rev + $1::in
     SELECT r.rev - $1::int8 + 1 FROM r, pg_notify('tokengate_changes', r.rev::text)";
 
 const INSERT_TOKENS: &str = "WITH new AS (
-        INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at, bound_cert_sha256)
-        SELECT t.user_id, t.label, t.digest, $4::int8, $5::int8 + t.n - 1, t.scopes, t.expires_at, t.bound
-        FROM UNNEST($1::text[], $2::text[], $3::bytea[], $6::text[], $7::int8[], $10::bytea[])
-            WITH ORDINALITY AS t (user_id, label, digest, scopes, expires_at, bound, n)
+        INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at, bound_cert_sha256,
+                            rate_limit, quota)
+        SELECT t.user_id, t.label, t.digest, $4::int8, $5::int8 + t.n - 1, t.scopes, t.expires_at, t.bound,
+               t.rate_limit, t.quota
+        FROM UNNEST($1::text[], $2::text[], $3::bytea[], $6::text[], $7::int8[], $10::bytea[], $11::text[],
+                    $12::text[])
+            WITH ORDINALITY AS t (user_id, label, digest, scopes, expires_at, bound, rate_limit, quota, n)
         RETURNING id, rev
     ), events AS (
         INSERT INTO token_events (token_id, at, event, actor, detail)
@@ -175,7 +186,7 @@ const ROTATE: &str = concat!(
 
 const CHANGES: &str =
     "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at,
-        revoked_at IS NOT NULL, rev, bound_cert_sha256
+        revoked_at IS NOT NULL, rev, bound_cert_sha256, rate_limit, quota, quota_used, quota_period
     FROM tokens WHERE rev > $1 ORDER BY rev";
 
 /// Adds usage in one statement. Deltas for one id are summed first (an index hands in a replaced entry's
@@ -185,6 +196,20 @@ const CHANGES: &str =
 /// forgotten on the way (a node retries a batch for as long as the store is down, never a day later).
 const RECORD_BATCH: &str = "WITH old AS (DELETE FROM usage_batches WHERE at < $3::int8 - 86400)
     INSERT INTO usage_batches (node, seq, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+/// Adds quota counts (ids, period starts, counts; one per id): a later period starts the count over, an
+/// earlier one is too late to count. Returns each token's period and total.
+const FLUSH_QUOTA: &str = "UPDATE tokens t SET
+        quota_used = CASE WHEN t.quota_period = q.p THEN t.quota_used + q.n
+                          WHEN t.quota_period IS NULL OR t.quota_period < q.p THEN q.n
+                          ELSE t.quota_used END,
+        quota_period = GREATEST(COALESCE(t.quota_period, q.p), q.p)
+    FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS q (id, p, n)
+    WHERE t.id = q.id RETURNING t.id, t.quota_period, t.quota_used";
+
+/// The quota totals of a batch that was written before (its answer was lost).
+const READ_QUOTA: &str =
+    "SELECT id, quota_period, quota_used FROM tokens WHERE id = ANY($1::int8[]) AND quota_period IS NOT NULL";
 
 const FLUSH_USAGE: &str = "WITH d AS (
         SELECT id, SUM(uses)::int8 AS uses, MAX(last_used_at) AS last_used_at
@@ -380,16 +405,16 @@ impl PgStore {
         let mut tokens = Vec::with_capacity(rows.len());
         for r in &rows {
             let record = record(r).map_err(err)?;
-            let digest: &[u8] = r.try_get(11).map_err(err)?;
-            let prev: Option<&[u8]> = r.try_get(12).map_err(err)?;
+            let digest: &[u8] = r.try_get(15).map_err(err)?;
+            let prev: Option<&[u8]> = r.try_get(16).map_err(err)?;
             tokens.push(ExportedToken {
                 digest: Digest::from_slice(digest).ok_or_else(|| StoreError::BadUrl {
                     url: self.url.redacted.clone(),
                     problem: format!("token {} has a malformed digest", record.id),
                 })?,
                 prev_digest: prev.and_then(Digest::from_slice),
-                prev_valid_until: r.try_get(13).map_err(err)?,
-                rev: r.try_get(14).map_err(err)?,
+                prev_valid_until: r.try_get(17).map_err(err)?,
+                rev: r.try_get(18).map_err(err)?,
                 record,
             });
         }
@@ -444,8 +469,9 @@ impl PgStore {
             .prepare(
                 "INSERT INTO tokens (id, user_id, label, digest, created_at, revoked_at, last_used_at,
                     use_count, rev, scopes, expires_at, prev_digest, prev_valid_until, rotated_at,
-                    bound_cert_sha256)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                    bound_cert_sha256, rate_limit, quota, quota_used, quota_period)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                         $19)",
             )
             .map_err(err)?;
         for t in &data.tokens {
@@ -453,6 +479,10 @@ impl PgStore {
             let scopes = r.scopes.join(" ");
             let prev = t.prev_digest.as_ref().map(|d| &d.0[..]);
             let bound = r.bound_cert.as_ref().map(|d| &d[..]);
+            let (rate, quota) = (
+                r.rate_limit.map(|x| x.to_string()),
+                r.quota.map(|x| x.to_string()),
+            );
             tx.execute(
                 &insert,
                 &[
@@ -471,6 +501,10 @@ impl PgStore {
                     &t.prev_valid_until,
                     &r.rotated_at,
                     &bound,
+                    &rate,
+                    &quota,
+                    &r.quota_used,
+                    &r.quota_period,
                 ],
             )
             .map_err(err)?;
@@ -521,18 +555,14 @@ impl PgStore {
             .iter()
             .map(|n| n.bound_cert.as_ref().map(|d| &d[..]))
             .collect();
-        let details: Vec<String> = news
+        let details: Vec<String> = news.iter().map(created_detail).collect();
+        let rates: Vec<Option<String>> = news
             .iter()
-            .map(|n| {
-                let mut d = match n.expires_at {
-                    Some(e) => format!("expires {}", rfc3339(e)),
-                    None => "permanent".to_string(),
-                };
-                if let Some(b) = &n.bound_cert {
-                    d.push_str(&format!(", bound to certificate {}", hex(b)));
-                }
-                d
-            })
+            .map(|n| n.rate_limit.map(|r| r.to_string()))
+            .collect();
+        let quotas: Vec<Option<String>> = news
+            .iter()
+            .map(|n| n.quota.map(|q| q.to_string()))
             .collect();
         let (take_revs, insert) = (self.prepare(TAKE_REVS)?, self.prepare(INSERT_TOKENS)?);
         let err = |e| to_err(&self.url, e);
@@ -541,8 +571,9 @@ impl PgStore {
             .query_one(&take_revs, &[&(news.len() as i64)])
             .map_err(err)?
             .get(0);
-        let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
+        let params: [&(dyn postgres::types::ToSql + Sync); 12] = [
             &users, &labels, &digests, &now, &first, &scopes, &expires, &actor, &details, &bound,
+            &rates, &quotas,
         ];
         let mut rows = tx.query(&insert, &params).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -744,6 +775,10 @@ impl PgStore {
                         .try_get::<_, Option<&[u8]>>(9)
                         .map_err(err)?
                         .and_then(|b| b.try_into().ok()),
+                    rate_limit: parse_limit(r.try_get(10).map_err(err)?, Rate::parse),
+                    quota: parse_limit(r.try_get(11).map_err(err)?, Quota::parse),
+                    quota_used: r.try_get(12).map_err(err)?,
+                    quota_period: r.try_get(13).map_err(err)?,
                 });
             }
             if rows.len() < CHANGE_BATCH as usize {
@@ -758,10 +793,10 @@ impl PgStore {
     ///
     /// Each batch is recorded by its id (`node`, `seq`) in the same transaction: a batch sent again
     /// because its answer was lost (the commit went through, the connection broke) changes nothing.
-    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<(), StoreError> {
+    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         let deltas = &batch.deltas;
         if deltas.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let ids: Vec<i64> = deltas.iter().map(|d| d.id).collect();
         let uses: Vec<i64> = deltas
@@ -769,23 +804,101 @@ impl PgStore {
             .map(|d| d.uses.min(i64::MAX as u64) as i64)
             .collect();
         let last: Vec<i64> = deltas.iter().map(|d| d.last_used_at).collect();
-        let (record, statement) = (self.prepare(RECORD_BATCH)?, self.prepare(FLUSH_USAGE)?);
+        let quota: Vec<(i64, i64, i64)> = deltas
+            .iter()
+            .filter_map(|d| d.quota.map(|(p, n)| (d.id, p, n as i64)))
+            .collect();
+        let (q_ids, q_periods, q_counts): (Vec<i64>, Vec<i64>, Vec<i64>) = (
+            quota.iter().map(|q| q.0).collect(),
+            quota.iter().map(|q| q.1).collect(),
+            quota.iter().map(|q| q.2).collect(),
+        );
+        let (record, statement, add_quota, read_quota) = (
+            self.prepare(RECORD_BATCH)?,
+            self.prepare(FLUSH_USAGE)?,
+            self.prepare(FLUSH_QUOTA)?,
+            self.prepare(READ_QUOTA)?,
+        );
         let err = |e| to_err(&self.url, e);
         let mut tx = self.client.transaction().map_err(err)?;
         let seq = batch.seq as i64;
         let fresh = tx
             .execute(&record, &[&batch.node, &seq, &unix_now()])
             .map_err(err)?;
-        if fresh == 1 {
+        let totals = if fresh == 1 {
             tx.execute(&statement, &[&ids, &uses, &last]).map_err(err)?;
+            tx.query(&add_quota, &[&q_ids, &q_periods, &q_counts])
+                .map_err(err)?
         } else {
+            tx.query(&read_quota, &[&q_ids]).map_err(err)?
+        };
+        let totals = totals
+            .iter()
+            .map(|r| QuotaTotal {
+                id: r.get(0),
+                period_start: r.get(1),
+                total: r.get::<_, i64>(2).max(0) as u64,
+            })
+            .collect();
+        if fresh != 1 {
             log::info!(
                 "usage flush: batch {}/{} was already written (its answer was lost); not added again",
                 batch.node,
                 batch.seq
             );
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(totals)
+    }
+
+    /// Changes a token's label, expiry or limits (a new revision and one `updated` event).
+    pub fn update(
+        &mut self,
+        id: i64,
+        patch: &TokenPatch,
+        actor: &str,
+    ) -> Result<(TokenRecord, bool), StoreError> {
+        let now = unix_now();
+        let (lock, take_revs) = (self.prepare(LOCK)?, self.prepare(TAKE_REVS)?);
+        let err = |e| to_err(&self.url, e);
+        let mut tx = self.client.transaction().map_err(err)?;
+        let row = tx
+            .query_opt(&lock, &[&id])
+            .map_err(err)?
+            .ok_or(StoreError::NotFound { id })?;
+        let mut current = record(&row).map_err(err)?;
+        if current.revoked_at.is_some() {
+            return Err(StoreError::Revoked { id });
+        }
+        let Some(detail) = patch.apply(&mut current) else {
+            tx.commit().map_err(err)?;
+            return Ok((current, false));
+        };
+        let rev: i64 = tx.query_one(&take_revs, &[&1i64]).map_err(err)?.get(0);
+        let (rate, quota) = (
+            current.rate_limit.map(|x| x.to_string()),
+            current.quota.map(|x| x.to_string()),
+        );
+        tx.execute(
+            "UPDATE tokens SET label = $2, expires_at = $3, rate_limit = $4, quota = $5, rev = $6
+             WHERE id = $1",
+            &[
+                &id,
+                &current.label,
+                &current.expires_at,
+                &rate,
+                &quota,
+                &rev,
+            ],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "INSERT INTO token_events (token_id, at, event, actor, detail) VALUES ($1, $2, 'updated', $3, $4)",
+            &[&id, &now, &actor, &detail],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok((current, true))
     }
 
     /// Runs a health query: is the server reachable and the schema there?
@@ -813,6 +926,10 @@ fn record(r: &Row) -> Result<TokenRecord, postgres::Error> {
         bound_cert: r
             .try_get::<_, Option<&[u8]>>(10)?
             .and_then(|b| b.try_into().ok()),
+        rate_limit: parse_limit(r.try_get(11)?, Rate::parse),
+        quota: parse_limit(r.try_get(12)?, Quota::parse),
+        quota_used: r.try_get(13)?,
+        quota_period: r.try_get(14)?,
     })
 }
 

@@ -8,9 +8,11 @@
 //! loss. The file is created with mode 0600.
 
 use super::{
-    hex, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken, IndexRow, NewToken,
-    StoreError, TokenRecord, UsageBatch, BUSY_TIMEOUT,
+    created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
+    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch, BUSY_TIMEOUT,
 };
+use crate::config::Rate;
+use crate::tokens::fields::Quota;
 use crate::tokens::format::{Digest, Token};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,11 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE revoked_at IS NOT NULL;",
     // 3: certificate-bound tokens (the SHA-256 of the device certificate's DER).
     "ALTER TABLE tokens ADD COLUMN bound_cert_sha256 BLOB;",
+    // 4: rate limits and quotas per token; the quota count of the period starting at quota_period.
+    "ALTER TABLE tokens ADD COLUMN rate_limit TEXT;
+    ALTER TABLE tokens ADD COLUMN quota TEXT;
+    ALTER TABLE tokens ADD COLUMN quota_used INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tokens ADD COLUMN quota_period INTEGER;",
 ];
 
 /// One connection to the token database. Open one per thread that needs it.
@@ -205,8 +212,8 @@ impl SqliteStore {
         let mut rows = stmt.query([]).map_err(err)?;
         while let Some(r) = rows.next().map_err(err)? {
             let record = record_from_row(r).map_err(err)?;
-            let digest: Vec<u8> = r.get(11).map_err(err)?;
-            let prev: Option<Vec<u8>> = r.get(12).map_err(err)?;
+            let digest: Vec<u8> = r.get(15).map_err(err)?;
+            let prev: Option<Vec<u8>> = r.get(16).map_err(err)?;
             tokens.push(ExportedToken {
                 digest: Digest::from_slice(&digest).ok_or_else(|| StoreError::Create {
                     path: self.path.display().to_string(),
@@ -216,8 +223,8 @@ impl SqliteStore {
                     )),
                 })?,
                 prev_digest: prev.as_deref().and_then(Digest::from_slice),
-                prev_valid_until: r.get(13).map_err(err)?,
-                rev: r.get(14).map_err(err)?,
+                prev_valid_until: r.get(17).map_err(err)?,
+                rev: r.get(18).map_err(err)?,
                 record,
             });
         }
@@ -270,8 +277,9 @@ impl SqliteStore {
                 .prepare(
                     "INSERT INTO tokens (id, user_id, label, digest, created_at, revoked_at, last_used_at,
                         use_count, rev, scopes, expires_at, prev_digest, prev_valid_until, rotated_at,
-                        bound_cert_sha256)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                        bound_cert_sha256, rate_limit, quota, quota_used, quota_period)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                             ?18, ?19)",
                 )
                 .map_err(err)?;
             for t in &data.tokens {
@@ -293,6 +301,10 @@ impl SqliteStore {
                         t.prev_valid_until,
                         r.rotated_at,
                         r.bound_cert.as_ref().map(|d| &d[..]),
+                        r.rate_limit.map(|x| x.to_string()),
+                        r.quota.map(|x| x.to_string()),
+                        r.quota_used,
+                        r.quota_period,
                     ])
                     .map_err(err)?;
             }
@@ -329,8 +341,8 @@ impl SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO tokens (user_id, label, digest, created_at, rev, scopes, expires_at,
-                                         bound_cert_sha256)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                         bound_cert_sha256, rate_limit, quota)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(err)?;
             for (rev, new) in (first_rev..).zip(news) {
@@ -344,17 +356,13 @@ impl SqliteStore {
                         rev,
                         new.scopes.join(" "),
                         new.expires_at,
-                        new.bound_cert.as_ref().map(|d| &d[..])
+                        new.bound_cert.as_ref().map(|d| &d[..]),
+                        new.rate_limit.map(|r| r.to_string()),
+                        new.quota.map(|q| q.to_string()),
                     ])
                     .map_err(err)?;
                 let id = tx.last_insert_rowid();
-                let mut detail = match new.expires_at {
-                    Some(e) => format!("expires {}", rfc3339(e)),
-                    None => "permanent".to_string(),
-                };
-                if let Some(d) = &new.bound_cert {
-                    detail.push_str(&format!(", bound to certificate {}", hex(d)));
-                }
+                let detail = created_detail(new);
                 add_event(&tx, id, now, "created", actor, Some(&detail)).map_err(err)?;
                 out.push((id, token));
             }
@@ -532,7 +540,7 @@ impl SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev,
-                        bound_cert_sha256
+                        bound_cert_sha256, rate_limit, quota, quota_used, quota_period
                  FROM tokens WHERE rev > ?1 ORDER BY rev",
             )
             .map_err(err)?;
@@ -570,6 +578,16 @@ impl SqliteStore {
                 revoked: revoked_at.is_some(),
                 rev: r.get(8).map_err(err)?,
                 bound_cert: blob(9)?.and_then(|b| b.try_into().ok()),
+                rate_limit: parse_limit(
+                    r.get::<_, Option<String>>(10).map_err(err)?.as_deref(),
+                    Rate::parse,
+                ),
+                quota: parse_limit(
+                    r.get::<_, Option<String>>(11).map_err(err)?.as_deref(),
+                    Quota::parse,
+                ),
+                quota_used: r.get(12).map_err(err)?,
+                quota_period: r.get(13).map_err(err)?,
             });
         }
         Ok(())
@@ -580,16 +598,17 @@ impl SqliteStore {
     ///
     /// The batch id is not recorded: a local transaction either commits or reports the failure, so a
     /// retried batch was never written.
-    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<(), StoreError> {
+    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         let deltas = &batch.deltas;
         let err = |e| to_err(&self.path, e);
         if deltas.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
+        let mut totals = Vec::new();
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -597,12 +616,87 @@ impl SqliteStore {
                      last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?3",
                 )
                 .map_err(err)?;
+            // A count for a later period than the stored one starts it over; an earlier one (a node
+            // that was down across the change of period) is too late to count.
+            let mut quota = tx
+                .prepare_cached(
+                    "UPDATE tokens SET
+                        quota_used = CASE WHEN quota_period = ?1 THEN quota_used + ?2
+                                          WHEN quota_period IS NULL OR quota_period < ?1 THEN ?2
+                                          ELSE quota_used END,
+                        quota_period = MAX(COALESCE(quota_period, ?1), ?1)
+                     WHERE id = ?3 RETURNING quota_period, quota_used",
+                )
+                .map_err(err)?;
             for d in deltas {
                 stmt.execute(params![d.uses as i64, d.last_used_at, d.id])
                     .map_err(err)?;
+                if let Some((period, n)) = d.quota {
+                    let row: Option<(i64, i64)> = quota
+                        .query_row(params![period, n as i64, d.id], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                        .map_err(err)?;
+                    if let Some((p, used)) = row {
+                        totals.push(QuotaTotal {
+                            id: d.id,
+                            period_start: p,
+                            total: used.max(0) as u64,
+                        });
+                    }
+                }
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        Ok(totals)
+    }
+
+    /// Changes a token's label, expiry or limits (a new revision and one `updated` event).
+    pub fn update(
+        &mut self,
+        id: i64,
+        patch: &TokenPatch,
+        actor: &str,
+    ) -> Result<(TokenRecord, bool), StoreError> {
+        let err = |e| to_err(&self.path, e);
+        let now = unix_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut record = tx
+            .query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM tokens WHERE id = ?1"),
+                [id],
+                record_from_row,
+            )
+            .optional()
+            .map_err(err)?
+            .ok_or(StoreError::NotFound { id })?;
+        if record.revoked_at.is_some() {
+            return Err(StoreError::Revoked { id });
+        }
+        let Some(detail) = patch.apply(&mut record) else {
+            return Ok((record, false));
+        };
+        let rev = next_rev(&tx).map_err(err)?;
+        tx.execute(
+            "UPDATE tokens SET label = ?1, expires_at = ?2, rate_limit = ?3, quota = ?4, rev = ?5
+             WHERE id = ?6",
+            params![
+                record.label,
+                record.expires_at,
+                record.rate_limit.map(|x| x.to_string()),
+                record.quota.map(|x| x.to_string()),
+                rev,
+                id
+            ],
+        )
+        .map_err(err)?;
+        add_event(&tx, id, now, "updated", actor, Some(&detail)).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok((record, true))
     }
 
     /// Runs a health query: is the database file still there and readable?
@@ -619,7 +713,7 @@ impl SqliteStore {
 
 const RECORD_COLUMNS: &str =
     "id, user_id, label, scopes, created_at, expires_at, revoked_at, rotated_at, \
-                              last_used_at, use_count, bound_cert_sha256";
+                              last_used_at, use_count, bound_cert_sha256, rate_limit, quota, quota_used, quota_period";
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     let scopes: String = r.get(3)?;
@@ -637,6 +731,10 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         bound_cert: r
             .get::<_, Option<Vec<u8>>>(10)?
             .and_then(|b| b.try_into().ok()),
+        rate_limit: parse_limit(r.get::<_, Option<String>>(11)?.as_deref(), Rate::parse),
+        quota: parse_limit(r.get::<_, Option<String>>(12)?.as_deref(), Quota::parse),
+        quota_used: r.get(13)?,
+        quota_period: r.get(14)?,
     })
 }
 
