@@ -8,6 +8,7 @@
 //! one; usage is added as increments and never touches `rev`; `token_events` is append-only.
 
 pub mod pg;
+mod pg_sql;
 pub mod pg_url;
 pub mod sqlite;
 
@@ -49,13 +50,13 @@ pub enum StoreError {
     },
     /// The PostgreSQL server cannot be reached, refused the connection (a failed login too), or the
     /// connection broke: retry later. `url` never shows a password; the message includes the causes.
-    #[error("database {url} is unavailable: {}", pg::pg_reason(.error))]
+    #[error("database {url} is unavailable: {}", pg_url::pg_reason(.error))]
     Unavailable {
         url: String,
         error: ::postgres::Error,
     },
     /// The PostgreSQL server answered a statement with an error.
-    #[error("database {url}: {}", pg::pg_reason(.error))]
+    #[error("database {url}: {}", pg_url::pg_reason(.error))]
     Postgres {
         url: String,
         error: ::postgres::Error,

@@ -1,9 +1,9 @@
 //! Connection URLs: parsing (libpq's `sslmode` values and `sslrootcert` on top of what tokio-postgres
 //! reads), redaction of the password for every message, and the rustls set-up each `sslmode` asks for.
 
-use super::pg::pg_reason;
 use super::{StoreError, BUSY_TIMEOUT};
 use postgres::config::SslMode;
+use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -306,6 +306,47 @@ impl ServerCertVerifier for Verifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+/// A PostgreSQL client error with its causes, on one line: the server's severity, message and SQLSTATE
+/// (not its DETAIL, which can quote row values such as a digest), or the client's error chain.
+pub fn pg_reason(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut reason = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        reason = format!("{reason}: {c}");
+        cause = c.source();
+    }
+    reason
+}
+
+/// Maps a client error: a broken or refused connection is [`StoreError::Unavailable`], a lock wait that
+/// timed out [`StoreError::Busy`], anything else the server said [`StoreError::Postgres`].
+pub(super) fn to_err(url: &PgUrl, error: postgres::Error) -> StoreError {
+    let code = error.code().map_or("", SqlState::code);
+    let url = url.redacted.clone();
+    if code == SqlState::LOCK_NOT_AVAILABLE.code() {
+        return StoreError::Busy {
+            path: url,
+            waited: BUSY_TIMEOUT,
+        };
+    }
+    let io = error.is_closed()
+        || std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>());
+    // Class 08: connection exception; 57P: the server shuts down or terminated this session.
+    if io || code.starts_with("08") || code.starts_with("57P") {
+        StoreError::Unavailable { url, error }
+    } else {
+        StoreError::Postgres { url, error }
     }
 }
 
