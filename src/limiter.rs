@@ -137,6 +137,11 @@ impl QuotaCount {
         }
     }
 
+    /// The start (unix seconds) of the period that contains `now`.
+    pub fn period_start(&self, now: i64) -> i64 {
+        self.quota.period.start_of(self.quota.period.index(now))
+    }
+
     /// This node's unflushed count and its period's start (unix seconds), for the usage flush.
     pub fn pending(&self) -> Option<(i64, u64)> {
         match unpack(self.local.load(Ordering::Acquire)) {

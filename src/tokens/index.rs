@@ -482,6 +482,7 @@ impl Index {
 
     /// Takes the usage counted since the last call, resetting the counters.
     pub fn take_usage(&self) -> Vec<UsageDelta> {
+        let now = clock::now();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let retired = std::mem::take(&mut w.retired);
         let mut out: Vec<UsageDelta> = Vec::new();
@@ -493,11 +494,19 @@ impl Index {
             .chain(retired.iter())
         {
             let uses = e.uses.swap(0, Ordering::Relaxed);
+            // A quota's unflushed count; or, for a token used in the last minute, a count of nothing, so
+            // that the flush reads back the shared total other nodes have added to meanwhile.
             let quota = e
                 .limits
                 .as_ref()
                 .and_then(|l| l.quota.as_ref())
-                .and_then(|q| q.pending());
+                .and_then(|q| {
+                    q.pending().or_else(|| {
+                        let recent =
+                            now.saturating_sub(e.last_used.load(Ordering::Relaxed) as u64) < 60;
+                        recent.then(|| (q.period_start(now as i64), 0))
+                    })
+                });
             if uses > 0 || quota.is_some() {
                 let last_used_at = e.last_used.load(Ordering::Relaxed) as i64;
                 out.push(UsageDelta {

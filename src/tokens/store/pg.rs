@@ -583,6 +583,13 @@ impl PgStore {
         let quota: Vec<(i64, i64, i64)> = deltas
             .iter()
             .filter_map(|d| d.quota.map(|(p, n)| (d.id, p, n as i64)))
+            .filter(|q| q.2 > 0)
+            .collect();
+        // Counts of nothing only read the shared totals back.
+        let reads: Vec<i64> = deltas
+            .iter()
+            .filter(|d| d.quota.is_some_and(|(_, n)| n == 0))
+            .map(|d| d.id)
             .collect();
         let (q_ids, q_periods, q_counts): (Vec<i64>, Vec<i64>, Vec<i64>) = (
             quota.iter().map(|q| q.0).collect(),
@@ -601,13 +608,16 @@ impl PgStore {
         let fresh = tx
             .execute(&record, &[&batch.node, &seq, &unix_now()])
             .map_err(err)?;
-        let totals = if fresh == 1 {
+        let mut totals = if fresh == 1 {
             tx.execute(&statement, &[&ids, &uses, &last]).map_err(err)?;
             tx.query(&add_quota, &[&q_ids, &q_periods, &q_counts])
                 .map_err(err)?
         } else {
             tx.query(&read_quota, &[&q_ids]).map_err(err)?
         };
+        if !reads.is_empty() {
+            totals.extend(tx.query(&read_quota, &[&reads]).map_err(err)?);
+        }
         let totals = totals
             .iter()
             .map(|r| QuotaTotal {

@@ -115,11 +115,24 @@ impl SqliteStore {
     fn init(&mut self) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
         self.conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        // journal_mode answers with a row, so it is queried rather than executed.
-        let _: String = self
-            .conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err)?;
+        // journal_mode answers with a row, so it is queried rather than executed. Two processes opening a
+        // brand-new file at once can deadlock on the switch to WAL (one holds a read lock the other needs
+        // gone), and SQLite then answers BUSY at once instead of waiting, so the switch is retried here.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match self
+                .conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+            {
+                Ok(_) => break,
+                Err(e) => match err(e) {
+                    StoreError::Busy { .. } if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
         self.conn
             .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(err)?;
@@ -628,16 +641,28 @@ impl SqliteStore {
                      WHERE id = ?3 RETURNING quota_period, quota_used",
                 )
                 .map_err(err)?;
+            let mut read = tx
+                .prepare_cached("SELECT quota_period, quota_used FROM tokens WHERE id = ?1")
+                .map_err(err)?;
             for d in deltas {
-                stmt.execute(params![d.uses as i64, d.last_used_at, d.id])
-                    .map_err(err)?;
-                if let Some((period, n)) = d.quota {
-                    let row: Option<(i64, i64)> = quota
-                        .query_row(params![period, n as i64, d.id], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
-                        .optional()
+                if d.uses > 0 {
+                    stmt.execute(params![d.uses as i64, d.last_used_at, d.id])
                         .map_err(err)?;
+                }
+                if let Some((period, n)) = d.quota {
+                    let pair = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(Option<i64>, i64)> {
+                        Ok((r.get(0)?, r.get(1)?))
+                    };
+                    // A count of nothing only reads the shared total back.
+                    let row = if n == 0 {
+                        read.query_row(params![d.id], pair)
+                    } else {
+                        quota.query_row(params![period, n as i64, d.id], pair)
+                    };
+                    let row: Option<(i64, i64)> = row
+                        .optional()
+                        .map_err(err)?
+                        .and_then(|(p, used)| p.map(|p| (p, used)));
                     if let Some((p, used)) = row {
                         totals.push(QuotaTotal {
                             id: d.id,
