@@ -4,7 +4,9 @@
 #   1. For each size in SIZES (default 1000 100000 1000000 tokens): start `tokengate serve` on a seeded
 #      database and measure the start-up time (exec until /healthz answers, polled every 10 ms), the index
 #      load time the gateway logs, and VmRSS from /proc once /healthz answers (and again 2 s later).
-#   2. Revocation latency with the largest size: a running gateway holds a token; `tokengate token revoke`
+#   2. With the largest size and sqlite3 installed: every token given its own rate limit and quota, the
+#      same VmRSS (+2 s) measured again: what limits cost per idle token.
+#   3. Revocation latency with the largest size: a running gateway holds a token; `tokengate token revoke`
 #      runs; a poller sends the token every 5 ms over one keep-alive connection until the gateway answers
 #      401. Reported: CLI run time, and time from starting the CLI until the first 401.
 #
@@ -73,11 +75,34 @@ for n in $SIZES; do
     stop "$pid"
 done
 
-# ---- 2. revocation latency at the largest size -----------------------------------------------------------
+# ---- 2. what a limit costs: the largest size again, every token with its own rate limit and quota --------
 n=$(tr ' ' '\n' <<<"$SIZES" | sort -n | tail -1)
 src=$(seeded_db "$n" 1)
-db="$RUN/revoke.db"
 sqlite3_copy() { cp "$1" "$2"; [ -f "$1-wal" ] && cp "$1-wal" "$2-wal"; true; }
+if command -v sqlite3 >/dev/null && [ "$n" -ge 1000 ]; then
+    db="$RUN/limited.db"
+    sqlite3_copy "$src" "$db"
+    gateway_config "$RUN/limited.toml" "127.0.0.1:$PORT" "127.0.0.1:$ADMIN" "$db" "$DEAD_UPSTREAM" 1
+    "$TG_BIN" store migrate -c "$RUN/limited.toml" >/dev/null
+    sqlite3 "$db" "UPDATE tokens SET rate_limit = '100/s', quota = '1000000/month'"
+    RUST_LOG=info spawn "$RUN/limited-gw.log" "$TG_BIN" serve -c "$RUN/limited.toml"
+    pid=$SPAWNED
+    wait_http "http://127.0.0.1:$ADMIN/healthz" 300 "$pid" || die "gateway with limited tokens did not start"
+    sleep 2
+    rss_limited=$(vmrss "$pid")
+    stop "$pid"
+    rss_plain=$(awk -F'|' -v n="$n" '$2 + 0 == n { gsub(/[^0-9]/, "", $6); print $6 }' "$TABLE")
+    {
+        echo
+        echo "Every one of the $n tokens with its own \`rate_limit = 100/s\` and \`quota = 1000000/month\`" \
+            "(idle): VmRSS +2 s $((rss_limited / 1024)) MiB against ${rss_plain} MiB without," \
+            "$(((rss_limited / 1024 - rss_plain) * 1048576 / n)) B per token for its limits."
+    } >>"$TABLE"
+    log "limited tokens: VmRSS $rss_limited KiB (without limits: $rss_plain MiB)"
+fi
+
+# ---- 3. revocation latency at the largest size -----------------------------------------------------------
+db="$RUN/revoke.db"
 sqlite3_copy "$src" "$db"
 gateway_config "$RUN/revoke.toml" "127.0.0.1:$PORT" "127.0.0.1:$ADMIN" "$db" "$DEAD_UPSTREAM" 1
 RUST_LOG=warn spawn "$RUN/revoke-gw.log" $(pin "$SERVER_CPU") "$TG_BIN" serve -c "$RUN/revoke.toml"

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A rate with a burst, in nanoseconds: one request costs `emission`; up to `tolerance` may be owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
-    pub rate: Rate,
     pub burst: u64,
     emission: u64,
     tolerance: u64,
@@ -29,10 +28,9 @@ pub struct Left {
 
 impl Gcra {
     pub fn new(rate: Rate, burst: u64) -> Gcra {
-        let emission = (rate.per_secs as u128 * 1_000_000_000 / rate.count as u128) as u64;
+        let emission = rate.per_secs as u64 * 1_000_000_000 / rate.count as u64;
         let burst = burst.max(1);
         Gcra {
-            rate,
             burst,
             emission: emission.max(1),
             tolerance: emission.max(1).saturating_mul(burst),

@@ -104,8 +104,9 @@ pub fn header_name(s: &str) -> Result<HeaderName, String> {
 /// A rate: `count` requests per `per_secs` seconds, written `20/s`, `600/m` or `10000/h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
-    pub count: u64,
-    pub per_secs: u64,
+    /// At most 1,000,000,000 (32 bits keep a token's limits in one small allocation).
+    pub count: u32,
+    pub per_secs: u32,
 }
 
 impl Rate {
@@ -123,12 +124,15 @@ impl Rate {
         if count == 0 || count > 1_000_000_000 {
             return Err(format!("{s:?}: the count must be between 1 and 1000000000"));
         }
-        Ok(Rate { count, per_secs })
+        Ok(Rate {
+            count: count as u32,
+            per_secs,
+        })
     }
 
     /// One second's worth of requests (at least 1): the default burst.
     pub fn one_second(&self) -> u64 {
-        self.count.div_ceil(self.per_secs).max(1)
+        (self.count.div_ceil(self.per_secs) as u64).max(1)
     }
 }
 

@@ -333,7 +333,7 @@ fn limit(
     now: u64,
 ) -> Result<Option<String>, Box<Refusal>> {
     let own = entry.limits.as_deref();
-    let own_rate = own.and_then(|l| l.rate.as_ref());
+    let own_rate = own.and_then(|l| Some((Gcra::new(l.rate?, l.rate?.one_second()), &l.tat)));
     let quota = own.and_then(|l| l.quota.as_ref());
     if own_rate.is_none()
         && quota.is_none()
@@ -363,6 +363,7 @@ fn limit(
         }
     };
     let passed = own_rate
+        .as_ref()
         .is_none_or(|(g, tat)| record("token", g, g.take(tat, mono), LimitKind::Rate))
         && route.token_rate.as_ref().is_none_or(|g| {
             record(

@@ -10,7 +10,8 @@ use super::fields::ADMIN_SCOPE;
 use super::format::Digest;
 use super::store::{IndexRow, Location, QuotaTotal, Store, StoreError, UsageDelta};
 use crate::clock;
-use crate::limiter::{Gcra, QuotaCount};
+use crate::config::Rate;
+use crate::limiter::QuotaCount;
 use bytes::Bytes;
 use http::HeaderValue;
 use std::hash::{BuildHasher, Hasher};
@@ -74,11 +75,7 @@ impl Entry {
         self.user() == row.user
             && self.expires_at == row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX)
             && self.bound_cert.as_deref() == row.bound_cert.as_ref()
-            && self
-                .limits
-                .as_ref()
-                .and_then(|l| l.rate.as_ref().map(|r| r.0.rate))
-                == row.rate_limit
+            && self.limits.as_ref().and_then(|l| l.rate) == row.rate_limit
             && self
                 .limits
                 .as_ref()
@@ -137,8 +134,11 @@ impl Entry {
 /// A token's own limits, in memory: its rate bucket (all routes together) and its quota count.
 #[derive(Debug)]
 pub struct TokenLimits {
-    /// The bucket and its state (the theoretical arrival time, see [`Gcra`]).
-    pub rate: Option<(Gcra, AtomicU64)>,
+    /// The token's rate (its bucket, with one second's worth of burst, is derived per request: two
+    /// divisions cost less than keeping it, and 56 bytes fit one 64-byte allocation).
+    pub rate: Option<Rate>,
+    /// The bucket's state: the theoretical arrival time, see [`crate::limiter::Gcra`].
+    pub tat: AtomicU64,
     pub quota: Option<QuotaCount>,
 }
 
@@ -148,9 +148,8 @@ impl TokenLimits {
             return None;
         }
         Some(TokenLimits {
-            rate: row
-                .rate_limit
-                .map(|r| (Gcra::new(r, r.one_second()), AtomicU64::new(0))),
+            rate: row.rate_limit,
+            tat: AtomicU64::new(0),
             quota: row.quota.map(|q| {
                 let period = row.quota_period.map(|p| q.period.index(p));
                 QuotaCount::new(q, period, row.quota_used.max(0) as u64)
@@ -718,5 +717,18 @@ mod tests {
         r.user = "bad\nuser".into();
         idx.apply(&r);
         assert!(idx.get(&a).is_none());
+    }
+
+    #[test]
+    fn a_token_s_own_limits_fit_one_small_allocation() {
+        // 1M tokens with a limit: the box (plus malloc's 8-byte header) stays within one 64-byte chunk.
+        assert!(std::mem::size_of::<TokenLimits>() <= 56);
+        let mut r = row(1, Token::generate().digest(), 1);
+        r.rate_limit = Some(Rate::parse("5/s").unwrap());
+        let limits = TokenLimits::new(&r).unwrap();
+        assert_eq!(limits.rate, r.rate_limit);
+        assert!(limits.quota.is_none());
+        r.rate_limit = None;
+        assert!(TokenLimits::new(&r).is_none(), "no limits, no allocation");
     }
 }
