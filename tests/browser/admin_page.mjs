@@ -88,6 +88,10 @@ async function rows(page) {
         expires: text("expires"),
         expiresTitle: tr.querySelector('[data-testid="expires"] time')?.getAttribute("title") ?? null,
         createdTitle: tr.querySelector('[data-testid="created"] time')?.getAttribute("title") ?? null,
+        limits: text("limits"),
+        rate: text("rate"),
+        quota: text("quota"),
+        quotaTitle: tr.querySelector('[data-testid="quota"]')?.getAttribute("title") ?? null,
         scopes: [...tr.querySelectorAll('[data-testid="scope"]')].map((s) => s.textContent),
         actions: [...tr.querySelectorAll("button[data-action]")].map((b) => b.dataset.action),
       };
@@ -112,12 +116,14 @@ async function waitRows(page, predicate, what, timeout = 10_000) {
 }
 
 /** Fills and submits the create form; returns the plaintext shown in the one-time panel. */
-async function createViaForm(page, { user, label, expiry = "", customExpiry = "", scopes = "" }) {
+async function createViaForm(page, { user, label, expiry = "", customExpiry = "", scopes = "", rate = "", quota = "" }) {
   await page.fill("#create-user", user);
   await page.fill("#create-label", label);
   await page.selectOption("#create-expiry", expiry);
   if (expiry === "custom") await page.fill("#create-expiry-custom", customExpiry);
   await page.fill("#create-scopes", scopes);
+  await page.fill("#create-rate", rate);
+  await page.fill("#create-quota", quota);
   await page.click("#create-submit");
   const secret = page.getByTestId("secret-value");
   await secret.waitFor({ state: "visible" });
@@ -294,7 +300,7 @@ async function exercise(context) {
     assert(alice.lastUsed === "never", `new token's last use reads "${alice.lastUsed}"`);
     assert(alice.expires === "never", `new token's expiry reads "${alice.expires}"`);
     assert(/^\d{4}-\d\d-\d\dT/.test(alice.createdTitle || ""), `created cell has no ISO title: ${alice.createdTitle}`);
-    assert(alice.actions.join() === "history,rotate,revoke", `actions of an active token: ${alice.actions}`);
+    assert(alice.actions.join() === "history,edit,rotate,revoke", `actions of an active token: ${alice.actions}`);
     const injected = await page.evaluate(() => document.querySelectorAll('img[src="x"], img[src$="/x"]').length);
     assert(injected === 0, "the label was parsed as HTML (an <img> element exists)");
     noProblemsYet("after creating the token");
@@ -364,6 +370,64 @@ async function exercise(context) {
     );
     const hours = (Date.parse(carol.expiresTitle) - Date.now()) / 3_600_000;
     assert(hours > 11.5 && hours < 12.5, `carol's token expires in ${hours.toFixed(2)} h, expected 12`);
+  });
+
+  await step("limits set on create show in the row; editing changes and clears them in place", async () => {
+    const secret = await createViaForm(page, { user: "dave", label: "entrance camera", rate: "5/s", quota: "100/day" });
+    await dismissSecret(page, secret);
+    let dave = (await waitRows(page, (r) => r.some((x) => x.user === "dave"), "dave's row is missing")).find(
+      (x) => x.user === "dave",
+    );
+    assert(dave.rate === "5/s", `dave's rate limit reads "${dave.rate}"`);
+    assert(dave.quota === "0 of 100/day", `dave's quota reads "${dave.quota}"`);
+    assert(dave.quotaTitle && dave.quotaTitle.startsWith("quota resets "), `quota title: "${dave.quotaTitle}"`);
+    const others = (await rows(page)).filter((x) => x.user === "bob");
+    assert(others.every((x) => x.limits === "none"), `a token without limits shows: ${JSON.stringify(others)}`);
+
+    await page.evaluate(() => {
+      window.__sameDocument = true;
+    });
+    await row(page, dave.id).getByTestId("edit").click();
+    const dialog = page.getByTestId("edit-dialog");
+    await dialog.waitFor({ state: "visible" });
+    assert((await page.inputValue("#edit-rate")) === "5/s", "the edit dialog does not show the rate limit");
+    assert((await page.inputValue("#edit-quota")) === "100/day", "the edit dialog does not show the quota");
+    // A bad rate: the server's explanation appears and nothing changes.
+    await expectingConsole([/status of 400/], async () => {
+      await page.fill("#edit-rate", "lots");
+      await page.click("#edit-confirm");
+      const error = page.getByTestId("edit-error");
+      await error.waitFor({ state: "visible" });
+      const text = (await error.textContent()).trim();
+      assert(text.includes("lots"), `edit error does not explain the bad rate: "${text}"`);
+    });
+    assert(await dialog.isVisible(), "the edit dialog closed after an error");
+    // Clear the rate, raise the quota, rename.
+    await page.fill("#edit-rate", "");
+    await page.fill("#edit-quota", "2000/month");
+    await page.fill("#edit-label", "entrance camera (east)");
+    await page.click("#edit-confirm");
+    await dialog.waitFor({ state: "hidden" });
+    dave = (
+      await waitRows(
+        page,
+        (r) => r.find((x) => x.id === dave.id)?.quota === "0 of 2000/month",
+        "dave's row did not show the new quota",
+      )
+    ).find((x) => x.id === dave.id);
+    assert(dave.rate === null, `the cleared rate limit still shows: "${dave.rate}"`);
+    assert(dave.label === "entrance camera (east)", `label after edit: "${dave.label}"`);
+    assert(await page.evaluate(() => window.__sameDocument === true), "the page reloaded to show the change");
+    // What the page shows is what the API holds.
+    const api = await page.evaluate(async ([id, token]) => {
+      const r = await fetch(`/api/tokens/${id}`, { headers: { Authorization: `Bearer ${token}` } });
+      return r.json();
+    }, [dave.id, ADMIN_TOKEN]);
+    assert(api.rate_limit === null && api.quota === "2000/month", `the API holds ${JSON.stringify(api)}`);
+    assert(
+      api.events.map((e) => e.event).join() === "created,updated",
+      `dave's history: ${api.events.map((e) => e.event)}`,
+    );
   });
 
   await step("rotating asks for a grace period and shows the new secret once", async () => {

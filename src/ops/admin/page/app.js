@@ -208,6 +208,8 @@ function tokenRow(token) {
 
   tr.append(el("td", { cls: "num", text: token.use_count ?? 0, attrs: { "data-testid": "uses" } }));
 
+  tr.append(limitsCell(token));
+
   const expires = el("td", { attrs: { "data-testid": "expires" } });
   expires.append(timeCell(token.expires_at, "never"));
   tr.append(expires);
@@ -227,6 +229,13 @@ function tokenRow(token) {
       attrs: { type: "button", "data-action": "rotate", "data-testid": "rotate" },
     });
     rotate.setAttribute("aria-label", `Rotate ${token.label}`);
+    const edit = el("button", {
+      cls: "button-small",
+      text: "Edit",
+      attrs: { type: "button", "data-action": "edit", "data-testid": "edit" },
+    });
+    edit.setAttribute("aria-label", `Edit ${token.label}`);
+    actions.append(edit);
     const revoke = el("button", {
       cls: "button-small button-danger-quiet",
       text: "Revoke",
@@ -237,6 +246,27 @@ function tokenRow(token) {
   }
   tr.append(actions);
   return tr;
+}
+
+/** The token's own rate limit and quota (with what is used of it and when that resets), or "none". */
+function limitsCell(token) {
+  const cell = el("td", { cls: "limits", attrs: { "data-testid": "limits" } });
+  if (!token.rate_limit && !token.quota) {
+    cell.append(el("span", { cls: "muted", text: "none" }));
+    return cell;
+  }
+  if (token.rate_limit) {
+    cell.append(el("div", { text: token.rate_limit, attrs: { "data-testid": "rate", title: "rate limit" } }));
+  }
+  if (token.quota) {
+    const quota = el("div", {
+      text: `${token.quota_used ?? 0} of ${token.quota}`,
+      attrs: { "data-testid": "quota" },
+    });
+    if (token.quota_resets_at) quota.title = `quota resets ${token.quota_resets_at}`;
+    cell.append(quota);
+  }
+  return cell;
 }
 
 function renderTable() {
@@ -432,6 +462,10 @@ async function createToken(event) {
     .map((s) => s.trim())
     .filter(Boolean);
   if (scopes.length) body.scopes = scopes;
+  const rate = $("create-rate").value.trim();
+  if (rate) body.rate_limit = rate;
+  const quota = $("create-quota").value.trim();
+  if (quota) body.quota = quota;
 
   const button = $("create-submit");
   button.disabled = true;
@@ -486,6 +520,52 @@ async function confirmRotate(event) {
     showSecret(`New secret for “${record.label}”${graceNote}`, plaintext);
   } catch (err) {
     if (!handleAuthFailure(err)) setError($("rotate-error"), err.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function openEdit(token) {
+  dialogTokenId = token.id;
+  $("edit-name").textContent = `“${token.label}”`;
+  $("edit-label").value = token.label;
+  $("edit-rate").value = token.rate_limit ?? "";
+  $("edit-quota").value = token.quota ?? "";
+  setError($("edit-error"), "");
+  $("edit-dialog").showModal();
+  $("edit-rate").focus();
+}
+
+async function confirmEdit(event) {
+  event.preventDefault();
+  const token = state.tokens.get(dialogTokenId);
+  if (!token) return;
+  const label = $("edit-label").value.trim();
+  if (!label) {
+    setError($("edit-error"), "The label cannot be empty.");
+    $("edit-label").focus();
+    return;
+  }
+  // Only what changed: an empty limit field clears the limit (null).
+  const patch = {};
+  if (label !== token.label) patch.label = label;
+  const rate = $("edit-rate").value.trim() || null;
+  if (rate !== (token.rate_limit ?? null)) patch.rate_limit = rate;
+  const quota = $("edit-quota").value.trim() || null;
+  if (quota !== (token.quota ?? null)) patch.quota = quota;
+  if (Object.keys(patch).length === 0) {
+    $("edit-dialog").close();
+    return;
+  }
+  const button = $("edit-confirm");
+  button.disabled = true;
+  try {
+    const updated = await api("PATCH", `/api/tokens/${token.id}`, patch);
+    $("edit-dialog").close();
+    updateToken(updated);
+    notice(`Token “${updated.label}” updated.`);
+  } catch (err) {
+    if (!handleAuthFailure(err)) setError($("edit-error"), err.message);
   } finally {
     button.disabled = false;
   }
@@ -566,6 +646,7 @@ function onTableClick(event) {
   if (!token) return;
   if (button.dataset.action === "history") openHistory(token);
   else if (button.dataset.action === "rotate") openRotate(token);
+  else if (button.dataset.action === "edit") openEdit(token);
   else if (button.dataset.action === "revoke") openRevoke(token);
 }
 
@@ -604,6 +685,8 @@ function init() {
   $("tokens-body").addEventListener("click", onTableClick);
   $("rotate-form").addEventListener("submit", confirmRotate);
   $("rotate-cancel").addEventListener("click", () => $("rotate-dialog").close());
+  $("edit-form").addEventListener("submit", confirmEdit);
+  $("edit-cancel").addEventListener("click", () => $("edit-dialog").close());
   $("history-close").addEventListener("click", () => $("history-dialog").close());
   $("revoke-form").addEventListener("submit", confirmRevoke);
   $("revoke-cancel").addEventListener("click", () => $("revoke-dialog").close());
