@@ -8,6 +8,10 @@
 //!   allowed token, an unknown one, and garbage rejected by the checksum before any lookup;
 //! - `route/*`: `gateway::paths::check_path` + `RouteTable::find`, the part of `request_filter` before auth;
 //! - `request_head/parse`: `http1::RequestHead::parse` of a typical device request (httparse + framing);
+//! - `limits/*`: the whole decision (`Gate::decide`) for an allowed token on a route without limits, with
+//!   a per-token and a per-user route rate limit set too high to trigger, and for a token with its own
+//!   rate limit and quota (1024 tokens round-robin, as in the load bench); and the primitives alone
+//!   (`Gcra::take`, `QuotaCount::take`);
 //! - `header_rewrite/*`: `transport::rewrite::write_upstream_head`, the forwarded head written from the parsed one
 //!   (credential, hop-by-hop and spoofed identity fields dropped; X-Forwarded-*, identity added).
 //!
@@ -19,12 +23,17 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
-use tokengate::config::Config;
+use tokengate::config::{Config, Rate};
 use tokengate::gateway::auth::{self, Outcome};
 use tokengate::gateway::paths::{check_path, origin_form};
 use tokengate::gateway::routes::RouteTable;
-use tokengate::gateway::{Forward, Rewrite};
+use tokengate::gateway::throttle::Throttle;
+use tokengate::gateway::{Forward, Gate, Request, Rewrite, Verdict};
+use tokengate::limiter::{Gcra, QuotaCount};
+use tokengate::tokens::fields::Quota;
 use tokengate::tokens::format::{self as token, Digest, Token};
 use tokengate::tokens::index::Index;
 use tokengate::tokens::store::IndexRow;
@@ -297,6 +306,108 @@ fn header_benches(c: &mut Criterion) {
     g.finish();
 }
 
+fn limit_benches(c: &mut Criterion) {
+    let text = r#"
+        [gateway]
+        listen = "127.0.0.1:0"
+        [store]
+        path = "unused.db"
+        [[routes]]
+        name = "plain"
+        path_prefix = "/plain"
+        upstream = "127.0.0.1:8600"
+        [[routes]]
+        name = "limited"
+        path_prefix = "/limited"
+        upstream = "127.0.0.1:8600"
+        rate_limit = "1000000000/s"
+        [[routes]]
+        name = "user-limited"
+        path_prefix = "/user-limited"
+        upstream = "127.0.0.1:8600"
+        rate_limit = "1000000000/s"
+        user_rate_limit = "1000000000/s"
+        [[routes]]
+        name = "headers"
+        path_prefix = "/headers"
+        upstream = "127.0.0.1:8600"
+        rate_limit = "1000000000/s"
+        rate_limit_headers = true
+    "#;
+    let table =
+        RouteTable::new(&Config::parse(text, Path::new("bench.toml")).expect("bench config"));
+    let index = Arc::new(Index::new());
+    let mut plain = Vec::new();
+    let mut own = Vec::new();
+    for i in 0..REAL {
+        let t = Token::generate();
+        index.apply(&row(i as i64 + 1, t.digest()));
+        plain.push(format!("Bearer {}", t.as_str()));
+        let t = Token::generate();
+        let mut r = row((REAL + i) as i64 + 1, t.digest());
+        r.rate_limit = Some(Rate::parse("1000000000/s").unwrap());
+        r.quota = Some(Quota::parse("1000000000000/month").unwrap());
+        index.apply(&r);
+        own.push(format!("Bearer {}", t.as_str()));
+    }
+    let gate = Gate {
+        index,
+        throttle: Throttle::new(20, 60, 1000),
+    };
+    let request = |target: &'static str, auth: &'static str| Request {
+        method: b"GET",
+        target: target.as_bytes(),
+        host: Some(b"gw"),
+        authorization: Some(auth.as_bytes()),
+        authorizations: 1,
+        content_length: None,
+        peer: Some("192.0.2.1".parse().unwrap()),
+        tls: None,
+    };
+    let plain: Vec<&'static str> = plain.into_iter().map(|s| &*s.leak()).collect();
+    let own: Vec<&'static str> = own.into_iter().map(|s| &*s.leak()).collect();
+    let now = tokengate::clock::now();
+
+    let mut g = c.benchmark_group("limits");
+    g.throughput(Throughput::Elements(1));
+    for (name, target, tokens) in [
+        ("decide/no_limits", "/plain/hives/7", &plain),
+        ("decide/route_rate", "/limited/hives/7", &plain),
+        (
+            "decide/route_rate+user_rate",
+            "/user-limited/hives/7",
+            &plain,
+        ),
+        ("decide/route_rate+headers", "/headers/hives/7", &plain),
+        ("decide/own_rate+quota", "/plain/hives/7", &own),
+    ] {
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % tokens.len();
+                let req = request(target, tokens[i]);
+                matches!(
+                    gate.decide(&table, black_box(&req), now),
+                    Verdict::Forward(_)
+                )
+            })
+        });
+    }
+    let gcra = Gcra::new(Rate::parse("1000000000/s").unwrap(), 1000);
+    let tat = AtomicU64::new(0);
+    g.bench_function("gcra_take", |b| {
+        b.iter(|| {
+            gcra.take(black_box(&tat), tokengate::clock::mono_nanos())
+                .is_ok()
+        })
+    });
+    let quota = QuotaCount::new(Quota::parse("1000000000000/month").unwrap(), None, 0);
+    g.bench_function("quota_take", |b| {
+        b.iter(|| quota.take(black_box(now as i64)).is_ok())
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short runs: the whole bench finishes in about 1.5 minutes (see BENCHMARKS.md for the numbers).
     Criterion::default()
@@ -308,6 +419,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = token_benches, index_and_decision_benches, route_benches, header_benches
+    targets = token_benches, index_and_decision_benches, route_benches, limit_benches, header_benches
 }
 criterion_main!(benches);

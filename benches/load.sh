@@ -7,6 +7,8 @@
 #               Authorization cleared, x-user-id + X-Forwarded-For set, keep-alive upstream pool → upstream
 #   tg-bearer   wrk → tokengate (threads = 1), bearer route, database with TOKENS tokens → upstream
 #   tg-none     the same gateway process, route with auth = "none"  (bearer/none = the cost of auth)
+#   tg-limited  the same gateway process, bearer route with a per-token `rate_limit` (1000000/s) set high
+#               enough never to trigger (limited/bearer = the cost of a limit; target within 3 %)
 #   tg-1        tokengate, bearer route, database with 1 token       (index size: 1 token ...
 #   tg-big      tokengate, bearer route, database with BIG_TOKENS     ... vs BIG_TOKENS; BIG_TOKENS=0 skips)
 # Every contender gets the same request bytes (wrk_bearer.lua: Authorization round-robin over
@@ -151,14 +153,26 @@ wait_http "http://127.0.0.1:$NGINX_PORT/" 120 "$NGINX_PID" || die "nginx-auth di
 
 # ---- tokengate instances ---------------------------------------------------------------------------------
 # start_gateway NAME PORT DB: one worker thread, pinned to SERVER_CPU (its sync/usage/clock threads too).
+# With a fourth argument "limited", the gateway also gets a /limited route with a per-token rate limit.
 start_gateway() {
     local name=$1 port=$2 db=$3
     gateway_config "$RUN/$name.toml" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" "$db" "127.0.0.1:$UPSTREAM_PORT" 1
+    if [ "${4:-}" = limited ]; then
+        cat >>"$RUN/$name.toml" <<CONF
+
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "127.0.0.1:$UPSTREAM_PORT"
+rate_limit = "1000000/s"
+CONF
+        "$TG_BIN" check-config -c "$RUN/$name.toml" >/dev/null || die "this tokengate does not take rate_limit"
+    fi
     RUST_LOG=warn spawn "$RUN/$name.log" $(pin "$SERVER_CPU") "$TG_BIN" serve -c "$RUN/$name.toml"
     wait_http "http://127.0.0.1:$((port + 1))/healthz" 300 "$SPAWNED" || die "$name did not start ($RUN/$name.log)"
     log "$name up (pid $SPAWNED, $(vmrss "$SPAWNED") KiB RSS)"
 }
-start_gateway tg "$TG_PORT" "$DB_MAIN"
+start_gateway tg "$TG_PORT" "$DB_MAIN" limited
 start_gateway tg1 "$TG1_PORT" "$DB_ONE"
 if [ "$BIG_TOKENS" -gt 0 ]; then start_gateway tgbig "$TGBIG_PORT" "$DB_BIG"; fi
 
@@ -168,6 +182,7 @@ CONTENDERS=(
     "nginx-auth|http://127.0.0.1:$NGINX_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|nginx 1 worker, map of $TOKENS tokens"
     "tg-bearer|http://127.0.0.1:$TG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, bearer, $TOKENS tokens"
     "tg-none|http://127.0.0.1:$TG_PORT/public/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, auth=none"
+    "tg-limited|http://127.0.0.1:$TG_PORT/limited/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, bearer + rate_limit 1000000/s per token"
     "tg-1|http://127.0.0.1:$TG1_PORT/bearer/hives/7|$BENCH_DIR/tokens-1.txt|tokengate threads=1, bearer, 1 token"
 )
 if [ "$BIG_TOKENS" -gt 0 ]; then
@@ -241,6 +256,12 @@ TABLE="$RUN/table.md"
         END { for (r in b) if (n[r] > 0) print b[r] / n[r] }' "$RESULTS" | median)
     echo "- bearer / none per round (paired; median of the round ratios): $(printf '%.3f' "$paired")" \
         "→ auth costs $(echo "scale=1; (1 - $paired) * 100 / 1" | bc -l) %"
+    limited=$(awk -F'\t' 'NR > 1 && $2 == "tg-bearer" { b[$1] = $3 } NR > 1 && $2 == "tg-limited" { l[$1] = $3 }
+        END { for (r in b) if (l[r] > 0) print l[r] / b[r] }' "$RESULTS" | median)
+    verdict=$(echo "$limited >= 0.97" | bc -l)
+    echo "- limited / bearer per round (paired; a per-token rate limit that never triggers):" \
+        "**$(printf '%.3f' "$limited")** → the limit costs $(echo "scale=1; (1 - $limited) * 100 / 1" | bc -l) %;" \
+        "target ≤ 3 %: $([ "$verdict" = 1 ] && echo met || echo NOT met)"
     if [ "$BIG_TOKENS" -gt 0 ]; then
         echo "- $BIG_TOKENS tokens / 1 token (tokengate bearer, requests/s): $(ratio tg-big tg-1)"
     fi

@@ -293,6 +293,37 @@ fn a_token_limit_applies_across_routes_and_the_stricter_one_wins() {
 }
 
 #[test]
+fn a_request_over_its_limit_keeps_its_keep_alive_connection() {
+    let up = Upstream::start("api");
+    let mut gw = GatewayBuilder::new()
+        .route_with("api", "/api", up.addr(), &[("rate_limit", "\"1/m\"")])
+        .build();
+    let (_, token) = gw.create_token("alice", "cam");
+    let (_, other) = gw.create_token("bob", "cam");
+    gw.start();
+    // One connection: accepted, refused (429), and a third request (another token) still answered on it,
+    // so a device over its limit does not pay for, or make the gateway pay for, a new connection.
+    let mut conn = gw.connect();
+    let auth = bearer(&token);
+    let req = keepalive_request("GET", "/api/x", &[("Authorization", auth.as_str())], b"");
+    assert_eq!(conn.roundtrip(&req).unwrap().status, 200);
+    let r = conn.roundtrip(&req).unwrap();
+    assert_eq!(r.status, 429, "{r}");
+    assert!(
+        r.header("connection")
+            .is_none_or(|c| !c.eq_ignore_ascii_case("close")),
+        "{r}"
+    );
+    let auth = bearer(&other);
+    let req = keepalive_request("GET", "/api/x", &[("Authorization", auth.as_str())], b"");
+    assert_eq!(
+        conn.roundtrip(&req).unwrap().status,
+        200,
+        "the connection stayed usable"
+    );
+}
+
+#[test]
 fn quotas_survive_restarts_and_add_up_across_two_processes() {
     let up = Upstream::start("api");
     let builder = GatewayBuilder::new()

@@ -11,7 +11,7 @@
 //! body) is not its business; how the forwarded head is rewritten is described by [`Rewrite`].
 
 use super::auth::{self, Denial, Outcome};
-use super::limits::{Gcra, Left};
+use super::limits::{self, LimitKind, Over, RateLimitField};
 use super::paths::{authority, check_path, origin_form};
 use super::routes::{Route, RouteTable};
 use super::throttle::Throttle;
@@ -68,7 +68,7 @@ pub struct Forward<'a> {
     /// `ok`, or `public` on a route without auth.
     pub outcome: Outcome,
     /// `RateLimit` for the response, when the route asks for it (`rate_limit_headers`).
-    pub rate_limit: Option<String>,
+    pub rate_limit: Option<RateLimitField>,
     pub rewrite: Rewrite<'a>,
 }
 
@@ -113,28 +113,6 @@ pub struct Refusal {
     pub headers: Vec<(&'static str, String)>,
     /// Which limit refused it (429), for metrics.
     pub limit: Option<LimitKind>,
-}
-
-/// The limit a 429 came from, as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    /// The token's own rate limit or the route's per-token one.
-    Rate,
-    /// The route's per-user rate limit.
-    UserRate,
-    Quota,
-}
-
-impl LimitKind {
-    pub const ALL: [LimitKind; 3] = [LimitKind::Rate, LimitKind::UserRate, LimitKind::Quota];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitKind::Rate => "rate",
-            LimitKind::UserRate => "user_rate",
-            LimitKind::Quota => "quota",
-        }
-    }
 }
 
 impl Refusal {
@@ -267,9 +245,19 @@ impl Gate {
         }
         let mut rate_limit = None;
         if let Some(entry) = &principal {
-            match limit(table, route, entry, now) {
-                Ok(fields) => rate_limit = fields,
-                Err(r) => return refuse(*r),
+            if entry.limits.is_some() || route.limits.any() {
+                let mono = crate::clock::mono_nanos();
+                match limits::check(
+                    &table.limiters,
+                    route.index,
+                    &route.limits,
+                    entry,
+                    now,
+                    mono,
+                ) {
+                    Ok(fields) => rate_limit = fields,
+                    Err(over) => return refuse(limited(route, over)),
+                }
             }
             entry.record_use(now);
         }
@@ -314,142 +302,9 @@ impl Gate {
     }
 }
 
-/// One limit that applied to a request: its name in the `RateLimit` fields, its size (`q`) and window
-/// (`w`, seconds), and what it said.
-struct Applied {
-    name: &'static str,
-    quota: u64,
-    window: u64,
-    left: Left,
-}
-
-/// The limits that apply to `entry` on `route`, in order: the token's own rate, the route's per-token
-/// rate, the route's per-user rate, the token's quota (last, so that a request refused by a rate does not
-/// spend quota). `Ok(Some(fields))`: the `RateLimit` value for the response (`rate_limit_headers`).
-fn limit(
-    table: &RouteTable,
-    route: &Route,
-    entry: &Entry,
-    now: u64,
-) -> Result<Option<String>, Box<Refusal>> {
-    let own = entry.limits.as_deref();
-    let own_rate = own.and_then(|l| Some((Gcra::new(l.rate?, l.rate?.one_second()), &l.tat)));
-    let quota = own.and_then(|l| l.quota.as_ref());
-    if own_rate.is_none()
-        && quota.is_none()
-        && route.token_rate.is_none()
-        && route.user_rate.is_none()
-    {
-        return Ok(None);
-    }
-    let mono = crate::clock::mono_nanos();
-    let mut applied: [Option<Applied>; 4] = [None, None, None, None];
-    let mut n = 0;
-    let mut refused = None;
-    let mut record = |name, g: &Gcra, result: Result<Left, u64>, kind| match result {
-        Ok(left) => {
-            applied[n] = Some(Applied {
-                name,
-                quota: g.burst,
-                window: g.window_secs(),
-                left,
-            });
-            n += 1;
-            true
-        }
-        Err(wait) => {
-            refused = Some((kind, wait, name, g.burst, g.window_secs()));
-            false
-        }
-    };
-    let passed = own_rate
-        .as_ref()
-        .is_none_or(|(g, tat)| record("token", g, g.take(tat, mono), LimitKind::Rate))
-        && route.token_rate.as_ref().is_none_or(|g| {
-            record(
-                "route",
-                g,
-                table.limiters.token(g, route.index, entry.token_id, mono),
-                LimitKind::Rate,
-            )
-        })
-        && route.user_rate.as_ref().is_none_or(|g| {
-            record(
-                "user",
-                g,
-                table.limiters.user(g, route.index, entry.user(), mono),
-                LimitKind::UserRate,
-            )
-        });
-    if let Some((kind, wait, name, q, w)) = refused.filter(|_| !passed) {
-        return Err(Box::new(limited(
-            route,
-            kind,
-            wait,
-            (name, q, w),
-            &applied[..n],
-        )));
-    }
-    if let Some(qc) = quota {
-        let window = quota_window(qc);
-        match qc.take(now as i64) {
-            Ok(left) => {
-                applied[n] = Some(Applied {
-                    name: "quota",
-                    quota: qc.quota.count,
-                    window,
-                    left,
-                });
-                n += 1;
-            }
-            Err(reset) => {
-                return Err(Box::new(limited(
-                    route,
-                    LimitKind::Quota,
-                    reset,
-                    ("quota", qc.quota.count, window),
-                    &applied[..n],
-                )))
-            }
-        }
-    }
-    Ok(route
-        .rate_limit_headers
-        .then(|| remaining_field(&applied[..n])))
-}
-
-/// The nominal length of a quota's period, for `RateLimit-Policy`'s `w`.
-fn quota_window(q: &crate::limiter::QuotaCount) -> u64 {
-    match q.quota.period {
-        crate::tokens::fields::Period::Day => 86_400,
-        crate::tokens::fields::Period::Month => 2_592_000,
-    }
-}
-
-/// `RateLimit: "route";r=4;t=1, "quota";r=99;t=3600` (draft-ietf-httpapi-ratelimit-headers).
-fn remaining_field(applied: &[Option<Applied>]) -> String {
-    applied
-        .iter()
-        .flatten()
-        .map(|a| {
-            format!(
-                "\"{}\";r={};t={}",
-                a.name, a.left.remaining, a.left.reset_secs
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The 429 for a request over a limit: `Retry-After`, the policies and what is left of them.
-fn limited(
-    route: &Route,
-    kind: LimitKind,
-    retry_after: u64,
-    (name, quota, window): (&'static str, u64, u64),
-    passed: &[Option<Applied>],
-) -> Refusal {
-    let (error, detail) = match kind {
+fn limited(route: &Route, over: Over) -> Refusal {
+    let (error, detail) = match over.kind {
         LimitKind::Quota => (
             "quota_exceeded",
             "this token's quota for the period is used up",
@@ -459,26 +314,17 @@ fn limited(
             "too many requests for this token; slow down",
         ),
     };
-    let mut r = Refusal::new(429, error, detail).closing().on(route);
-    r.retry_after = Some(retry_after.max(1));
-    r.outcome = match kind {
+    // Keep-alive stays (when no unread body is pending): a device over its limit should wait and retry,
+    // not pay, and make the gateway pay, for a new connection or TLS handshake per attempt.
+    let mut r = Refusal::new(429, error, detail).on(route);
+    r.retry_after = Some(over.retry_after);
+    r.outcome = match over.kind {
         LimitKind::Quota => Outcome::QuotaExceeded,
         _ => Outcome::RateLimited,
     };
-    r.limit = Some(kind);
-    let mut policy: Vec<String> = passed
-        .iter()
-        .flatten()
-        .map(|a| format!("\"{}\";q={};w={}", a.name, a.quota, a.window))
-        .collect();
-    policy.push(format!("\"{name}\";q={quota};w={window}"));
-    let mut remaining = remaining_field(passed);
-    if !remaining.is_empty() {
-        remaining.push_str(", ");
-    }
-    remaining.push_str(&format!("\"{name}\";r=0;t={}", retry_after.max(1)));
-    r.headers.push(("ratelimit-policy", policy.join(", ")));
-    r.headers.push(("ratelimit", remaining));
+    r.limit = Some(over.kind);
+    r.headers.push(("ratelimit-policy", over.policy));
+    r.headers.push(("ratelimit", over.remaining));
     r
 }
 
@@ -551,6 +397,12 @@ name = "legacy"
 path_prefix = "/v1/scale"
 upstream = "127.0.0.1:4"
 query_token_param = "api_token"
+[[routes]]
+name = "metered"
+path_prefix = "/metered"
+upstream = "127.0.0.1:5"
+rate_limit = "1/m"
+rate_limit_headers = true
 "#;
 
     struct World {
@@ -843,6 +695,52 @@ query_token_param = "api_token"
             refusal(w.gate.decide(&w.table, &get(&iot, None), NOW)).status,
             401
         );
+    }
+
+    #[test]
+    fn limits_are_decided_after_authentication_and_before_forwarding() {
+        let w = world(20);
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let f = forward(
+            w.gate
+                .decide(&w.table, &get("/metered/a", Some(&bearer)), NOW),
+        );
+        let field = f
+            .rate_limit
+            .expect("rate_limit_headers: the field rides on the 200");
+        assert_eq!(field.to_string(), "\"route\";r=0;t=60");
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get("/metered/a", Some(&bearer)), NOW),
+        );
+        assert_eq!(
+            (r.status, r.error, r.outcome),
+            (429, "rate_limited", Outcome::RateLimited)
+        );
+        assert_eq!((r.retry_after, r.limit), (Some(60), Some(LimitKind::Rate)));
+        assert!(
+            r.reusable,
+            "a bodiless request over its limit keeps its connection"
+        );
+        let names: Vec<_> = r.headers.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["ratelimit-policy", "ratelimit"]);
+        // An unknown token is refused as such (401), not counted against anyone's limit.
+        let stranger = format!("Bearer {}", Token::generate().as_str());
+        let r = refusal(
+            w.gate
+                .decide(&w.table, &get("/metered/a", Some(&stranger)), NOW),
+        );
+        assert_eq!(r.status, 401);
+        // Another token has its own bucket; the unmetered routes are not limited at all.
+        let device = format!("Bearer {}", w.device.as_str());
+        forward(
+            w.gate
+                .decide(&w.table, &get("/metered/a", Some(&device)), NOW),
+        );
+        for _ in 0..5 {
+            let f = forward(w.gate.decide(&w.table, &get("/iot/a", Some(&bearer)), NOW));
+            assert!(f.rate_limit.is_none());
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `/iot` matches `/iot`, `/iot/`, `/iot/a` and `/iot;p` (a path parameter, which servers such as Tomcat
 //! strip), never `/iotx`.
 
-use super::limits::{Gcra, Limiters};
+use super::limits::{Gcra, Limiters, RouteLimits};
 use crate::config::{AuthMode, Config, GatewayConfig, RouteConfig};
 use http::HeaderName;
 use std::sync::Arc;
@@ -38,12 +38,8 @@ pub struct Route {
     pub sign_secret: Option<Arc<[u8]>>,
     /// Refuse requests that did not arrive over TLS (403).
     pub tls_only: bool,
-    /// `rate_limit`: a bucket per token on this route.
-    pub token_rate: Option<Gcra>,
-    /// `user_rate_limit`: a bucket per user on this route (all their tokens together).
-    pub user_rate: Option<Gcra>,
-    /// `RateLimit` on answers within the limits too.
-    pub rate_limit_headers: bool,
+    /// `rate_limit`, `rate_burst`, `user_rate_limit`, `rate_limit_headers`.
+    pub limits: RouteLimits,
 }
 
 impl Route {
@@ -63,9 +59,11 @@ impl Route {
             query_token_param: rc.query_token_param.clone(),
             sign_secret: rc.sign_secret.as_deref().map(Arc::from),
             tls_only: rc.tls_only,
-            token_rate: rc.rate_limit.map(|(r, burst)| Gcra::new(r, burst)),
-            user_rate: rc.user_rate_limit.map(|r| Gcra::new(r, r.one_second())),
-            rate_limit_headers: rc.rate_limit_headers,
+            limits: RouteLimits {
+                token_rate: rc.rate_limit.map(|(r, burst)| Gcra::new(r, burst)),
+                user_rate: rc.user_rate_limit.map(|r| Gcra::new(r, r.one_second())),
+                headers: rc.rate_limit_headers,
+            },
         }
     }
 }

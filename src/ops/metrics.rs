@@ -5,7 +5,7 @@
 //! increments plain atomics instead of looking labels up.
 
 use crate::gateway::auth::Outcome;
-use crate::gateway::decision::LimitKind;
+use crate::gateway::limits::LimitKind;
 use crate::tokens::index::Index;
 use crate::transport::upstream::UpstreamError;
 use prometheus::{

@@ -13,7 +13,7 @@ use super::upstream::Conn;
 use super::{take_slot, Engine, RouteIo, Table};
 use crate::clock;
 use crate::gateway::auth::Outcome;
-use crate::gateway::decision::LimitKind;
+use crate::gateway::limits::LimitKind;
 use crate::gateway::paths::origin_form;
 use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
 use crate::ops::access_log::Record;
@@ -59,7 +59,7 @@ pub(super) struct Facts {
     /// Method and path (never the query), only when the access log is on.
     log: Option<(http::Method, String)>,
     /// The `RateLimit` field for the response (a route with `rate_limit_headers`).
-    pub(super) rate_limit: Option<String>,
+    pub(super) rate_limit: Option<crate::gateway::limits::RateLimitField>,
     /// The limit that refused the request (429), for metrics.
     limit: Option<LimitKind>,
 }

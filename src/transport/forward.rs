@@ -242,7 +242,7 @@ impl<S: ClientStream> Client<'_, S> {
             resp,
             conn.buf.filled(),
             (chunked_out, keep_client, req.client_minor),
-            facts.rate_limit.as_deref(),
+            facts.rate_limit.as_ref(),
         );
         conn.buf.consume(resp.len);
         facts.status = resp.status;

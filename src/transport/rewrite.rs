@@ -7,6 +7,7 @@
 //! identity headers are added once, after the framing.
 
 use super::http1::{self, Framing, RequestHead, ResponseHead};
+use crate::gateway::limits::RateLimitField;
 use crate::gateway::signing;
 use crate::gateway::{Forward, Refusal};
 
@@ -176,7 +177,7 @@ pub fn write_response_head(
     resp: &ResponseHead,
     bytes: &[u8],
     (chunked_out, keep_client, client_minor): (bool, bool, u8),
-    rate_limit: Option<&str>,
+    rate_limit: Option<&RateLimitField>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     http1::push_decimal(out, u64::from(resp.status));
@@ -203,7 +204,10 @@ pub fn write_response_head(
         http1::push_field(out, name, f.value.get(bytes));
     }
     if let Some(v) = rate_limit {
-        http1::push_field(out, b"RateLimit", v.as_bytes());
+        use std::io::Write;
+        out.extend_from_slice(b"RateLimit: ");
+        let _ = write!(out, "{v}"); // writing to a Vec cannot fail
+        out.extend_from_slice(b"\r\n");
     }
     match resp.framing {
         Framing::Length(n) => {
