@@ -4,6 +4,9 @@
 #              on the other nodes, revoke (admin API of node i+1) → 401 on the other nodes
 #              (examples/propagation.rs; ≥ 200 revokes across 3 nodes by default)
 #   same-host  1 gateway on SQLite: `token create` → 200 and `token revoke` → 401, timed from the CLI's exit
+#   quota      2 gateways on PostgreSQL (usage_flush_interval QUOTA_FLUSH), one token with a quota of QUOTA
+#              per day, wrk at full speed against both nodes at once: accepted in total vs the quota (the
+#              overshoot a shared quota allows: each node sees the others' use one flush late)
 #   capacity   BIG_TOKENS tokens in PostgreSQL: start-up (index load) and RSS of one gateway, and a revoke
 #              honoured fleet-wide while wrk loads the nodes (BIG_TOKENS=0 skips)
 #
@@ -17,6 +20,8 @@ ROUNDS=${ROUNDS:-200}
 BIG_TOKENS=${BIG_TOKENS:-1000000}
 BASE_PORT=${BASE_PORT:-21080}
 WRITE_MD=${WRITE_MD:-1}
+QUOTA=${QUOTA:-100000}
+QUOTA_FLUSH=${QUOTA_FLUSH:-1s}
 need_tool curl curl
 need_tool wrk wrk
 
@@ -83,6 +88,40 @@ log "same host: $ROUNDS CLI creates and revokes"
 SAME=$("$PROBE" --node "127.0.0.1:$((port + 1)),127.0.0.1:$port" --cli "$TG_BIN -c $RUN/single.toml" \
     --rounds "$ROUNDS" | tee "$RUN/same.out" | grep '^RESULT')
 
+# ---- quota: one token, two nodes at full speed --------------------------------------------------------------
+QPORTS=($((BASE_PORT + 70)) $((BASE_PORT + 80)))
+for k in 0 1; do
+    node_config "quota$k" "${QPORTS[$k]}" url "$PG_URL"
+    sed -i "s/^sync_interval = .*/&\nusage_flush_interval = \"$QUOTA_FLUSH\"/" "$RUN/quota$k.toml"
+    start_node "quota$k" "${QPORTS[$k]}"
+done
+qtok=$("$TG_BIN" -c "$RUN/quota0.toml" token create --user quota --label "quota bench" --quota "$QUOTA/day" 2>/dev/null)
+free=$("$TG_BIN" -c "$RUN/quota0.toml" token create --user quota --label "no quota" 2>/dev/null)
+sleep 1
+# Each node's accept rate with the same client, measured alone first (what one flush interval is worth).
+rates=()
+for k in 0 1; do
+    out=$(wrk -t1 -c16 -d3s -H "Authorization: Bearer $free" "http://127.0.0.1:${QPORTS[$k]}/bearer/q")
+    rates+=("$(awk '/Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")")
+done
+for k in 0 1; do
+    spawn "$RUN/wrk-quota$k.log" wrk -t1 -c16 -d10s -H "Authorization: Bearer $qtok" "http://127.0.0.1:${QPORTS[$k]}/bearer/q"
+    WRKQ[$k]=$SPAWNED
+done
+wait "${WRKQ[0]}" "${WRKQ[1]}" || true
+accepted=()
+for k in 0 1; do
+    total=$(awk '/requests in/ { print $1 }' "$RUN/wrk-quota$k.log")
+    non2xx=$(awk '/Non-2xx/ { print $NF }' "$RUN/wrk-quota$k.log")
+    accepted+=($((total - ${non2xx:-0})))
+done
+sum=$((accepted[0] + accepted[1]))
+over=$((sum - QUOTA))
+flush_s=$(sed 's/ms$/\/1000/; s/s$//' <<<"$QUOTA_FLUSH" | bc -l)
+bound=$(printf '%.0f' "$(echo "$flush_s * (${rates[0]} + ${rates[1]})" | bc -l)")
+log "quota: ${accepted[0]} + ${accepted[1]} = $sum accepted of $QUOTA (overshoot $over; one flush interval of the other node, summed: ≤ $bound)"
+echo "quota of $QUOTA/day on one token, wrk -c16 at full speed against 2 nodes at once for 10 s, usage_flush_interval $QUOTA_FLUSH: node 1 accepted ${accepted[0]}, node 2 ${accepted[1]}, $sum in total → overshoot $over ($(echo "scale=2; $over * 100 / $QUOTA" | bc -l) % of the quota); the bound, one flush interval of the other node's traffic per node (each node alone: ${rates[0]} and ${rates[1]} req/s), is $bound" >"$RUN/quota.out"
+
 # ---- capacity: BIG_TOKENS in PostgreSQL ------------------------------------------------------------------
 if [ "$BIG_TOKENS" -gt 0 ]; then
     log "seeding $BIG_TOKENS tokens into PostgreSQL"
@@ -129,6 +168,8 @@ TABLE="$RUN/table.md"
     echo "| fleet (3 nodes, PostgreSQL): revoke via another node's API → 401 on each other node | $(get revoke_to_401_p50_ms "$FLEET") | $(get revoke_to_401_p99_ms "$FLEET") | $(get revoke_to_401_max_ms "$FLEET") | $((ROUNDS * 2)) |"
     echo "| same host (SQLite): \`token create\` exits → 200 | $(get create_to_200_p50_ms "$SAME") | $(get create_to_200_p99_ms "$SAME") | $(get create_to_200_max_ms "$SAME") | $ROUNDS |"
     echo "| same host (SQLite): \`token revoke\` exits → 401 | $(get revoke_to_401_p50_ms "$SAME") | $(get revoke_to_401_p99_ms "$SAME") | $(get revoke_to_401_max_ms "$SAME") | $ROUNDS |"
+    echo
+    echo "Shared quota: $(cat "$RUN/quota.out")."
     if [ -f "$RUN/big.out" ]; then
         echo
         echo "Capacity, $BIG_TOKENS tokens in PostgreSQL: $(cat "$RUN/big.out")."
