@@ -226,4 +226,73 @@ upstream = "127.0.0.1:8600"
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
+
+    #[test]
+    fn rate_keys_parse_with_their_defaults_and_errors_name_the_key() {
+        let c = parse(&format!(
+            "{MINIMAL}rate_limit = \"600/m\"\nuser_rate_limit = \"50/s\"\nrate_limit_headers = true\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = &c.routes[0];
+        assert_eq!(
+            r.rate_limit,
+            Some((Rate::parse("600/m").unwrap(), 10)),
+            "burst: one second's worth"
+        );
+        assert_eq!(r.user_rate_limit, Some(Rate::parse("50/s").unwrap()));
+        assert!(r.rate_limit_headers);
+        let c = parse(&format!(
+            "{MINIMAL}rate_limit = \"20/s\"\nrate_burst = 40\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].rate_limit.unwrap().1, 40);
+        assert_eq!(parse(MINIMAL).unwrap().routes[0].rate_limit, None);
+        assert!(!parse(MINIMAL).unwrap().routes[0].rate_limit_headers);
+
+        for (extra, key, problem) in [
+            (
+                "rate_limit = \"fast\"",
+                "routes[0].rate_limit",
+                "is not a rate",
+            ),
+            (
+                "rate_limit = \"0/s\"",
+                "routes[0].rate_limit",
+                "between 1 and",
+            ),
+            (
+                "rate_limit = \"5/d\"",
+                "routes[0].rate_limit",
+                "is not a rate",
+            ),
+            (
+                "user_rate_limit = \"1e9/s\"",
+                "routes[0].user_rate_limit",
+                "is not a rate",
+            ),
+            (
+                "rate_limit = \"5/s\"\nrate_burst = 0",
+                "routes[0].rate_burst",
+                "between 1 and",
+            ),
+            (
+                "rate_burst = 10",
+                "routes[0].rate_burst",
+                "needs rate_limit",
+            ),
+            (
+                "auth = \"none\"\nrate_limit = \"5/s\"",
+                "routes[0].rate_limit",
+                "auth = \"bearer\"",
+            ),
+        ] {
+            let e = parse(&format!("{MINIMAL}{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("/etc/tg/gw.toml: {key}: ")) && e.contains(problem),
+                "{extra}: {e}"
+            );
+        }
+    }
 }
