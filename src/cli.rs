@@ -160,7 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let file = cli.config.display();
             Location::from_config(&c.store).map_err(|e| anyhow::anyhow!("{file}: [store]: {e}"))?;
             // The files the config names: certificates and keys, client and upstream CAs.
-            crate::transport::Table::new(&c, &crate::ops::metrics::Metrics::new())
+            crate::transport::Table::new(&c, &crate::ops::metrics::Metrics::new(), None)
                 .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             if let Some(t) = &c.tls {
                 let certs = crate::transport::tls::load_certificates(&t.certificates)

@@ -74,7 +74,7 @@ impl State {
             .last_sync
             .store(clock::now() as i64, std::sync::atomic::Ordering::Relaxed);
         let metrics = Metrics::new();
-        let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics)?));
+        let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics, None)?));
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(ArcSwap::from(tls::edge_config(t, None)?))),
             None => None,
@@ -90,8 +90,8 @@ impl State {
     }
 }
 
-/// Re-reads the configuration file and swaps the route table (routes, scopes, header rules, trusted
-/// proxies, upstream TLS) and the TLS listener's certificates atomically. In-flight requests keep the
+/// Re-reads the configuration file and swaps the route table (routes, servers, scopes, header rules,
+/// trusted proxies, upstream TLS) and the TLS listener's certificates atomically. In-flight requests keep the
 /// table they started with; established TLS connections keep their certificate. An invalid file (or a
 /// certificate that does not load) changes nothing. Settings that need a restart (listeners, store,
 /// threads) are reported, not applied.
@@ -104,7 +104,8 @@ pub fn reload(
 ) -> anyhow::Result<Config> {
     let new = Config::load(path)?;
     // Everything is built before anything is swapped: a bad certificate refuses the whole reload.
-    let new_table = Table::new(&new, metrics)?;
+    // Servers that stay (same route, address and settings) keep their connections and health.
+    let new_table = Table::new(&new, metrics, Some(&table.load()))?;
     let new_edge = match (edge, &new.tls) {
         (Some(current), Some(t)) => Some((current, tls::edge_config(t, Some(&current.load()))?)),
         _ => None,
@@ -301,7 +302,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         state.index.clone(),
         state.metrics.clone(),
         state.location.clone(),
-    );
+    )
+    .with_routes(state.table.clone());
     let mut admin_service = Service::new("tokengate admin".to_string(), HttpServer::new_app(admin));
     admin_service.add_tcp(&cfg.admin.listen);
     server.add_service(admin_service);
@@ -341,6 +343,14 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             })?
     };
 
+    // Active health checks and re-resolution of the routes' servers.
+    let health = {
+        let (table, stop) = (state.table.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("tokengate-health".into())
+            .spawn(move || crate::transport::health::run(table, stop))?
+    };
+
     log::info!(
         "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
         env!("CARGO_PKG_VERSION"),
@@ -366,6 +376,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let _ = sync.join();
     let _ = flush.join();
     let _ = sweep.join();
+    let _ = health.join();
     let _ = signal_thread.join();
     if let Some(w) = log_writer {
         // The writer ends when the proxy service (owning the sender) is dropped with its runtime; give

@@ -425,6 +425,7 @@ type Check<'a> = (&'static str, Box<dyn Fn(&[Sample]) -> bool + 'a>);
 #[test]
 fn metrics_cover_every_family_and_never_label_with_secrets() {
     let up = Upstream::start("metrics");
+    let dead = refused_addr();
     let gw = GatewayBuilder::new()
         .route("telemetry", "/iot", up.addr())
         .route_with(
@@ -433,7 +434,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
             up.addr(),
             &[("required_scope", "\"video:write\"")],
         )
-        .route("dead", "/dead", refused_addr())
+        .route("dead", "/dead", dead)
         .start();
     let users = ["metrics-user-full", "metrics-user-scoped"];
     let (_, full) = gw.create_token(users[0], "full");
@@ -441,6 +442,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
     gw.wait_ok("/iot/warmup", &full);
     gw.wait_status("/secure/warmup", &scoped, 403);
 
+    let (up_server, dead_server) = (up.addr().to_string(), dead.to_string());
     let before = parse_metrics(&gw.metrics());
     let counter =
         |s: &[Sample], name: &str, labels: &[(&str, &str)]| metric(s, name, labels).unwrap_or(0.0);
@@ -571,6 +573,26 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
             }),
         ),
         (
+            "server requests on telemetry's server +4, failures on dead's",
+            Box::new(move |s: &[Sample]| {
+                grew(
+                    s,
+                    "tokengate_upstream_server_requests_total",
+                    &[("route", "telemetry"), ("server", &up_server)],
+                    4.0,
+                ) && grew(
+                    s,
+                    "tokengate_upstream_server_failures_total",
+                    &[("route", "dead"), ("server", &dead_server)],
+                    1.0,
+                ) && metric(
+                    s,
+                    "tokengate_upstream_server_up",
+                    &[("route", "telemetry"), ("server", &up_server)],
+                ) == Some(1.0)
+            }),
+        ),
+        (
             "request body bytes on telemetry +3000",
             Box::new(|s: &[Sample]| {
                 grew(
@@ -679,6 +701,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
             "path segment {last} appears in /metrics"
         );
     }
+    let (up_label, dead_label) = (up.addr().to_string(), dead.to_string());
     let allowed: BTreeMap<&str, BTreeSet<&str>> = [
         ("route", vec!["telemetry", "secure", "dead", "none"]),
         (
@@ -712,12 +735,15 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
                 "tls",
                 "reset",
                 "other",
+                "no_healthy_upstream",
                 "rate",
                 "user_rate",
                 "quota",
             ],
         ),
-        ("result", vec!["ok", "error"]),
+        ("result", vec!["ok", "error", "failed"]),
+        // Servers are named as configured: the routes' upstream addresses, nothing a client sent.
+        ("server", vec![up_label.as_str(), dead_label.as_str()]),
         ("version", vec![env!("CARGO_PKG_VERSION")]),
     ]
     .into_iter()

@@ -1,7 +1,7 @@
 //! The configuration file as written: serde structs mirroring the TOML tables, unknown keys refused.
 //! Nothing here is validated; [`super::Config::parse`] turns it into the validated [`super::Config`].
 
-use super::model::{AccessLogFormat, AuthMode, ClientAuth};
+use super::model::{AccessLogFormat, AuthMode, Balance, ClientAuth};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -100,7 +100,11 @@ impl Default for FileAdmin {
 pub(super) struct FileRoute {
     pub(super) name: String,
     pub(super) path_prefix: String,
-    pub(super) upstream: String,
+    pub(super) upstream: Option<String>,
+    pub(super) upstreams: Option<Vec<String>>,
+    pub(super) balance: Option<Balance>,
+    pub(super) health_check: Option<FileHealthCheck>,
+    pub(super) resolve_interval: Option<String>,
     pub(super) connect_timeout: Option<String>,
     pub(super) read_timeout: Option<String>,
     pub(super) write_timeout: Option<String>,
@@ -121,6 +125,16 @@ pub(super) struct FileRoute {
     pub(super) rate_limit_headers: Option<bool>,
     pub(super) upstream_ca: Option<String>,
     pub(super) upstream_sni: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHealthCheck {
+    pub(super) path: Option<String>,
+    pub(super) interval: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) unhealthy_after: Option<u32>,
+    pub(super) healthy_after: Option<u32>,
 }
 
 /// The default number of proxy worker threads: the number of cores.

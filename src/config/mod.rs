@@ -4,13 +4,15 @@
 //!
 //! - [`model`]: the validated types (`Config`, `RouteConfig`, ...).
 //! - [`file`]: the file as written (serde structs).
-//! - [`load`]: reading and checking a file; [`route`]: one `[[routes]]` entry; [`tls`]: the `[tls]` table.
+//! - [`load`]: reading and checking a file; [`route`]: one `[[routes]]` entry; [`pool`]: its servers;
+//!   [`tls`]: the `[tls]` table.
 //! - [`values`]: parsers for single values (durations, scopes, header names, addresses).
 
 mod context;
 mod file;
 mod load;
 pub mod model;
+mod pool;
 mod route;
 mod tls;
 pub mod values;
@@ -180,12 +182,10 @@ upstream = "127.0.0.1:8600"
 
         let https = MINIMAL.replace("127.0.0.1:8600", "https://localhost:8600");
         let r = &parse(&https).unwrap().routes[0];
-        let up = r.upstream_tls.as_ref().unwrap();
-        assert_eq!(
-            (up.server_name.as_str(), up.ca.as_ref()),
-            ("localhost", None)
-        );
-        assert_eq!(r.upstream_addr.port(), 8600);
+        let up = r.pool.tls.as_ref().unwrap();
+        assert_eq!((up.server_name.as_ref(), up.ca.as_ref()), (None, None));
+        assert_eq!(r.pool.servers[0].host, "localhost");
+        assert_eq!(r.pool.servers[0].addr.port(), 8600);
         let e = parse(&MINIMAL.replace("127.0.0.1:8600", "ftp://localhost:8600"))
             .unwrap_err()
             .to_string();

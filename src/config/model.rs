@@ -66,13 +66,64 @@ pub struct TlsConfig {
     pub client_auth: ClientAuth,
 }
 
-/// TLS to an upstream (`upstream = "https://..."`): always verified.
+/// TLS to a route's servers (`https://...`): always verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTls {
-    /// The name sent as SNI and checked against the upstream's certificate.
-    pub server_name: String,
+    /// `upstream_sni`: the name sent as SNI and checked against every server's certificate; `None`:
+    /// each server's own host.
+    pub server_name: Option<String>,
     /// A PEM bundle of CA certificates to trust instead of the system's roots.
     pub ca: Option<PathBuf>,
+}
+
+/// One server of a route's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// As configured (`10.0.0.5:8700`, `https://video-3.internal:8700`): its name in metrics and the API.
+    pub label: String,
+    /// `host:port`: resolved again every `resolve_interval`, and the `Host` of requests that had none.
+    pub authority: String,
+    /// The host alone: the TLS server name unless `upstream_sni` says otherwise.
+    pub host: String,
+    /// The address it resolved to when the configuration loaded.
+    pub addr: SocketAddr,
+}
+
+/// How a route picks a server for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each server in turn.
+    RoundRobin,
+    /// The server with the fewest requests in flight.
+    LeastRequests,
+    /// The same user to the same server while the set is stable (rendezvous hashing).
+    UserHash,
+}
+
+/// `[routes.health_check]`: active checks of every server of the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// `GET path` expecting a 2xx; `None`: a TCP connect.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that take a server out of rotation.
+    pub unhealthy_after: u32,
+    /// Consecutive successes that bring it back.
+    pub healthy_after: u32,
+}
+
+/// A route's servers and how they are chosen and watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub servers: Vec<ServerConfig>,
+    /// Set when the servers speak `https://`.
+    pub tls: Option<UpstreamTls>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheckConfig>,
+    /// How often host names are resolved again (a failed resolution keeps the last address).
+    pub resolve_interval: Duration,
 }
 
 /// Brute-force throttling of failed authentications per client address.
@@ -229,10 +280,8 @@ pub enum AuthMode {
 pub struct RouteConfig {
     pub name: String,
     pub path_prefix: String,
-    /// The upstream as written (`host:port`), for messages.
-    pub upstream: String,
-    /// The upstream address, resolved once when the configuration loads.
-    pub upstream_addr: SocketAddr,
+    /// `upstream` or `upstreams`, `balance`, `health_check`, `resolve_interval`.
+    pub pool: PoolConfig,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -251,8 +300,6 @@ pub struct RouteConfig {
     pub sign_secret: Option<Vec<u8>>,
     /// Refuse requests that did not arrive over TLS (403 `tls_required`).
     pub tls_only: bool,
-    /// TLS to the upstream (`https://` upstreams).
-    pub upstream_tls: Option<UpstreamTls>,
     /// Per token on this route, with its burst (default: one second's worth).
     pub rate_limit: Option<(super::Rate, u64)>,
     /// All tokens of one user together on this route (burst: one second's worth).

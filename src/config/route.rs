@@ -1,12 +1,10 @@
-//! One `[[routes]]` entry checked into a [`RouteConfig`]: name, prefix, upstream, auth and header rules,
-//! limits and timeouts. Keys in errors are `routes[N].key`.
+//! One `[[routes]]` entry checked into a [`RouteConfig`]: name, prefix, auth and header rules, limits and
+//! timeouts (its servers: [`super::pool`]). Keys in errors are `routes[N].key`.
 
 use super::context::Ctx;
 use super::file::FileRoute;
 use super::model::*;
-use super::values::{
-    check_prefix, check_scope, header_name, normalize_prefix, resolve_upstream, Rate,
-};
+use super::values::{check_prefix, check_scope, header_name, normalize_prefix, Rate};
 use std::time::Duration;
 
 /// Checks route number `i` against the gateway settings and the routes before it.
@@ -43,48 +41,7 @@ pub(super) fn route(
             format!("{:?} is already used by routes[{other}]", r.path_prefix),
         ));
     }
-    // `https://host:port` is TLS to the upstream (verified, always); `host:port` and `http://` are plain.
-    let (https, host_port) = match r.upstream.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
-        Some((scheme, _)) => {
-            return Err(cx.err(
-                &k("upstream"),
-                format!("{scheme:?} is not a scheme tokengate speaks (http:// or https://)"),
-            ))
-        }
-        None => (false, r.upstream.as_str()),
-    };
-    let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
-    let upstream_addr = resolve_upstream(host_port).map_err(|p| cx.err(&k("upstream"), p))?;
-    let upstream_tls = if https {
-        let host = host_port
-            .rsplit_once(':')
-            .map_or(host_port, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let server_name = r.upstream_sni.clone().unwrap_or_else(|| host.to_string());
-        if server_name.is_empty() || server_name.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(cx.err(
-                &k("upstream_sni"),
-                format!("{server_name:?} is not a host name or IP address"),
-            ));
-        }
-        Some(UpstreamTls {
-            server_name,
-            ca: r.upstream_ca.as_deref().map(|p| cx.path(p)),
-        })
-    } else {
-        for (key, set) in [
-            ("upstream_ca", r.upstream_ca.is_some()),
-            ("upstream_sni", r.upstream_sni.is_some()),
-        ] {
-            if set {
-                return Err(cx.err(&k(key), "only applies to an https:// upstream"));
-            }
-        }
-        None
-    };
+    let pool = super::pool::pool(cx, i, &r)?;
     let auth = r.auth.unwrap_or(AuthMode::Bearer);
     let required_scope = match r.required_scope {
         Some(s) if auth == AuthMode::None => {
@@ -190,8 +147,7 @@ pub(super) fn route(
     Ok(RouteConfig {
         name: r.name,
         path_prefix: prefix,
-        upstream: r.upstream,
-        upstream_addr,
+        pool,
         connect_timeout: cx.duration(
             &k("connect_timeout"),
             &r.connect_timeout,
@@ -213,7 +169,6 @@ pub(super) fn route(
         query_token_param: r.query_token_param,
         sign_secret,
         tls_only: r.tls_only.unwrap_or(false),
-        upstream_tls,
         rate_limit,
         user_rate_limit,
         rate_limit_headers: r.rate_limit_headers.unwrap_or(false),

@@ -1,5 +1,6 @@
 //! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text), the token management JSON API
-//! under `/api/tokens` (bearer token with scope `admin`), its OpenAPI document, and the token management
+//! under `/api/tokens` and the routes' servers at `GET /api/routes` (bearer token with scope `admin`),
+//! its OpenAPI document, and the token management
 //! page (`GET /`, assets embedded in the binary, strict Content-Security-Policy).
 //!
 //! API changes go to SQLite on a blocking thread and are applied to this process's index before the
@@ -13,6 +14,8 @@ use crate::tokens::fields::Quota;
 use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, ADMIN_SCOPE};
 use crate::tokens::index::Index;
 use crate::tokens::store::{self, Location, NewToken, Store, StoreError, TokenPatch, TokenRecord};
+use crate::transport::Table;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -43,6 +46,8 @@ pub struct Admin {
     /// The API's own store connection, used from blocking threads.
     store: Arc<Mutex<Option<Store>>>,
     location: Location,
+    /// The running route table (for `/api/routes` and `/healthz`), when serving.
+    routes: Option<Arc<ArcSwap<Table>>>,
 }
 
 type Reply = Response<Vec<u8>>;
@@ -278,7 +283,62 @@ impl Admin {
             metrics,
             store: Arc::new(Mutex::new(None)),
             location,
+            routes: None,
         }
+    }
+
+    /// Shows `table`'s routes and servers at `/api/routes` and their health in `/healthz`.
+    pub fn with_routes(mut self, table: Arc<ArcSwap<Table>>) -> Admin {
+        self.routes = Some(table);
+        self
+    }
+
+    /// `GET /api/routes`: each route's prefix, auth, balance and servers with their state. Nothing
+    /// secret: no signing key, no CA path.
+    fn routes(&self) -> Reply {
+        let Some(table) = &self.routes else {
+            return json(StatusCode::OK, &serde_json::json!([]));
+        };
+        let table = table.load();
+        let routes: Vec<serde_json::Value> = table
+            .io
+            .iter()
+            .map(|io| {
+                let r = &io.route;
+                serde_json::json!({
+                    "name": &*r.name,
+                    "path_prefix": r.path_prefix,
+                    "auth": if r.auth == crate::config::AuthMode::None { "none" } else { "bearer" },
+                    "balance": match io.pool.balance {
+                        crate::config::Balance::RoundRobin => "round_robin",
+                        crate::config::Balance::LeastRequests => "least_requests",
+                        crate::config::Balance::UserHash => "user_hash",
+                    },
+                    "health_check": io.pool.check.as_ref().map(|c| serde_json::json!({
+                        "path": c.path,
+                        "interval_ms": c.interval.as_millis() as u64,
+                        "timeout_ms": c.timeout.as_millis() as u64,
+                        "unhealthy_after": c.unhealthy_after,
+                        "healthy_after": c.healthy_after,
+                    })),
+                    "healthy": io.pool.any_up(),
+                    "servers": io.pool.servers_json(),
+                })
+            })
+            .collect();
+        json(StatusCode::OK, &serde_json::Value::Array(routes))
+    }
+
+    /// The routes with no server in rotation.
+    fn routes_down(&self) -> Vec<String> {
+        self.routes.as_ref().map_or_else(Vec::new, |t| {
+            t.load()
+                .io
+                .iter()
+                .filter(|io| !io.pool.any_up())
+                .map(|io| io.route.name.to_string())
+                .collect()
+        })
     }
 
     fn healthz(&self) -> Reply {
@@ -293,7 +353,8 @@ impl Admin {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let status = if sync_error.is_some() || flush_error.is_some() {
+        let routes_down = self.routes_down();
+        let status = if sync_error.is_some() || flush_error.is_some() || !routes_down.is_empty() {
             "degraded"
         } else {
             "ok"
@@ -315,6 +376,7 @@ impl Admin {
                 "seconds_since_usage_flush": age(h.last_flush.load(Ordering::Relaxed)),
                 "sync_error": sync_error,
                 "usage_flush_error": flush_error,
+                "routes_without_healthy_upstream": routes_down,
             }),
         )
     }
@@ -629,6 +691,15 @@ impl ServeHttp for Admin {
                 "method_not_allowed",
                 "use GET",
             ),
+            "/api/routes" => match self.authenticate(session) {
+                Err(d) => denial_reply(&d),
+                Ok(_) if get => self.routes(),
+                Ok(_) => json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use GET",
+                ),
+            },
             p if p == "/api/tokens" || p.starts_with("/api/tokens/") => self
                 .api(session, &method, p)
                 .await

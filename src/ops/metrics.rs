@@ -9,8 +9,8 @@ use crate::gateway::limits::LimitKind;
 use crate::tokens::index::Index;
 use crate::transport::upstream::UpstreamError;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +45,10 @@ pub struct Metrics {
     since_flush: prometheus::Gauge,
     sync_ok: IntGauge,
     reloads: IntCounterVec,
+    server_up: IntGaugeVec,
+    server_requests: IntCounterVec,
+    server_failures: IntCounterVec,
+    health_checks: IntCounterVec,
     /// TLS handshakes on the TLS listener that failed or timed out.
     pub tls_handshake_failures: IntCounter,
 }
@@ -57,6 +61,18 @@ pub struct RouteMetrics {
     limited: Vec<IntCounter>,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+}
+
+/// One server's collectors (label `server`: the address as configured), resolved once.
+pub struct ServerMetrics {
+    /// 1 while the server is in rotation.
+    pub up: IntGauge,
+    /// Requests sent to it.
+    pub requests: IntCounter,
+    /// Connections it refused, reset or let time out before a request went out.
+    pub failures: IntCounter,
+    pub checks_ok: IntCounter,
+    pub checks_failed: IntCounter,
 }
 
 impl RouteMetrics {
@@ -173,6 +189,38 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        let server_up = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_upstream_server_up",
+                "1 while a route's server is in rotation, 0 while health checks or failures keep it out.",
+            ),
+            &["route", "server"],
+        )
+        .expect("metric");
+        let server_requests = IntCounterVec::new(
+            Opts::new(
+                "tokengate_upstream_server_requests_total",
+                "Requests sent to each server of a route.",
+            ),
+            &["route", "server"],
+        )
+        .expect("metric");
+        let server_failures = IntCounterVec::new(
+            Opts::new(
+                "tokengate_upstream_server_failures_total",
+                "Connections a route's server refused, reset or let time out before a request went out.",
+            ),
+            &["route", "server"],
+        )
+        .expect("metric");
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "tokengate_upstream_health_checks_total",
+                "Active health checks of each server of a route, by result (ok, failed).",
+            ),
+            &["route", "server", "result"],
+        )
+        .expect("metric");
         let tls_handshake_failures = IntCounter::new(
             "tokengate_tls_handshake_failures_total",
             "TLS handshakes on the TLS listener that failed or did not finish within header_timeout.",
@@ -201,6 +249,10 @@ impl Metrics {
             Box::new(since_flush.clone()),
             Box::new(sync_ok.clone()),
             Box::new(reloads.clone()),
+            Box::new(server_up.clone()),
+            Box::new(server_requests.clone()),
+            Box::new(server_failures.clone()),
+            Box::new(health_checks.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(build),
         ] {
@@ -219,6 +271,10 @@ impl Metrics {
             since_flush,
             sync_ok,
             reloads,
+            server_up,
+            server_requests,
+            server_failures,
+            health_checks,
             tls_handshake_failures,
         })
     }
@@ -244,6 +300,33 @@ impl Metrics {
                 .collect(),
             bytes_in: self.bytes_in.with_label_values(&[route]),
             bytes_out: self.bytes_out.with_label_values(&[route]),
+        }
+    }
+
+    /// Resolves the collectors of `server` (as configured) on route `route`.
+    pub fn server(&self, route: &str, server: &str) -> ServerMetrics {
+        let labels = [route, server];
+        ServerMetrics {
+            up: self.server_up.with_label_values(&labels),
+            requests: self.server_requests.with_label_values(&labels),
+            failures: self.server_failures.with_label_values(&labels),
+            checks_ok: self.health_checks.with_label_values(&[route, server, "ok"]),
+            checks_failed: self
+                .health_checks
+                .with_label_values(&[route, server, "failed"]),
+        }
+    }
+
+    /// Drops the series of a server a reload removed (a stale `up` would mislead).
+    pub fn forget_server(&self, route: &str, server: &str) {
+        let labels = [route, server];
+        let _ = self.server_up.remove_label_values(&labels);
+        let _ = self.server_requests.remove_label_values(&labels);
+        let _ = self.server_failures.remove_label_values(&labels);
+        for result in ["ok", "failed"] {
+            let _ = self
+                .health_checks
+                .remove_label_values(&[route, server, result]);
         }
     }
 

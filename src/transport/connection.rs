@@ -314,6 +314,13 @@ impl<'a, S: ClientStream> Client<'a, S> {
         let io: &RouteIo = &table.io[forward.route.index];
         facts.route = Some(forward.route.index);
         facts.outcome = forward.outcome;
+        // The server is chosen before the head is written: a client that sent no `Host` gets the chosen
+        // server's (kept if a failover moves the request on).
+        let user = io
+            .pool
+            .user_key(forward.principal.as_deref().map(|e| e.user()));
+        let server = io.pool.pick(user, 0);
+        let host = &io.pool.members[server.unwrap_or(0)].upstream.host;
         let head_bytes = &self.buf.filled()[..self.head.len];
         self.out.clear();
         write_upstream_head(
@@ -321,7 +328,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             &self.head,
             head_bytes,
             &forward,
-            &io.upstream.host,
+            host,
             &self.peer_text,
         );
         facts.entry = forward.principal;
@@ -352,7 +359,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 return false;
             }
         }
-        self.forward(io, req, facts).await
+        self.forward(io, server, user, req, facts).await
     }
 
     /// Answers the request from the gateway itself. The connection stays open only when the refusal is

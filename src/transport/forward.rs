@@ -9,7 +9,7 @@
 use super::connection::{ClientStream, Facts, Req, CLIENT_IO_TIMEOUT};
 use super::http1::{self, Buffer, Chunk, ChunkError, ChunkedDecoder, Framing, ResponseHead};
 use super::rewrite::write_response_head;
-use super::upstream::{Conn, UpstreamError};
+use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
 use crate::gateway::Refusal;
 use std::io;
@@ -60,38 +60,88 @@ impl UpstreamFailure {
 }
 
 impl<S: ClientStream> Client<'_, S> {
-    /// The upstream connection for `route`: the one this client used last if it is on the same route,
-    /// else an idle one from the route's pool, else a new one.
-    async fn upstream_for(&mut self, io: &RouteIo) -> Result<Conn, UpstreamFailure> {
-        if let Some((up, mut conn)) = self.upstream.take() {
-            if Arc::ptr_eq(&up, &io.upstream) {
+    /// A connection to server `server` of the route: the one this client used last if it is to that
+    /// server, else an idle one from the server's queue, else a new one (`true`: new).
+    async fn upstream_for(&mut self, up: &Arc<Upstream>) -> Result<(Conn, bool), UpstreamFailure> {
+        if let Some((kept, mut conn)) = self.upstream.take() {
+            if Arc::ptr_eq(&kept, up) {
                 let idle = conn.idle_since.elapsed();
                 // Always checked: bytes an upstream sent after a complete response must never be taken
                 // for the next answer (RFC 9112 section 6.3). Free when the socket shows no readiness,
                 // as after a response read to its end.
-                if idle < io.upstream.idle_timeout && conn.is_usable() {
-                    return Ok(conn);
+                if idle < up.idle_timeout && conn.is_usable() {
+                    return Ok((conn, false));
                 }
             } else {
-                up.put_idle(conn);
+                kept.put_idle(conn);
             }
         }
-        if let Some(conn) = io.upstream.take_idle() {
-            return Ok(conn);
+        if let Some(conn) = up.take_idle() {
+            return Ok((conn, false));
         }
-        io.upstream
-            .connect()
+        up.connect()
             .await
-            .map_err(|(kind, e)| UpstreamFailure::new(kind, format!("connect: {e}")))
+            .map(|c| (c, true))
+            .map_err(|(kind, e)| UpstreamFailure::new(kind, format!("{}: connect: {e}", up.label)))
     }
 
-    /// Sends the request (head in `self.out`, body from the client) and relays the answer. Returns whether
-    /// the client connection may carry another request.
-    pub(super) async fn forward(&mut self, io: &RouteIo, req: Req, facts: &mut Facts) -> bool {
-        let mut conn = match self.upstream_for(io).await {
+    /// A connection to `server`, or — when it refuses, times out or fails its TLS handshake (nothing of
+    /// the request went out) — to the next server in rotation, taking each that failed out of it.
+    async fn connect_any(
+        &mut self,
+        io: &RouteIo,
+        mut server: usize,
+        user: Option<u64>,
+        tried: &mut u64,
+    ) -> Result<(usize, Conn), UpstreamFailure> {
+        let pool = &io.pool;
+        loop {
+            *tried |= 1 << server;
+            let up = &pool.members[server].upstream;
+            match self.upstream_for(up).await {
+                Ok((conn, fresh)) => {
+                    if fresh {
+                        pool.connected(server);
+                    }
+                    return Ok((server, conn));
+                }
+                Err(f) => {
+                    pool.failed(server, &f.detail);
+                    match pool.pick(user, *tried) {
+                        Some(next) => {
+                            // Counted here; the last failure is counted with the answer.
+                            io.metrics.upstream_error(f.kind);
+                            server = next;
+                        }
+                        None => return Err(f),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the request (head in `self.out`, body from the client) to server `server` of the route (or
+    /// the next in rotation if it refuses) and relays the answer; `None`: no server is in rotation (502
+    /// at once). Returns whether the client connection may carry another request.
+    pub(super) async fn forward(
+        &mut self,
+        io: &RouteIo,
+        server: Option<usize>,
+        user: Option<u64>,
+        req: Req,
+        facts: &mut Facts,
+    ) -> bool {
+        let Some(server) = server else {
+            let f =
+                UpstreamFailure::new(UpstreamError::NoHealthy, "every server is out of rotation");
+            return self.upstream_failed(io, facts, f, req).await;
+        };
+        let mut tried = 0u64;
+        let (mut server, mut conn) = match self.connect_any(io, server, user, &mut tried).await {
             Ok(c) => c,
             Err(f) => return self.upstream_failed(io, facts, f, req).await,
         };
+        let mut in_flight = io.pool.begin(server);
         // Whatever of the body is already here goes out with the head, in one write.
         let mut body = BodyState::new(req.framing);
         if let Err(e) = body.stage(&mut self.buf, &mut self.out, io.route.max_body_bytes) {
@@ -101,23 +151,38 @@ impl<S: ClientStream> Client<'_, S> {
         let result = if body.done() {
             let mut r = send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head).await;
             if let Err(f) = &r {
-                if f.nothing_received && conn.reused && req.retryable {
-                    // The upstream closed this kept-alive connection while it was idle: once more on a new
-                    // one (only requests that are safe to repeat and have no body).
+                // Nothing came back: a kept-alive connection the server closed while idle, or a server
+                // that went away mid-request. Once more on a new connection — the same server for a
+                // reused connection, another for a new one — only for requests that are safe to repeat
+                // and have no body.
+                if f.nothing_received && req.retryable && (conn.reused || io.pool.members.len() > 1)
+                {
                     log::debug!(
-                        "route {}: reused upstream connection closed; retrying once",
-                        io.route.name
+                        "route {}: {} closed the connection before answering; retrying once",
+                        io.route.name,
+                        io.pool.members[server].upstream.label
                     );
-                    match io.upstream.connect().await {
-                        Ok(fresh) => {
-                            conn = fresh;
-                            r = send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head)
-                                .await;
-                        }
-                        Err((kind, e)) => {
-                            r = Err(UpstreamFailure::new(kind, format!("connect: {e}")))
-                        }
+                    if conn.reused {
+                        tried &= !(1 << server);
                     }
+                    r = match io.pool.pick(user, tried) {
+                        None => r,
+                        Some(next) => {
+                            drop(conn);
+                            match self.connect_any(io, next, user, &mut tried).await {
+                                Ok((s, fresh)) => {
+                                    (server, conn) = (s, fresh);
+                                    in_flight = io.pool.begin(server);
+                                    send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head)
+                                        .await
+                                }
+                                Err(f) => {
+                                    facts.bytes_in = body.forwarded;
+                                    return self.upstream_failed(io, facts, f, req).await;
+                                }
+                            }
+                        }
+                    };
                 }
             }
             r.map(|()| true).map_err(Stop::Upstream)
@@ -133,8 +198,12 @@ impl<S: ClientStream> Client<'_, S> {
             Err(Stop::Body(e)) => return self.body_failed(io, facts, e, req).await,
         };
         conn.reused = true;
-        self.relay_response(conn, io, &resp, req, body_sent, facts)
-            .await
+        let up = &io.pool.members[server].upstream;
+        let keep = self
+            .relay_response(conn, up, io, &resp, req, body_sent, facts)
+            .await;
+        drop(in_flight);
+        keep
     }
 
     /// Streams a body that did not fit in the first write, while watching for the response (an upstream
@@ -148,7 +217,7 @@ impl<S: ClientStream> Client<'_, S> {
         req: Req,
         start: Instant,
     ) -> Result<bool, Stop> {
-        let write_timeout = io.upstream.write_timeout;
+        let write_timeout = io.timeouts.write;
         let (mut up_read, mut up_write) = tokio::io::split(&mut conn.stream);
         match tokio::time::timeout(write_timeout, up_write.write_all(&self.out)).await {
             Ok(Ok(())) => {}
@@ -196,7 +265,7 @@ impl<S: ClientStream> Client<'_, S> {
                             }
                             Err(e) => return Err(Stop::Body(e)),
                         }
-                        timer.as_mut().reset(tokio::time::Instant::now() + io.upstream.read_timeout);
+                        timer.as_mut().reset(tokio::time::Instant::now() + io.timeouts.read);
                     }
                     _ = &mut timer, if sent.is_some() => {
                         break Err(UpstreamFailure::new(UpstreamError::ReadTimeout, "no response within read_timeout"));
@@ -216,9 +285,11 @@ impl<S: ClientStream> Client<'_, S> {
     }
 
     /// Relays the response whose head is in `resp` (bytes at the front of `conn.buf`) and its body.
+    #[allow(clippy::too_many_arguments)]
     async fn relay_response(
         &mut self,
         mut conn: Conn,
+        up: &Arc<Upstream>,
         io: &RouteIo,
         resp: &ResponseHead,
         req: Req,
@@ -247,7 +318,7 @@ impl<S: ClientStream> Client<'_, S> {
         conn.buf.consume(resp.len);
         facts.status = resp.status;
         let mut sent_body = 0u64;
-        let read_timeout = io.upstream.read_timeout;
+        let read_timeout = io.timeouts.read;
         let mut complete = true;
         let mut error: Option<UpstreamFailure> = None;
         match resp.framing {
@@ -372,7 +443,7 @@ impl<S: ClientStream> Client<'_, S> {
             && conn.buf.is_empty()
         {
             conn.idle_since = Instant::now();
-            self.upstream = Some((io.upstream.clone(), conn));
+            self.upstream = Some((up.clone(), conn));
         }
         complete && keep_client
     }
@@ -387,9 +458,8 @@ impl<S: ClientStream> Client<'_, S> {
     ) -> bool {
         let status = f.status();
         log::warn!(
-            "route {}: upstream {} failed: {} ({})",
+            "route {}: upstream failed: {} ({})",
             io.route.name,
-            io.upstream.addr,
             f.kind.as_str(),
             f.detail
         );
@@ -400,6 +470,10 @@ impl<S: ClientStream> Client<'_, S> {
             (_, UpstreamError::Tls) => (
                 "upstream_tls",
                 "the upstream's TLS certificate could not be verified, or its TLS handshake failed",
+            ),
+            (_, UpstreamError::NoHealthy) => (
+                "no_healthy_upstream",
+                "no server of this route is in rotation; retry later",
             ),
             _ => ("bad_gateway", "the upstream could not be reached or failed"),
         };
@@ -595,7 +669,7 @@ async fn send_and_read(
     io: &RouteIo,
     is_head: bool,
 ) -> Result<(), UpstreamFailure> {
-    match tokio::time::timeout(io.upstream.write_timeout, conn.stream.write_all(out)).await {
+    match tokio::time::timeout(io.timeouts.write, conn.stream.write_all(out)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             let mut f = UpstreamFailure::new(UpstreamError::Reset, format!("write: {e}"));
@@ -610,7 +684,7 @@ async fn send_and_read(
         }
     }
     match tokio::time::timeout(
-        io.upstream.read_timeout,
+        io.timeouts.read,
         read_response_head(&mut conn.stream, &mut conn.buf, resp, is_head),
     )
     .await

@@ -8,7 +8,9 @@
 //! - [`forward`]: sending an allowed request upstream, streaming bodies both ways, relaying the answer.
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
-//! - [`upstream`]: connections to a route's upstream and their idle pool.
+//! - [`pool`]: a route's servers and the choice among them (round robin, least requests, user hash).
+//! - [`upstream`]: connections to one server, their idle queue, the server's health.
+//! - [`health`]: active health checks and re-resolution of host names, on their own thread.
 //! - [`tls`]: TLS at the edge (certificates by SNI, client certificates, the handshake under a deadline)
 //!   and to upstreams.
 //!
@@ -21,7 +23,9 @@
 
 pub mod connection;
 pub mod forward;
+pub mod health;
 pub mod http1;
+pub mod pool;
 pub mod rewrite;
 pub mod tls;
 pub mod upstream;
@@ -37,17 +41,20 @@ use connection::Client;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use pool::Pool;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use upstream::{Upstream, UpstreamTls};
+use upstream::{Timeouts, Upstream, UpstreamTls};
 
-/// The bytes-moving side of one route: its upstream (address, timeouts, idle connections) and its metric
-/// collectors, next to the route's policy.
+/// The bytes-moving side of one route: its servers (addresses, timeouts, idle connections, health) and
+/// its metric collectors, next to the route's policy.
 pub struct RouteIo {
     pub route: Arc<Route>,
-    pub upstream: Arc<Upstream>,
+    pub pool: Pool,
+    /// The route's timeouts (every server has the same).
+    pub timeouts: Timeouts,
     pub metrics: RouteMetrics,
 }
 
@@ -59,9 +66,15 @@ pub struct Table {
 }
 
 impl Table {
-    /// Builds the table from a validated configuration; collectors are resolved once, here. Fails when an
-    /// `https://` upstream's CA file cannot be used.
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<Table, tls::TlsError> {
+    /// Builds the table from a validated configuration; collectors are resolved once, here. A server
+    /// that `previous` (the table being replaced) already had, with the same settings, is carried over
+    /// with its idle connections and health; the series of servers that are gone are dropped. Fails
+    /// when an `https://` route's CA file cannot be used.
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        previous: Option<&Table>,
+    ) -> Result<Table, tls::TlsError> {
         let routes = RouteTable::new(config);
         let mut io: Vec<RouteIo> = Vec::with_capacity(config.routes.len());
         let mut by_index: Vec<Option<Arc<Route>>> = vec![None; config.routes.len()];
@@ -70,33 +83,92 @@ impl Table {
         }
         for (i, (rc, route)) in config.routes.iter().zip(by_index).enumerate() {
             let route = route.expect("every route is in the table");
-            let tls = match &rc.upstream_tls {
+            let before = previous.and_then(|t| t.io.iter().find(|o| *o.route.name == *rc.name));
+            let p = &rc.pool;
+            let connector = match &p.tls {
                 None => None,
-                Some(t) => Some(UpstreamTls {
-                    connector: tokio_rustls::TlsConnector::from(tls::upstream_client_config(
+                Some(t) => Some(tokio_rustls::TlsConnector::from(
+                    tls::upstream_client_config(
                         t.ca.as_deref(),
                         &format!("routes[{i}].upstream_ca"),
-                    )?),
-                    server_name: tls::server_name(&t.server_name).map_err(|problem| {
-                        tls::TlsError::Config {
-                            key: format!("routes[{i}].upstream_sni"),
-                            problem,
-                        }
-                    })?,
-                }),
-            };
-            io.push(RouteIo {
-                upstream: Arc::new(Upstream::new(
-                    rc.upstream_addr,
-                    tls,
-                    rc.connect_timeout,
-                    rc.read_timeout,
-                    rc.write_timeout,
-                    rc.idle_timeout,
+                    )?,
                 )),
+            };
+            let timeouts = Timeouts {
+                connect: rc.connect_timeout,
+                read: rc.read_timeout,
+                write: rc.write_timeout,
+                idle: rc.idle_timeout,
+            };
+            let mut servers = Vec::with_capacity(p.servers.len());
+            for s in &p.servers {
+                let tls_name = p
+                    .tls
+                    .as_ref()
+                    .map(|t| t.server_name.clone().unwrap_or_else(|| s.host.clone()));
+                let kept = before.and_then(|b| {
+                    b.pool
+                        .members
+                        .iter()
+                        .map(|m| &m.upstream)
+                        .find(|u| u.same_as(&s.label, tls_name.as_deref(), &timeouts))
+                        .cloned()
+                });
+                let upstream = match kept {
+                    Some(u) => u,
+                    None => {
+                        let tls = match (&connector, tls_name) {
+                            (Some(connector), Some(name)) => Some(UpstreamTls {
+                                connector: connector.clone(),
+                                server_name: tls::server_name(&name).map_err(|problem| {
+                                    tls::TlsError::Config {
+                                        key: format!("routes[{i}].upstream_sni"),
+                                        problem,
+                                    }
+                                })?,
+                                name,
+                            }),
+                            _ => None,
+                        };
+                        Arc::new(Upstream::new(
+                            &s.label,
+                            &s.authority,
+                            s.addr,
+                            tls,
+                            &timeouts,
+                        ))
+                    }
+                };
+                servers.push((upstream, metrics.server(&rc.name, &s.label)));
+            }
+            io.push(RouteIo {
+                pool: Pool::new(
+                    &rc.name,
+                    servers,
+                    p.balance,
+                    p.health_check.clone(),
+                    p.resolve_interval,
+                ),
                 metrics: metrics.route(&rc.name),
+                timeouts,
                 route,
             });
+        }
+        if let Some(previous) = previous {
+            for old in &previous.io {
+                for m in &old.pool.members {
+                    let still = io.iter().any(|n| {
+                        n.route.name == old.route.name
+                            && n.pool
+                                .members
+                                .iter()
+                                .any(|k| k.upstream.label == m.upstream.label)
+                    });
+                    if !still {
+                        metrics.forget_server(&old.route.name, &m.upstream.label);
+                    }
+                }
+            }
         }
         Ok(Table { routes, io })
     }

@@ -1,5 +1,6 @@
-//! Connections to one route's upstream: connecting with the route's timeout, and a small pool of idle
-//! keep-alive connections.
+//! Connections to one server of a route's pool: connecting with the route's timeout, a small queue of
+//! idle keep-alive connections, and the server's health (which `transport::pool` reads and the
+//! checks in `transport::health` write).
 //!
 //! A client connection keeps the upstream connection it last used for as long as it stays on that route,
 //! so a device sending request after request on one keep-alive connection touches neither the pool nor
@@ -12,16 +13,19 @@
 
 use super::http1::Buffer;
 use super::tls;
+use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Idle connections kept per route at most; more are closed when returned.
+/// Idle connections kept per server at most; more are closed when returned.
 const MAX_IDLE: usize = 256;
 
 /// Upstream failure kinds, as metric labels.
@@ -34,17 +38,20 @@ pub enum UpstreamError {
     Reset,
     /// The TLS handshake with the upstream failed (certificate not verified, no common parameters).
     Tls,
+    /// Every server of the route is out of rotation.
+    NoHealthy,
     Other,
 }
 
 impl UpstreamError {
-    pub const ALL: [UpstreamError; 7] = [
+    pub const ALL: [UpstreamError; 8] = [
         UpstreamError::ConnectRefused,
         UpstreamError::ConnectTimeout,
         UpstreamError::ReadTimeout,
         UpstreamError::WriteTimeout,
         UpstreamError::Reset,
         UpstreamError::Tls,
+        UpstreamError::NoHealthy,
         UpstreamError::Other,
     ];
 
@@ -56,6 +63,7 @@ impl UpstreamError {
             UpstreamError::WriteTimeout => "write_timeout",
             UpstreamError::Reset => "reset",
             UpstreamError::Tls => "tls",
+            UpstreamError::NoHealthy => "no_healthy_upstream",
             UpstreamError::Other => "other",
         }
     }
@@ -146,49 +154,108 @@ impl Conn {
 pub struct UpstreamTls {
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: rustls_pki_types::ServerName<'static>,
+    /// `server_name` as text (to compare configurations on reload).
+    pub name: String,
 }
 
-/// One route's upstream address, timeouts and idle pool.
+/// The settings every server of a route shares.
+#[derive(Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle: Duration,
+}
+
+/// One server of a route's pool: its address (re-resolved in the background), TLS, timeouts, idle
+/// keep-alive connections and health.
 pub struct Upstream {
-    pub addr: SocketAddr,
-    /// `addr` as text, for the `Host` field of requests whose client sent none.
+    /// As configured (`10.0.0.5:8700`, `https://video-3.internal:8700`): the name in metrics and the API.
+    pub label: String,
+    /// `host:port` as configured: what is resolved again, and the `Host` of requests whose client sent
+    /// none.
     pub host: String,
+    /// The address connections go to; swapped when a re-resolution finds another one.
+    addr: ArcSwap<SocketAddr>,
     /// Set for an `https://` upstream.
     pub tls: Option<UpstreamTls>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
-    /// Idle connections, most recently used last. A mutex: it is touched once per client connection (not
-    /// per request), for a push or a pop.
-    idle: Mutex<Vec<Conn>>,
+    /// Idle connections: a lock-free queue, touched when a client connection changes server (with a
+    /// pool of several servers, that may be every request).
+    idle: ArrayQueue<Conn>,
+    /// Whether the server is in rotation (health checks and failures decide; see `transport::pool`).
+    pub health: Health,
+}
+
+/// A server's health: whether it is in rotation, and what the checks and failures have seen lately.
+#[derive(Default)]
+pub struct Health {
+    /// False while the server is out of rotation.
+    pub down: AtomicBool,
+    /// When a server taken out by a failure may be tried again (monotonic ns; without active checks).
+    pub retry_at: AtomicU64,
+    /// Consecutive check failures and successes.
+    pub fails: AtomicU32,
+    pub oks: AtomicU32,
+    /// Requests in flight to this server (kept for `least_requests`).
+    pub in_flight: AtomicUsize,
 }
 
 impl Upstream {
     pub fn new(
+        label: &str,
+        host: &str,
         addr: SocketAddr,
         tls: Option<UpstreamTls>,
-        connect_timeout: Duration,
-        read_timeout: Duration,
-        write_timeout: Duration,
-        idle_timeout: Duration,
+        timeouts: &Timeouts,
     ) -> Upstream {
         Upstream {
-            addr,
-            host: addr.to_string(),
+            label: label.to_owned(),
+            host: host.to_owned(),
+            addr: ArcSwap::from_pointee(addr),
             tls,
-            connect_timeout,
-            read_timeout,
-            write_timeout,
-            idle_timeout,
-            idle: Mutex::new(Vec::new()),
+            connect_timeout: timeouts.connect,
+            read_timeout: timeouts.read,
+            write_timeout: timeouts.write,
+            idle_timeout: timeouts.idle,
+            idle: ArrayQueue::new(MAX_IDLE),
+            health: Health::default(),
         }
     }
 
-    /// The most recently used idle connection that is still open, if any.
+    /// The address connections go to now.
+    pub fn addr(&self) -> SocketAddr {
+        **self.addr.load()
+    }
+
+    /// Points new connections at `addr` (a re-resolution found another address); idle connections to
+    /// the old one are closed. Returns whether it changed.
+    pub fn set_addr(&self, addr: SocketAddr) -> bool {
+        if self.addr() == addr {
+            return false;
+        }
+        self.addr.store(Arc::new(addr));
+        self.drop_idle();
+        true
+    }
+
+    /// Whether `other` would be the same server with the same settings (a reload keeps its
+    /// connections and health then).
+    pub fn same_as(&self, label: &str, tls_name: Option<&str>, timeouts: &Timeouts) -> bool {
+        self.label == label
+            && self.tls.as_ref().map(|t| t.name.as_str()) == tls_name
+            && self.connect_timeout == timeouts.connect
+            && self.read_timeout == timeouts.read
+            && self.write_timeout == timeouts.write
+            && self.idle_timeout == timeouts.idle
+    }
+
+    /// An idle connection that is still open, if any.
     pub fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut conn) = idle.pop() {
+        while let Some(mut conn) = self.idle.pop() {
             if conn.idle_since.elapsed() < self.idle_timeout && conn.is_usable() {
                 return Some(conn);
             }
@@ -196,22 +263,28 @@ impl Upstream {
         None
     }
 
-    /// Returns a connection that finished an exchange cleanly, for another client connection.
+    /// Returns a connection that finished an exchange cleanly, for another client connection (the
+    /// oldest idle one is closed when the queue is full; nothing is kept for a server out of rotation).
     pub fn put_idle(&self, mut conn: Conn) {
+        if self.health.down.load(Ordering::Relaxed) {
+            return;
+        }
         conn.idle_since = Instant::now();
         conn.buf.shrink_if_idle();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= MAX_IDLE {
-            idle.remove(0);
-        }
-        idle.push(conn);
+        drop(self.idle.force_push(conn));
+    }
+
+    /// Closes every idle connection (the server went out of rotation, or moved).
+    pub fn drop_idle(&self) {
+        while self.idle.pop().is_some() {}
     }
 
     /// Opens a new connection (TCP, then TLS for an `https://` upstream) within `connect_timeout`.
     pub async fn connect(&self) -> Result<Conn, (UpstreamError, io::Error)> {
         let started = Instant::now();
         let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr)).await {
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr())).await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
