@@ -42,6 +42,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("DELETE", "/api/tokens/{id}"),
     ("PATCH", "/api/tokens/{id}"),
     ("POST", "/api/tokens/{id}/rotate"),
+    ("GET", "/api/routes"),
 ];
 
 /// The fields of a token in `token list --json` and in the API.
@@ -392,6 +393,11 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut V
                 errors.push(format!("{at}: not an integer: {value}"));
             }
         }
+        "boolean" => {
+            if !value.is_boolean() {
+                errors.push(format!("{at}: not a boolean: {value}"));
+            }
+        }
         other => panic!("test bug: type {other} not handled by validate()"),
     }
 }
@@ -473,6 +479,7 @@ fn every_endpoint_requires_a_token_with_the_admin_scope() {
         ("GET", format!("/api/tokens/{target_id}"), b""),
         ("POST", format!("/api/tokens/{target_id}/rotate"), b""),
         ("DELETE", format!("/api/tokens/{target_id}"), b""),
+        ("GET", "/api/routes".to_owned(), b""),
     ];
     for (method, target_path, body) in &calls {
         let what = format!("{method} {target_path}");

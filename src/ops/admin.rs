@@ -730,7 +730,12 @@ mod tests {
     fn openapi_document_is_json_and_names_every_endpoint() {
         let v: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         assert!(v["openapi"].as_str().unwrap().starts_with("3."));
-        for p in ["/api/tokens", "/api/tokens/{id}", "/api/tokens/{id}/rotate"] {
+        for p in [
+            "/api/tokens",
+            "/api/tokens/{id}",
+            "/api/tokens/{id}/rotate",
+            "/api/routes",
+        ] {
             assert!(v["paths"][p].is_object(), "{p}");
         }
     }

@@ -927,6 +927,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a `[[routes]]` entry written out in full (TOML after the `[[routes]]` line), for keys the
+    /// other helpers do not write (`upstreams = [...]`, `[routes.health_check]`).
+    pub fn route_toml(mut self, body: &str) -> Self {
+        self.routes.push(format!("[[routes]]\n{body}\n"));
+        self
+    }
+
     /// Writes the config into a new temporary folder without starting the gateway.
     pub fn build(self) -> Gateway {
         let dir = tempfile::Builder::new()
