@@ -8,6 +8,9 @@ use super::model::*;
 use super::values::resolve_upstream;
 use std::time::Duration;
 
+/// Most servers in one route's pool (the servers a request tried are tracked in a 64-bit mask).
+pub const MAX_SERVERS: usize = 64;
+
 /// Checks route number `i`'s servers and how they are chosen and watched.
 pub(super) fn pool(cx: &Ctx, i: usize, r: &FileRoute) -> Result<PoolConfig, ConfigError> {
     let k = |field: &str| format!("routes[{i}].{field}");
@@ -27,6 +30,12 @@ pub(super) fn pool(cx: &Ctx, i: usize, r: &FileRoute) -> Result<PoolConfig, Conf
         (Some(one), None) => vec![(k("upstream"), one.as_str())],
         (None, Some(many)) if many.is_empty() => {
             return Err(cx.err(&k("upstreams"), "needs at least one server"))
+        }
+        (None, Some(many)) if many.len() > MAX_SERVERS => {
+            return Err(cx.err(
+                &k("upstreams"),
+                format!("at most {MAX_SERVERS} servers per route"),
+            ))
         }
         (None, Some(many)) => many
             .iter()
@@ -267,6 +276,17 @@ mod tests {
                 "not both",
             ),
             ("upstreams = []", "routes[0].upstreams", "at least one"),
+            (
+                &format!(
+                    "upstreams = [{}]",
+                    (1..=65)
+                        .map(|p| format!("\"127.0.0.1:{p}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "routes[0].upstreams",
+                "at most 64",
+            ),
             (
                 "upstreams = [\"127.0.0.1:1\", \"nowhere\"]",
                 "routes[0].upstreams[1]",

@@ -22,9 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Most servers in one pool (tried servers are tracked in a 64-bit mask).
-pub const MAX_SERVERS: usize = 64;
-
 /// One server of the pool, with what the health checker keeps about it.
 pub struct Member {
     pub upstream: Arc<Upstream>,
