@@ -29,6 +29,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Run the gateway.
     Serve {
@@ -85,6 +86,9 @@ pub enum TokenCommand {
         /// Restrict the token to this scope (repeatable). Default: full access.
         #[arg(long = "scope")]
         scopes: Vec<String>,
+        /// Give the token this role of the configuration's `[roles]` (repeatable; with `--scope` too).
+        #[arg(long = "role")]
+        roles: Vec<String>,
         /// Bind the token to the device certificate in this PEM file: it then works only over TLS with
         /// that client certificate.
         #[arg(long, conflicts_with = "bind_cert_sha256")]
@@ -191,8 +195,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => {
+            let config = Config::load(&cli.config)?;
             let mut store = open_store(&cli.config)?;
-            token_command(&mut store, command)
+            token_command(&mut store, &config.roles, command)
         }
         Command::Store { command } => {
             let location = Location::from_config(&config::load_store(&cli.config)?)?;
@@ -250,7 +255,11 @@ fn store_command(from: &Location, command: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
-fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()> {
+fn token_command(
+    store: &mut Store,
+    roles: &crate::config::Roles,
+    command: TokenCommand,
+) -> anyhow::Result<()> {
     let now = store::unix_now();
     match command {
         TokenCommand::Create {
@@ -258,7 +267,8 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
             label,
             expires_in,
             expires_at,
-            scopes,
+            mut scopes,
+            roles: wanted_roles,
             bind_cert,
             bind_cert_sha256,
             rate_limit,
@@ -268,6 +278,24 @@ fn token_command(store: &mut Store, command: TokenCommand) -> anyhow::Result<()>
             check_user(&user).map_err(anyhow::Error::msg)?;
             check_label(&label).map_err(anyhow::Error::msg)?;
             check_scopes(&scopes).map_err(anyhow::Error::msg)?;
+            for r in &wanted_roles {
+                if !roles.contains_key(r) {
+                    let defined: Vec<&str> = roles.keys().map(String::as_str).collect();
+                    anyhow::bail!(
+                        "--role {r:?}: no such role in the configuration's [roles] (defined: {})",
+                        if defined.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            defined.join(", ")
+                        }
+                    );
+                }
+            }
+            scopes.extend(
+                wanted_roles
+                    .iter()
+                    .map(|r| crate::tokens::fields::role_grant(r)),
+            );
             let expires_at =
                 expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
             let bound_cert = match (bind_cert, bind_cert_sha256) {

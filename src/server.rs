@@ -73,6 +73,15 @@ impl State {
             .health
             .last_sync
             .store(clock::now() as i64, std::sync::atomic::Ordering::Relaxed);
+        for r in index.roles_in_use() {
+            if !config.roles.contains_key(&r) {
+                // Fail closed: the role grants nothing until it is defined again.
+                log::error!(
+                    "{}: [roles]: {r:?} is used by tokens but not defined; it grants nothing",
+                    config.file.display()
+                );
+            }
+        }
         let metrics = Metrics::new();
         let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics, None)?));
         let tls = match &config.tls {
@@ -101,8 +110,26 @@ pub fn reload(
     table: &ArcSwap<Table>,
     edge: Option<&ArcSwap<rustls::ServerConfig>>,
     metrics: &Metrics,
+    index: &Index,
 ) -> anyhow::Result<Config> {
     let new = Config::load(path)?;
+    // A role that tokens use must stay defined: dropping it would silently take their access away.
+    let missing: Vec<String> = index
+        .roles_in_use()
+        .into_iter()
+        .filter(|r| !new.roles.contains_key(r))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{}: [roles]: {} used by tokens but not defined (revoke those tokens first, or keep the role)",
+            path.display(),
+            missing
+                .iter()
+                .map(|r| format!("{r:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     // Everything is built before anything is swapped: a bad certificate refuses the whole reload.
     // Servers that stay (same route, address and settings) keep their connections and health.
     let new_table = Table::new(&new, metrics, Some(&table.load()))?;
@@ -120,6 +147,11 @@ pub fn reload(
             new.tls.as_ref().map(|t| &t.listen) != current.tls.as_ref().map(|t| &t.listen),
         ),
         ("admin.listen", new.admin.listen != current.admin.listen),
+        (
+            "admin.trusted_user_header / trusted_proxies",
+            new.admin.trusted_user_header != current.admin.trusted_user_header
+                || new.admin.trusted_proxies != current.admin.trusted_proxies,
+        ),
         ("store", new.store != current.store),
         (
             "gateway.threads",
@@ -168,7 +200,11 @@ fn spawn_signal_thread(
     use tokio::signal::unix::{signal, SignalKind};
     let path: PathBuf = state.config.file.clone();
     let mut current = state.config.clone();
-    let (table, metrics) = (state.table.clone(), state.metrics.clone());
+    let (table, metrics, index) = (
+        state.table.clone(),
+        state.metrics.clone(),
+        state.index.clone(),
+    );
     let edge = state.tls.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -198,7 +234,7 @@ fn spawn_signal_thread(
                         draining.store(true, Ordering::Relaxed);
                         let _ = tx.send(ShutdownSignal::GracefulUpgrade);
                     }
-                    _ = hup.recv() => match reload(&path, &current, &table, edge.as_deref(), &metrics) {
+                    _ = hup.recv() => match reload(&path, &current, &table, edge.as_deref(), &metrics, &index) {
                         Ok(new) => {
                             log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
                             metrics.reloads(true);
@@ -303,7 +339,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         state.metrics.clone(),
         state.location.clone(),
     )
-    .with_routes(state.table.clone());
+    .with_routes(state.table.clone())
+    .with_access(cfg.admin.clone());
     let mut admin_service = Service::new("tokengate admin".to_string(), HttpServer::new_app(admin));
     admin_service.add_tcp(&cfg.admin.listen);
     server.add_service(admin_service);

@@ -17,6 +17,9 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) throttle: FileThrottle,
     pub(super) tls: Option<FileTls>,
+    /// Role name → scopes.
+    #[serde(default)]
+    pub(super) roles: std::collections::BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub(super) routes: Vec<FileRoute>,
 }
@@ -84,13 +87,22 @@ pub(super) struct FileStore {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileAdmin {
+    #[serde(default = "default_admin_listen")]
     pub(super) listen: String,
+    pub(super) trusted_user_header: Option<String>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
 }
 
 impl Default for FileAdmin {
     fn default() -> Self {
         FileAdmin {
-            listen: "127.0.0.1:9090".into(),
+            listen: default_admin_listen(),
+            trusted_user_header: None,
+            trusted_proxies: None,
         }
     }
 }
@@ -123,6 +135,7 @@ pub(super) struct FileRoute {
     pub(super) rate_burst: Option<u64>,
     pub(super) user_rate_limit: Option<String>,
     pub(super) rate_limit_headers: Option<bool>,
+    pub(super) forward_scopes: Option<bool>,
     pub(super) upstream_ca: Option<String>,
     pub(super) upstream_sni: Option<String>,
 }

@@ -80,6 +80,7 @@ impl Config {
 
         let store = store(&cx, raw.store)?;
         check_listen(&raw.admin.listen).map_err(|p| cx.err("admin.listen", p))?;
+        let roles = super::access::roles(&cx, raw.roles)?;
 
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
         for (i, r) in raw.routes.into_iter().enumerate() {
@@ -97,9 +98,8 @@ impl Config {
             file: path.to_path_buf(),
             gateway,
             store,
-            admin: AdminConfig {
-                listen: raw.admin.listen,
-            },
+            admin: super::access::admin(&cx, raw.admin)?,
+            roles,
             log: LogConfig {
                 access: raw.log.access.unwrap_or(AccessLogFormat::Plain),
                 access_path,

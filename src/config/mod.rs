@@ -6,8 +6,10 @@
 //! - [`file`]: the file as written (serde structs).
 //! - [`load`]: reading and checking a file; [`route`]: one `[[routes]]` entry; [`pool`]: its servers;
 //!   [`tls`]: the `[tls]` table.
+//! - [`access`]: who may do what — `[roles]` and the admin listener's trusted account header.
 //! - [`values`]: parsers for single values (durations, scopes, header names, addresses).
 
+mod access;
 mod context;
 mod file;
 mod load;
@@ -19,7 +21,7 @@ pub mod values;
 
 pub use load::{load_store, STORE_URL_ENV};
 pub use model::*;
-pub use values::{check_scope, parse_duration, Rate};
+pub use values::{check_role, check_scope, parse_duration, Rate};
 
 #[cfg(test)]
 mod tests {

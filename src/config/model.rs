@@ -28,8 +28,13 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     /// The TLS listener, when `[tls]` is present.
     pub tls: Option<TlsConfig>,
+    /// `[roles]`: role name → the scopes it grants.
+    pub roles: Roles,
     pub routes: Vec<RouteConfig>,
 }
+
+/// Role name → the scopes it grants (sorted, unique).
+pub type Roles = std::collections::BTreeMap<String, Vec<String>>;
 
 /// The lowest TLS version the listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +271,10 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: String,
+    /// `trusted_user_header`: from a `trusted_proxies` address, this header names the user a request acts
+    /// for in self-service mode (the platform's account page behind its own login). Both unset: off.
+    pub trusted_user_header: Option<HeaderName>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Whether a route requires a bearer token.
@@ -306,6 +315,8 @@ pub struct RouteConfig {
     pub user_rate_limit: Option<super::Rate>,
     /// `RateLimit` on responses within the limits too (429s always carry it).
     pub rate_limit_headers: bool,
+    /// Add `x-token-scopes` and `x-token-roles` to forwarded requests.
+    pub forward_scopes: bool,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).

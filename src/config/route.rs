@@ -172,5 +172,6 @@ pub(super) fn route(
         rate_limit,
         user_rate_limit,
         rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
+        forward_scopes: r.forward_scopes.unwrap_or(false),
     })
 }

@@ -77,6 +77,11 @@ pub(super) fn normalize_prefix(p: &str) -> String {
 
 /// Scopes are short words of visible ASCII without spaces, quotes or backslashes (RFC 6750 scope-token).
 pub fn check_scope(s: &str) -> Result<(), String> {
+    if s.starts_with('@') {
+        return Err(format!(
+            "{s:?} is not a scope: a scope cannot start with '@' (that marks a role)"
+        ));
+    }
     if s.is_empty()
         || s.len() > 64
         || !s
@@ -84,6 +89,21 @@ pub fn check_scope(s: &str) -> Result<(), String> {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
     {
         return Err(format!("{s:?} is not a scope: 1 to 64 visible ASCII characters, no spaces, quotes or backslashes"));
+    }
+    Ok(())
+}
+
+/// Checks a role name (`[roles]` keys, `--role`): 1 to 64 letters, digits, `-`, `_`, `.` or `:`.
+pub fn check_role(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return Err(format!(
+            "{s:?} is not a role name: 1 to 64 letters, digits, '-', '_', '.' or ':'"
+        ));
     }
     Ok(())
 }

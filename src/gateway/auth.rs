@@ -209,12 +209,20 @@ pub fn parse_bearer(v: &[u8]) -> Result<&str, Denial> {
     Ok(std::str::from_utf8(token).expect("ascii"))
 }
 
+/// A scope a route or endpoint requires, and the roles that grant it (resolved from `[roles]` when the
+/// route table was built).
+#[derive(Debug, Clone, Copy)]
+pub struct Required<'a> {
+    pub scope: &'a str,
+    pub roles: &'a [Box<str>],
+}
+
 /// Decides whether `token` may use a route requiring `required_scope`, at unix time `now`, on a
 /// connection whose client certificate has the SHA-256 `client_cert` (if any).
 pub fn authorize(
     index: &Index,
     token: &str,
-    required_scope: Option<&str>,
+    required_scope: Option<Required<'_>>,
     client_cert: Option<&[u8; 32]>,
     now: u64,
 ) -> Result<Arc<Entry>, Denial> {
@@ -238,9 +246,9 @@ pub fn authorize(
             return Err(Denial::CertificateMismatch);
         }
     }
-    if let Some(scope) = required_scope {
-        if !entry.allows(scope) {
-            return Err(Denial::InsufficientScope(scope.to_string()));
+    if let Some(r) = required_scope {
+        if !entry.allows(r.scope, r.roles) {
+            return Err(Denial::InsufficientScope(r.scope.to_string()));
         }
     }
     Ok(entry)
@@ -356,13 +364,32 @@ mod tests {
             1
         );
         assert_eq!(
-            authorize(&index, t.as_str(), Some("telemetry:write"), None, 999)
-                .unwrap()
-                .token_id,
+            authorize(
+                &index,
+                t.as_str(),
+                Some(Required {
+                    scope: "telemetry:write",
+                    roles: &[]
+                }),
+                None,
+                999
+            )
+            .unwrap()
+            .token_id,
             1
         );
         assert_eq!(
-            authorize(&index, t.as_str(), Some("admin"), None, 999).unwrap_err(),
+            authorize(
+                &index,
+                t.as_str(),
+                Some(Required {
+                    scope: "admin",
+                    roles: &[]
+                }),
+                None,
+                999
+            )
+            .unwrap_err(),
             Denial::InsufficientScope("admin".into())
         );
         assert_eq!(

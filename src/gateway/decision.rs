@@ -219,7 +219,10 @@ impl Gate {
             AuthMode::Bearer => {
                 let client_cert = req.tls.and_then(|t| t.client_cert_sha256.as_ref());
                 let decision = credential(req, route, query).and_then(|t| {
-                    let scope = route.required_scope.as_deref();
+                    let scope = route.required_scope.as_deref().map(|scope| auth::Required {
+                        scope,
+                        roles: &route.scope_roles,
+                    });
                     auth::authorize(&self.index, t, scope, client_cert, now)
                 });
                 match decision {

@@ -6,7 +6,7 @@
 //! strip), never `/iotx`.
 
 use super::limits::{Gcra, Limiters, RouteLimits};
-use crate::config::{AuthMode, Config, GatewayConfig, RouteConfig};
+use crate::config::{AuthMode, Config, GatewayConfig, Roles, RouteConfig};
 use http::HeaderName;
 use std::sync::Arc;
 
@@ -40,10 +40,16 @@ pub struct Route {
     pub tls_only: bool,
     /// `rate_limit`, `rate_burst`, `user_rate_limit`, `rate_limit_headers`.
     pub limits: RouteLimits,
+    /// The roles that grant `required_scope` (from `[roles]`, resolved when the table is built).
+    pub scope_roles: Box<[Box<str>]>,
+    /// `forward_scopes`: tell the upstream the token's scopes and roles.
+    pub forward_scopes: bool,
+    /// The `[roles]` the table was built with (for the scopes forwarded).
+    pub roles: Arc<Roles>,
 }
 
 impl Route {
-    fn new(index: usize, rc: &RouteConfig, gateway: &GatewayConfig) -> Route {
+    fn new(index: usize, rc: &RouteConfig, gateway: &GatewayConfig, roles: &Arc<Roles>) -> Route {
         Route {
             index,
             name: rc.name.as_str().into(),
@@ -64,6 +70,13 @@ impl Route {
                 user_rate: rc.user_rate_limit.map(|r| Gcra::new(r, r.one_second())),
                 headers: rc.rate_limit_headers,
             },
+            scope_roles: rc
+                .required_scope
+                .as_deref()
+                .map(|s| granting(roles, s))
+                .unwrap_or_default(),
+            forward_scopes: rc.forward_scopes,
+            roles: roles.clone(),
         }
     }
 }
@@ -78,21 +91,39 @@ pub struct RouteTable {
     /// The routes' per-token and per-user buckets (a reload starts them afresh: route indices may
     /// mean other routes then).
     pub limiters: Limiters,
+    /// `[roles]`: role name → scopes.
+    pub roles: Arc<Roles>,
 }
+
+/// The roles (of `roles`) that grant `scope`.
+pub fn granting(roles: &Roles, scope: &str) -> Box<[Box<str>]> {
+    roles
+        .iter()
+        .filter(|(_, scopes)| scopes.iter().any(|s| s == scope))
+        .map(|(name, _)| name.as_str().into())
+        .collect()
+}
+
+/// The fields `forward_scopes` adds; client copies are removed on every route.
+pub const SCOPES_HEADER: &str = "x-token-scopes";
+pub const ROLES_HEADER: &str = "x-token-roles";
 
 impl RouteTable {
     /// Builds the table from a validated configuration.
     pub fn new(config: &Config) -> RouteTable {
+        let roles = Arc::new(config.roles.clone());
         let mut routes: Vec<Route> = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, rc)| Route::new(i, rc, &config.gateway))
+            .map(|(i, rc)| Route::new(i, rc, &config.gateway, &roles))
             .collect();
         // Client copies of every identity header any route injects are stripped on every route.
         let mut injected: Vec<HeaderName> = vec![config.gateway.user_id_header.clone()];
         injected.extend(config.gateway.token_id_header.iter().cloned());
         injected.push(HeaderName::from_static(super::signing::SIGNATURE_HEADER));
+        injected.push(HeaderName::from_static(SCOPES_HEADER));
+        injected.push(HeaderName::from_static(ROLES_HEADER));
         for r in &routes {
             if !injected.contains(&r.user_id_header) {
                 injected.push(r.user_id_header.clone());
@@ -107,6 +138,7 @@ impl RouteTable {
             routes,
             trusted_proxies: config.gateway.trusted_proxies.clone(),
             limiters: Limiters::default(),
+            roles,
         }
     }
 

@@ -7,6 +7,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The scope the admin API requires; never implied by full access.
 pub const ADMIN_SCOPE: &str = "admin";
 
+/// The scope that lets a token manage its own user's tokens (self-service); never implied by full access.
+pub const SELF_SCOPE: &str = "tokens:self";
+
+/// How a role is written among a token's grants (the `scopes` column and the index): `@name`. A scope
+/// never starts with `@`, so the two cannot be confused.
+pub const ROLE_MARK: char = '@';
+
+/// A role's entry among a token's grants.
+pub fn role_grant(name: &str) -> String {
+    format!("{ROLE_MARK}{name}")
+}
+
+/// Splits a token's grants into its scopes and its role names.
+pub fn split_grants<S: AsRef<str>>(grants: &[S]) -> (Vec<String>, Vec<String>) {
+    let mut scopes = Vec::new();
+    let mut roles = Vec::new();
+    for g in grants {
+        match g.as_ref().strip_prefix(ROLE_MARK) {
+            Some(r) => roles.push(r.to_owned()),
+            None => scopes.push(g.as_ref().to_owned()),
+        }
+    }
+    (scopes, roles)
+}
+
+/// Whether a scope can only be granted by an `admin` token or the CLI.
+pub fn is_privileged(scope: &str) -> bool {
+    scope == ADMIN_SCOPE || scope == SELF_SCOPE
+}
+
 /// Current wall-clock time in unix seconds.
 pub fn unix_now() -> i64 {
     SystemTime::now()

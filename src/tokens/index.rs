@@ -6,7 +6,7 @@
 //! Only the sync loop and this process's admin API write, through [`Index::apply`], serialised by the
 //! `writer` mutex that also holds the id → digests bookkeeping readers never need.
 
-use super::fields::ADMIN_SCOPE;
+use super::fields::{is_privileged, ROLE_MARK};
 use super::format::Digest;
 use super::store::{IndexRow, Location, QuotaTotal, Store, StoreError, UsageDelta};
 use crate::clock;
@@ -30,7 +30,8 @@ pub struct Entry {
     /// `user id` followed by the decimal token id, both valid header values.
     ident: Bytes,
     user_len: u32,
-    /// Granted scopes; empty means full access (except [`ADMIN_SCOPE`]).
+    /// Granted scopes and roles (a role written `@name`, see [`ROLE_MARK`]); empty means full access
+    /// (every scope except `admin` and `tokens:self`).
     pub scopes: Box<[Box<str>]>,
     /// Unix seconds after which the token is expired (`u64::MAX`: never).
     pub expires_at: u64,
@@ -110,14 +111,52 @@ impl Entry {
         self.revoked.load(Ordering::Acquire)
     }
 
-    /// Whether this token may use a route that requires `scope`. A token without scopes has full
-    /// access to every scope except [`ADMIN_SCOPE`], which is only ever granted explicitly: a device
-    /// token must never be able to manage other people's tokens.
-    pub fn allows(&self, scope: &str) -> bool {
+    /// Whether this token may use a route that requires `scope`, given the roles that grant it
+    /// (`granting`, resolved from the current `[roles]`). A token without scopes or roles has full
+    /// access to every scope except `admin` and `tokens:self`, which are only ever granted
+    /// explicitly: a device token must never be able to manage tokens.
+    pub fn allows(&self, scope: &str, granting: &[Box<str>]) -> bool {
         if self.scopes.is_empty() {
-            return scope != ADMIN_SCOPE;
+            return !is_privileged(scope);
         }
-        self.scopes.iter().any(|s| &**s == scope)
+        self.scopes.iter().any(|s| match s.strip_prefix(ROLE_MARK) {
+            Some(role) => granting.iter().any(|g| **g == *role),
+            None => **s == *scope,
+        })
+    }
+
+    /// Whether the token has full access (no scopes, no roles).
+    pub fn is_full_access(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    /// The token's own scopes (without its roles).
+    pub fn own_scopes(&self) -> impl Iterator<Item = &str> {
+        self.scopes
+            .iter()
+            .map(|s| &**s)
+            .filter(|s| !s.starts_with(ROLE_MARK))
+    }
+
+    /// The token's role names.
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        self.scopes.iter().filter_map(|s| s.strip_prefix(ROLE_MARK))
+    }
+
+    /// Every scope the token holds, its roles resolved in `roles` (a role no longer defined grants
+    /// nothing); `None`: full access.
+    pub fn effective_scopes<'a>(
+        &'a self,
+        roles: &'a crate::config::Roles,
+    ) -> Option<std::collections::BTreeSet<&'a str>> {
+        if self.is_full_access() {
+            return None;
+        }
+        let mut all: std::collections::BTreeSet<&str> = self.own_scopes().collect();
+        for r in self.roles() {
+            all.extend(roles.get(r).into_iter().flatten().map(String::as_str));
+        }
+        Some(all)
     }
 
     /// Records one use: relaxed atomic writes, no I/O.
@@ -298,6 +337,18 @@ impl Index {
     }
 
     /// Number of digests indexed (a token in a rotation grace period counts twice).
+    /// The role names that tokens not revoked use (a reload must keep defining them).
+    pub fn roles_in_use(&self) -> std::collections::BTreeSet<String> {
+        let map = self.map.pin();
+        let mut used = std::collections::BTreeSet::new();
+        for (_, slot) in map.iter() {
+            if !slot.entry.is_revoked() {
+                used.extend(slot.entry.roles().map(str::to_owned));
+            }
+        }
+        used
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -611,7 +662,9 @@ mod tests {
         assert_eq!(s.entry.user_value(), "user1");
         assert_eq!(s.entry.token_id_value(), "1");
         assert!(
-            !s.entry.is_revoked() && s.entry.allows("anything") && !s.entry.allows(ADMIN_SCOPE)
+            !s.entry.is_revoked()
+                && s.entry.allows("anything", &[])
+                && !s.entry.allows("admin", &[])
         );
 
         // Rotation with grace keeps both, sharing the entry and its usage.
@@ -706,7 +759,41 @@ mod tests {
         r.scopes = vec!["telemetry:write".into()];
         idx.apply(&r);
         let e = idx.get(&a).unwrap().entry;
-        assert!(e.allows("telemetry:write") && !e.allows("admin"));
+        assert!(e.allows("telemetry:write", &[]) && !e.allows("admin", &[]));
+    }
+
+    #[test]
+    fn roles_grant_what_the_current_table_says_and_full_access_is_never_privileged() {
+        let idx = Index::new();
+        let (a, b) = (Token::generate().digest(), Token::generate().digest());
+        let mut r = row(1, a, 1);
+        r.scopes = vec!["status:read".into(), "@device".into()];
+        idx.apply(&r);
+        idx.apply(&row(2, b, 1));
+        let e = idx.get(&a).unwrap().entry;
+        let granting: Vec<Box<str>> = vec!["device".into()];
+        assert!(e.allows("telemetry:write", &granting), "through the role");
+        assert!(!e.allows("telemetry:write", &[]), "no role grants it");
+        assert!(e.allows("status:read", &[]), "its own scope");
+        assert!(!e.is_full_access());
+        assert_eq!(e.own_scopes().collect::<Vec<_>>(), ["status:read"]);
+        assert_eq!(e.roles().collect::<Vec<_>>(), ["device"]);
+        let mut roles = crate::config::Roles::new();
+        roles.insert(
+            "device".into(),
+            vec!["telemetry:write".into(), "video:upload".into()],
+        );
+        let all: Vec<&str> = e.effective_scopes(&roles).unwrap().into_iter().collect();
+        assert_eq!(all, ["status:read", "telemetry:write", "video:upload"]);
+        assert_eq!(
+            e.effective_scopes(&Default::default()).unwrap().len(),
+            1,
+            "an undefined role grants nothing"
+        );
+        let full = idx.get(&b).unwrap().entry;
+        assert!(full.is_full_access() && full.effective_scopes(&roles).is_none());
+        assert!(full.allows("anything", &[]));
+        assert!(!full.allows("admin", &[]) && !full.allows("tokens:self", &[]));
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub fn write_upstream_head(
         if let Some(h) = &route.token_id_header {
             http1::push_field(out, h.as_str().as_bytes(), entry.token_id_text());
         }
+        if route.forward_scopes {
+            write_scopes(out, entry, &route.roles);
+        }
         if let Some(secret) = &route.sign_secret {
             let pq = std::str::from_utf8(&out[target_start..target_end])
                 .unwrap_or("/")
@@ -168,6 +171,35 @@ pub fn write_upstream_head(
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `x-token-scopes`: the token's effective scopes, sorted, space-separated (`*` for full access: every
+/// scope but `admin` and `tokens:self`); `x-token-roles`: its roles, sorted (absent without roles).
+fn write_scopes(
+    out: &mut Vec<u8>,
+    entry: &crate::tokens::index::Entry,
+    roles: &crate::config::Roles,
+) {
+    use crate::gateway::routes::{ROLES_HEADER, SCOPES_HEADER};
+    out.extend_from_slice(SCOPES_HEADER.as_bytes());
+    out.extend_from_slice(b": ");
+    match entry.effective_scopes(roles) {
+        None => out.push(b'*'),
+        Some(all) => {
+            for (i, s) in all.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut names: Vec<&str> = entry.roles().collect();
+    if !names.is_empty() {
+        names.sort_unstable();
+        http1::push_field(out, ROLES_HEADER.as_bytes(), names.join(" ").as_bytes());
+    }
 }
 
 /// Writes the response head for the client: the upstream's status and fields less hop-by-hop ones, then

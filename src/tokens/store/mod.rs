@@ -125,7 +125,10 @@ pub struct TokenView {
     pub id: i64,
     pub user: String,
     pub label: String,
+    /// The token's own scopes (empty with no roles: full access).
     pub scopes: Vec<String>,
+    /// Role names (from `[roles]`).
+    pub roles: Vec<String>,
     pub created_at: String,
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
@@ -165,11 +168,13 @@ impl TokenRecord {
     }
 
     pub fn view(&self, now: i64) -> TokenView {
+        let (scopes, roles) = crate::tokens::fields::split_grants(&self.scopes);
         TokenView {
             id: self.id,
             user: self.user.clone(),
             label: self.label.clone(),
-            scopes: self.scopes.clone(),
+            scopes,
+            roles,
             created_at: rfc3339(self.created_at),
             expires_at: self.expires_at.map(rfc3339),
             revoked_at: self.revoked_at.map(rfc3339),
