@@ -60,8 +60,16 @@ fn admin_page_works_in_a_real_browser() {
     // One route is required by the config; the page never uses the proxy listener.
     let gw = GatewayBuilder::new()
         .route("telemetry", "/iot", refused_addr())
+        // The browser's requests come from 127.0.0.1: the account step sends the header from there.
+        .section("admin", "trusted_user_header", "\"x-forwarded-user\"")
+        .section("admin", "trusted_proxies", "[\"127.0.0.1\"]")
         .start();
     let (_, admin_token) = gw.create_token_with("ops", "console", &["--scope", "admin"]);
+    let (_, self_token) = gw.create_token_with(
+        "dana",
+        "account settings",
+        &["--scope", "tokens:self", "--scope", "telemetry:write"],
+    );
 
     // The script's output goes to files (not pipes), so a chatty browser can never block it.
     let stdout_path = gw.dir().join("browser-stdout.log");
@@ -71,6 +79,9 @@ fn admin_page_works_in_a_real_browser() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("ADMIN_URL", gw.admin_url(""))
         .env("ADMIN_TOKEN", &admin_token)
+        .env("SELF_TOKEN", &self_token)
+        .env("SELF_USER", "dana")
+        .env("ACCOUNT_USER", "erin")
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&stdout_path).expect("create stdout log"))

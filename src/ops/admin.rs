@@ -290,7 +290,18 @@ impl ServeHttp for Admin {
                 "application/json",
                 OPENAPI.as_bytes().to_vec(),
             ),
-            "/" | "/index.html" if get => page("text/html; charset=utf-8", PAGE_HTML),
+            "/" | "/index.html" if get => {
+                // Behind the platform's account page, the page signs in as the account by itself.
+                let account = matches!(self.caller(session), Ok(Caller::Account { .. }));
+                if account {
+                    page(
+                        "text/html; charset=utf-8",
+                        &PAGE_HTML.replacen("<body>", "<body data-account=\"1\">", 1),
+                    )
+                } else {
+                    page("text/html; charset=utf-8", PAGE_HTML)
+                }
+            }
             "/assets/app.js" if get => page("text/javascript; charset=utf-8", PAGE_JS),
             "/assets/app.css" if get => page("text/css; charset=utf-8", PAGE_CSS),
             "/healthz" | "/metrics" | "/api/openapi.json" | "/" | "/index.html"

@@ -18,6 +18,11 @@ import path from "node:path";
 
 const ADMIN_URL = (process.env.ADMIN_URL || "").replace(/\/+$/, "");
 const ADMIN_TOKEN = process.env.ADMIN_TOKEN || "";
+/** A `tokens:self` token of user SELF_USER (with scope telemetry:write), for the self-service steps. */
+const SELF_TOKEN = process.env.SELF_TOKEN || "";
+const SELF_USER = process.env.SELF_USER || "";
+/** The user the trusted account header names (the gateway trusts 127.0.0.1 for it). */
+const ACCOUNT_USER = process.env.ACCOUNT_USER || "";
 const SCREENSHOT = process.env.SCREENSHOT || "";
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const TOKEN_RE = /^tg_[0-9A-Za-z]{49}$/;
@@ -545,9 +550,75 @@ async function exercise(context) {
     assert(await page.locator("#app").isHidden(), "a reload after sign-out signed back in");
   });
 
+  if (SELF_TOKEN) {
+    await step("a tokens:self token signs in to its own user's tokens only", async () => {
+      await page.fill("#admin-token", SELF_TOKEN);
+      await page.click("#sign-in");
+      await page.locator("#app").waitFor({ state: "visible" });
+      const title = (await page.locator("#list-title").textContent()).trim();
+      assert(title === `Tokens of ${SELF_USER}`, `list title "${title}"`);
+      assert(await page.locator("#create-user-field").isHidden(), "the user field is shown in self-service");
+      assert(await page.locator("#filter-form").isHidden(), "the filter is shown in self-service");
+      const shown = await waitRows(page, (r) => r.length > 0, "no rows for the self-service user");
+      assert(shown.every((x) => x.user === SELF_USER), `other users' tokens shown: ${JSON.stringify(shown)}`);
+    });
+
+    await step("self-service creates for its own user and shows why a grant beyond its own is refused", async () => {
+      const secret = await createViaFormSelf(page, { label: "garden scale", scopes: "telemetry:write", expiry: "30d" });
+      await dismissSecret(page, secret);
+      const rows_ = await waitRows(page, (r) => r.some((x) => x.label === "garden scale"), "the new row is missing");
+      assert(rows_.find((x) => x.label === "garden scale").user === SELF_USER);
+      await expectingConsole([/status of 403/], async () => {
+        await page.fill("#create-label", "sneaky");
+        await page.fill("#create-scopes", "admin");
+        await page.click("#create-submit");
+        const error = page.getByTestId("create-error");
+        await error.waitFor({ state: "visible" });
+        const text = (await error.textContent()).trim();
+        assert(text.includes("admin"), `create error: "${text}"`);
+      });
+      assert(await page.locator("#app").isVisible(), "a refused grant signed the user out");
+      await page.fill("#create-scopes", "");
+      await page.getByTestId("sign-out").click();
+      await page.locator("#admin-token").waitFor({ state: "visible" });
+      const title = (await page.locator("#list-title").textContent()).trim();
+      assert(title === "Tokens", `the title stayed "${title}" after sign-out`);
+    });
+  }
+
+  if (ACCOUNT_USER) {
+    await step("behind the platform's account page the page signs in as the account, without a token", async () => {
+      const account = await context.newPage();
+      account.on("console", (msg) => {
+        if (msg.type() === "error") problems.push(`console error in the account page: ${msg.text()}`);
+      });
+      await account.setExtraHTTPHeaders({ "X-Forwarded-User": ACCOUNT_USER });
+      await account.goto(`${ADMIN_URL}/`);
+      await account.locator("#app").waitFor({ state: "visible" });
+      const title = (await account.locator("#list-title").textContent()).trim();
+      assert(title === `Tokens of ${ACCOUNT_USER}`, `account title "${title}"`);
+      assert(await account.locator("#sign-out").isHidden(), "a sign-out button without a token to forget");
+      assert((await account.evaluate(() => sessionStorage.length)) === 0, "the account mode stored something");
+      await account.close();
+    });
+  }
+
   await step("no console errors, page errors, CSP violations or native dialogs", async () => {
     noProblemsYet("the browser reported");
   });
+}
+
+/** The create form in self-service mode (no user field). */
+async function createViaFormSelf(page, { label, scopes = "", expiry = "" }) {
+  await page.fill("#create-label", label);
+  await page.selectOption("#create-expiry", expiry);
+  await page.fill("#create-scopes", scopes);
+  await page.fill("#create-rate", "");
+  await page.fill("#create-quota", "");
+  await page.click("#create-submit");
+  const secret = page.getByTestId("secret-value");
+  await secret.waitFor({ state: "visible" });
+  return (await secret.textContent()).trim();
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1007,7 +1007,10 @@ impl Gateway {
             Some(url) => toml.push_str(&format!("\n[store]\nurl = {url:?}\n")),
         }
         toml.push_str(&format!("\n[admin]\nlisten = \"{}\"\n", self.admin));
-        for (table, keys) in &self.builder.sections {
+        for (key, value) in self.builder.sections.get("admin").into_iter().flatten() {
+            toml.push_str(&format!("{key} = {value}\n"));
+        }
+        for (table, keys) in self.builder.sections.iter().filter(|(t, _)| *t != "admin") {
             toml.push_str(&format!("\n[{table}]\n"));
             for (key, value) in keys {
                 toml.push_str(&format!("{key} = {value}\n"));

@@ -68,6 +68,8 @@ function forgetToken() {
 
 const state = {
   adminToken: null,
+  /** Who the API says we are (`GET /api/whoami`): mode "admin", "self" or "account", and the user. */
+  caller: { mode: "admin", user: null },
   /** Token objects by id, as last received from the API (rows are rebuilt from these). */
   tokens: new Map(),
   /** Incremented per list request so an older, slower answer never overwrites a newer one. */
@@ -138,7 +140,9 @@ function authProblem(err) {
  * Returns true when it did so.
  */
 function handleAuthFailure(err) {
-  if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
+  // A 403 `forbidden` is a refused request (more than this caller may grant), not a lost sign-in.
+  const lost = err instanceof ApiError && (err.status === 401 || (err.status === 403 && err.code !== "forbidden"));
+  if (lost) {
     signOut(authProblem(err));
     return true;
   }
@@ -358,7 +362,7 @@ function showSecret(heading, token) {
   });
   done.addEventListener("click", () => {
     dismissSecret();
-    $("create-user").focus();
+    (state.caller.mode === "admin" ? $("create-user") : $("create-label")).focus();
   });
 
   $("secret-slot").replaceChildren(panel);
@@ -388,13 +392,29 @@ function notice(message) {
 function showSignedIn(signedIn) {
   show($("signin"), !signedIn);
   show($("app"), signedIn);
-  show($("sign-out"), signedIn);
+  // Through the platform's account page there is no token here to forget.
+  show($("sign-out"), signedIn && state.caller.mode !== "account");
+}
+
+/** Self-service (a tokens:self token, or the platform's account): one user's tokens, no user field. */
+function applyMode(caller) {
+  state.caller = caller;
+  const own = caller.mode !== "admin";
+  $("list-title").textContent = own ? `Tokens of ${caller.user}` : "Tokens";
+  show($("create-user-field"), !own);
+  show($("filter-form"), !own);
+}
+
+/** Asks the API who `token` (or, without one, this browser via the platform's account) is. */
+async function whoami(token) {
+  return api("GET", "/api/whoami", undefined, token);
 }
 
 /** Signs out: forgets the admin token, clears every token from the page, shows `reason` if given. */
 function signOut(reason) {
   forgetToken();
   state.adminToken = null;
+  applyMode({ mode: "admin", user: null });
   state.tokens = new Map();
   state.listSeq++;
   dismissSecret();
@@ -417,8 +437,8 @@ async function signIn(event) {
   const button = $("sign-in");
   button.disabled = true;
   try {
-    // Check the token before keeping it: the list call needs the admin scope too.
-    await api("GET", "/api/tokens", undefined, token);
+    // Check the token before keeping it: it needs the admin or tokens:self scope.
+    applyMode(await whoami(token));
   } catch (err) {
     setError($("signin-error"), authProblem(err));
     return;
@@ -431,7 +451,7 @@ async function signIn(event) {
   setError($("signin-error"), "");
   showSignedIn(true);
   await loadTokens();
-  $("create-user").focus();
+  (state.caller.mode === "admin" ? $("create-user") : $("create-label")).focus();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -441,14 +461,16 @@ async function signIn(event) {
 async function createToken(event) {
   event.preventDefault();
   const errorNode = $("create-error");
-  const user = $("create-user").value.trim();
+  const admin = state.caller.mode === "admin";
+  const user = admin ? $("create-user").value.trim() : "";
   const label = $("create-label").value.trim();
-  if (!user || !label) {
-    setError(errorNode, "User and label are required.");
-    (user ? $("create-label") : $("create-user")).focus();
+  if ((admin && !user) || !label) {
+    setError(errorNode, admin ? "User and label are required." : "A label is required.");
+    (admin && !user ? $("create-user") : $("create-label")).focus();
     return;
   }
-  const body = { user, label };
+  // Self-service: the API makes the token for the caller's own user.
+  const body = admin ? { user, label } : { label };
   const expiry = $("create-expiry").value;
   const expiresIn = expiry === "custom" ? $("create-expiry-custom").value.trim() : expiry;
   if (expiry === "custom" && !expiresIn) {
@@ -696,8 +718,28 @@ function init() {
   const token = storedToken();
   if (token) {
     state.adminToken = token;
-    showSignedIn(true);
-    loadTokens();
+    whoami(token)
+      .then((caller) => {
+        applyMode(caller);
+        showSignedIn(true);
+        loadTokens();
+      })
+      .catch((err) => {
+        if (!handleAuthFailure(err)) signOut(err.message);
+      });
+  } else if (document.body.dataset.account === "1") {
+    // Embedded in the platform's account page: the trusted proxy names the user, no token needed (the
+    // gateway marks the page so when the request carried that header from a trusted address).
+    whoami(null)
+      .then((caller) => {
+        applyMode(caller);
+        showSignedIn(true);
+        loadTokens();
+      })
+      .catch(() => {
+        showSignedIn(false);
+        $("admin-token").focus();
+      });
   } else {
     showSignedIn(false);
     $("admin-token").focus();
