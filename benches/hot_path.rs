@@ -38,7 +38,7 @@ use tokengate::tokens::format::{self as token, Digest, Token};
 use tokengate::tokens::index::Index;
 use tokengate::tokens::store::IndexRow;
 use tokengate::transport::http1::RequestHead;
-use tokengate::transport::rewrite::write_upstream_head;
+use tokengate::transport::rewrite::{write_upstream_head, HeadExtras};
 
 /// Index sizes measured.
 const SIZES: [(usize, &str); 3] = [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")];
@@ -296,8 +296,11 @@ fn header_benches(c: &mut Criterion) {
                     &head,
                     raw.as_bytes(),
                     &forward,
-                    "127.0.0.1:8600",
-                    "127.0.0.1",
+                    ("127.0.0.1:8600", "127.0.0.1"),
+                    HeadExtras {
+                        request_id: b"4bf92f3577b34da6a3ce929d0e0e4736",
+                        upgrade: false,
+                    },
                 );
                 out.len()
             })

@@ -742,6 +742,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
             ],
         ),
         ("result", vec!["ok", "error", "failed"]),
+        ("direction", vec!["to_upstream", "to_client"]),
         // Servers are named as configured: the routes' upstream addresses, nothing a client sent.
         ("server", vec![up_label.as_str(), dead_label.as_str()]),
         ("version", vec![env!("CARGO_PKG_VERSION")]),
@@ -998,10 +999,11 @@ fn plain_access_log_lines_have_the_documented_shape() {
     );
     assert_no_secrets(&run, &text);
     // <rfc3339> <client> "<METHOD> <path>" <status> route=<r> auth=<a> token=<id|-> user=<u|-> in=<n> out=<n> ms=<f>
+    // id=<request id>
     let mut by_path = BTreeMap::new();
     for line in &lines {
         let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 12, "plain line has 12 fields: {line:?}");
+        assert_eq!(f.len(), 13, "plain line has 13 fields: {line:?}");
         assert!(
             parse_rfc3339_utc(f[0]).is_some_and(|t| (t - unix_now()).abs() < 600),
             "time: {line:?}"
@@ -1018,6 +1020,11 @@ fn plain_access_log_lines_have_the_documented_shape() {
         };
         let ms: f64 = field(11, "ms").parse().expect("ms");
         assert!((0.0..60_000.0).contains(&ms), "{line:?}");
+        let id = field(12, "id");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "request id: {line:?}"
+        );
         by_path.insert(
             f[3].trim_end_matches('"').to_owned(),
             (

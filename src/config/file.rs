@@ -136,6 +136,8 @@ pub(super) struct FileRoute {
     pub(super) user_rate_limit: Option<String>,
     pub(super) rate_limit_headers: Option<bool>,
     pub(super) forward_scopes: Option<bool>,
+    pub(super) websocket: Option<bool>,
+    pub(super) websocket_idle_timeout: Option<String>,
     pub(super) upstream_ca: Option<String>,
     pub(super) upstream_sni: Option<String>,
 }

@@ -317,6 +317,10 @@ pub struct RouteConfig {
     pub rate_limit_headers: bool,
     /// Add `x-token-scopes` and `x-token-roles` to forwarded requests.
     pub forward_scopes: bool,
+    /// Relay WebSocket upgrades (`Upgrade: websocket`) to the upstream.
+    pub websocket: bool,
+    /// A tunnel in which neither side sent anything for this long is closed.
+    pub websocket_idle_timeout: Duration,
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`; a bare address is a /32 or /128).

@@ -144,6 +144,20 @@ pub(super) fn route(
         None => None,
     };
     let user_rate_limit = rate("user_rate_limit", &r.user_rate_limit)?;
+    let websocket = r.websocket.unwrap_or(false);
+    if r.websocket_idle_timeout.is_some() && !websocket {
+        return Err(cx.err(
+            &k("websocket_idle_timeout"),
+            "only applies with websocket = true",
+        ));
+    }
+    let websocket_idle_timeout = cx.duration_within(
+        &k("websocket_idle_timeout"),
+        &r.websocket_idle_timeout,
+        Duration::from_secs(300),
+        (Duration::from_millis(100), Duration::from_secs(7 * 86_400)),
+        "between 100ms and 7d",
+    )?;
     Ok(RouteConfig {
         name: r.name,
         path_prefix: prefix,
@@ -173,5 +187,7 @@ pub(super) fn route(
         user_rate_limit,
         rate_limit_headers: r.rate_limit_headers.unwrap_or(false),
         forward_scopes: r.forward_scopes.unwrap_or(false),
+        websocket,
+        websocket_idle_timeout,
     })
 }

@@ -163,9 +163,12 @@ impl Refusal {
         }
     }
 
-    /// The JSON body: `{"error", "detail"}` (plus `scope` for 403).
-    pub fn body(&self) -> Vec<u8> {
+    /// The JSON body: `{"error", "detail"}` (plus `scope` for 403, and the request's id when given).
+    pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
         let mut v = serde_json::json!({ "error": self.error, "detail": self.detail });
+        if let Some(id) = request_id {
+            v["request_id"] = serde_json::Value::String(id.to_owned());
+        }
         if let Some(s) = &self.scope {
             v["scope"] = serde_json::Value::String(s.clone());
         }
@@ -749,7 +752,7 @@ rate_limit_headers = true
     #[test]
     fn refusal_bodies_are_json() {
         let r = Refusal::new(404, "not_found", "no route for this path");
-        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body(None)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"error": "not_found", "detail": "no route for this path"})

@@ -44,6 +44,9 @@ pub struct Route {
     pub scope_roles: Box<[Box<str>]>,
     /// `forward_scopes`: tell the upstream the token's scopes and roles.
     pub forward_scopes: bool,
+    /// `websocket`: relay upgrades; and how long a silent tunnel stays open.
+    pub websocket: bool,
+    pub websocket_idle_timeout: std::time::Duration,
     /// The `[roles]` the table was built with (for the scopes forwarded).
     pub roles: Arc<Roles>,
 }
@@ -76,6 +79,8 @@ impl Route {
                 .map(|s| granting(roles, s))
                 .unwrap_or_default(),
             forward_scopes: rc.forward_scopes,
+            websocket: rc.websocket,
+            websocket_idle_timeout: rc.websocket_idle_timeout,
             roles: roles.clone(),
         }
     }

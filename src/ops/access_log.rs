@@ -32,6 +32,8 @@ pub struct Record {
     pub bytes_out: u64,
     pub token_id: Option<i64>,
     pub user: Option<HeaderValue>,
+    /// The request's `x-request-id`.
+    pub request_id: String,
 }
 
 /// The sending side, held by the proxy.
@@ -159,6 +161,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut String) {
                 "bytes_out": r.bytes_out,
                 "token_id": r.token_id,
                 "user_id": user,
+                "request_id": r.request_id,
             });
             let _ = writeln!(line, "{v}");
         }
@@ -166,7 +169,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut String) {
             let _ = writeln!(
                 line,
                 "{at} {client} \"{method} {path}\" {status} route={route} auth={auth} token={token} user={user} \
-                 in={bin} out={bout} ms={ms:.3}",
+                 in={bin} out={bout} ms={ms:.3} id={id}",
                 client = r.client.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                 method = r.method.as_str(),
                 path = clean(&r.path),
@@ -178,6 +181,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut String) {
                 bin = r.bytes_in,
                 bout = r.bytes_out,
                 ms = r.duration.as_secs_f64() * 1e3,
+                id = clean(&r.request_id),
             );
         }
     }
@@ -201,6 +205,7 @@ mod tests {
             bytes_out: 20,
             token_id: Some(7),
             user: Some(HeaderValue::from_static("alice")),
+            request_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         }
     }
 
@@ -211,7 +216,7 @@ mod tests {
         assert_eq!(
             l,
             "2026-11-22T22:30:00.000Z 127.0.0.1 \"POST /iot/a__b_\" 200 route=telemetry auth=ok token=7 user=alice \
-             in=10 out=20 ms=1.234\n"
+             in=10 out=20 ms=1.234 id=4bf92f3577b34da6a3ce929d0e0e4736\n"
         );
     }
 
@@ -225,5 +230,6 @@ mod tests {
         assert_eq!(v["token_id"], 7);
         assert_eq!(v["path"], "/iot/a \"b\"");
         assert_eq!(v["duration_ms"], 1.234);
+        assert_eq!(v["request_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

@@ -46,6 +46,8 @@ pub struct Metrics {
     sync_ok: IntGauge,
     reloads: IntCounterVec,
     server_up: IntGaugeVec,
+    tunnels_open: IntGaugeVec,
+    tunnel_bytes: IntCounterVec,
     server_requests: IntCounterVec,
     server_failures: IntCounterVec,
     health_checks: IntCounterVec,
@@ -61,6 +63,10 @@ pub struct RouteMetrics {
     limited: Vec<IntCounter>,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+    /// WebSocket tunnels open now, and the bytes they carried each way.
+    pub tunnels_open: IntGauge,
+    pub tunnel_bytes_to_upstream: IntCounter,
+    pub tunnel_bytes_to_client: IntCounter,
 }
 
 /// One server's collectors (label `server`: the address as configured), resolved once.
@@ -189,6 +195,22 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        let tunnels_open = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_websocket_tunnels_open",
+                "WebSocket tunnels open now, by route.",
+            ),
+            &["route"],
+        )
+        .expect("metric");
+        let tunnel_bytes = IntCounterVec::new(
+            Opts::new(
+                "tokengate_websocket_bytes_total",
+                "Bytes relayed through closed WebSocket tunnels, by route and direction (to_upstream, to_client).",
+            ),
+            &["route", "direction"],
+        )
+        .expect("metric");
         let server_up = IntGaugeVec::new(
             Opts::new(
                 "tokengate_upstream_server_up",
@@ -250,6 +272,8 @@ impl Metrics {
             Box::new(sync_ok.clone()),
             Box::new(reloads.clone()),
             Box::new(server_up.clone()),
+            Box::new(tunnels_open.clone()),
+            Box::new(tunnel_bytes.clone()),
             Box::new(server_requests.clone()),
             Box::new(server_failures.clone()),
             Box::new(health_checks.clone()),
@@ -272,6 +296,8 @@ impl Metrics {
             sync_ok,
             reloads,
             server_up,
+            tunnels_open,
+            tunnel_bytes,
             server_requests,
             server_failures,
             health_checks,
@@ -300,6 +326,9 @@ impl Metrics {
                 .collect(),
             bytes_in: self.bytes_in.with_label_values(&[route]),
             bytes_out: self.bytes_out.with_label_values(&[route]),
+            tunnels_open: self.tunnels_open.with_label_values(&[route]),
+            tunnel_bytes_to_upstream: self.tunnel_bytes.with_label_values(&[route, "to_upstream"]),
+            tunnel_bytes_to_client: self.tunnel_bytes.with_label_values(&[route, "to_client"]),
         }
     }
 

@@ -8,7 +8,8 @@
 //! (after a bounded lingering close) instead of reading the body.
 
 use super::http1::{Buffer, Framing, HeadError, RequestHead};
-use super::rewrite::{write_error_head, write_upstream_head};
+use super::request_id::{self, RequestId};
+use super::rewrite::{write_error_head, write_upstream_head, HeadExtras};
 use super::upstream::Conn;
 use super::{take_slot, Engine, RouteIo, Table};
 use crate::clock;
@@ -44,6 +45,8 @@ pub(super) struct Req {
     pub(super) retryable: bool,
     pub(super) client_minor: u8,
     pub(super) client_keep_alive: bool,
+    /// A WebSocket upgrade on a `websocket = true` route: a 101 opens a tunnel.
+    pub(super) upgrade: bool,
 }
 
 /// What one exchange produced, for metrics and the access log.
@@ -83,6 +86,8 @@ pub struct Client<'a, S> {
     /// The current request's body has not been read to its end (a close then lingers, see
     /// [`Self::linger`]).
     pub(super) body_pending: bool,
+    /// The current request's id (`x-request-id`).
+    pub(super) request_id: RequestId,
 }
 
 impl<'a, S: ClientStream> Client<'a, S> {
@@ -104,6 +109,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             tls,
             served: 0,
             body_pending: false,
+            request_id: RequestId::fresh(),
         }
     }
 
@@ -117,7 +123,9 @@ impl<'a, S: ClientStream> Client<'a, S> {
     /// Serves exchanges until the connection ends.
     pub async fn run(&mut self) {
         loop {
-            match self.read_head().await {
+            let head = self.read_head().await;
+            self.request_id = RequestId::fresh();
+            match head {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
@@ -270,6 +278,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 bytes_out: facts.bytes_out,
                 token_id: facts.entry.as_ref().map(|e| e.token_id),
                 user: facts.entry.as_ref().map(|e| e.user_value()),
+                request_id: self.request_id.as_str().to_owned(),
             });
         }
         keep
@@ -294,6 +303,18 @@ impl<'a, S: ClientStream> Client<'a, S> {
             },
             None => None,
         };
+        if table.routes.trusts(self.peer) {
+            // A trusted proxy's own id is kept (when it is a sane one).
+            let head = &self.buf.filled()[..self.head.len];
+            let mut ids = self.head.fields.iter().filter(|f| {
+                super::http1::same_field(f.name.get(head), request_id::HEADER.as_bytes())
+            });
+            if let (Some(f), None) = (ids.next(), ids.next()) {
+                if let Some(id) = RequestId::from_client(f.value.get(head)) {
+                    self.request_id = id;
+                }
+            }
+        }
         let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
         if engine.access_log.enabled() {
             // The path as forwarded (origin form), never the query.
@@ -323,13 +344,17 @@ impl<'a, S: ClientStream> Client<'a, S> {
         let host = &io.pool.members[server.unwrap_or(0)].upstream.host;
         let head_bytes = &self.buf.filled()[..self.head.len];
         self.out.clear();
+        let upgrade = self.head.upgrade_websocket && forward.route.websocket;
         write_upstream_head(
             &mut self.out,
             &self.head,
             head_bytes,
             &forward,
-            host,
-            &self.peer_text,
+            (host, &self.peer_text),
+            HeadExtras {
+                request_id: self.request_id.as_bytes(),
+                upgrade,
+            },
         );
         facts.entry = forward.principal;
         facts.rate_limit = forward.rate_limit;
@@ -344,6 +369,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 ),
             client_minor: self.head.minor,
             client_keep_alive: self.head.keep_alive,
+            upgrade,
         };
         let expect_continue = self.head.expect_continue;
         self.buf.consume(self.head.len);
@@ -414,9 +440,15 @@ impl<'a, S: ClientStream> Client<'a, S> {
         keep: bool,
         is_head: bool,
     ) -> io::Result<u64> {
-        let body = r.body();
+        let body = r.body(Some(self.request_id.as_str()));
         self.out.clear();
-        write_error_head(&mut self.out, r, body.len(), keep);
+        write_error_head(
+            &mut self.out,
+            r,
+            body.len(),
+            keep,
+            self.request_id.as_bytes(),
+        );
         if !is_head {
             self.out.extend_from_slice(&body);
         }

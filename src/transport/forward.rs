@@ -6,30 +6,16 @@
 //! Only a request that is safe to repeat and has no body is ever sent twice, and only when a reused
 //! connection turns out closed before a byte of an answer arrived.
 
-use super::connection::{ClientStream, Facts, Req, CLIENT_IO_TIMEOUT};
-use super::http1::{self, Buffer, Chunk, ChunkError, ChunkedDecoder, Framing, ResponseHead};
+use super::body::{BodyError, BodyState};
+use super::connection::{ClientStream, Facts, Req};
+use super::http1::{self, Buffer, Chunk, ChunkedDecoder, Framing, ResponseHead};
 use super::rewrite::write_response_head;
 use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
 use crate::gateway::Refusal;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// How sending the request body ended badly.
-pub(super) enum BodyError {
-    /// The client closed or failed mid-body: nobody to answer.
-    ClientGone,
-    /// The client stopped sending (408).
-    Timeout,
-    /// Broken chunked framing (400).
-    Malformed,
-    /// Past `max_body_bytes` (413).
-    TooLarge(u64),
-    /// The upstream stopped taking the body (it may still answer).
-    Upstream(UpstreamError, io::Error),
-}
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// How reading the response ended badly.
 #[derive(Debug)]
@@ -149,7 +135,14 @@ impl<S: ClientStream> Client<'_, S> {
         }
         let mut resp = ResponseHead::default();
         let result = if body.done() {
-            let mut r = send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head).await;
+            let mut r = send_and_read(
+                &mut conn,
+                &self.out,
+                &mut resp,
+                io,
+                (req.is_head, req.upgrade),
+            )
+            .await;
             if let Err(f) = &r {
                 // Nothing came back: a kept-alive connection the server closed while idle, or a server
                 // that went away mid-request. Once more on a new connection — the same server for a
@@ -173,8 +166,14 @@ impl<S: ClientStream> Client<'_, S> {
                                 Ok((s, fresh)) => {
                                     (server, conn) = (s, fresh);
                                     in_flight = io.pool.begin(server);
-                                    send_and_read(&mut conn, &self.out, &mut resp, io, req.is_head)
-                                        .await
+                                    send_and_read(
+                                        &mut conn,
+                                        &self.out,
+                                        &mut resp,
+                                        io,
+                                        (req.is_head, req.upgrade),
+                                    )
+                                    .await
                                 }
                                 Err(f) => {
                                     facts.bytes_in = body.forwarded;
@@ -187,8 +186,17 @@ impl<S: ClientStream> Client<'_, S> {
             }
             r.map(|()| true).map_err(Stop::Upstream)
         } else {
-            self.stream_body(&mut conn, &mut body, &mut resp, io, req, facts.start)
-                .await
+            // An upload is watched for its token being revoked while it streams.
+            let entry = facts.entry.clone();
+            self.stream_body(
+                &mut conn,
+                &mut body,
+                &mut resp,
+                io,
+                req,
+                (facts.start, entry.as_deref()),
+            )
+            .await
         };
         facts.bytes_in = body.forwarded;
         self.body_pending = !body.done();
@@ -196,7 +204,12 @@ impl<S: ClientStream> Client<'_, S> {
             Ok(sent) => sent,
             Err(Stop::Upstream(f)) => return self.upstream_failed(io, facts, f, req).await,
             Err(Stop::Body(e)) => return self.body_failed(io, facts, e, req).await,
+            Err(Stop::Revoked) => return self.revoked_midway(io, facts, req).await,
         };
+        if req.upgrade && resp.status == 101 {
+            drop(in_flight);
+            return self.tunnel(conn, io, &resp, facts).await;
+        }
         conn.reused = true;
         let up = &io.pool.members[server].upstream;
         let keep = self
@@ -215,7 +228,7 @@ impl<S: ClientStream> Client<'_, S> {
         resp: &mut ResponseHead,
         io: &RouteIo,
         req: Req,
-        start: Instant,
+        (start, entry): (Instant, Option<&crate::tokens::index::Entry>),
     ) -> Result<bool, Stop> {
         let write_timeout = io.timeouts.write;
         let (mut up_read, mut up_write) = tokio::io::split(&mut conn.stream);
@@ -245,11 +258,12 @@ impl<S: ClientStream> Client<'_, S> {
                 deadline,
                 io.route.max_body_bytes,
             );
-            let head = read_response_head(&mut up_read, &mut conn.buf, resp, req.is_head);
+            let head = read_response_head(&mut up_read, &mut conn.buf, resp, req.is_head, false);
             tokio::pin!(send, head);
             // The read timeout starts when the body has gone out: an upload may take longer than it.
             let timer = tokio::time::sleep(Duration::from_secs(86_400 * 365));
             tokio::pin!(timer);
+            let mut check = tokio::time::interval(super::tunnel::CHECK);
             let mut sent: Option<Result<u64, BodyError>> = None;
             let head_result = loop {
                 tokio::select! {
@@ -269,6 +283,11 @@ impl<S: ClientStream> Client<'_, S> {
                     }
                     _ = &mut timer, if sent.is_some() => {
                         break Err(UpstreamFailure::new(UpstreamError::ReadTimeout, "no response within read_timeout"));
+                    }
+                    _ = check.tick(), if sent.is_none() && entry.is_some() => {
+                        if entry.is_some_and(|e| super::tunnel::token_gone(e, crate::clock::now())) {
+                            return Err(Stop::Revoked);
+                        }
                     }
                 }
             };
@@ -314,6 +333,7 @@ impl<S: ClientStream> Client<'_, S> {
             conn.buf.filled(),
             (chunked_out, keep_client, req.client_minor),
             facts.rate_limit.as_ref(),
+            (self.request_id.as_bytes(), false),
         );
         conn.buf.consume(resp.len);
         facts.status = resp.status;
@@ -492,6 +512,29 @@ impl<S: ClientStream> Client<'_, S> {
         }
     }
 
+    /// Answers an upload whose token was revoked (or expired) while it streamed: the upstream connection
+    /// is cut (dropped unfinished, so the upstream never sees a complete request), the client gets 401 and
+    /// the connection closes.
+    async fn revoked_midway(&mut self, io: &RouteIo, facts: &mut Facts, req: Req) -> bool {
+        log::info!(
+            "route {}: token revoked during an upload; upstream connection cut",
+            io.route.name
+        );
+        facts.status = 401;
+        facts.outcome = crate::gateway::auth::Outcome::Revoked;
+        let mut r = Refusal::new(
+            401,
+            "invalid_token",
+            "the token was revoked while the request was being sent",
+        )
+        .closing();
+        r.challenge = Some(crate::gateway::auth::Denial::Revoked.challenge());
+        if let Ok(sent) = self.answer(&r, false, req.is_head).await {
+            facts.bytes_out = sent;
+        }
+        false
+    }
+
     /// Answers a request whose body could not be taken from the client (400, 408, 413); always closes.
     async fn body_failed(
         &mut self,
@@ -535,130 +578,8 @@ impl<S: ClientStream> Client<'_, S> {
 enum Stop {
     Upstream(UpstreamFailure),
     Body(BodyError),
-}
-
-/// Progress of a request body from the client to the upstream.
-struct BodyState {
-    framing: Framing,
-    /// Body bytes (data, without chunk framing) still to come for `Length`.
-    left: u64,
-    decoder: ChunkedDecoder,
-    /// Body data bytes forwarded so far.
-    forwarded: u64,
-    finished: bool,
-}
-
-impl BodyState {
-    fn new(framing: Framing) -> BodyState {
-        BodyState {
-            framing,
-            left: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            decoder: ChunkedDecoder::default(),
-            forwarded: 0,
-            finished: matches!(framing, Framing::None),
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.finished
-    }
-
-    /// Moves what the buffer holds of the body into `out` (re-framed when chunked). Returns the data bytes
-    /// moved.
-    fn stage(
-        &mut self,
-        buf: &mut Buffer,
-        out: &mut Vec<u8>,
-        max: Option<u64>,
-    ) -> Result<u64, BodyError> {
-        let before = self.forwarded;
-        match self.framing {
-            Framing::None | Framing::Close => {}
-            Framing::Length(_) => {
-                let take = (buf.len() as u64).min(self.left) as usize;
-                out.extend_from_slice(&buf.filled()[..take]);
-                buf.consume(take);
-                self.left -= take as u64;
-                self.forwarded += take as u64;
-                self.finished = self.left == 0;
-            }
-            Framing::Chunked => {
-                while !buf.is_empty() && !self.finished {
-                    let (n, c) = self.decoder.decode(buf.filled()).map_err(|e| match e {
-                        ChunkError::Syntax | ChunkError::TooLarge => BodyError::Malformed,
-                    })?;
-                    match c {
-                        Chunk::Data(r) => {
-                            let data = &buf.filled()[r];
-                            self.forwarded += data.len() as u64;
-                            if let Some(max) = max {
-                                if self.forwarded > max {
-                                    return Err(BodyError::TooLarge(max));
-                                }
-                            }
-                            http1::encode_chunk(out, data);
-                        }
-                        Chunk::End => {
-                            out.extend_from_slice(http1::LAST_CHUNK);
-                            self.finished = true;
-                        }
-                        Chunk::More => {}
-                    }
-                    buf.consume(n);
-                }
-            }
-        }
-        Ok(self.forwarded - before)
-    }
-
-    /// Reads the rest of the body from the client and writes it upstream.
-    #[allow(clippy::too_many_arguments)]
-    async fn pump<R, W>(
-        &mut self,
-        client: &mut R,
-        buf: &mut Buffer,
-        out: &mut Vec<u8>,
-        upstream: &mut W,
-        write_timeout: Duration,
-        deadline: Option<Instant>,
-        max: Option<u64>,
-    ) -> Result<u64, BodyError>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin,
-    {
-        while !self.finished {
-            let wait = match deadline {
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .min(CLIENT_IO_TIMEOUT),
-                None => CLIENT_IO_TIMEOUT,
-            };
-            match tokio::time::timeout(wait, client.read(buf.spare())).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(BodyError::ClientGone),
-                Ok(Ok(n)) => buf.filled_by(n),
-                Err(_) => return Err(BodyError::Timeout),
-            }
-            out.clear();
-            self.stage(buf, out, max)?;
-            if !out.is_empty() {
-                match tokio::time::timeout(write_timeout, upstream.write_all(out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(BodyError::Upstream(UpstreamError::Reset, e)),
-                    Err(_) => {
-                        return Err(BodyError::Upstream(
-                            UpstreamError::WriteTimeout,
-                            io::Error::new(io::ErrorKind::TimedOut, "write timed out"),
-                        ))
-                    }
-                }
-            }
-        }
-        Ok(self.forwarded)
-    }
+    /// The token was revoked (or expired) while its upload streamed.
+    Revoked,
 }
 
 /// Writes a whole request (already in `out`) and reads the response head into `resp`.
@@ -667,7 +588,7 @@ async fn send_and_read(
     out: &[u8],
     resp: &mut ResponseHead,
     io: &RouteIo,
-    is_head: bool,
+    (is_head, upgrade): (bool, bool),
 ) -> Result<(), UpstreamFailure> {
     match tokio::time::timeout(io.timeouts.write, conn.stream.write_all(out)).await {
         Ok(Ok(())) => {}
@@ -685,7 +606,7 @@ async fn send_and_read(
     }
     match tokio::time::timeout(
         io.timeouts.read,
-        read_response_head(&mut conn.stream, &mut conn.buf, resp, is_head),
+        read_response_head(&mut conn.stream, &mut conn.buf, resp, is_head, upgrade),
     )
     .await
     {
@@ -698,17 +619,20 @@ async fn send_and_read(
 }
 
 /// Reads until a final (non-1xx) response head is at the front of `buf`; interim responses are dropped
-/// (the gateway answers `Expect` itself). 101 is refused: the gateway does not forward upgrades.
+/// (the gateway answers `Expect` itself). A 101 ends the head only for a WebSocket `upgrade` request;
+/// otherwise it is refused: the gateway forwards no other upgrade.
 async fn read_response_head<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Buffer,
     resp: &mut ResponseHead,
     is_head: bool,
+    upgrade: bool,
 ) -> Result<(), UpstreamFailure> {
     let mut received = !buf.is_empty();
     loop {
         if !buf.is_empty() {
             match resp.parse(buf.filled(), is_head) {
+                Ok(true) if resp.status == 101 && upgrade => return Ok(()),
                 Ok(true) if resp.status == 101 => {
                     return Err(UpstreamFailure::new(
                         UpstreamError::Other,

@@ -256,6 +256,8 @@ pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 struct ConnectionOptions {
     close: bool,
     keep_alive: bool,
+    /// `Connection: upgrade`.
+    upgrade: bool,
     /// Some `Connection` field names another field (which is then hop-by-hop for this message).
     names_fields: bool,
 }
@@ -268,6 +270,7 @@ impl ConnectionOptions {
             } else if is(token, "keep-alive") {
                 self.keep_alive = true;
             } else {
+                self.upgrade |= is(token, "upgrade");
                 self.names_fields = true;
             }
         }
@@ -344,6 +347,9 @@ pub struct RequestHead {
     /// The first `Authorization` field's value, and how many `Authorization` fields there are.
     pub authorization: Option<Span>,
     pub authorizations: u8,
+    /// A WebSocket opening handshake: HTTP/1.1 `GET` without a body, `Connection: upgrade` and an
+    /// `Upgrade` field listing `websocket`.
+    pub upgrade_websocket: bool,
 }
 
 impl Default for RequestHead {
@@ -361,6 +367,7 @@ impl Default for RequestHead {
             host: None,
             authorization: None,
             authorizations: 0,
+            upgrade_websocket: false,
         }
     }
 }
@@ -388,6 +395,7 @@ impl RequestHead {
         self.host = None;
         self.authorization = None;
         self.authorizations = 0;
+        let mut websocket = false;
         for h in req.headers.iter() {
             let (name, value) = (h.name.as_bytes(), h.value);
             self.fields.push(Field {
@@ -410,6 +418,8 @@ impl RequestHead {
                 te = true;
             } else if is(name, "connection") {
                 conn.add(value);
+            } else if is(name, "upgrade") {
+                websocket |= list(value).any(|p| is(p, "websocket"));
             } else if is(name, "host") {
                 hosts += 1;
                 self.host = Some(Span::of(buf, value));
@@ -434,6 +444,11 @@ impl RequestHead {
         }
         self.keep_alive = conn.persistent(minor);
         self.connection_names_fields = conn.names_fields;
+        self.upgrade_websocket = websocket
+            && conn.upgrade
+            && minor >= 1
+            && self.framing == Framing::None
+            && self.method.get(buf) == b"GET";
         Ok(true)
     }
 

@@ -7,6 +7,8 @@
 //! - [`connection`]: the per-connection loop — heads, timeouts, the decision, refusals, metrics, log.
 //! - [`forward`]: sending an allowed request upstream, streaming bodies both ways, relaying the answer.
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
+//! - [`tunnel`]: WebSocket tunnels after a 101, closed when their token goes.
+//! - [`request_id`]: the `x-request-id` of every request.
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
 //! - [`pool`]: a route's servers and the choice among them (round robin, least requests, user hash).
 //! - [`upstream`]: connections to one server, their idle queue, the server's health.
@@ -21,13 +23,16 @@
 //! head is written field by field into one reused buffer, a small body travels in the same write as its
 //! head, and the upstream connection stays with the client connection (see [`upstream`]).
 
+pub mod body;
 pub mod connection;
 pub mod forward;
 pub mod health;
 pub mod http1;
 pub mod pool;
+pub mod request_id;
 pub mod rewrite;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use crate::config::Config;

@@ -30,13 +30,21 @@ pub fn push_query_without(out: &mut Vec<u8>, query: &str, key: &str) {
 /// hop-by-hop fields and client copies of injected or configured-stripped headers; `X-Forwarded-For`/
 /// `-Proto` appended to only for trusted peers and replaced otherwise; then the framing, the identity
 /// headers and, if the route signs, the signature.
+/// What the upstream head carries beyond the client's: the request's id, and whether it opens a
+/// WebSocket tunnel (`Connection: Upgrade` and `Upgrade: websocket` are then sent on).
+#[derive(Clone, Copy)]
+pub struct HeadExtras<'a> {
+    pub request_id: &'a [u8],
+    pub upgrade: bool,
+}
+
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
     bytes: &[u8],
     forward: &Forward<'_>,
-    upstream_host: &str,
-    peer: &str,
+    (upstream_host, peer): (&str, &str),
+    extras: HeadExtras<'_>,
 ) {
     let route = forward.route;
     let (path, query) = (forward.rewrite.path, forward.rewrite.query);
@@ -72,6 +80,7 @@ pub fn write_upstream_head(
                 .chain(route.strip_request_headers.iter())
                 .any(|h| http1::same_field(name, h.as_str().as_bytes()))
             || head.named_by_connection(bytes, name)
+            || http1::same_field(name, b"x-request-id")
         {
             continue;
         }
@@ -132,6 +141,10 @@ pub fn write_upstream_head(
     }
     if !host {
         http1::push_field(out, b"Host", upstream_host.as_bytes());
+    }
+    http1::push_field(out, b"x-request-id", extras.request_id);
+    if extras.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     }
     match head.framing {
         Framing::Length(n) => {
@@ -210,6 +223,7 @@ pub fn write_response_head(
     bytes: &[u8],
     (chunked_out, keep_client, client_minor): (bool, bool, u8),
     rate_limit: Option<&RateLimitField>,
+    (request_id, upgrade): (&[u8], bool),
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     http1::push_decimal(out, u64::from(resp.status));
@@ -229,11 +243,20 @@ pub fn write_response_head(
         if http1::is_hop_by_hop(name) || resp.named_by_connection(bytes, name) {
             continue;
         }
-        // The gateway's own limits are the ones a client is told about, not an upstream's.
-        if rate_limit.is_some() && name.eq_ignore_ascii_case(b"ratelimit") {
+        // The gateway's own limits are the ones a client is told about, not an upstream's; its own
+        // request id too.
+        if rate_limit.is_some() && name.eq_ignore_ascii_case(b"ratelimit")
+            || http1::same_field(name, b"x-request-id")
+        {
             continue;
         }
         http1::push_field(out, name, f.value.get(bytes));
+    }
+    http1::push_field(out, b"x-request-id", request_id);
+    if upgrade {
+        // 101 Switching Protocols: the tunnel's own hop-by-hop fields, nothing about framing.
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        return;
     }
     if let Some(v) = rate_limit {
         use std::io::Write;
@@ -260,7 +283,13 @@ pub fn write_response_head(
 
 /// Writes the head of a JSON answer made by the gateway (the body, `body_len` bytes, follows unless the
 /// request was `HEAD`).
-pub fn write_error_head(out: &mut Vec<u8>, r: &Refusal, body_len: usize, keep: bool) {
+pub fn write_error_head(
+    out: &mut Vec<u8>,
+    r: &Refusal,
+    body_len: usize,
+    keep: bool,
+    request_id: &[u8],
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     http1::push_decimal(out, u64::from(r.status));
     out.push(b' ');
@@ -274,6 +303,7 @@ pub fn write_error_head(out: &mut Vec<u8>, r: &Refusal, body_len: usize, keep: b
     );
     http1::push_decimal(out, body_len as u64);
     out.extend_from_slice(b"\r\n");
+    http1::push_field(out, b"x-request-id", request_id);
     if let Some(c) = &r.challenge {
         http1::push_field(out, b"www-authenticate", c.as_bytes());
     }
@@ -313,7 +343,7 @@ mod tests {
         r.retry_after = Some(7);
         r.challenge = Some("Bearer realm=\"tokengate\"".into());
         let mut out = Vec::new();
-        write_error_head(&mut out, &r, 12, false);
+        write_error_head(&mut out, &r, 12, false, b"id");
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
