@@ -189,6 +189,15 @@ if [ "$BIG_TOKENS" -gt 0 ]; then
     CONTENDERS+=("tg-big|http://127.0.0.1:$TGBIG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$BIG_TOKENS.txt|tokengate threads=1, bearer, $BIG_TOKENS tokens")
 fi
 
+# ONLY="nginx-auth tg-bearer ...": measure just these contenders.
+if [ -n "${ONLY:-}" ]; then
+    kept=()
+    for c in "${CONTENDERS[@]}"; do
+        [[ " $ONLY " == *" ${c%%|*} "* ]] && kept+=("$c")
+    done
+    CONTENDERS=("${kept[@]}")
+fi
+
 # Every contender must answer 200 before we measure it (a 401 would make a fast, meaningless number).
 for c in "${CONTENDERS[@]}"; do
     IFS='|' read -r name url tokens _ <<<"$c"
@@ -211,7 +220,7 @@ for c in "${CONTENDERS[@]}"; do
 done
 
 RESULTS="$RUN/results.tsv"
-printf 'round\tcontender\trps\tp50_us\tp99_us\terrors\n' >"$RESULTS"
+printf 'round\tcontender\trps\tp50_us\tp99_us\terrors\tp999_us\n' >"$RESULTS"
 n=${#CONTENDERS[@]}
 for round in $(seq 1 "$ROUNDS"); do
     for k in $(seq 0 $((n - 1))); do
@@ -219,33 +228,97 @@ for round in $(seq 1 "$ROUNDS"); do
         line=$(run_wrk "$name" "$url" "$tokens" "$DURATION")
         get() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
         errors=$(($(get connect_err) + $(get read_err) + $(get write_err) + $(get status_err) + $(get timeouts)))
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$(get rps)" "$(get p50_us)" "$(get p99_us)" "$errors" >>"$RESULTS"
-        log "round $round/$ROUNDS $name: $(get rps) req/s, p50 $(get p50_us) µs, p99 $(get p99_us) µs, errors $errors"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$(get rps)" "$(get p50_us)" "$(get p99_us)" "$errors" "$(get p999_us)" >>"$RESULTS"
+        log "round $round/$ROUNDS $name: $(get rps) req/s, p50 $(get p50_us) µs, p99 $(get p99_us) µs, p99.9 $(get p999_us) µs, errors $errors"
     done
 done
 
+# ---- a second load generator, corrected for coordinated omission ------------------------------------------
+# oha at a fixed rate (OHA_LOAD of the slowest proxy's wrk median) with --latency-correction: each request's
+# latency counts from when it should have been sent, so a stall shows up in the tail instead of hiding in
+# fewer requests. OHA=0 skips it; without oha installed (cargo install oha) it is skipped with a note.
+OHA=${OHA:-1}
+OHA_SECONDS=${OHA_SECONDS:-10}
+OHA_LOAD=${OHA_LOAD:-0.8}
+OHA_RESULTS="$RUN/oha.tsv"
+printf 'round\tcontender\trps\tp50_us\tp99_us\tp999_us\tnon200\n' >"$OHA_RESULTS"
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { awk -F'\t' -v c="$1" -v k="$2" 'NR > 1 && $2 == c { print $k }' "$RESULTS"; }
+OHA_RATE=""
+if [ "$OHA" = 1 ] && command -v oha >/dev/null; then
+    slowest=$(for c in "${CONTENDERS[@]}"; do n=${c%%|*}; [ "$n" = direct ] || col "$n" 3 | median; done | sort -g | head -1)
+    OHA_RATE=$(printf '%.0f' "$(echo "$slowest * $OHA_LOAD" | bc -l)")
+    log "oha: $OHA_SECONDS s per contender at $OHA_RATE req/s (c=$CONNS), ROUNDS=$ROUNDS interleaved"
+    for round in $(seq 1 "$ROUNDS"); do
+        for k in $(seq 0 $((n - 1))); do
+            IFS='|' read -r name url tokens _ <<<"${CONTENDERS[$(((k + round - 1) % n))]}"
+            $(pin "$WRK_CPU") oha -c "$CONNS" -q "$OHA_RATE" -z "${OHA_SECONDS}s" --latency-correction --no-tui \
+                --output-format json -H "Authorization: Bearer $(head -1 "$tokens")" "$url" >"$RUN/oha-$name.json" 2>/dev/null ||
+                die "oha failed against $name"
+            python3 - "$RUN/oha-$name.json" "$round" "$name" >>"$OHA_RESULTS" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution") or {}
+bad = sum(v for k, v in codes.items() if k != "200") + sum((d.get("errorDistribution") or {}).values())
+us = lambda x: (x or 0) * 1e6
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{d['summary']['requestsPerSec']:.0f}\t{us(p['p50']):.0f}\t{us(p['p99']):.0f}\t{us(p['p99.9']):.0f}\t{bad}")
+PY
+            log "oha round $round $name: $(tail -1 "$OHA_RESULTS" | cut -f3-7 | tr '\t' ' ') (rps p50 p99 p99.9 µs, non-200)"
+        done
+    done
+elif [ "$OHA" = 1 ]; then
+    log "oha is not installed (cargo install oha): the corrected latency table is skipped"
+fi
+
 # ---- summary ---------------------------------------------------------------------------------------------
+has() { local c; for c in "${CONTENDERS[@]}"; do [ "${c%%|*}" = "$1" ] && return 0; done; return 1; }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 col() { awk -F'\t' -v c="$1" -v k="$2" 'NR > 1 && $2 == c { print $k }' "$RESULTS"; }
 declare -A RPS BEST
 TABLE="$RUN/table.md"
 {
-    echo "| contender | setup | median req/s | best round req/s | p50 ms | p99 ms | errors/non-2xx (all rounds) |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| contender | setup | median req/s | best round req/s | p50 ms | p99 ms | p99.9 ms | errors/non-2xx (all rounds) |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for c in "${CONTENDERS[@]}"; do
         IFS='|' read -r name _ _ desc <<<"$c"
         RPS[$name]=$(col "$name" 3 | median)
         BEST[$name]=$(col "$name" 3 | sort -g | tail -1)
-        printf '| %s | %s | %.0f | %.0f | %.2f | %.2f | %d |\n' "$name" "$desc" "${RPS[$name]}" "${BEST[$name]}" \
+        printf '| %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %d |\n' "$name" "$desc" "${RPS[$name]}" "${BEST[$name]}" \
             "$(echo "$(col "$name" 4 | median) / 1000" | bc -l)" "$(echo "$(col "$name" 5 | median) / 1000" | bc -l)" \
-            "$(col "$name" 6 | paste -sd+ | bc)"
+            "$(echo "$(col "$name" 7 | median) / 1000" | bc -l)" "$(col "$name" 6 | paste -sd+ | bc)"
     done
     ratio() { printf '%.3f' "$(echo "${RPS[$1]} / ${RPS[$2]}" | bc -l)"; }
+    lat() { echo "$(col "$1" "$2" | median) / $(col "$3" "$2" | median)" | bc -l | xargs printf '%.2f'; }
     echo
     echo "Ratios of medians (p50/p99: medians over rounds; on a busy machine compare the best-round column too):"
     echo
-    echo "- tokengate / nginx (bearer, $TOKENS tokens): **$(ratio tg-bearer nginx-auth)** × the requests/s"
-    echo "- tokengate / direct: $(ratio tg-bearer direct); nginx / direct: $(ratio nginx-auth direct)"
+    echo "- tokengate / nginx (bearer, $TOKENS tokens): **$(ratio tg-bearer nginx-auth)** × the requests/s;" \
+        "latency tokengate / nginx: p50 $(lat tg-bearer 4 nginx-auth), p99 **$(lat tg-bearer 5 nginx-auth)**," \
+        "p99.9 $(lat tg-bearer 7 nginx-auth)"
+    if has direct; then
+        echo "- tokengate / direct: $(ratio tg-bearer direct); nginx / direct: $(ratio nginx-auth direct)"
+    fi
+    if [ -n "$OHA_RATE" ]; then
+        echo
+        echo "Corrected for coordinated omission (oha -c$CONNS at a fixed $OHA_RATE req/s, --latency-correction," \
+            "${OHA_SECONDS}s per contender per round; medians over rounds):"
+        echo
+        echo "| contender | req/s | p50 ms | p99 ms | p99.9 ms | non-200 |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+        ocol() { awk -F'\t' -v c="$1" -v k="$2" 'NR > 1 && $2 == c { print $k }' "$OHA_RESULTS"; }
+        for c in "${CONTENDERS[@]}"; do
+            name=${c%%|*}
+            printf '| %s | %.0f | %.2f | %.2f | %.2f | %d |\n' "$name" "$(ocol "$name" 3 | median)" \
+                "$(echo "$(ocol "$name" 4 | median) / 1000" | bc -l)" "$(echo "$(ocol "$name" 5 | median) / 1000" | bc -l)" \
+                "$(echo "$(ocol "$name" 6 | median) / 1000" | bc -l)" "$(ocol "$name" 7 | paste -sd+ | bc)"
+        done
+    fi
+    if ! has tg-none; then
+        exit_summary=1
+    fi
+} >"$TABLE"
+if [ -z "${exit_summary:-}" ]; then {
     auth=$(ratio tg-bearer tg-none)
     verdict=$(echo "$auth >= 0.95" | bc -l)
     echo "- bearer / none (the cost of auth): **$auth** → auth costs $(echo "scale=1; (1 - $auth) * 100 / 1" | bc -l) %" \
@@ -265,13 +338,13 @@ TABLE="$RUN/table.md"
     if [ "$BIG_TOKENS" -gt 0 ]; then
         echo "- $BIG_TOKENS tokens / 1 token (tokengate bearer, requests/s): $(ratio tg-big tg-1)"
     fi
-} >"$TABLE"
+} >>"$TABLE"; fi
 cat "$TABLE"
 
 if [ "$WRITE_MD" = 1 ]; then
     SECTION="$RUN/section.md"
     {
-        echo "### Load comparison — $(date -u +%Y-%m-%d)"
+        echo "### ${SECTION_TITLE:-Load comparison} — $(date -u +%Y-%m-%d)"
         echo
         echo "Machine: $MACHINE."
         echo
@@ -284,6 +357,6 @@ if [ "$WRITE_MD" = 1 ]; then
         echo
         echo "Raw per-round results: \`$RESULTS\` (not kept in the repository)."
     } >"$SECTION"
-    replace_section "$REPO/BENCHMARKS.md" load "$SECTION"
-    log "BENCHMARKS.md: load section updated"
+    replace_section "$REPO/BENCHMARKS.md" "${SECTION_NAME:-load}" "$SECTION"
+    log "BENCHMARKS.md: ${SECTION_NAME:-load} section updated"
 fi

@@ -157,6 +157,10 @@ pub fn reload(
             "gateway.threads",
             new.gateway.threads != current.gateway.threads,
         ),
+        (
+            "gateway.work_stealing",
+            new.gateway.work_stealing != current.gateway.work_stealing,
+        ),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -274,7 +278,12 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: cfg.gateway.threads,
-        work_stealing: true,
+        // Without stealing, each worker thread runs its own runtime whose run queue is first in, first
+        // out: with a thousand busy connections none waits behind the others for long. The stealing
+        // runtime (tokio 1.54) overflows its 256-slot local queue into a global queue it takes one task
+        // from per ~200 µs of work, so connections that land there wait far longer than the rest: the
+        // 2x-nginx p99 at 1,000 connections (BENCHMARKS.md "Latency tail").
+        work_stealing: cfg.gateway.work_stealing,
         // Pingora sleeps this long on SIGTERM whatever is in flight; keep it short and configurable.
         grace_period_seconds: Some(cfg.gateway.grace_period.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),

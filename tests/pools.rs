@@ -697,8 +697,12 @@ fn only_a_request_that_is_safe_to_repeat_is_sent_twice_and_never_an_upload() {
     let gw = GatewayBuilder::new()
         .route_toml(&pool_route("post", "/post", &[&hang, &good], ""))
         .route_toml(&pool_route("get", "/get", &[&hang, &good], ""))
+        .route_toml(&pool_route("probe", "/probe", &[&good], ""))
         .start();
     let (_, token) = gw.create_token("alice", "camera");
+    // The token is made by another process: wait until this gateway knows it, through a route that
+    // leaves the two round-robin cursors where they are.
+    gw.wait_ok("/probe/ready", &token);
     let auth = bearer(&token);
     let upload = vec![b'v'; 4096];
     let r = gw.request(

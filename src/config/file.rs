@@ -64,6 +64,7 @@ pub(super) struct FileGateway {
     pub(super) user_id_header: Option<String>,
     pub(super) token_id_header: Option<String>,
     pub(super) threads: Option<usize>,
+    pub(super) work_stealing: Option<bool>,
     pub(super) grace_period: Option<String>,
     pub(super) sync_interval: Option<String>,
     pub(super) usage_flush_interval: Option<String>,

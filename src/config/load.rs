@@ -197,6 +197,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         user_id_header,
         token_id_header,
         threads,
+        work_stealing: g.work_stealing.unwrap_or(false),
         grace_period,
         sync_interval,
         usage_flush_interval,

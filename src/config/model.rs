@@ -164,6 +164,10 @@ pub struct GatewayConfig {
     pub user_id_header: HeaderName,
     pub token_id_header: Option<HeaderName>,
     pub threads: usize,
+    /// Let idle worker threads steal connections from busy ones (one shared tokio runtime) instead of
+    /// one first-in-first-out runtime per thread (the default: fairer between connections, a shorter
+    /// latency tail; see BENCHMARKS.md "Latency tail").
+    pub work_stealing: bool,
     pub grace_period: Duration,
     pub sync_interval: Duration,
     pub usage_flush_interval: Duration,

@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How often the thread looks for checks and resolutions that are due.
 const TICK: Duration = Duration::from_millis(10);
+/// How often when no route has checks or host names to resolve.
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Runs the checks and resolutions of whatever table is current until `stop`.
 pub fn run(table: Arc<ArcSwap<Table>>, stop: Arc<Stop>) {
@@ -36,8 +38,14 @@ pub fn run(table: Arc<ArcSwap<Table>>, stop: Arc<Stop>) {
     };
     rt.block_on(async move {
         while !stop.is_stopped() {
-            tick(&table.load_full());
-            tokio::time::sleep(TICK).await;
+            let t = table.load_full();
+            tick(&t);
+            // Nothing to watch (no checks, no host names): wake rarely, so that the serving threads'
+            // cores are not disturbed for nothing; a reload is still seen within IDLE_TICK.
+            let busy = t.io.iter().any(|io| {
+                io.pool.check.is_some() || io.pool.members.iter().any(|m| is_name(&m.upstream.host))
+            });
+            tokio::time::sleep(if busy { TICK } else { IDLE_TICK }).await;
         }
     });
 }
