@@ -104,7 +104,7 @@ pub fn check_format(s: &str) -> Result<(), FormatError> {
         return Err(FormatError::Prefix);
     }
     let body = &b[PREFIX.len()..PREFIX.len() + SECRET_LEN];
-    if body.iter().any(|&c| base62_value(c).is_none()) {
+    if !body.iter().all(u8::is_ascii_alphanumeric) {
         return Err(FormatError::Alphabet);
     }
     let mut sum: u64 = 0;

@@ -10,6 +10,7 @@
 use super::http1::{Buffer, Framing, HeadError, RequestHead};
 use super::request_id::{self, RequestId};
 use super::rewrite::{write_error_head, write_upstream_head, HeadExtras};
+use super::timed::timed;
 use super::upstream::Conn;
 use super::{take_slot, Engine, RouteIo, Table};
 use crate::clock;
@@ -199,21 +200,21 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 deadline.get_or_insert_with(|| Instant::now() + self.engine.header_timeout);
             }
             let idle = self.buf.is_empty();
-            let wait = match deadline {
+            let (served, engine) = (self.served, self.engine);
+            let wait = || match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => {
-                    let limit = if self.served == 0 {
-                        self.engine.header_timeout
+                    let limit = if served == 0 {
+                        engine.header_timeout
                     } else {
-                        self.engine.keepalive_timeout
+                        engine.keepalive_timeout
                     };
-                    let idle_until = *idle_deadline.get_or_insert_with(|| Instant::now() + limit);
-                    idle_until
-                        .saturating_duration_since(Instant::now())
-                        .min(IDLE_SLICE)
+                    let now = Instant::now();
+                    let idle_until = *idle_deadline.get_or_insert(now + limit);
+                    idle_until.saturating_duration_since(now).min(IDLE_SLICE)
                 }
             };
-            match tokio::time::timeout(wait, self.io.read(self.buf.spare())).await {
+            match timed(wait, self.io.read(self.buf.spare())).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
                 Ok(Ok(n)) => self.buf.filled_by(n),
                 // Idle: close at the keep-alive (or first-request) timeout or on shutdown, else wait on.
@@ -460,7 +461,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
     pub(super) async fn write_out(&mut self) -> io::Result<()> {
         let io = &mut self.io;
         let out = &self.out;
-        match tokio::time::timeout(CLIENT_IO_TIMEOUT, async {
+        match timed(|| CLIENT_IO_TIMEOUT, async {
             io.write_all(out).await?;
             io.flush().await
         })

@@ -10,6 +10,7 @@ use super::body::{BodyError, BodyState};
 use super::connection::{ClientStream, Facts, Req};
 use super::http1::{self, Buffer, Chunk, ChunkedDecoder, Framing, ResponseHead};
 use super::rewrite::write_response_head;
+use super::timed::timed;
 use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
 use crate::gateway::Refusal;
@@ -232,7 +233,7 @@ impl<S: ClientStream> Client<'_, S> {
     ) -> Result<bool, Stop> {
         let write_timeout = io.timeouts.write;
         let (mut up_read, mut up_write) = tokio::io::split(&mut conn.stream);
-        match tokio::time::timeout(write_timeout, up_write.write_all(&self.out)).await {
+        match timed(|| write_timeout, up_write.write_all(&self.out)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 return Err(Stop::Upstream(UpstreamFailure::new(
@@ -590,7 +591,7 @@ async fn send_and_read(
     io: &RouteIo,
     (is_head, upgrade): (bool, bool),
 ) -> Result<(), UpstreamFailure> {
-    match tokio::time::timeout(io.timeouts.write, conn.stream.write_all(out)).await {
+    match timed(|| io.timeouts.write, conn.stream.write_all(out)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             let mut f = UpstreamFailure::new(UpstreamError::Reset, format!("write: {e}"));
@@ -604,8 +605,8 @@ async fn send_and_read(
             ))
         }
     }
-    match tokio::time::timeout(
-        io.timeouts.read,
+    match timed(
+        || io.timeouts.read,
         read_response_head(&mut conn.stream, &mut conn.buf, resp, is_head, upgrade),
     )
     .await
@@ -678,7 +679,7 @@ async fn read_response_head<R: AsyncRead + Unpin>(
 /// Reads more of a response body into the connection's buffer. A clean close is reported with
 /// `nothing_received` set (the end of a close-delimited body).
 async fn fill(conn: &mut Conn, read_timeout: Duration) -> Result<(), UpstreamFailure> {
-    match tokio::time::timeout(read_timeout, conn.stream.read(conn.buf.spare())).await {
+    match timed(|| read_timeout, conn.stream.read(conn.buf.spare())).await {
         Ok(Ok(0)) => {
             let mut f = UpstreamFailure::new(
                 UpstreamError::Reset,

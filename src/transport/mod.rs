@@ -9,6 +9,7 @@
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
 //! - [`tunnel`]: WebSocket tunnels after a 101, closed when their token goes.
 //! - [`request_id`]: the `x-request-id` of every request.
+//! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
 //! - [`pool`]: a route's servers and the choice among them (round robin, least requests, user hash).
 //! - [`upstream`]: connections to one server, their idle queue, the server's health.
@@ -31,6 +32,7 @@ pub mod http1;
 pub mod pool;
 pub mod request_id;
 pub mod rewrite;
+pub mod timed;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
