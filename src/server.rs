@@ -22,6 +22,7 @@ use crate::transport::{tls, Engine, Table, TlsListener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -333,13 +334,18 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         draining,
     };
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
+    // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
+    // wraps every accepted stream in a 64 KiB read buffer (and a 1460-byte write buffer): a second copy of
+    // every byte, and 64 KiB of fresh memory per connection, whose page faults (huge pages zeroed) were
+    // 28 % of the CPU while a thousand devices connected at once (BENCHMARKS.md "Latency tail").
+    let listener = |addr: &str| ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::unbuffered());
     if let Some(listen) = &cfg.gateway.listen {
-        proxy.add_tcp(listen);
+        proxy.add_listener(listener(listen));
     }
     if let Some(t) = &cfg.tls {
         // A plain TCP listener: the engine runs the handshake itself, under `header_timeout` and inside
         // the connection limit (see transport::tls).
-        proxy.add_tcp(&t.listen);
+        proxy.add_listener(listener(&t.listen));
     }
     server.add_service(proxy);
 

@@ -11,7 +11,6 @@ use super::http1::{Buffer, Framing, HeadError, RequestHead};
 use super::request_id::{self, RequestId};
 use super::rewrite::{write_error_head, write_upstream_head, HeadExtras};
 use super::timed::timed;
-use super::upstream::Conn;
 use super::{take_slot, Engine, RouteIo, Table};
 use crate::clock;
 use crate::gateway::auth::Outcome;
@@ -76,8 +75,6 @@ pub struct Client<'a, S> {
     pub(super) head: RequestHead,
     /// Scratch for heads and re-framed body data on their way out.
     pub(super) out: Vec<u8>,
-    /// The upstream connection of the last exchange, kept while the client stays on that upstream.
-    pub(super) upstream: Option<(Arc<super::upstream::Upstream>, Conn)>,
     peer: Option<IpAddr>,
     /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
     peer_text: String,
@@ -104,20 +101,12 @@ impl<'a, S: ClientStream> Client<'a, S> {
             buf: Buffer::new(),
             head: RequestHead::default(),
             out: Vec::with_capacity(2048),
-            upstream: None,
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
             tls,
             served: 0,
             body_pending: false,
             request_id: RequestId::fresh(),
-        }
-    }
-
-    /// Gives the kept upstream connection back to its pool.
-    pub fn finish(&mut self) {
-        if let Some((upstream, conn)) = self.upstream.take() {
-            upstream.put_idle(conn);
         }
     }
 

@@ -47,22 +47,8 @@ impl UpstreamFailure {
 }
 
 impl<S: ClientStream> Client<'_, S> {
-    /// A connection to server `server` of the route: the one this client used last if it is to that
-    /// server, else an idle one from the server's queue, else a new one (`true`: new).
+    /// A connection to server `up`: an idle one from the server's queue, else a new one (`true`: new).
     async fn upstream_for(&mut self, up: &Arc<Upstream>) -> Result<(Conn, bool), UpstreamFailure> {
-        if let Some((kept, mut conn)) = self.upstream.take() {
-            if Arc::ptr_eq(&kept, up) {
-                let idle = conn.idle_since.elapsed();
-                // Always checked: bytes an upstream sent after a complete response must never be taken
-                // for the next answer (RFC 9112 section 6.3). Free when the socket shows no readiness,
-                // as after a response read to its end.
-                if idle < up.idle_timeout && conn.is_usable() {
-                    return Ok((conn, false));
-                }
-            } else {
-                kept.put_idle(conn);
-            }
-        }
         if let Some(conn) = up.take_idle() {
             return Ok((conn, false));
         }
@@ -463,8 +449,9 @@ impl<S: ClientStream> Client<'_, S> {
             && resp.framing != Framing::Close
             && conn.buf.is_empty()
         {
-            conn.idle_since = Instant::now();
-            self.upstream = Some((up.clone(), conn));
+            // Back to the server's queue at once, for whichever client connection asks next: a client
+            // between requests holds no upstream connection (see `upstream`).
+            up.put_idle(conn);
         }
         complete && keep_client
     }

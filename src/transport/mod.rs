@@ -22,7 +22,8 @@
 //! the same job. This engine keeps pingora's server, listeners, signals and socket hand-over, and does the
 //! HTTP/1 work in place: heads are parsed by `httparse` into spans of the connection's buffer, the upstream
 //! head is written field by field into one reused buffer, a small body travels in the same write as its
-//! head, and the upstream connection stays with the client connection (see [`upstream`]).
+//! head, and upstream connections are shared by all client connections through each server's lock-free
+//! idle queue (see [`upstream`]).
 
 pub mod body;
 pub mod connection;
@@ -291,12 +292,10 @@ impl ServerApp for Engine {
     }
 }
 
-/// Runs a client connection (or refuses it when there was no slot), then gives its upstream connection
-/// back.
+/// Runs a client connection, or refuses it when there was no slot.
 async fn serve<S: connection::ClientStream>(mut client: Client<'_, S>, slot: Option<Slot>) {
     match slot {
         Some(_slot) => client.run().await,
         None => client.refuse_connection().await,
     }
-    client.finish();
 }

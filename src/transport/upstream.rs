@@ -2,11 +2,15 @@
 //! idle keep-alive connections, and the server's health (which `transport::pool` reads and the
 //! checks in `transport::health` write).
 //!
-//! A client connection keeps the upstream connection it last used for as long as it stays on that route,
-//! so a device sending request after request on one keep-alive connection touches neither the pool nor
-//! its lock; the pool only sees a connection when a client connection ends or changes route. A pooled
-//! connection is checked for a close (FIN or stray bytes) before it is handed out, and dropped after the
-//! route's `idle_timeout`.
+//! An upstream connection serves one exchange at a time and goes back to its server's idle queue (a
+//! lock-free `ArrayQueue`) as soon as the response is relayed, like nginx's `keepalive` pool: a client
+//! connection between requests holds none, so a thousand mostly idle devices cost as many upstream
+//! connections as there are requests in flight, and a burst of new client connections (a fleet
+//! reconnecting after a restart) finds the connections of the others waiting instead of opening one each.
+//! (Until 2026-12-01 a client connection kept its upstream connection while it lived: one upstream
+//! connection per device, and a p99 at 1,000 new connections three times nginx's; BENCHMARKS.md "Latency
+//! tail".) A pooled connection is checked for a close (FIN or stray bytes) before it is handed out, and
+//! dropped after the route's `idle_timeout`.
 //!
 //! An `https://` upstream speaks TLS on the same connections ([`UpstreamStream::Tls`]); its certificate is
 //! always verified (a failure is a 502 `upstream_tls`).
