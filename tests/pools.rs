@@ -62,6 +62,11 @@ fn serve(addr: SocketAddr, name: &str, dir: &Path) -> ! {
 /// Serves one connection: keep-alive, `Content-Length` bodies.
 fn handle(stream: TcpStream, name: &str, dir: &Path) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?
+        .write_all(b"CONN\n")?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -793,5 +798,39 @@ fn a_reload_adds_and_removes_servers_and_requests_in_flight_finish() {
     assert!(
         !gw.metrics().contains(&a_label),
         "the removed server's series are gone from /metrics"
+    );
+}
+
+#[test]
+fn a_client_connection_between_requests_holds_no_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("a", dir.path());
+    let gw = GatewayBuilder::new()
+        .route_toml(&pool_route("api", "/api", &[&server], ""))
+        .start();
+    let (_, token) = gw.create_token("alice", "scale");
+    gw.wait_ok("/api/x", &token);
+    let opened = server.lines("CONN").len();
+    assert!(opened >= 1);
+    // Eight keep-alive client connections taking turns, one request in flight at a time: each exchange
+    // gives its upstream connection back, so the next client (whichever) reuses it — as nginx's
+    // `keepalive` pool does — instead of each device pinning one upstream connection of its own.
+    let mut clients: Vec<Client> = (0..8)
+        .map(|_| Client::new("/api/readings", &token))
+        .collect();
+    for _ in 0..3 {
+        for c in clients.iter_mut() {
+            let r = c.get(&gw).expect("a response");
+            assert_eq!(r.status, 200, "{r}");
+        }
+    }
+    assert_eq!(server.requests(), 25);
+    // A connection goes back to the queue just after its response reached the client, so the next
+    // client's request may (on the other worker thread) come first and open one more; eight clients
+    // each keeping their own would have opened seven.
+    let more = server.lines("CONN").len() - opened;
+    assert!(
+        more <= 2,
+        "client connections between requests kept upstream connections of their own: {more} opened"
     );
 }

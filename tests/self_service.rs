@@ -265,6 +265,8 @@ fn every_escalation_attempt_is_refused_and_changes_nothing() {
             "1h",
         ],
     );
+    // Made by the CLI (another process): known to the gateway once synced.
+    gw.wait_ok("/iot/x", &limited);
     let before = snapshot(&gw);
     let in_2h = "2h";
     for (body, why) in [
@@ -337,6 +339,7 @@ fn every_escalation_attempt_is_refused_and_changes_nothing() {
     assert_eq!(r.status, 200, "{r}");
     // A token without tokens:self or admin gets nowhere.
     let (_, device) = gw.create_token_with("alice", "device", &["--role", "device"]);
+    gw.wait_ok("/iot/x", &device);
     let r = call(&gw, "GET", "/api/tokens", Some(&device), &[], None);
     assert_eq!(r.status, 403, "{r}");
     assert!(r

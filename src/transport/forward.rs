@@ -47,10 +47,17 @@ impl UpstreamFailure {
 }
 
 impl<S: ClientStream> Client<'_, S> {
-    /// A connection to server `up`: an idle one from the server's queue, else a new one (`true`: new).
-    async fn upstream_for(&mut self, up: &Arc<Upstream>) -> Result<(Conn, bool), UpstreamFailure> {
-        if let Some(conn) = up.take_idle() {
-            return Ok((conn, false));
+    /// A connection to server `up`: an idle one from the server's queue (unless `fresh`), else a new one
+    /// (`true`: new).
+    async fn upstream_for(
+        &mut self,
+        up: &Arc<Upstream>,
+        fresh: bool,
+    ) -> Result<(Conn, bool), UpstreamFailure> {
+        if !fresh {
+            if let Some(conn) = up.take_idle() {
+                return Ok((conn, false));
+            }
         }
         up.connect()
             .await
@@ -60,18 +67,21 @@ impl<S: ClientStream> Client<'_, S> {
 
     /// A connection to `server`, or — when it refuses, times out or fails its TLS handshake (nothing of
     /// the request went out) — to the next server in rotation, taking each that failed out of it.
+    /// `fresh`: a new connection, never an idle one (the retry after a reused one failed: the others
+    /// idle to the same server may have been closed with it).
     async fn connect_any(
         &mut self,
         io: &RouteIo,
         mut server: usize,
         user: Option<u64>,
         tried: &mut u64,
+        fresh: bool,
     ) -> Result<(usize, Conn), UpstreamFailure> {
         let pool = &io.pool;
         loop {
             *tried |= 1 << server;
             let up = &pool.members[server].upstream;
-            match self.upstream_for(up).await {
+            match self.upstream_for(up, fresh).await {
                 Ok((conn, fresh)) => {
                     if fresh {
                         pool.connected(server);
@@ -110,10 +120,11 @@ impl<S: ClientStream> Client<'_, S> {
             return self.upstream_failed(io, facts, f, req).await;
         };
         let mut tried = 0u64;
-        let (mut server, mut conn) = match self.connect_any(io, server, user, &mut tried).await {
-            Ok(c) => c,
-            Err(f) => return self.upstream_failed(io, facts, f, req).await,
-        };
+        let (mut server, mut conn) =
+            match self.connect_any(io, server, user, &mut tried, false).await {
+                Ok(c) => c,
+                Err(f) => return self.upstream_failed(io, facts, f, req).await,
+            };
         let mut in_flight = io.pool.begin(server);
         // Whatever of the body is already here goes out with the head, in one write.
         let mut body = BodyState::new(req.framing);
@@ -149,7 +160,7 @@ impl<S: ClientStream> Client<'_, S> {
                         None => r,
                         Some(next) => {
                             drop(conn);
-                            match self.connect_any(io, next, user, &mut tried).await {
+                            match self.connect_any(io, next, user, &mut tried, true).await {
                                 Ok((s, fresh)) => {
                                     (server, conn) = (s, fresh);
                                     in_flight = io.pool.begin(server);
