@@ -313,16 +313,8 @@ fn token_command(
                 ),
                 (None, None) => None,
             };
-            let rate_limit = rate_limit
-                .as_deref()
-                .map(Rate::parse)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--rate-limit: {e}"))?;
-            let quota = quota
-                .as_deref()
-                .map(Quota::parse)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--quota: {e}"))?;
+            let rate_limit = flag_arg(rate_limit.as_deref(), Rate::parse, "--rate-limit")?;
+            let quota = flag_arg(quota.as_deref(), Quota::parse, "--quota")?;
             let (record, token) = store.create(
                 &NewToken {
                     user,
@@ -441,12 +433,21 @@ fn limit_arg<T>(
     flag: &str,
 ) -> anyhow::Result<Option<Option<T>>> {
     match value {
-        None => Ok(None),
         Some("none") => Ok(Some(None)),
-        Some(v) => parse(v)
-            .map(|x| Some(Some(x)))
-            .map_err(|e| anyhow::anyhow!("{flag}: {e}")),
+        v => flag_arg(v, parse, flag).map(|x| x.map(Some)),
     }
+}
+
+/// An optional flag's value parsed by `parse`; the error names the flag.
+fn flag_arg<T>(
+    value: Option<&str>,
+    parse: fn(&str) -> Result<T, String>,
+    flag: &str,
+) -> anyhow::Result<Option<T>> {
+    value
+        .map(parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
 fn print_secret(record: &TokenRecord, token: &str, json: bool, now: i64) -> anyhow::Result<()> {

@@ -184,13 +184,12 @@ fn patch_from(req: PatchRequest) -> Result<TokenPatch, ApiError> {
         (None, Some(Some(t))) => Some(expiry(None, Some(&t)).map_err(ApiError::bad)?),
         (None, None) => None,
     };
+    // Absent: unchanged; null: removed; a value: parsed.
     fn limit<T>(
         v: Option<Option<String>>,
         parse: fn(&str) -> Result<T, String>,
     ) -> Result<Option<Option<T>>, ApiError> {
-        v.map(|v| v.as_deref().map(parse).transpose())
-            .transpose()
-            .map_err(ApiError::bad)
+        v.map(|v| parsed(v.as_deref(), parse)).transpose()
     }
     Ok(TokenPatch {
         label: req.label,
@@ -363,24 +362,9 @@ impl Admin {
                 let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())
                     .map_err(ApiError::bad)?;
                 caller.check_grant(&req.scopes, &req.roles, expires_at, &self.roles())?;
-                let bound_cert = req
-                    .bound_cert_sha256
-                    .as_deref()
-                    .map(store::parse_sha256_hex)
-                    .transpose()
-                    .map_err(ApiError::bad)?;
-                let rate_limit = req
-                    .rate_limit
-                    .as_deref()
-                    .map(Rate::parse)
-                    .transpose()
-                    .map_err(ApiError::bad)?;
-                let quota = req
-                    .quota
-                    .as_deref()
-                    .map(Quota::parse)
-                    .transpose()
-                    .map_err(ApiError::bad)?;
+                let bound_cert = parsed(req.bound_cert_sha256.as_deref(), store::parse_sha256_hex)?;
+                let rate_limit = parsed(req.rate_limit.as_deref(), Rate::parse)?;
+                let quota = parsed(req.quota.as_deref(), Quota::parse)?;
                 let mut scopes = req.scopes;
                 scopes.extend(req.roles.iter().map(|r| role_grant(r)));
                 let new = NewToken {
@@ -465,6 +449,11 @@ impl Admin {
             )),
         }
     }
+}
+
+/// An optional request field parsed by `parse`; a parse error is a 400 naming the problem.
+fn parsed<T>(v: Option<&str>, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
+    v.map(parse).transpose().map_err(ApiError::bad)
 }
 
 #[cfg(test)]
