@@ -28,8 +28,11 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a fast shutdown (SIGINT) waits for pingora's server to stop before the process exits anyway.
+const FAST_EXIT: Duration = Duration::from_secs(2);
 
 /// Everything the running gateway shares between its services.
 pub struct State {
@@ -201,6 +204,7 @@ fn spawn_signal_thread(
     state: &State,
     stop: Arc<Stop>,
     draining: Arc<AtomicBool>,
+    fast: Arc<OnceLock<Instant>>,
 ) -> anyhow::Result<(EarlySignals, std::thread::JoinHandle<()>)> {
     use tokio::signal::unix::{signal, SignalKind};
     let path: PathBuf = state.config.file.clone();
@@ -233,6 +237,7 @@ fn spawn_signal_thread(
                     }
                     _ = int.recv() => {
                         draining.store(true, Ordering::Relaxed);
+                        let _ = fast.set(Instant::now());
                         let _ = tx.send(ShutdownSignal::FastShutdown);
                     }
                     _ = quit.recv() => {
@@ -294,7 +299,9 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     };
     let stop = Arc::new(Stop::default());
     let draining = Arc::new(AtomicBool::new(false));
-    let (signals, signal_thread) = spawn_signal_thread(&state, stop.clone(), draining.clone())?;
+    let fast = Arc::new(OnceLock::new());
+    let (signals, signal_thread) =
+        spawn_signal_thread(&state, stop.clone(), draining.clone(), fast.clone())?;
     let opt = Opt {
         upgrade,
         ..Default::default()
@@ -418,9 +425,31 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         cfg.routes.len(),
         cfg.gateway.threads
     );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(signals),
-    });
+    // Pingora runs on its own thread so that a fast shutdown can never hang the exit: pingora 0.9 with
+    // one runtime per thread (`work_stealing = false`) sometimes spins forever in an accept loop whose
+    // listener belonged to a runtime that was shut down first (3 of 10 SIGINTs with 2 threads). After a
+    // SIGINT it gets FAST_EXIT; then usage is flushed and the process exits without it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("tokengate-server".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signals),
+            });
+            let _ = done_tx.send(());
+        })?;
+    loop {
+        use std::sync::mpsc::RecvTimeoutError;
+        match done_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                if fast.get().is_some_and(|t| t.elapsed() > FAST_EXIT) {
+                    log::warn!("fast shutdown: the server did not stop within {FAST_EXIT:?}; exiting without it");
+                    break;
+                }
+            }
+        }
+    }
 
     // The proxy has stopped: stop the background threads; the usage thread flushes once more on its way
     // out, and the access log writer drains its queue once the proxy (its sender) is gone.
