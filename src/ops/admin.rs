@@ -6,6 +6,7 @@
 
 mod access;
 mod api;
+mod rule;
 
 use super::metrics::Metrics;
 use crate::config::{AdminConfig, Roles};
@@ -326,6 +327,22 @@ impl ServeHttp for Admin {
             p if p == "/api/tokens" || p.starts_with("/api/tokens/") => {
                 match self.caller(session) {
                     Err(d) => denial_reply(&d),
+                    Ok(c) if !get && matches!(c, Caller::Account { .. }) => {
+                        match access::check_account_write(&session.req_header().headers) {
+                            Ok(()) => self
+                                .api(session, c, &method, p)
+                                .await
+                                .unwrap_or_else(ApiError::into_reply),
+                            Err(access::CrossSite::Forbidden(why)) => {
+                                json_error(StatusCode::FORBIDDEN, "forbidden", &why)
+                            }
+                            Err(access::CrossSite::NotJson) => json_error(
+                                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                                "unsupported_media_type",
+                                "a write in account mode must be sent as Content-Type: application/json",
+                            ),
+                        }
+                    }
                     Ok(c) => self
                         .api(session, c, &method, p)
                         .await
