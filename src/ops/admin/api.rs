@@ -409,7 +409,35 @@ impl Admin {
                     rate_limit,
                     quota,
                 };
-                let (record, token) = self.with_store(move |s| s.create(&new, &actor)).await?;
+                // A self-service caller's user holds at most `max_tokens_per_user` active tokens; counted
+                // and created on the one store connection.
+                let cap = caller
+                    .user()
+                    .map(|_| self.access.max_tokens_per_user as usize);
+                let (record, token) = self
+                    .with_store(move |s| {
+                        if let Some(cap) = cap {
+                            let now = store::unix_now();
+                            let active = s
+                                .list(Some(&new.user))?
+                                .iter()
+                                .filter(|r| r.status(now) == store::Status::Active)
+                                .count();
+                            if active >= cap {
+                                return Ok(Err(ApiError(
+                                    StatusCode::FORBIDDEN,
+                                    "forbidden",
+                                    format!(
+                                        "{} already holds {active} active tokens, the most a self-service caller may \
+                                         hold (admin.max_tokens_per_user): revoke some first",
+                                        new.user
+                                    ),
+                                )));
+                            }
+                        }
+                        s.create(&new, &actor).map(Ok)
+                    })
+                    .await??;
                 Ok(json(
                     StatusCode::CREATED,
                     &with_token(&record, token.as_str()),
