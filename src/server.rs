@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::gateway::throttle::Throttle;
 use crate::gateway::Gate;
 use crate::ops::access_log::AccessLog;
-use crate::ops::admin::Admin;
+use crate::ops::admin::{Admin, AdminListener};
 use crate::ops::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
@@ -21,7 +21,6 @@ use crate::tokens::sync::{self, Stop};
 use crate::transport::{tls, Engine, Table, TlsListener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use pingora::apps::http_app::HttpServer;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -368,7 +367,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         cfg.throttle.window.as_secs(),
         cfg.throttle.max_clients,
     ));
-    let mut admin_service = Service::new("tokengate admin".to_string(), HttpServer::new_app(admin));
+    let admin = AdminListener::new(admin, cfg.admin.max_connections, cfg.gateway.header_timeout);
+    let mut admin_service = Service::new("tokengate admin".to_string(), admin);
     admin_service.add_tcp(&cfg.admin.listen);
     server.add_service(admin_service);
 

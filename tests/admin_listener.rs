@@ -128,3 +128,97 @@ fn self_service_writes_are_budgeted_per_user_and_tokens_capped_per_user() {
         assert_eq!(r.status, 201, "{r}");
     }
 }
+
+/// Reads until the peer closes (or errors); how long that took, or `None` if it stayed open `limit`.
+fn closed_within(
+    stream: &mut std::net::TcpStream,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn the_admin_listener_caps_connections_heads_and_their_time() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let up = Upstream::start("api");
+    let gw = GatewayBuilder::new()
+        .gateway("header_timeout", "\"2s\"")
+        .section("admin", "max_connections", "2")
+        .route("api", "/api", up.addr())
+        .start();
+    // Two silent connections fill the cap; a third is answered 503 at once.
+    let mut a = TcpStream::connect(gw.admin_addr()).unwrap();
+    let mut b = TcpStream::connect(gw.admin_addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let r = try_raw_http(gw.admin_addr(), &build_request("GET", "/healthz", &[], b""))
+        .expect("an answer");
+    assert_eq!(r.status, 503, "{r}");
+    assert_eq!(r.json_error(), "overloaded");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The silent ones are closed at header_timeout (2 s), freeing their slots.
+    let ca = closed_within(&mut a, Duration::from_secs(8)).expect("silent connection kept open");
+    assert!(closed_within(&mut b, Duration::from_secs(8)).is_some());
+    assert!(ca >= Duration::from_millis(1500), "{ca:?}");
+    assert_eq!(gw.admin_get("/healthz").status, 200);
+
+    // A head trickled a byte at a time is cut at header_timeout too, not 60 s per read.
+    let mut slow = TcpStream::connect(gw.admin_addr()).unwrap();
+    let trickle = Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+    slow.write_all(head).unwrap();
+    let mut cut = false;
+    while trickle.elapsed() < Duration::from_secs(10) {
+        if slow.write_all(b"a").is_err() {
+            cut = true;
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(250)).is_some() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a trickled head held its connection for 10 s");
+    assert!(
+        trickle.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        trickle.elapsed()
+    );
+
+    // A head over 64 KiB is not read on: the connection closes without waiting for the rest.
+    let mut big = TcpStream::connect(gw.admin_addr()).unwrap();
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let pad = vec![b'a'; 16 * 1024];
+    let _ = big.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ");
+    big.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    while sent < 1024 * 1024 && big.write_all(&pad).is_ok() {
+        sent += pad.len();
+    }
+    assert!(
+        sent < 1024 * 1024 || closed_within(&mut big, Duration::from_secs(5)).is_some(),
+        "a 1 MB head was read"
+    );
+    assert!(start.elapsed() < Duration::from_secs(8));
+    assert_eq!(gw.admin_get("/healthz").status, 200);
+}

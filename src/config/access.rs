@@ -70,6 +70,16 @@ pub(super) fn admin(cx: &Ctx, raw: FileAdmin) -> Result<AdminConfig, ConfigError
                     )),
                     Some(n) => n,
                 },
+                max_connections: match raw.max_connections {
+                    None => AdminConfig::DEFAULT_MAX_CONNECTIONS,
+                    Some(0) => {
+                        return Err(cx.err(
+                            "admin.max_connections",
+                            "must be at least 1 (the admin listener could take no connection)",
+                        ))
+                    }
+                    Some(n) => n,
+                },
                 self_service_rate: match &raw.self_service_rate {
                     None => AdminConfig::DEFAULT_SELF_SERVICE_RATE,
                     Some(r) => Rate::parse(r).map_err(|p| cx.err("admin.self_service_rate", p))?,

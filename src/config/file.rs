@@ -93,6 +93,7 @@ pub(super) struct FileAdmin {
     pub(super) trusted_user_header: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
     pub(super) max_tokens_per_user: Option<u64>,
+    pub(super) max_connections: Option<usize>,
     pub(super) self_service_rate: Option<String>,
 }
 
@@ -107,6 +108,7 @@ impl Default for FileAdmin {
             trusted_user_header: None,
             trusted_proxies: None,
             max_tokens_per_user: None,
+            max_connections: None,
             self_service_rate: None,
         }
     }

@@ -282,14 +282,17 @@ pub struct AdminConfig {
     /// `max_tokens_per_user`: a self-service caller cannot create a token for a user who already holds
     /// this many active (not revoked, not expired) tokens.
     pub max_tokens_per_user: u64,
+    /// `max_connections`: open admin connections at once (503 beyond).
+    pub max_connections: usize,
     /// `self_service_rate`: writes per user by self-service callers (token or account), with a burst
     /// of one period's worth (at most 60).
     pub self_service_rate: super::Rate,
 }
 
 impl AdminConfig {
-    /// The defaults: `max_tokens_per_user = 1000`, `self_service_rate = "60/m"`.
+    /// The defaults: `max_tokens_per_user = 1000`, `max_connections = 256`, `self_service_rate = "60/m"`.
     pub const DEFAULT_MAX_TOKENS_PER_USER: u64 = 1000;
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
     pub const DEFAULT_SELF_SERVICE_RATE: super::Rate = super::Rate {
         count: 60,
         per_secs: 60,
@@ -302,6 +305,7 @@ impl AdminConfig {
             trusted_user_header: None,
             trusted_proxies: Vec::new(),
             max_tokens_per_user: Self::DEFAULT_MAX_TOKENS_PER_USER,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             self_service_rate: Self::DEFAULT_SELF_SERVICE_RATE,
         }
     }

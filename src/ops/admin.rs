@@ -7,7 +7,10 @@
 mod access;
 mod api;
 mod bounds;
+mod listener;
 mod rule;
+
+pub use listener::AdminListener;
 
 use super::metrics::Metrics;
 use crate::config::{AdminConfig, Roles};
