@@ -93,6 +93,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // reqwest is built without a crypto provider of its own (the project's one is rustls with ring):
+    // install it, or building the client panics with "No provider set".
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let base = args.gateway.trim_end_matches('/').to_owned();
     let client = match Client::builder()
         .connect_timeout(Duration::from_secs(5))
