@@ -364,7 +364,12 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         state.location.clone(),
     )
     .with_routes(state.table.clone())
-    .with_access(cfg.admin.clone());
+    .with_access(cfg.admin.clone())
+    .with_throttle(Throttle::new(
+        cfg.throttle.max_failures,
+        cfg.throttle.window.as_secs(),
+        cfg.throttle.max_clients,
+    ));
     let mut admin_service = Service::new("tokengate admin".to_string(), HttpServer::new_app(admin));
     admin_service.add_tcp(&cfg.admin.listen);
     server.add_service(admin_service);

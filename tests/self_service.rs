@@ -14,6 +14,8 @@ const ROLES: &str = "[\"telemetry:write\"]";
 
 fn gateway(up: &Upstream) -> GatewayBuilder {
     GatewayBuilder::new()
+        // These tests write far more than a person would: no write budget in the way.
+        .section("admin", "self_service_rate", "\"1000000/s\"")
         .section("roles", "device", ROLES)
         .section("roles", "ops", "[\"admin\"]")
         .route_with(

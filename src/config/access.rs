@@ -5,7 +5,7 @@
 use super::context::Ctx;
 use super::file::FileAdmin;
 use super::model::{AdminConfig, ConfigError, IpNet, Roles};
-use super::values::{check_role, check_scope, header_name};
+use super::values::{check_role, check_scope, header_name, Rate};
 use std::collections::BTreeMap;
 
 /// The `[roles]` table: every name and scope checked; each role's scopes sorted and unique.
@@ -57,11 +57,25 @@ pub(super) fn admin(cx: &Ctx, raw: FileAdmin) -> Result<AdminConfig, ConfigError
             "admin.trusted_user_header",
             "trusted_proxies is set but names no header to believe",
         )),
-        _ => Ok(AdminConfig {
-            listen: raw.listen,
-            trusted_user_header,
-            trusted_proxies,
-        }),
+        _ => {
+            Ok(AdminConfig {
+                listen: raw.listen,
+                trusted_user_header,
+                trusted_proxies,
+                max_tokens_per_user: match raw.max_tokens_per_user {
+                    None => AdminConfig::DEFAULT_MAX_TOKENS_PER_USER,
+                    Some(0) => return Err(cx.err(
+                        "admin.max_tokens_per_user",
+                        "must be at least 1 (self-service callers could create no token at all)",
+                    )),
+                    Some(n) => n,
+                },
+                self_service_rate: match &raw.self_service_rate {
+                    None => AdminConfig::DEFAULT_SELF_SERVICE_RATE,
+                    Some(r) => Rate::parse(r).map_err(|p| cx.err("admin.self_service_rate", p))?,
+                },
+            })
+        }
     }
 }
 

@@ -92,6 +92,8 @@ pub(super) struct FileAdmin {
     pub(super) listen: String,
     pub(super) trusted_user_header: Option<String>,
     pub(super) trusted_proxies: Option<Vec<String>>,
+    pub(super) max_tokens_per_user: Option<u64>,
+    pub(super) self_service_rate: Option<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -104,6 +106,8 @@ impl Default for FileAdmin {
             listen: default_admin_listen(),
             trusted_user_header: None,
             trusted_proxies: None,
+            max_tokens_per_user: None,
+            self_service_rate: None,
         }
     }
 }

@@ -279,6 +279,32 @@ pub struct AdminConfig {
     /// for in self-service mode (the platform's account page behind its own login). Both unset: off.
     pub trusted_user_header: Option<HeaderName>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `max_tokens_per_user`: a self-service caller cannot create a token for a user who already holds
+    /// this many active (not revoked, not expired) tokens.
+    pub max_tokens_per_user: u64,
+    /// `self_service_rate`: writes per user by self-service callers (token or account), with a burst
+    /// of one period's worth (at most 60).
+    pub self_service_rate: super::Rate,
+}
+
+impl AdminConfig {
+    /// The defaults: `max_tokens_per_user = 1000`, `self_service_rate = "60/m"`.
+    pub const DEFAULT_MAX_TOKENS_PER_USER: u64 = 1000;
+    pub const DEFAULT_SELF_SERVICE_RATE: super::Rate = super::Rate {
+        count: 60,
+        per_secs: 60,
+    };
+
+    /// An admin listener on `listen` with no trusted header and the default bounds.
+    pub fn on(listen: &str) -> AdminConfig {
+        AdminConfig {
+            listen: listen.to_owned(),
+            trusted_user_header: None,
+            trusted_proxies: Vec::new(),
+            max_tokens_per_user: Self::DEFAULT_MAX_TOKENS_PER_USER,
+            self_service_rate: Self::DEFAULT_SELF_SERVICE_RATE,
+        }
+    }
 }
 
 /// Whether a route requires a bearer token.

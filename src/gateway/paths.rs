@@ -6,7 +6,11 @@
 //! - dot segments (`.`, `..`), also with path parameters (`..;x`, the Tomcat/Jetty spelling);
 //! - empty segments (`//`), backslashes;
 //! - percent-encoded `.`, `/`, `\` and control bytes (`%00`), and malformed escapes;
-//! - double encodings of those (`%252e`, `%25%32%65`: what a server that decodes twice reads as `.`).
+//! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) and `;` (`%3B`): an
+//!   upstream decodes `/api/%61dmin` to `/api/admin` (RFC 3986 §6.2.2.2 makes them the same path), so
+//!   routing on the raw spelling would let a request onto another route than the one it was checked for;
+//! - double encodings of those (`%252e`, `%2561`, `%25%32%65`: what a server that decodes twice reads as
+//!   `.` or `a`).
 //!
 //! The path that matched is then byte for byte the path that is forwarded.
 
@@ -23,8 +27,12 @@ pub enum PathError {
     EncodedSeparator,
     /// A percent-encoded control byte (`%00`...`%1f`, `%7f`) or a `%` not followed by two hex digits.
     BadEscape,
-    /// An escape of an escape (`%25` followed by an encoded `.`, `/`, `\`, `%` or control byte).
+    /// An escape of an escape (`%25` followed by an encoded `.`, `/`, `\`, `%`, control byte,
+    /// unreserved character or `;`).
     DoubleEncoded,
+    /// A percent-encoded unreserved character (`%61` for `a`) or `;` (`%3B`): the same path as the
+    /// decoded spelling to an upstream, but another path to routing.
+    EncodedUnreserved,
 }
 
 impl PathError {
@@ -40,6 +48,9 @@ impl PathError {
                 "the request path contains an encoded control character or a malformed '%' escape"
             }
             PathError::DoubleEncoded => "the request path contains a double-encoded character",
+            PathError::EncodedUnreserved => {
+                "the request path contains a percent-encoded letter, digit, '-', '_', '~' or ';': send it unencoded"
+            }
         }
     }
 }
@@ -65,9 +76,15 @@ fn decoded_at(b: &[u8], i: usize) -> Result<Option<(u8, usize, bool)>, PathError
     }
 }
 
+/// Unreserved characters (RFC 3986 §2.3) and `;`: their encoded and plain spellings are the same path
+/// to an upstream, so only the plain one is accepted.
+fn unreserved_or_semicolon(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b';')
+}
+
 /// Bytes whose encoded form must never reach an upstream (it may decode and act on them).
 fn dangerous(c: u8) -> bool {
-    matches!(c, b'.' | b'/' | b'\\' | b'%') || c < 0x20 || c == 0x7f
+    matches!(c, b'.' | b'/' | b'\\' | b'%') || c < 0x20 || c == 0x7f || unreserved_or_semicolon(c)
 }
 
 /// Checks a request path (without query) for the spellings that could cross a route boundary.
@@ -108,6 +125,7 @@ fn check_escapes(b: &[u8]) -> Result<(), PathError> {
                 b'.' => return Err(PathError::DotSegment),
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                 c if c < 0x20 || c == 0x7f => return Err(PathError::BadEscape),
+                c if unreserved_or_semicolon(c) => return Err(PathError::EncodedUnreserved),
                 b'%' => {
                     // What a second decoding would see: the next two (once-decoded) bytes as an escape.
                     let first = decoded_at(b, i + n)?;
@@ -199,7 +217,9 @@ mod tests {
             "/iot/..a",
             "/iot/%20x",
             "/iot/a%25",
-            "/iot/a%2541",
+            "/iot/a%2520",
+            "/iot/%E2%82%AC",
+            "/iot/a%3Fb%23c%2Bd%40",
             "/iot;jsessionid=1/x",
             "/iot/a;b/c",
         ] {
@@ -228,10 +248,34 @@ mod tests {
             ("/public/%zz", PathError::BadEscape),
             ("/public/%2", PathError::BadEscape),
             ("/public/%", PathError::BadEscape),
+            ("/public/%2561dmin", PathError::DoubleEncoded),
+            ("/public/%253B", PathError::DoubleEncoded),
         ];
         for (p, want) in cases {
             assert_eq!(check_path(p), Err(want), "{p}");
         }
+    }
+
+    #[test]
+    fn encoded_unreserved_characters_and_semicolons_are_refused() {
+        // Every unreserved character, in both hex cases, and ';': refused wherever it stands.
+        let unreserved = (b'A'..=b'Z')
+            .chain(b'a'..=b'z')
+            .chain(b'0'..=b'9')
+            .chain(*b"-_~;");
+        for c in unreserved {
+            for spelled in [format!("%{c:02X}"), format!("%{c:02x}")] {
+                for p in [
+                    format!("/api/{spelled}dmin"),
+                    format!("/{spelled}"),
+                    format!("/api{spelled}"),
+                ] {
+                    assert_eq!(check_path(&p), Err(PathError::EncodedUnreserved), "{p}");
+                }
+            }
+        }
+        assert_eq!(check_path("/api/%2E"), Err(PathError::DotSegment));
+        assert_eq!(check_path("/api/%20"), Ok(()));
     }
 
     #[test]

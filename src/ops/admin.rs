@@ -6,10 +6,13 @@
 
 mod access;
 mod api;
+mod bounds;
+mod rule;
 
 use super::metrics::Metrics;
 use crate::config::{AdminConfig, Roles};
 use crate::gateway::auth::Denial;
+use crate::gateway::throttle::Throttle;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
 use crate::transport::Table;
@@ -49,6 +52,10 @@ pub struct Admin {
     routes: Option<Arc<ArcSwap<Table>>>,
     /// The trusted account header and the proxies it is believed from.
     access: AdminConfig,
+    /// Failed authentications per address, as on the gateway's listeners: past the limit, 429.
+    throttle: Throttle,
+    /// Self-service writes per user (`[admin] self_service_rate`).
+    budget: bounds::WriteBudget,
 }
 
 type Reply = Response<Vec<u8>>;
@@ -108,18 +115,53 @@ impl Admin {
             store: Arc::new(Mutex::new(None)),
             location,
             routes: None,
-            access: AdminConfig {
-                listen: String::new(),
-                trusted_user_header: None,
-                trusted_proxies: Vec::new(),
-            },
+            access: AdminConfig::on(""),
+            throttle: Throttle::new(0, 60, 1),
+            budget: bounds::WriteBudget::new(AdminConfig::DEFAULT_SELF_SERVICE_RATE),
         }
+    }
+
+    /// Throttles failed authentications per address with `throttle` (the `[throttle]` settings).
+    pub fn with_throttle(mut self, throttle: Throttle) -> Admin {
+        self.throttle = throttle;
+        self
     }
 
     /// Believes `config`'s trusted account header from its trusted proxies.
     pub fn with_access(mut self, config: AdminConfig) -> Admin {
+        self.budget = bounds::WriteBudget::new(config.self_service_rate);
         self.access = config;
         self
+    }
+
+    /// What stands before a write reaches the API: account mode's same-origin JSON rule (403/415), then
+    /// the self-service caller's write budget (429). `None`: go on.
+    fn guard_write(&self, caller: &Caller, session: &ServerSession) -> Option<Reply> {
+        if let Caller::Account { .. } = caller {
+            match access::check_account_write(&session.req_header().headers) {
+                Ok(()) => {}
+                Err(access::CrossSite::Forbidden(why)) => {
+                    return Some(json_error(StatusCode::FORBIDDEN, "forbidden", &why))
+                }
+                Err(access::CrossSite::NotJson) => {
+                    return Some(json_error(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        "a write in account mode must be sent as Content-Type: application/json",
+                    ))
+                }
+            }
+        }
+        let user = caller.user()?;
+        let retry_after = self.budget.take(user, crate::clock::mono_nanos()).err()?;
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many token changes for this user (admin.self_service_rate); retry later",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, retry_after.into());
+        Some(r)
     }
 
     /// The `[roles]` in force (the running table's).
@@ -130,8 +172,10 @@ impl Admin {
             .unwrap_or_default()
     }
 
-    /// Who is calling: the trusted account header from a trusted proxy, or an admin / self token.
-    fn caller(&self, session: &ServerSession) -> Result<Caller, Denial> {
+    /// Who is calling: the trusted account header from a trusted proxy, or an admin / self token. A
+    /// refusal is the RFC 6750 answer, or 429 once the address has failed too often (a wrong token
+    /// counts; a missing one or one without the scope does not, as on the gateway's listeners).
+    fn caller(&self, session: &ServerSession) -> Result<Caller, Box<Reply>> {
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -143,6 +187,25 @@ impl Admin {
             &session.req_header().headers,
             peer,
         )
+        .map_err(|d| {
+            let counts = !matches!(d, Denial::Missing | Denial::InsufficientScope(_));
+            let throttled = peer
+                .filter(|_| counts)
+                .and_then(|ip| self.throttle.failure(ip, crate::clock::now()));
+            Box::new(match throttled {
+                Some(retry_after) => {
+                    let mut r = json_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_requests",
+                        "too many failed authentications from this address; retry later",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, retry_after.into());
+                    r
+                }
+                None => denial_reply(&d),
+            })
+        })
     }
 
     /// `GET /api/whoami`: the caller's mode and user, for the page.
@@ -311,7 +374,7 @@ impl ServeHttp for Admin {
                 "use GET",
             ),
             "/api/routes" | "/api/whoami" => match self.caller(session) {
-                Err(d) => denial_reply(&d),
+                Err(refused) => *refused,
                 Ok(c) if path == "/api/whoami" && get => Self::whoami(&c),
                 Ok(c) => match access::require_admin(&c) {
                     Err(d) => denial_reply(&d),
@@ -325,11 +388,14 @@ impl ServeHttp for Admin {
             },
             p if p == "/api/tokens" || p.starts_with("/api/tokens/") => {
                 match self.caller(session) {
-                    Err(d) => denial_reply(&d),
-                    Ok(c) => self
-                        .api(session, c, &method, p)
-                        .await
-                        .unwrap_or_else(ApiError::into_reply),
+                    Err(refused) => *refused,
+                    Ok(c) => match (!get).then(|| self.guard_write(&c, session)).flatten() {
+                        Some(refused) => refused,
+                        None => self
+                            .api(session, c, &method, p)
+                            .await
+                            .unwrap_or_else(ApiError::into_reply),
+                    },
                 }
             }
             _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),

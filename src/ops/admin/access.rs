@@ -6,15 +6,13 @@
 //!   request from `trusted_proxies` — that user's tokens only, with no token at all. From any other
 //!   address the header counts for nothing.
 //!
-//! No escalation ([`Caller::check_grant`]): a self-service caller grants only what it holds — scopes it
-//! has itself (full access counts as every scope but `admin` and `tokens:self`), roles whose scopes it
-//! has, an expiry no later than its own. `admin` and `tokens:self` (and roles carrying them) are granted
-//! only by an admin caller or the CLI.
+//! What each caller may change is the admin rule's ([`super::rule::permit`]): after a self-service
+//! caller's write, nothing exists that it could not have created itself.
 
 use crate::config::{AdminConfig, Roles};
 use crate::gateway::auth::{self, Denial};
 use crate::gateway::routes::granting;
-use crate::tokens::fields::{check_user, is_privileged, ADMIN_SCOPE, SELF_SCOPE};
+use crate::tokens::fields::{check_user, ADMIN_SCOPE, SELF_SCOPE};
 use crate::tokens::index::{Entry, Index};
 use http::HeaderMap;
 use std::net::IpAddr;
@@ -56,9 +54,17 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may see and change a token of `owner`.
+    /// Whether the caller may see a token of `owner` (what it may change is [`super::rule::permit`]'s).
     pub fn may_manage(&self, owner: &str) -> bool {
         self.user().is_none_or(|u| u == owner)
+    }
+
+    /// The id of the caller's own token, for a self token.
+    pub fn own_token_id(&self) -> Option<i64> {
+        match self {
+            Caller::SelfToken { entry } => Some(entry.token_id),
+            _ => None,
+        }
     }
 
     /// The user a new token is for: `requested`, or the caller's own when omitted. A self-service
@@ -74,101 +80,15 @@ impl Caller {
             )),
         }
     }
-
-    /// Checks that the caller may grant `scopes`, `roles` (names) and an expiry of `expires_at` (unix
-    /// seconds; `None`: never) to a new token.
-    pub fn check_grant(
-        &self,
-        scopes: &[String],
-        roles: &[String],
-        expires_at: Option<i64>,
-        defined: &Roles,
-    ) -> Result<(), GrantError> {
-        for r in roles {
-            if !defined.contains_key(r) {
-                return Err(GrantError::Bad(format!(
-                    "unknown role {r:?} (the [roles] of the configuration define: {})",
-                    names(defined)
-                )));
-            }
-        }
-        if matches!(self, Caller::Admin { .. }) {
-            return Ok(());
-        }
-        let forbid = |why: String| Err(GrantError::Forbidden(why));
-        if let Some(p) = scopes.iter().find(|s| is_privileged(s)) {
-            return forbid(format!(
-                "{p:?} is granted only by an admin token or the CLI"
-            ));
-        }
-        for r in roles {
-            if let Some(p) = defined[r].iter().find(|s| is_privileged(s)) {
-                return forbid(format!(
-                    "role {r:?} carries {p:?}, granted only by an admin token or the CLI"
-                ));
-            }
-        }
-        let Caller::SelfToken { entry } = self else {
-            return Ok(()); // the account holds full access, without an expiry
-        };
-        if let Some(held) = entry.effective_scopes(defined) {
-            if scopes.is_empty() && roles.is_empty() {
-                return forbid(
-                    "a token without scopes has full access, which yours does not: name its scopes or roles"
-                        .into(),
-                );
-            }
-            let wanted = scopes.iter().map(|s| (s.as_str(), None)).chain(
-                roles
-                    .iter()
-                    .flat_map(|r| defined[r].iter().map(move |s| (s.as_str(), Some(r)))),
-            );
-            for (s, via) in wanted {
-                if !held.contains(s) {
-                    return forbid(match via {
-                        None => format!("your token does not hold the scope {s:?}"),
-                        Some(r) => {
-                            format!("role {r:?} grants {s:?}, which your token does not hold")
-                        }
-                    });
-                }
-            }
-        }
-        self.check_expiry(expires_at)
-    }
-
-    /// A self token's grants end with it: an expiry no later than its own (when it has one).
-    pub fn check_expiry(&self, expires_at: Option<i64>) -> Result<(), GrantError> {
-        let Caller::SelfToken { entry } = self else {
-            return Ok(());
-        };
-        if entry.expires_at == u64::MAX {
-            return Ok(());
-        }
-        let own = entry.expires_at as i64;
-        match expires_at {
-            Some(e) if e <= own => Ok(()),
-            _ => Err(GrantError::Forbidden(format!(
-                "your token expires at {}: a token you make cannot outlive it",
-                crate::tokens::fields::rfc3339(own)
-            ))),
-        }
-    }
 }
 
-/// A refused create or change: 400 (bad input) or 403 (`forbidden`: beyond what the caller holds).
+/// A refused create or change: 400 (bad input), 403 (`forbidden`: beyond what the caller holds) or,
+/// for another user's token, 404 exactly as for an id that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantError {
     Bad(String),
     Forbidden(String),
-}
-
-fn names(roles: &Roles) -> String {
-    if roles.is_empty() {
-        "none".into()
-    } else {
-        roles.keys().cloned().collect::<Vec<_>>().join(", ")
-    }
+    Hidden { id: i64 },
 }
 
 /// Identifies the caller of a request with `headers` from `peer`: the trusted account header from a
@@ -214,6 +134,80 @@ pub fn identify(
     Ok(caller)
 }
 
+/// Why an account-mode write was refused before it was read: 403 for a cross-site request, 415 for a
+/// write that does not say it is JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrossSite {
+    Forbidden(String),
+    NotJson,
+}
+
+/// Guards a write in account mode, which is authenticated by the platform's login (a cookie at its
+/// proxy) that a browser also attaches to requests another site makes it send. Refused:
+/// - `Sec-Fetch-Site` other than `same-origin` (or `none`: typed by the user);
+/// - an `Origin` other than the request's own: its host and port must be the `Host` the browser sent (or
+///   the `X-Forwarded-Host` the trusted proxy set); `Origin: null` never is;
+/// - any write without `Content-Type: application/json`, bodiless ones included: a cross-site form can
+///   only send it after a CORS preflight, which this API never grants.
+///
+/// Token callers are not checked: a bearer token is not ambient.
+pub fn check_account_write(headers: &HeaderMap) -> Result<(), CrossSite> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    if let Some(site) = text("sec-fetch-site") {
+        if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
+            return Err(CrossSite::Forbidden(format!(
+                "a {site} request cannot change tokens in account mode"
+            )));
+        }
+    }
+    if let Some(origin) = text("origin") {
+        let own = [text("host"), text("x-forwarded-host")];
+        let same = origin_authority(origin).is_some_and(|(scheme, authority)| {
+            own.iter().flatten().any(|h| {
+                let h = h.split(',').next().unwrap_or("").trim();
+                same_authority(scheme, authority, h)
+            })
+        });
+        if !same {
+            return Err(CrossSite::Forbidden(
+                "the request's Origin is not this page's: cross-site writes are refused in account mode"
+                    .into(),
+            ));
+        }
+    }
+    let json = text("content-type").is_some_and(|ct| {
+        let media = ct.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+    });
+    if !json {
+        return Err(CrossSite::NotJson);
+    }
+    Ok(())
+}
+
+/// `https://host:port` → (`https`, `host:port`); `None` for `null` and anything that is not an origin.
+fn origin_authority(origin: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme_ok = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    (scheme_ok && !rest.is_empty() && !rest.contains(['/', '?', '#', '@', ' ']))
+        .then_some((scheme, rest))
+}
+
+/// Whether an origin's authority names the same host and port as a `Host` value (default ports
+/// omitted or not, host names in any case).
+fn same_authority(scheme: &str, origin: &str, host: &str) -> bool {
+    let default = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let strip = |a: &str| -> String {
+        let a = a.to_ascii_lowercase();
+        a.strip_suffix(default).map(str::to_owned).unwrap_or(a)
+    };
+    !host.is_empty() && strip(origin) == strip(host)
+}
+
 /// Checks an admin-only endpoint's caller.
 pub fn require_admin(caller: &Caller) -> Result<(), Denial> {
     match caller {
@@ -250,18 +244,92 @@ mod tests {
         index.get(&t.digest()).unwrap().entry
     }
 
-    fn roles() -> Roles {
-        let mut r = Roles::new();
-        r.insert(
-            "device".into(),
-            vec!["telemetry:write".into(), "video:upload".into()],
-        );
-        r.insert("ops".into(), vec!["admin".into()]);
-        r
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        h
     }
 
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
+    #[test]
+    fn account_writes_must_be_same_origin_json() {
+        let json = ("content-type", "application/json");
+        for ok in [
+            vec![json],
+            vec![("content-type", "Application/JSON; charset=utf-8")],
+            vec![
+                json,
+                ("sec-fetch-site", "same-origin"),
+                ("host", "tokens.example"),
+                ("origin", "https://tokens.example"),
+            ],
+            vec![
+                json,
+                ("host", "tokens.example:443"),
+                ("origin", "https://Tokens.example"),
+            ],
+            vec![
+                json,
+                ("host", "127.0.0.1:9090"),
+                ("origin", "http://127.0.0.1:9090"),
+            ],
+            vec![
+                json,
+                ("host", "10.0.0.5:9090"),
+                ("x-forwarded-host", "tokens.example"),
+                ("origin", "https://tokens.example"),
+            ],
+            vec![json, ("sec-fetch-site", "none")],
+        ] {
+            assert_eq!(check_account_write(&headers(&ok)), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            vec![json, ("sec-fetch-site", "cross-site")],
+            vec![json, ("sec-fetch-site", "same-site")],
+            vec![
+                json,
+                ("host", "tokens.example"),
+                ("origin", "https://evil.example"),
+            ],
+            vec![json, ("host", "tokens.example"), ("origin", "null")],
+            vec![
+                json,
+                ("host", "tokens.example"),
+                ("origin", "https://tokens.example.evil.example"),
+            ],
+            vec![
+                json,
+                ("host", "tokens.example:8443"),
+                ("origin", "https://tokens.example"),
+            ],
+            vec![json, ("origin", "https://tokens.example")],
+            vec![
+                json,
+                ("host", "tokens.example"),
+                ("origin", "https://user@tokens.example"),
+            ],
+        ] {
+            assert!(
+                matches!(
+                    check_account_write(&headers(&bad)),
+                    Err(CrossSite::Forbidden(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            vec![],
+            vec![("content-type", "text/plain")],
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            vec![("content-type", "application/jsonp")],
+        ] {
+            assert_eq!(
+                check_account_write(&headers(&bad)),
+                Err(CrossSite::NotJson),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
@@ -277,6 +345,7 @@ mod tests {
             Err(GrantError::Forbidden(_))
         ));
         assert!(me.may_manage("alice") && !me.may_manage("bob"));
+        assert_eq!(me.own_token_id(), Some(7));
         let acct = Caller::Account { user: "bob".into() };
         assert_eq!(
             (acct.actor().as_str(), acct.mode()),
@@ -284,83 +353,7 @@ mod tests {
         );
         let admin = Caller::Admin { token_id: 1 };
         assert!(admin.may_manage("anyone"));
+        assert_eq!((admin.own_token_id(), acct.own_token_id()), (None, None));
         assert!(matches!(admin.owner_of_new(None), Err(GrantError::Bad(_))));
-    }
-
-    #[test]
-    fn a_self_token_grants_only_what_it_holds() {
-        let r = roles();
-        let me = Caller::SelfToken {
-            entry: entry(&["tokens:self", "@device"], None),
-        };
-        assert_eq!(
-            me.check_grant(&v(&["telemetry:write"]), &[], None, &r),
-            Ok(())
-        );
-        assert_eq!(me.check_grant(&[], &v(&["device"]), None, &r), Ok(()));
-        for (scopes, roles_, why) in [
-            (v(&["billing:read"]), vec![], "does not hold"),
-            (v(&["admin"]), vec![], "granted only by"),
-            (v(&["tokens:self"]), vec![], "granted only by"),
-            (vec![], v(&["ops"]), "carries"),
-            (vec![], vec![], "full access"),
-        ] {
-            match me.check_grant(&scopes, &roles_, None, &r) {
-                Err(GrantError::Forbidden(m)) => assert!(m.contains(why), "{m}"),
-                other => panic!("{scopes:?} {roles_:?}: {other:?}"),
-            }
-        }
-        assert!(
-            matches!(me.check_grant(&[], &v(&["nope"]), None, &r), Err(GrantError::Bad(m)) if m.contains("device, ops"))
-        );
-    }
-
-    #[test]
-    fn full_access_and_the_account_grant_everything_but_privileges() {
-        let r = roles();
-        let full = Caller::SelfToken {
-            entry: entry(&[], None),
-        };
-        assert_eq!(full.check_grant(&[], &[], None, &r), Ok(()));
-        assert_eq!(
-            full.check_grant(&v(&["anything"]), &v(&["device"]), None, &r),
-            Ok(())
-        );
-        assert!(full.check_grant(&v(&["admin"]), &[], None, &r).is_err());
-        let acct = Caller::Account {
-            user: "alice".into(),
-        };
-        assert_eq!(acct.check_grant(&[], &v(&["device"]), None, &r), Ok(()));
-        assert!(acct
-            .check_grant(&v(&["tokens:self"]), &[], None, &r)
-            .is_err());
-        assert!(acct.check_grant(&[], &v(&["ops"]), None, &r).is_err());
-        let admin = Caller::Admin { token_id: 1 };
-        assert_eq!(
-            admin.check_grant(&v(&["admin", "tokens:self"]), &v(&["ops"]), None, &r),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn a_token_made_by_an_expiring_self_token_cannot_outlive_it() {
-        let r = roles();
-        let me = Caller::SelfToken {
-            entry: entry(&["tokens:self", "x"], Some(5_000)),
-        };
-        assert_eq!(me.check_grant(&v(&["x"]), &[], Some(4_000), &r), Ok(()));
-        assert_eq!(me.check_grant(&v(&["x"]), &[], Some(5_000), &r), Ok(()));
-        assert!(matches!(
-            me.check_grant(&v(&["x"]), &[], Some(5_001), &r),
-            Err(GrantError::Forbidden(_))
-        ));
-        assert!(matches!(
-            me.check_grant(&v(&["x"]), &[], None, &r),
-            Err(GrantError::Forbidden(_))
-        ));
-        assert_eq!(
-            Caller::Account { user: "a".into() }.check_expiry(None),
-            Ok(())
-        );
     }
 }

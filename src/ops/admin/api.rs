@@ -7,6 +7,7 @@
 //! answer is sent, so a revoked token is refused by this gateway once `DELETE` has returned.
 
 use super::access::{Caller, GrantError};
+use super::rule::{self, Grants, Write};
 use super::{json, Admin, Reply, DRAIN_LIMIT, MAX_BODY};
 use crate::config::{parse_duration, Rate};
 use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, role_grant, Quota};
@@ -81,6 +82,7 @@ impl From<GrantError> for ApiError {
         match e {
             GrantError::Bad(m) => ApiError::bad(m),
             GrantError::Forbidden(m) => ApiError(StatusCode::FORBIDDEN, "forbidden", m),
+            GrantError::Hidden { id } => StoreError::NotFound { id }.into(),
         }
     }
 }
@@ -247,6 +249,31 @@ impl Admin {
         .map_err(ApiError::from)
     }
 
+    /// Reads token `id`, asks the admin rule about `write` (built from the record as stored now), and
+    /// only if it is allowed runs `op` — on the API's one store connection, so nothing this process
+    /// does changes the target between the check and the write. A refused write changes nothing and
+    /// writes no event.
+    async fn guarded<T: Send + 'static>(
+        &self,
+        caller: &Caller,
+        id: i64,
+        write: impl FnOnce(&TokenRecord, &Caller, &crate::config::Roles) -> Result<(), GrantError>
+            + Send
+            + 'static,
+        op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (caller, roles) = (caller.clone(), self.roles());
+        self.with_store(move |s| {
+            let target = s.get(id)?;
+            if let Err(e) = write(&target, &caller, &roles) {
+                return Ok(Err(e));
+            }
+            op(s).map(Ok)
+        })
+        .await?
+        .map_err(ApiError::from)
+    }
+
     async fn read_json<T: serde::de::DeserializeOwned + Default>(
         session: &mut ServerSession,
         empty_ok: bool,
@@ -361,12 +388,18 @@ impl Admin {
                 }
                 let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())
                     .map_err(ApiError::bad)?;
-                caller.check_grant(&req.scopes, &req.roles, expires_at, &self.roles())?;
                 let bound_cert = parsed(req.bound_cert_sha256.as_deref(), store::parse_sha256_hex)?;
                 let rate_limit = parsed(req.rate_limit.as_deref(), Rate::parse)?;
                 let quota = parsed(req.quota.as_deref(), Quota::parse)?;
                 let mut scopes = req.scopes;
                 scopes.extend(req.roles.iter().map(|r| role_grant(r)));
+                let grants = Grants {
+                    grants: &scopes,
+                    expires_at,
+                    rate_limit,
+                    quota,
+                };
+                rule::permit(&caller, &Write::Create(grants), &self.roles())?;
                 let new = NewToken {
                     user,
                     label: req.label,
@@ -376,7 +409,35 @@ impl Admin {
                     rate_limit,
                     quota,
                 };
-                let (record, token) = self.with_store(move |s| s.create(&new, &actor)).await?;
+                // A self-service caller's user holds at most `max_tokens_per_user` active tokens; counted
+                // and created on the one store connection.
+                let cap = caller
+                    .user()
+                    .map(|_| self.access.max_tokens_per_user as usize);
+                let (record, token) = self
+                    .with_store(move |s| {
+                        if let Some(cap) = cap {
+                            let now = store::unix_now();
+                            let active = s
+                                .list(Some(&new.user))?
+                                .iter()
+                                .filter(|r| r.status(now) == store::Status::Active)
+                                .count();
+                            if active >= cap {
+                                return Ok(Err(ApiError(
+                                    StatusCode::FORBIDDEN,
+                                    "forbidden",
+                                    format!(
+                                        "{} already holds {active} active tokens, the most a self-service caller may \
+                                         hold (admin.max_tokens_per_user): revoke some first",
+                                        new.user
+                                    ),
+                                )));
+                            }
+                        }
+                        s.create(&new, &actor).map(Ok)
+                    })
+                    .await??;
                 Ok(json(
                     StatusCode::CREATED,
                     &with_token(&record, token.as_str()),
@@ -392,7 +453,16 @@ impl Admin {
                 Ok(json(StatusCode::OK, &v))
             }
             ("DELETE", Some(id), None, 1) => {
-                let (record, _changed) = self.with_store(move |s| s.revoke(id, &actor)).await?;
+                let (record, _changed) = self
+                    .guarded(
+                        &caller,
+                        id,
+                        |target, caller, roles| {
+                            rule::permit(caller, &Write::Revoke { target }, roles)
+                        },
+                        move |s| s.revoke(id, &actor),
+                    )
+                    .await?;
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::to_value(record.view(now)).expect("json"),
@@ -408,11 +478,17 @@ impl Admin {
                         "give at least one of label, expires_in, expires_at, rate_limit, quota",
                     ));
                 }
-                if let Some(e) = patch.expires_at {
-                    caller.check_expiry(e)?;
-                }
+                let check = patch.clone();
                 let (record, _) = self
-                    .with_store(move |s| s.update(id, &patch, &actor))
+                    .guarded(
+                        &caller,
+                        id,
+                        move |target, caller, roles| {
+                            let patch = &check;
+                            rule::permit(caller, &Write::Patch { target, patch }, roles)
+                        },
+                        move |s| s.update(id, &patch, &actor),
+                    )
                     .await?;
                 Ok(json(
                     StatusCode::OK,
@@ -431,7 +507,35 @@ impl Admin {
                     .transpose()
                     .map_err(ApiError::bad)?;
                 let (record, token) = self
-                    .with_store(move |s| s.rotate(id, grace, &actor))
+                    .guarded(
+                        &caller,
+                        id,
+                        move |target, caller, roles| {
+                            // Counted from a second on: the store stamps the grace with its own clock
+                            // right after this check.
+                            let grace_until = grace
+                                .map(|g| {
+                                    i64::try_from(g.as_secs())
+                                        .ok()
+                                        .and_then(|g| {
+                                            store::unix_now().checked_add(g)?.checked_add(1)
+                                        })
+                                        .ok_or_else(|| {
+                                            GrantError::Bad("the grace is too long".into())
+                                        })
+                                })
+                                .transpose()?;
+                            rule::permit(
+                                caller,
+                                &Write::Rotate {
+                                    target,
+                                    grace_until,
+                                },
+                                roles,
+                            )
+                        },
+                        move |s| s.rotate(id, grace, &actor),
+                    )
                     .await?;
                 Ok(json(StatusCode::OK, &with_token(&record, token.as_str())))
             }

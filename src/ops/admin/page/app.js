@@ -96,7 +96,9 @@ class ApiError extends Error {
 async function api(method, path, body, token = state.adminToken) {
   const headers = { Accept: "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // Every write says it is JSON, bodiless ones too: in account mode the admin API refuses writes that
+  // do not (a cross-site form cannot send that type without a preflight the API never grants).
+  if (body !== undefined || method !== "GET") headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
@@ -104,7 +106,8 @@ async function api(method, path, body, token = state.adminToken) {
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
-      credentials: "omit",
+      // Same-origin only: the platform's login cookie (account mode) reaches its proxy, never elsewhere.
+      credentials: "same-origin",
     });
   } catch {
     throw new ApiError(0, "network", "Cannot reach the gateway's admin listener. Is it running?");
