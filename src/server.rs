@@ -308,7 +308,9 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let (access_log, log_writer) = AccessLog::start(&cfg.log).context("opening the access log")?;
+    let (access_log, log_writer) =
+        AccessLog::start(&cfg.log, state.metrics.access_log_dropped.clone())
+            .context("opening the access log")?;
     let engine = Engine {
         gate: Gate {
             index: state.index.clone(),

@@ -53,6 +53,8 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     /// TLS handshakes on the TLS listener that failed or timed out.
     pub tls_handshake_failures: IntCounter,
+    /// Access log lines dropped because the log's queue was full (its target did not keep up).
+    pub access_log_dropped: IntCounter,
 }
 
 /// One route's collectors, resolved once.
@@ -248,6 +250,11 @@ impl Metrics {
             "TLS handshakes on the TLS listener that failed or did not finish within header_timeout.",
         )
         .expect("metric");
+        let access_log_dropped = IntCounter::new(
+            "tokengate_access_log_dropped_total",
+            "Access log lines dropped because the log's queue (8 MiB) was full: its target did not keep up.",
+        )
+        .expect("metric");
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
         let build = IntGauge::with_opts(
@@ -278,6 +285,7 @@ impl Metrics {
             Box::new(server_failures.clone()),
             Box::new(health_checks.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("register metric");
@@ -302,6 +310,7 @@ impl Metrics {
             server_failures,
             health_checks,
             tls_handshake_failures,
+            access_log_dropped,
         })
     }
 
@@ -421,5 +430,9 @@ mod tests {
             r#"tokengate_upstream_errors_total{kind="connect_refused",route="telemetry"} 1"#
         ));
         assert!(text.contains("tokengate_build_info{version="));
+        assert!(
+            text.contains("tokengate_access_log_dropped_total 0"),
+            "{text}"
+        );
     }
 }

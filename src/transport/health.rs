@@ -1,13 +1,15 @@
 //! The pools' background work, on one thread with its own small runtime: active health checks of every
 //! server of a route with `[routes.health_check]` (a TCP connect, or `GET path` expecting a 2xx, within
-//! `timeout`, every `interval`), and re-resolution of servers given by host name (every
-//! `resolve_interval`; a failed resolution keeps the last address). Results go to the pool
-//! ([`Pool::checked`], [`Upstream::set_addr`]); a reload's new table is picked up on the next tick.
+//! `timeout`, every `interval`), re-resolution of servers given by host name (every
+//! `resolve_interval`; a failed resolution keeps the last address), and the sweep of every server's idle
+//! connections (those past the route's `idle_timeout` or closed by the server are closed; every
+//! [`reap_interval`]). Results go to the pool ([`Pool::checked`], [`Upstream::set_addr`],
+//! [`Upstream::reap_idle`]); a reload's new table is picked up on the next tick.
 //!
 //! A check carries no credential and none of the identity headers: only `Host`, `User-Agent:
 //! tokengate-health-check` and `Connection: close`.
 
-use super::pool::Pool;
+use super::pool::{reap_interval, Pool};
 use super::upstream::{Upstream, UpstreamStream};
 use super::Table;
 use crate::config::HealthCheckConfig;
@@ -57,6 +59,21 @@ fn tick(table: &Arc<Table>) {
     for (r, io) in table.io.iter().enumerate() {
         let pool = &io.pool;
         for (i, m) in pool.members.iter().enumerate() {
+            let up = &m.upstream;
+            if now >= m.next_reap.load(Ordering::Relaxed) {
+                m.next_reap.store(
+                    now + reap_interval(up.idle_timeout).as_nanos() as u64,
+                    Ordering::Relaxed,
+                );
+                let closed = up.reap_idle();
+                if closed > 0 {
+                    log::debug!(
+                        "route {}: server {}: closed {closed} idle connections",
+                        pool.route,
+                        up.label
+                    );
+                }
+            }
             if let Some(check) = &pool.check {
                 if now >= m.next_check.load(Ordering::Relaxed)
                     && !m.probing.swap(true, Ordering::AcqRel)

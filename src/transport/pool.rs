@@ -33,6 +33,8 @@ pub struct Member {
     pub probing: AtomicBool,
     /// Monotonic ns of the next re-resolution of its host name.
     pub next_resolve: AtomicU64,
+    /// Monotonic ns of the next sweep of its idle connections ([`Upstream::reap_idle`]).
+    pub next_reap: AtomicU64,
 }
 
 /// A route's servers and how one is chosen.
@@ -83,6 +85,7 @@ impl Pool {
                     next_check: AtomicU64::new(0),
                     probing: AtomicBool::new(false),
                     next_resolve: AtomicU64::new(0),
+                    next_reap: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -292,6 +295,13 @@ impl Pool {
     }
 }
 
+/// How often a server's idle connections are swept: a quarter of `idle_timeout`, between 10 ms and 1 s.
+/// A connection is then closed at most this long after its `idle_timeout`, or after the server closed
+/// it; a sweep of a full queue (1,024) costs well under a millisecond.
+pub fn reap_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// FNV-1a, 64 bits: a hash every gateway computes alike (no per-process key), so a fleet sends a user
 /// to the same server from every node.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -347,6 +357,27 @@ mod tests {
             c[p.pick(p.user_key(user(k).as_deref()), 0).unwrap()] += 1;
         }
         c
+    }
+
+    #[test]
+    fn idle_connections_are_swept_every_quarter_idle_timeout_between_10_ms_and_1_s() {
+        assert_eq!(
+            reap_interval(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            reap_interval(Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            reap_interval(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            reap_interval(Duration::from_millis(20)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(reap_interval(Duration::ZERO), Duration::from_millis(10));
     }
 
     #[test]
