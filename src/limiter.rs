@@ -135,11 +135,6 @@ impl QuotaCount {
         }
     }
 
-    /// The start (unix seconds) of the period that contains `now`.
-    pub fn period_start(&self, now: i64) -> i64 {
-        self.quota.period.start_of(self.quota.period.index(now))
-    }
-
     /// This node's unflushed count and its period's start (unix seconds), for the usage flush.
     pub fn pending(&self) -> Option<(i64, u64)> {
         match unpack(self.local.load(Ordering::Acquire)) {
@@ -148,11 +143,27 @@ impl QuotaCount {
         }
     }
 
+    /// The shared count the store reported for the period starting at `period_start` (a flush's answer,
+    /// or another node's flush carried by the quota feed). Shared counts only grow within a period and
+    /// a later period replaces an earlier one, so reports may arrive in any order: an older one (a lower
+    /// total, an earlier period) changes nothing.
+    pub fn observe(&self, period_start: i64, total: u64) {
+        let period = self.quota.period.index(period_start);
+        let total = total.min(COUNT_MASK);
+        let _ = self
+            .shared
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {
+                (p, c) if p > period || (p == period && c >= total) => None,
+                _ => Some(pack(period, total)),
+            });
+    }
+
     /// After a flush of `sent` counts in the period starting at `period_start` that left the shared
-    /// total at `total`: the total becomes the shared count and the sent counts leave the local one.
+    /// total at `total`: the total is observed and the sent counts leave the local one (until then they
+    /// are counted twice, which errs on the side of refusing, for the moment in between).
     pub fn settle(&self, period_start: i64, sent: u64, total: u64) {
         let period = self.quota.period.index(period_start);
-        self.shared.store(pack(period, total), Ordering::Release);
+        self.observe(period_start, total);
         let _ = self
             .local
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {
@@ -171,10 +182,17 @@ impl QuotaCount {
         )
     }
 
-    /// Carries another count's unflushed requests over (a replaced entry).
+    /// Carries another count's unflushed requests over (a replaced entry), and its shared count when
+    /// that is newer than the one this count was made with.
     pub fn absorb(&self, other: &QuotaCount) {
+        let (p, c) = unpack(other.shared.load(Ordering::Acquire));
+        if c > 0 {
+            self.observe(other.quota.period.start_of(p), c);
+        }
         let (p, n) = unpack(other.local.swap(0, Ordering::AcqRel));
         if n > 0 {
+            // In this count's period numbering (the quota's period may have changed with the entry).
+            let p = self.quota.period.index(other.quota.period.start_of(p));
             let _ =
                 self.local
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {

@@ -1,6 +1,12 @@
 //! The in-memory index that answers every request (digest → entry) and the usage counters its entries
 //! carry (the loops that feed and flush it are in [`super::sync`]).
 //!
+//! A token's quota count on this node is the shared count as last reported plus this node's unflushed
+//! requests. Reports come from this node's own flushes (their answer) and from every other node's flushes
+//! through the store's quota feed ([`super::store::quota_feed`]), which the sync loop reads after each
+//! token change check: so a node knows the others' flushed counts within the sync bound, including for
+//! tokens it has not seen a request for yet.
+//!
 //! The map is a `papaya::HashMap`: readers take an epoch guard and never lock, block or allocate; writers
 //! insert or remove single entries (no whole-map copies, so a change costs the same at 1M tokens as at 1).
 //! Only the sync loop and this process's admin API write, through [`Index::apply`], serialised by the
@@ -289,6 +295,10 @@ pub struct Index {
     writer: Mutex<Writer>,
     /// Highest store revision applied.
     last_rev: AtomicI64,
+    /// Position in the store's quota feed: every entry up to it has been applied.
+    quota_feed: AtomicI64,
+    /// This process's name in the store (usage batch ids, quota feed entries): random, per start.
+    node: String,
     pub health: SyncHealth,
 }
 
@@ -313,8 +323,20 @@ impl Index {
                 .build(),
             writer: Mutex::new(Writer::default()),
             last_rev: AtomicI64::new(0),
+            quota_feed: AtomicI64::new(0),
+            node: {
+                use rand_core::RngCore;
+                let mut id = [0u8; 8];
+                rand_core::OsRng.fill_bytes(&mut id);
+                super::store::hex(&id)
+            },
             health: SyncHealth::default(),
         }
+    }
+
+    /// This process's name in the store: its usage batches and quota feed entries carry it.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Makes room for token ids up to `max_id` in the writer's bookkeeping (used before a full load).
@@ -362,6 +384,46 @@ impl Index {
         self.last_rev.load(Ordering::Acquire)
     }
 
+    /// Position in the store's quota feed.
+    pub fn quota_feed_position(&self) -> i64 {
+        self.quota_feed.load(Ordering::Acquire)
+    }
+
+    /// Applies the quota feed's entries after [`Index::quota_feed_position`]: the shared counts other
+    /// nodes' flushes left. Returns how many counts were applied.
+    pub fn sync_quotas_from(&self, store: &mut Store) -> Result<usize, StoreError> {
+        let after = self.quota_feed_position();
+        let changes = store.quota_changes_since(after, &self.node)?;
+        if changes.whole {
+            log::info!(
+                "quota feed: entries after {after} are gone (this node was away, or the store was \
+                 replaced); read every token's shared quota count instead ({} tokens)",
+                changes.totals.len()
+            );
+        }
+        self.observe_quotas(&changes.totals);
+        self.quota_feed.store(changes.head, Ordering::Release);
+        Ok(changes.totals.len())
+    }
+
+    /// Raises the shared quota counts of the tokens named (unknown ids and tokens without a quota are
+    /// skipped; a count lower than the one held, or of an earlier period, changes nothing).
+    pub fn observe_quotas(&self, totals: &[QuotaTotal]) {
+        // In slices, so that the writer lock is never held long (admin writes and flushes wait on it).
+        for chunk in totals.chunks(16_384) {
+            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            for t in chunk {
+                if let Some(q) = w
+                    .get(t.id)
+                    .and_then(|k| k.entry.limits.as_ref())
+                    .and_then(|l| l.quota.as_ref())
+                {
+                    q.observe(t.period_start, t.total);
+                }
+            }
+        }
+    }
+
     /// Loads every change after [`Index::last_rev`] from the store.
     pub fn sync_from(&self, store: &mut Store) -> Result<usize, StoreError> {
         let mut n = 0;
@@ -377,6 +439,9 @@ impl Index {
     /// store in batches while this thread applies them, so that the store's work and the index's
     /// (hashing, allocation, page faults) overlap on two cores. Measured at 1M tokens: 2.0-2.1 s one after
     /// the other, see BENCHMARKS.md for the pipelined figure.
+    ///
+    /// The quota feed's position is read before the rows, so that the sync loop later applies every
+    /// flush the rows may not hold yet.
     pub fn load_from(&self, location: &Location) -> Result<usize, StoreError> {
         const BATCH: usize = 4096;
         let from = self.last_rev();
@@ -384,8 +449,9 @@ impl Index {
         let location = location.clone();
         let reader = std::thread::Builder::new()
             .name("tokengate-load".into())
-            .spawn(move || -> Result<(), StoreError> {
+            .spawn(move || -> Result<i64, StoreError> {
                 let mut store = Store::open_existing(&location)?;
+                let feed = store.quota_feed_head()?;
                 let mut batch = Vec::with_capacity(BATCH);
                 store.for_each_change(from, |row| {
                     batch.push(row);
@@ -395,7 +461,7 @@ impl Index {
                     }
                 })?;
                 let _ = tx.send(batch);
-                Ok(())
+                Ok(feed)
             })
             .map_err(|e| StoreError::Create {
                 path: "(index loader thread)".into(),
@@ -408,12 +474,13 @@ impl Index {
             }
             n += batch.len();
         }
-        reader.join().unwrap_or_else(|_| {
+        let feed = reader.join().unwrap_or_else(|_| {
             Err(StoreError::Create {
                 path: "(index loader thread)".into(),
                 source: std::io::Error::other("the loader thread panicked"),
             })
         })?;
+        self.quota_feed.fetch_max(feed, Ordering::AcqRel);
         Ok(n)
     }
 
@@ -530,9 +597,9 @@ impl Index {
         });
     }
 
-    /// Takes the usage counted since the last call, resetting the counters.
+    /// Takes the usage counted since the last call, resetting the counters (a quota's unflushed count
+    /// stays until [`Index::settle_quota`] takes the flushed part off).
     pub fn take_usage(&self) -> Vec<UsageDelta> {
-        let now = clock::now();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let retired = std::mem::take(&mut w.retired);
         let mut out: Vec<UsageDelta> = Vec::new();
@@ -544,19 +611,12 @@ impl Index {
             .chain(retired.iter())
         {
             let uses = e.uses.swap(0, Ordering::Relaxed);
-            // A quota's unflushed count; or, for a token used in the last minute, a count of nothing, so
-            // that the flush reads back the shared total other nodes have added to meanwhile.
+            // Other nodes' counts arrive through the quota feed: only this node's own are sent.
             let quota = e
                 .limits
                 .as_ref()
                 .and_then(|l| l.quota.as_ref())
-                .and_then(|q| {
-                    q.pending().or_else(|| {
-                        let recent =
-                            now.saturating_sub(e.last_used.load(Ordering::Relaxed) as u64) < 60;
-                        recent.then(|| (q.period_start(now as i64), 0))
-                    })
-                });
+                .and_then(|q| q.pending());
             if uses > 0 || quota.is_some() {
                 let last_used_at = e.last_used.load(Ordering::Relaxed) as i64;
                 out.push(UsageDelta {

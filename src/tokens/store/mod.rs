@@ -5,11 +5,14 @@
 //!
 //! Semantics both keep: every change to a token (create, revoke, rotate) gets the next revision (`rev`),
 //! and revisions become visible in commit order, so a reader may ask for `rev > last_seen` and never miss
-//! one; usage is added as increments and never touches `rev`; `token_events` is append-only.
+//! one; usage is added as increments and never touches `rev`; `token_events` is append-only; a flush
+//! that changes shared quota counts appends them to the quota feed ([`quota_feed`]), whose entries also
+//! become visible in commit order.
 
 pub mod pg;
 mod pg_sql;
 pub mod pg_url;
+pub mod quota_feed;
 pub mod sqlite;
 
 use super::fields::Quota;
@@ -341,6 +344,19 @@ pub struct QuotaTotal {
     pub total: u64,
 }
 
+/// What the quota feed brings a reader at feed position `after` (see [`quota_feed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaChanges {
+    /// The position the reader is at once it has applied `totals`.
+    pub head: i64,
+    /// The shared counts that other nodes' flushes left, in commit order (a token may appear more than
+    /// once); or, when `whole`, every token's current count.
+    pub totals: Vec<QuotaTotal>,
+    /// The entries after `after` were no longer there (pruned while the reader was away, or the store
+    /// was replaced): `totals` is every token's count instead, read after `head`.
+    pub whole: bool,
+}
+
 /// Lower-case hex of bytes (certificate thumbprints).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -544,9 +560,25 @@ impl Store {
     }
 
     /// Adds usage counted in memory (increments; `last_used_at` only moves forward), at most once per
-    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to.
+    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to, which the
+    /// same transaction appends to the quota feed for the other nodes.
     pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         each!(self, s => s.flush_usage(batch))
+    }
+
+    /// The quota feed's position: the number of the newest entry (0: none yet).
+    pub fn quota_feed_head(&mut self) -> Result<i64, StoreError> {
+        each!(self, s => s.quota_feed_head())
+    }
+
+    /// The shared quota counts changed by flushes after feed position `after`, except those of the node
+    /// `own` (it settled them from its flush's answer). See [`quota_feed`].
+    pub fn quota_changes_since(
+        &mut self,
+        after: i64,
+        own: &str,
+    ) -> Result<QuotaChanges, StoreError> {
+        each!(self, s => s.quota_changes_since(after, own))
     }
 
     /// Changes a token's label, expiry or limits (a change: new revision, one event). Returns the record

@@ -59,6 +59,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota TEXT;
     ALTER TABLE tokens ADD COLUMN quota_used BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN quota_period BIGINT;",
+    // 3: the quota feed (SQLite's migration 5; see quota_feed.rs).
+    super::quota_feed::PG_MIGRATION,
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
