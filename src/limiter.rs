@@ -135,11 +135,16 @@ impl QuotaCount {
         }
     }
 
-    /// This node's unflushed count and its period's start (unix seconds), for the usage flush.
-    pub fn pending(&self) -> Option<(i64, u64)> {
+    /// This node's unflushed count with its period's start and the next period's (unix seconds), for
+    /// the usage flush: `(start, end, count)`.
+    pub fn pending(&self) -> Option<(i64, i64, u64)> {
         match unpack(self.local.load(Ordering::Acquire)) {
             (_, 0) => None,
-            (p, n) => Some((self.quota.period.start_of(p), n)),
+            (p, n) => Some((
+                self.quota.period.start_of(p),
+                self.quota.period.start_of(p + 1),
+                n,
+            )),
         }
     }
 
@@ -267,8 +272,11 @@ mod tests {
         assert_eq!(reset as i64, q.period.start_of(day + 1) - now);
         assert_eq!(count.used(now).0, 100);
         // The flush sends 70; another node had added 5: the store says 105.
-        let (start, n) = count.pending().unwrap();
-        assert_eq!((start, n), (q.period.start_of(day), 70));
+        let (start, end, n) = count.pending().unwrap();
+        assert_eq!(
+            (start, end, n),
+            (q.period.start_of(day), q.period.start_of(day + 1), 70)
+        );
         count.settle(start, n, 105);
         assert_eq!(count.pending(), None);
         assert_eq!(count.used(now).0, 105);

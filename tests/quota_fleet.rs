@@ -166,6 +166,38 @@ fn edits_while_counts_are_pending_lose_nothing(url: Option<&str>) {
     assert_eq!(b.get_with_token("/api/two", &token).status, 429);
 }
 
+/// A quota moved to a longer period (day → month) keeps counting from the day's count on every node:
+/// the month's counts are added to it, not dropped as if they came too late. (On the first of a month
+/// the day and the month start together and this holds trivially.)
+fn a_quota_moved_to_a_longer_period_keeps_counting(url: Option<&str>) {
+    let up = Upstream::start("api");
+    let (a, b, id, token) = two_nodes(url, &up, "100/day");
+    for _ in 0..60 {
+        assert_eq!(a.get_with_token("/api/one", &token).status, 200);
+    }
+    wait_flushed(&a, id, 60);
+    a.cli_json(&[
+        "token",
+        "set",
+        &id.to_string(),
+        "--quota",
+        "100/month",
+        "--json",
+    ]);
+    wait_sync_bound();
+    assert_eq!(
+        burst(&b, &token, 60),
+        (40, 20),
+        "today's 60 count for the month"
+    );
+    wait_flushed(&b, id, 100);
+    wait_sync_bound();
+    for node in [&a, &b] {
+        let r = node.get_with_token("/api/one", &token);
+        assert_eq!(r.status, 429, "{r}");
+    }
+}
+
 fn database() -> Option<TestDb> {
     Some(fresh_database(&admin_url()?))
 }
@@ -190,4 +222,15 @@ fn sqlite_edits_while_counts_are_pending_lose_nothing() {
 fn postgres_edits_while_counts_are_pending_lose_nothing() {
     let Some(db) = database() else { return };
     edits_while_counts_are_pending_lose_nothing(Some(db.url()));
+}
+
+#[test]
+fn sqlite_a_quota_moved_to_a_longer_period_keeps_counting() {
+    a_quota_moved_to_a_longer_period_keeps_counting(None);
+}
+
+#[test]
+fn postgres_a_quota_moved_to_a_longer_period_keeps_counting() {
+    let Some(db) = database() else { return };
+    a_quota_moved_to_a_longer_period_keeps_counting(Some(db.url()));
 }

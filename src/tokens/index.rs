@@ -14,7 +14,7 @@
 
 use super::fields::{is_privileged, ROLE_MARK};
 use super::format::Digest;
-use super::store::{IndexRow, Location, QuotaTotal, Store, StoreError, UsageDelta};
+use super::store::{IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, UsageDelta};
 use crate::clock;
 use crate::config::Rate;
 use crate::limiter::QuotaCount;
@@ -616,7 +616,8 @@ impl Index {
                 .limits
                 .as_ref()
                 .and_then(|l| l.quota.as_ref())
-                .and_then(|q| q.pending());
+                .and_then(|q| q.pending())
+                .map(|(start, end, count)| QuotaUse { start, end, count });
             if uses > 0 || quota.is_some() {
                 let last_used_at = e.last_used.load(Ordering::Relaxed) as i64;
                 out.push(UsageDelta {
@@ -632,6 +633,14 @@ impl Index {
 
     /// After a flush: the shared quota counts the store reported, and the sent counts off the local ones.
     pub fn settle_quota(&self, sent: &[UsageDelta], totals: &[QuotaTotal]) {
+        // What was sent, by token and period (a replaced entry's count may travel beside the current one's).
+        let mut by_token: std::collections::HashMap<(i64, i64), u64> =
+            std::collections::HashMap::with_capacity(totals.len());
+        for d in sent {
+            if let Some(q) = d.quota {
+                *by_token.entry((d.id, q.start)).or_default() += q.count;
+            }
+        }
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for t in totals {
             let Some(q) = w
@@ -641,13 +650,7 @@ impl Index {
             else {
                 continue;
             };
-            let sent_here = sent
-                .iter()
-                .filter(|d| d.id == t.id)
-                .filter_map(|d| d.quota)
-                .filter(|(p, _)| *p == t.period_start)
-                .map(|(_, n)| n)
-                .sum();
+            let sent_here = by_token.get(&(t.id, t.period_start)).copied().unwrap_or(0);
             q.settle(t.period_start, sent_here, t.total);
         }
     }

@@ -332,8 +332,22 @@ pub struct UsageDelta {
     pub id: i64,
     pub uses: u64,
     pub last_used_at: i64,
-    /// Accepted requests counted against the token's quota: (the period's start, unix seconds; count).
-    pub quota: Option<(i64, u64)>,
+    /// Accepted requests counted against the token's quota.
+    pub quota: Option<QuotaUse>,
+}
+
+/// Accepted requests a node counted against a token's quota in one calendar period.
+///
+/// The store adds them to the stored count when that count is of the same period, or of a shorter one
+/// inside it (the quota was changed from a day to a month: the day's count is the month's so far); starts
+/// the count over when the stored period began earlier; and drops them when it began at `end` or later
+/// (a node that was down across the change of period: too late to count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUse {
+    /// The period's first second and the next period's (unix seconds).
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
 }
 
 /// A token's shared quota count after a flush added to it.

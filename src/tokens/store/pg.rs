@@ -37,7 +37,7 @@ use super::pg_sql::*;
 use super::pg_url::{to_err, PgUrl};
 use super::{
     created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
-    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch,
+    IndexRow, NewToken, QuotaTotal, QuotaUse, StoreError, TokenPatch, TokenRecord, UsageBatch,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
@@ -582,16 +582,32 @@ impl PgStore {
             .map(|d| d.uses.min(i64::MAX as u64) as i64)
             .collect();
         let last: Vec<i64> = deltas.iter().map(|d| d.last_used_at).collect();
-        let quota: Vec<(i64, i64, i64)> = deltas
+        // One count per token (an UPDATE ... FROM applies one source row per target row): counts of one
+        // period add up; of two periods, the later one is what the earlier would be overwritten by.
+        let mut quota: Vec<(i64, QuotaUse)> = deltas
             .iter()
-            .filter_map(|d| d.quota.map(|(p, n)| (d.id, p, n as i64)))
-            .filter(|q| q.2 > 0)
+            .filter_map(|d| Some((d.id, d.quota?)))
+            .filter(|(_, q)| q.count > 0)
             .collect();
-        let (q_ids, q_periods, q_counts): (Vec<i64>, Vec<i64>, Vec<i64>) = (
-            quota.iter().map(|q| q.0).collect(),
-            quota.iter().map(|q| q.1).collect(),
-            quota.iter().map(|q| q.2).collect(),
-        );
+        quota.sort_by_key(|(id, q)| (*id, q.start));
+        quota.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            if later.1.start == kept.1.start {
+                kept.1.count += later.1.count;
+            } else {
+                kept.1 = later.1;
+            }
+            true
+        });
+        let q_ids: Vec<i64> = quota.iter().map(|q| q.0).collect();
+        let q_starts: Vec<i64> = quota.iter().map(|q| q.1.start).collect();
+        let q_ends: Vec<i64> = quota.iter().map(|q| q.1.end).collect();
+        let q_counts: Vec<i64> = quota
+            .iter()
+            .map(|q| q.1.count.min(i64::MAX as u64) as i64)
+            .collect();
         let (record, statement, add_quota, read_quota) = (
             self.prepare(RECORD_BATCH)?,
             self.prepare(FLUSH_USAGE)?,
@@ -608,7 +624,7 @@ impl PgStore {
             .map_err(err)?;
         let rows = if fresh == 1 {
             tx.execute(&statement, &[&ids, &uses, &last]).map_err(err)?;
-            tx.query(&add_quota, &[&q_ids, &q_periods, &q_counts])
+            tx.query(&add_quota, &[&q_ids, &q_starts, &q_counts, &q_ends])
                 .map_err(err)?
         } else {
             tx.query(&read_quota, &[&q_ids]).map_err(err)?

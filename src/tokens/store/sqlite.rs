@@ -632,15 +632,16 @@ impl SqliteStore {
                      last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?3",
                 )
                 .map_err(err)?;
-            // A count for a later period than the stored one starts it over; an earlier one (a node
-            // that was down across the change of period) is too late to count.
+            // See `QuotaUse`: added within the period (?1 to ?4), started over after an earlier one,
+            // dropped when the stored period is later.
             let mut quota = tx
                 .prepare_cached(
                     "UPDATE tokens SET
-                        quota_used = CASE WHEN quota_period = ?1 THEN quota_used + ?2
-                                          WHEN quota_period IS NULL OR quota_period < ?1 THEN ?2
+                        quota_used = CASE WHEN quota_period IS NULL OR quota_period < ?1 THEN ?2
+                                          WHEN quota_period < ?4 THEN quota_used + ?2
                                           ELSE quota_used END,
-                        quota_period = MAX(COALESCE(quota_period, ?1), ?1)
+                        quota_period = CASE WHEN quota_period IS NULL OR quota_period < ?4 THEN ?1
+                                            ELSE quota_period END
                      WHERE id = ?3 RETURNING quota_period, quota_used",
                 )
                 .map_err(err)?;
@@ -649,9 +650,9 @@ impl SqliteStore {
                     stmt.execute(params![d.uses as i64, d.last_used_at, d.id])
                         .map_err(err)?;
                 }
-                if let Some((period, n)) = d.quota.filter(|q| q.1 > 0) {
+                if let Some(q) = d.quota.filter(|q| q.count > 0) {
                     let row = quota
-                        .query_row(params![period, n as i64, d.id], |r| {
+                        .query_row(params![q.start, q.count as i64, d.id, q.end], |r| {
                             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
                         })
                         .optional()
