@@ -285,4 +285,59 @@ mod tests {
         assert_eq!(count.take(tomorrow).unwrap().remaining, 99);
         assert_eq!(count.used(tomorrow).0, 1);
     }
+
+    #[test]
+    fn shared_counts_only_grow_within_a_period_and_a_later_period_replaces_an_earlier_one() {
+        let q = Quota::parse("100/day").unwrap();
+        let now = 1_795_386_600;
+        let day = q.period.index(now);
+        let (today, yesterday, tomorrow) = (
+            q.period.start_of(day),
+            q.period.start_of(day - 1),
+            q.period.start_of(day + 1),
+        );
+        let count = QuotaCount::new(q, Some(day), 10);
+        count.observe(today, 60);
+        assert_eq!(count.used(now).0, 60, "another node's flush");
+        count.observe(today, 40);
+        assert_eq!(count.used(now).0, 60, "an older report changes nothing");
+        count.observe(yesterday, 99);
+        assert_eq!(count.used(now).0, 60, "nor does an earlier period's");
+        // A flush's own answer arriving after a newer feed entry: the sent count still leaves the local.
+        assert!(count.take(now).is_ok());
+        count.settle(today, 1, 55);
+        assert_eq!((count.used(now).0, count.pending()), (60, None));
+        // Rollover: the next day's count replaces today's; today's view of it is 0.
+        count.observe(tomorrow, 3);
+        assert_eq!(count.used(tomorrow + 1).0, 3);
+        count.observe(today, 90);
+        assert_eq!(count.used(tomorrow + 1).0, 3, "too late for the new day");
+    }
+
+    #[test]
+    fn a_replacing_count_keeps_the_newer_shared_count_and_the_pending_one_across_periods() {
+        let day = Quota::parse("100/day").unwrap();
+        let month = Quota::parse("1000/month").unwrap();
+        let now = 1_796_515_200 + 3600; // 6 December 2026, 01:00
+        let old = QuotaCount::new(day, Some(day.period.index(now)), 20);
+        old.observe(day.period.start_of(day.period.index(now)), 50);
+        for _ in 0..5 {
+            old.take(now).unwrap();
+        }
+        // Same quota, made from an older row (20): keeps 50 and the 5 pending.
+        let same = QuotaCount::new(day, Some(day.period.index(now)), 20);
+        same.absorb(&old);
+        assert_eq!(same.used(now).0, 55);
+        assert_eq!(same.pending().map(|p| p.2), Some(5));
+        // Changed to a month: today's count is the month's so far, in the month's numbering.
+        let monthly = QuotaCount::new(month, None, 0);
+        monthly.absorb(&same);
+        assert_eq!(monthly.used(now).0, 55);
+        let (start, end, n) = monthly.pending().unwrap();
+        assert_eq!(
+            (start, end, n),
+            (1_796_083_200, 1_798_761_600, 5),
+            "December, 5 pending"
+        );
+    }
 }

@@ -881,4 +881,80 @@ mod tests {
         r.rate_limit = None;
         assert!(TokenLimits::new(&r).is_none(), "no limits, no allocation");
     }
+
+    /// Token `id`'s row with a quota of 100 a day, `used` of it counted today in the store.
+    fn quota_row(id: i64, digest: Digest, rev: i64, used: i64) -> IndexRow {
+        let quota = crate::tokens::fields::Quota::parse("100/day").unwrap();
+        let now = clock::now() as i64;
+        IndexRow {
+            quota: Some(quota),
+            quota_used: used,
+            quota_period: Some(quota.period.start_of(quota.period.index(now))),
+            ..row(id, digest, rev)
+        }
+    }
+
+    fn today() -> i64 {
+        clock::now() as i64 / 86_400 * 86_400
+    }
+
+    #[test]
+    fn quota_feed_totals_raise_the_counts_of_indexed_tokens_with_a_quota_only() {
+        let idx = Index::new();
+        idx.apply(&quota_row(1, Token::generate().digest(), 1, 10));
+        idx.apply(&row(2, Token::generate().digest(), 2));
+        let now = clock::now() as i64;
+        let t = |id, total| QuotaTotal {
+            id,
+            period_start: today(),
+            total,
+        };
+        idx.observe_quotas(&[t(1, 60), t(2, 10), t(99, 5), t(-1, 5), t(1, 40)]);
+        assert_eq!(idx.quota_used(1, now), Some(60));
+        assert_eq!(idx.quota_used(2, now), None);
+        // Nothing pending here: the flush sends nothing for it (other nodes' counts come by the feed).
+        assert!(idx.take_usage().is_empty());
+    }
+
+    #[test]
+    fn an_entry_replaced_with_counts_pending_keeps_them_and_the_newer_shared_count() {
+        let idx = Index::new();
+        let d = Token::generate().digest();
+        idx.apply(&quota_row(1, d, 1, 10));
+        let now = clock::now() as i64;
+        let entry = idx.get(&d).unwrap().entry;
+        let quota = entry.limits.as_ref().unwrap().quota.as_ref().unwrap();
+        for _ in 0..7 {
+            quota.take(now).unwrap();
+            entry.record_use(now as u64);
+        }
+        idx.observe_quotas(&[QuotaTotal {
+            id: 1,
+            period_start: today(),
+            total: 50,
+        }]);
+        // An edit (new expiry) read before the other node's flush reached the store row: 10, not 50.
+        let mut edited = quota_row(1, d, 2, 10);
+        edited.expires_at = Some(now + 3600);
+        idx.apply(&edited);
+        assert!(
+            !Arc::ptr_eq(&idx.get(&d).unwrap().entry, &entry),
+            "replaced"
+        );
+        assert_eq!(idx.quota_used(1, now), Some(57));
+        let sent = idx.take_usage();
+        let pending: u64 = sent.iter().filter_map(|u| u.quota).map(|q| q.count).sum();
+        assert_eq!(pending, 7, "{sent:?}");
+        // The flush's answer: 50 + 7.
+        idx.settle_quota(
+            &sent,
+            &[QuotaTotal {
+                id: 1,
+                period_start: today(),
+                total: 57,
+            }],
+        );
+        assert_eq!(idx.quota_used(1, now), Some(57));
+        assert!(idx.take_usage().iter().all(|u| u.quota.is_none()));
+    }
 }
