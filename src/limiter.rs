@@ -67,6 +67,10 @@ impl Gcra {
     }
 }
 
+/// How far ahead of this node's clock a reported quota period may start (clocks a little apart at the
+/// turn of a period).
+pub const FUTURE_SLACK: i64 = 3600;
+
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
@@ -148,11 +152,20 @@ impl QuotaCount {
         }
     }
 
-    /// The shared count the store reported for the period starting at `period_start` (a flush's answer,
-    /// or another node's flush carried by the quota feed). Shared counts only grow within a period and
-    /// a later period replaces an earlier one, so reports may arrive in any order: an older one (a lower
-    /// total, an earlier period) changes nothing.
-    pub fn observe(&self, period_start: i64, total: u64) {
+    /// The shared count the store reported, at unix time `now`, for the period starting at
+    /// `period_start` (a flush's answer, or another node's flush carried by the quota feed). Shared
+    /// counts only grow within a period and a later period replaces an earlier one, so reports may arrive
+    /// in any order: an older one (a lower total, an earlier period) changes nothing. A report for a
+    /// period that starts more than [`FUTURE_SLACK`] after `now` is ignored: taken, it would hide the
+    /// current period's count until then (a node whose clock is far ahead, or a forged row).
+    pub fn observe(&self, period_start: i64, total: u64, now: i64) {
+        if period_start > now.saturating_add(FUTURE_SLACK) {
+            return;
+        }
+        self.raise(period_start, total);
+    }
+
+    fn raise(&self, period_start: i64, total: u64) {
         let period = self.quota.period.index(period_start);
         let total = total.min(COUNT_MASK);
         let _ = self
@@ -166,9 +179,9 @@ impl QuotaCount {
     /// After a flush of `sent` counts in the period starting at `period_start` that left the shared
     /// total at `total`: the total is observed and the sent counts leave the local one (until then they
     /// are counted twice, which errs on the side of refusing, for the moment in between).
-    pub fn settle(&self, period_start: i64, sent: u64, total: u64) {
+    pub fn settle(&self, period_start: i64, sent: u64, total: u64, now: i64) {
         let period = self.quota.period.index(period_start);
-        self.observe(period_start, total);
+        self.observe(period_start, total, now);
         let _ = self
             .local
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {
@@ -192,7 +205,7 @@ impl QuotaCount {
     pub fn absorb(&self, other: &QuotaCount) {
         let (p, c) = unpack(other.shared.load(Ordering::Acquire));
         if c > 0 {
-            self.observe(other.quota.period.start_of(p), c);
+            self.raise(other.quota.period.start_of(p), c);
         }
         let (p, n) = unpack(other.local.swap(0, Ordering::AcqRel));
         if n > 0 {
@@ -277,7 +290,7 @@ mod tests {
             (start, end, n),
             (q.period.start_of(day), q.period.start_of(day + 1), 70)
         );
-        count.settle(start, n, 105);
+        count.settle(start, n, 105, now);
         assert_eq!(count.pending(), None);
         assert_eq!(count.used(now).0, 105);
         // A new day starts from zero.
@@ -297,20 +310,24 @@ mod tests {
             q.period.start_of(day + 1),
         );
         let count = QuotaCount::new(q, Some(day), 10);
-        count.observe(today, 60);
+        count.observe(today, 60, now);
         assert_eq!(count.used(now).0, 60, "another node's flush");
-        count.observe(today, 40);
+        count.observe(today, 40, now);
         assert_eq!(count.used(now).0, 60, "an older report changes nothing");
-        count.observe(yesterday, 99);
+        count.observe(yesterday, 99, now);
         assert_eq!(count.used(now).0, 60, "nor does an earlier period's");
         // A flush's own answer arriving after a newer feed entry: the sent count still leaves the local.
         assert!(count.take(now).is_ok());
-        count.settle(today, 1, 55);
+        count.settle(today, 1, 55, now);
         assert_eq!((count.used(now).0, count.pending()), (60, None));
-        // Rollover: the next day's count replaces today's; today's view of it is 0.
-        count.observe(tomorrow, 3);
+        // A period far ahead of this node's clock is not believed (it would hide today's 60)...
+        count.observe(tomorrow + 86_400 * 365, 0, now);
+        count.observe(tomorrow, 0, now);
+        assert_eq!(count.used(now).0, 60);
+        // ...but the next day's, once the clock is near it, replaces today's; today's view of it is 0.
+        count.observe(tomorrow, 3, tomorrow - 60);
         assert_eq!(count.used(tomorrow + 1).0, 3);
-        count.observe(today, 90);
+        count.observe(today, 90, tomorrow + 1);
         assert_eq!(count.used(tomorrow + 1).0, 3, "too late for the new day");
     }
 
@@ -320,7 +337,7 @@ mod tests {
         let month = Quota::parse("1000/month").unwrap();
         let now = 1_796_515_200 + 3600; // 6 December 2026, 01:00
         let old = QuotaCount::new(day, Some(day.period.index(now)), 20);
-        old.observe(day.period.start_of(day.period.index(now)), 50);
+        old.observe(day.period.start_of(day.period.index(now)), 50, now);
         for _ in 0..5 {
             old.take(now).unwrap();
         }

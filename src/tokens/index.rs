@@ -410,6 +410,7 @@ impl Index {
     /// skipped; a count lower than the one held, or of an earlier period, changes nothing).
     pub fn observe_quotas(&self, totals: &[QuotaTotal]) {
         // In slices, so that the writer lock is never held long (admin writes and flushes wait on it).
+        let now = clock::now() as i64;
         for chunk in totals.chunks(16_384) {
             let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             for t in chunk {
@@ -418,7 +419,7 @@ impl Index {
                     .and_then(|k| k.entry.limits.as_ref())
                     .and_then(|l| l.quota.as_ref())
                 {
-                    q.observe(t.period_start, t.total);
+                    q.observe(t.period_start, t.total, now);
                 }
             }
         }
@@ -641,6 +642,7 @@ impl Index {
                 *by_token.entry((d.id, q.start)).or_default() += q.count;
             }
         }
+        let now = clock::now() as i64;
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for t in totals {
             let Some(q) = w
@@ -651,7 +653,7 @@ impl Index {
                 continue;
             };
             let sent_here = by_token.get(&(t.id, t.period_start)).copied().unwrap_or(0);
-            q.settle(t.period_start, sent_here, t.total);
+            q.settle(t.period_start, sent_here, t.total, now);
         }
     }
 

@@ -109,7 +109,7 @@ pub fn decode(bytes: &[u8], out: &mut Vec<QuotaTotal>) -> bool {
         period_start: i64::from_le_bytes(word(&r[8..16])),
         total: u64::from_le_bytes(word(&r[16..])),
     }));
-    bytes.len() % RECORD == 0
+    bytes.len().is_multiple_of(RECORD)
 }
 
 /// What a reader at `after` makes of the rows of [`SINCE`] (feed position; entry number and totals, if
