@@ -1,9 +1,9 @@
 //! The store contract: one suite, run unchanged against both backends — SQLite (a fresh file) and
 //! PostgreSQL (a fresh database on the cluster `.ci/postgres.sh` starts; skipped outside CI when
 //! `TOKENGATE_TEST_PG_URL` is unset). Create, list, show, revoke, rotate (with and without grace), expiry,
-//! scopes, certificate binding, events, usage increments (and batch ids), the change feed in commit
-//! order under concurrent writers, concurrent revoke/rotate, migrations from several threads at once,
-//! and `store copy` in both directions.
+//! scopes, certificate binding, events, usage increments (and batch ids), quota counts by period and the
+//! quota feed, the change feed in commit order under concurrent writers, concurrent revoke/rotate,
+//! migrations from several threads at once, and `store copy` in both directions.
 
 mod common;
 
