@@ -291,8 +291,8 @@ fn quota_flushes_reach_other_nodes_through_the_feed_in_commit_order() {
         // Node B reads A's entry (its own are skipped, but passed).
         let seen = s.quota_changes_since(0, "B").unwrap();
         assert_eq!(
-            (seen.head, seen.totals.clone(), seen.whole),
-            (3, vec![total(a.id, 60)], false),
+            (seen.position, seen.totals.clone(), seen.whole, seen.more),
+            (3, vec![total(a.id, 60)], false, false),
             "{n}"
         );
         // Node C, a third, reads all three in order; from the head, nothing.
@@ -303,6 +303,20 @@ fn quota_flushes_reach_other_nodes_through_the_feed_in_commit_order() {
             "{n}"
         );
         assert!(s.quota_changes_since(3, "C").unwrap().totals.is_empty());
+        // A reader that is behind gets a few entries at a time.
+        for seq in 3..8 {
+            s.flush_usage(&quota_batch("A", seq, c.id, day, 1)).unwrap();
+        }
+        let first = s.quota_changes_since(0, "C").unwrap();
+        assert_eq!((first.position, first.more), (4, true), "{n}");
+        assert_eq!(first.totals.last(), Some(&total(c.id, 6)), "{n}");
+        let rest = s.quota_changes_since(first.position, "C").unwrap();
+        assert_eq!((rest.position, rest.more), (8, false), "{n}");
+        assert_eq!(
+            rest.totals,
+            (7..=10).map(|t| total(c.id, t)).collect::<Vec<_>>(),
+            "{n}"
+        );
         // A flush without quota counts appends nothing.
         s.flush_usage(&UsageBatch::once(vec![UsageDelta {
             id: a.id,
@@ -311,15 +325,15 @@ fn quota_flushes_reach_other_nodes_through_the_feed_in_commit_order() {
             quota: None,
         }]))
         .unwrap();
-        assert_eq!(s.quota_feed_head().unwrap(), 3, "{n}");
+        assert_eq!(s.quota_feed_head().unwrap(), 8, "{n}");
         // A reader ahead of the feed (the store was replaced) reads every count instead (of tokens with
         // a quota).
         let seen = s.quota_changes_since(99, "C").unwrap();
         assert!(seen.whole, "{n}");
-        assert_eq!(seen.head, 3);
+        assert_eq!(seen.position, 8);
         let mut all = seen.totals;
         all.sort_by_key(|t| t.id);
-        assert_eq!(all, [total(a.id, 62), total(c.id, 5)], "{n}");
+        assert_eq!(all, [total(a.id, 62), total(c.id, 10)], "{n}");
     }
 }
 

@@ -392,18 +392,24 @@ impl Index {
     /// Applies the quota feed's entries after [`Index::quota_feed_position`]: the shared counts other
     /// nodes' flushes left. Returns how many counts were applied.
     pub fn sync_quotas_from(&self, store: &mut Store) -> Result<usize, StoreError> {
-        let after = self.quota_feed_position();
-        let changes = store.quota_changes_since(after, &self.node)?;
-        if changes.whole {
-            log::info!(
-                "quota feed: entries after {after} are gone (this node was away, or the store was \
-                 replaced); read every token's shared quota count instead ({} tokens)",
-                changes.totals.len()
-            );
+        let mut applied = 0;
+        loop {
+            let after = self.quota_feed_position();
+            let changes = store.quota_changes_since(after, &self.node)?;
+            if changes.whole {
+                log::info!(
+                    "quota feed: entries after {after} are gone (this node was away, or the store \
+                     was replaced); read every token's shared quota count instead ({} tokens)",
+                    changes.totals.len()
+                );
+            }
+            self.observe_quotas(&changes.totals);
+            self.quota_feed.store(changes.position, Ordering::Release);
+            applied += changes.totals.len();
+            if !changes.more {
+                return Ok(applied);
+            }
         }
-        self.observe_quotas(&changes.totals);
-        self.quota_feed.store(changes.head, Ordering::Release);
-        Ok(changes.totals.len())
     }
 
     /// Raises the shared quota counts of the tokens named (unknown ids and tokens without a quota are

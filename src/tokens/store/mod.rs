@@ -362,13 +362,15 @@ pub struct QuotaTotal {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuotaChanges {
     /// The position the reader is at once it has applied `totals`.
-    pub head: i64,
+    pub position: i64,
     /// The shared counts that other nodes' flushes left, in commit order (a token may appear more than
     /// once); or, when `whole`, every token's current count.
     pub totals: Vec<QuotaTotal>,
     /// The entries after `after` were no longer there (pruned while the reader was away, or the store
-    /// was replaced): `totals` is every token's count instead, read after `head`.
+    /// was replaced): `totals` is every token's count instead, read after `position`.
     pub whole: bool,
+    /// More entries follow `position` (a few are read at a time): ask again.
+    pub more: bool,
 }
 
 /// Lower-case hex of bytes (certificate thumbprints).

@@ -57,13 +57,19 @@ pub(super) const PG_MIGRATION: &str = "CREATE TABLE quota_feed_head (
         totals BYTEA  NOT NULL
     );";
 
-/// The entries after `$1` (their totals left out when node `$2` wrote them), with the feed's position,
-/// in one statement (one snapshot). At least one row: the position, with no entry when none follows.
-/// (Each statement is spelled twice: PostgreSQL numbers parameters `$n`, SQLite `?n`.)
+/// The first [`PER_READ`] entries after `$1` (their totals left out when node `$2` wrote them), with the
+/// feed's head, in one statement (one snapshot). At least one row: the head, with no entry when none
+/// follows. (Each statement is spelled twice: PostgreSQL numbers parameters `$n`, SQLite `?n`.)
 const SINCE: &str = "SELECT h.seq, f.seq, CASE WHEN f.node = $2 THEN NULL ELSE f.totals END
-    FROM quota_feed_head h LEFT JOIN quota_feed f ON f.seq > $1 ORDER BY f.seq";
+    FROM quota_feed_head h
+    LEFT JOIN (SELECT * FROM quota_feed WHERE seq > $1 ORDER BY seq LIMIT $3) f ON TRUE ORDER BY f.seq";
 const SQLITE_SINCE: &str = "SELECT h.seq, f.seq, CASE WHEN f.node = ?2 THEN NULL ELSE f.totals END
-    FROM quota_feed_head h LEFT JOIN quota_feed f ON f.seq > ?1 ORDER BY f.seq";
+    FROM quota_feed_head h
+    LEFT JOIN (SELECT * FROM quota_feed WHERE seq > ?1 ORDER BY seq LIMIT ?3) f ON TRUE ORDER BY f.seq";
+
+/// Entries read at a time (each up to 24 bytes a token a node counted in one flush), so that a reader
+/// that is behind holds a few in memory, not a minute's worth.
+pub const PER_READ: i64 = 4;
 
 /// Every token's shared count (a reader that lost its place).
 const WHOLE: &str =
@@ -112,20 +118,20 @@ pub fn decode(bytes: &[u8], out: &mut Vec<QuotaTotal>) -> bool {
     bytes.len().is_multiple_of(RECORD)
 }
 
-/// What a reader at `after` makes of the rows of [`SINCE`] (feed position; entry number and totals, if
-/// any): the totals in order, or `None` when it has to read every count (the next entry is gone).
+/// What a reader at `after` makes of the rows of [`SINCE`] (the feed's head; entry numbers and totals):
+/// the changes, or `None` when it has to read every count instead (the next entry is gone).
 fn assemble(
     after: i64,
     head: i64,
     entries: impl IntoIterator<Item = (i64, Option<Vec<u8>>)>,
-) -> Option<Vec<QuotaTotal>> {
+) -> Option<QuotaChanges> {
     let mut totals = Vec::new();
-    let mut expect = after + 1;
+    let mut position = after;
     for (seq, bytes) in entries {
-        if seq != expect {
+        if seq != position + 1 {
             return None;
         }
-        expect += 1;
+        position = seq;
         if let Some(b) = bytes {
             if !decode(&b, &mut totals) {
                 log::error!("quota feed: entry {seq} is malformed; its whole records are used");
@@ -133,7 +139,15 @@ fn assemble(
         }
     }
     // Nothing follows `after` although the feed is elsewhere: it was pruned past us, or reset.
-    (expect - 1 == head).then_some(totals)
+    if position == after && head != after {
+        return None;
+    }
+    Some(QuotaChanges {
+        position,
+        totals,
+        whole: false,
+        more: position < head,
+    })
 }
 
 fn total(id: i64, period_start: i64, used: i64) -> QuotaTotal {
@@ -180,7 +194,7 @@ impl SqliteStore {
         let mut entries = Vec::new();
         {
             let mut stmt = tx.prepare_cached(SQLITE_SINCE).map_err(err)?;
-            let mut rows = stmt.query(params![after, own]).map_err(err)?;
+            let mut rows = stmt.query(params![after, own, PER_READ]).map_err(err)?;
             while let Some(r) = rows.next().map_err(err)? {
                 head = r.get(0).map_err(err)?;
                 if let Some(seq) = r.get::<_, Option<i64>>(1).map_err(err)? {
@@ -189,11 +203,7 @@ impl SqliteStore {
             }
         }
         let changes = match assemble(after, head, entries) {
-            Some(totals) => QuotaChanges {
-                head,
-                totals,
-                whole: false,
-            },
+            Some(changes) => changes,
             None => {
                 let mut stmt = tx.prepare_cached(WHOLE).map_err(err)?;
                 let totals = stmt
@@ -202,9 +212,10 @@ impl SqliteStore {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(err)?;
                 QuotaChanges {
-                    head,
+                    position: head,
                     totals,
                     whole: true,
+                    more: false,
                 }
             }
         };
@@ -263,17 +274,16 @@ impl PgStore {
         use postgres::fallible_iterator::FallibleIterator;
         let (since, whole) = (self.prepare(SINCE)?, self.prepare(WHOLE)?);
         let err = |e| pg_err(&self.url, e);
-        let rows = self.client.query(&since, &[&after, &own]).map_err(err)?;
+        let rows = self
+            .client
+            .query(&since, &[&after, &own, &PER_READ])
+            .map_err(err)?;
         let head = rows.first().map_or(after, |r| r.get(0));
         let entries = rows
             .iter()
             .filter_map(|r| Some((r.get::<_, Option<i64>>(1)?, r.get(2))));
-        if let Some(totals) = assemble(after, head, entries) {
-            return Ok(QuotaChanges {
-                head,
-                totals,
-                whole: false,
-            });
+        if let Some(changes) = assemble(after, head, entries) {
+            return Ok(changes);
         }
         drop(rows);
         // Streamed: a million rows are not held as rows at once.
@@ -286,9 +296,10 @@ impl PgStore {
             totals.push(total(r.get(0), r.get(1), r.get(2)));
         }
         Ok(QuotaChanges {
-            head,
+            position: head,
             totals,
             whole: true,
+            more: false,
         })
     }
 }
@@ -321,12 +332,25 @@ mod tests {
     #[test]
     fn a_reader_applies_entries_only_when_none_is_missing() {
         let e = |seq: i64, ts: &[QuotaTotal]| (seq, Some(encode(ts)));
+        let changes = |position, totals, more| {
+            Some(QuotaChanges {
+                position,
+                totals,
+                whole: false,
+                more,
+            })
+        };
         // In order from the position: all applied; own entries (no totals) only move the position.
         assert_eq!(
             assemble(4, 7, [e(5, &[t(1, 3)]), (6, None), e(7, &[t(2, 9)])]),
-            Some(vec![t(1, 3), t(2, 9)])
+            changes(7, vec![t(1, 3), t(2, 9)], false)
         );
-        assert_eq!(assemble(7, 7, []), Some(vec![]), "nothing new");
+        assert_eq!(
+            assemble(4, 9, [e(5, &[t(1, 3)]), (6, None)]),
+            changes(6, vec![t(1, 3)], true),
+            "a few at a time"
+        );
+        assert_eq!(assemble(7, 7, []), changes(7, vec![], false), "nothing new");
         assert_eq!(assemble(4, 7, [e(6, &[]), e(7, &[])]), None, "5 was pruned");
         assert_eq!(assemble(4, 9, []), None, "pruned past the reader");
         assert_eq!(assemble(12, 3, [e(1, &[])]), None, "the feed was reset");
