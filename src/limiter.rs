@@ -67,6 +67,10 @@ impl Gcra {
     }
 }
 
+/// How far ahead of this node's clock a reported quota period may start (clocks a little apart at the
+/// turn of a period).
+pub const FUTURE_SLACK: i64 = 3600;
+
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
@@ -135,24 +139,49 @@ impl QuotaCount {
         }
     }
 
-    /// The start (unix seconds) of the period that contains `now`.
-    pub fn period_start(&self, now: i64) -> i64 {
-        self.quota.period.start_of(self.quota.period.index(now))
-    }
-
-    /// This node's unflushed count and its period's start (unix seconds), for the usage flush.
-    pub fn pending(&self) -> Option<(i64, u64)> {
+    /// This node's unflushed count with its period's start and the next period's (unix seconds), for
+    /// the usage flush: `(start, end, count)`.
+    pub fn pending(&self) -> Option<(i64, i64, u64)> {
         match unpack(self.local.load(Ordering::Acquire)) {
             (_, 0) => None,
-            (p, n) => Some((self.quota.period.start_of(p), n)),
+            (p, n) => Some((
+                self.quota.period.start_of(p),
+                self.quota.period.start_of(p + 1),
+                n,
+            )),
         }
     }
 
-    /// After a flush of `sent` counts in the period starting at `period_start` that left the shared
-    /// total at `total`: the total becomes the shared count and the sent counts leave the local one.
-    pub fn settle(&self, period_start: i64, sent: u64, total: u64) {
+    /// The shared count the store reported, at unix time `now`, for the period starting at
+    /// `period_start` (a flush's answer, or another node's flush carried by the quota feed). Shared
+    /// counts only grow within a period and a later period replaces an earlier one, so reports may arrive
+    /// in any order: an older one (a lower total, an earlier period) changes nothing. A report for a
+    /// period that starts more than [`FUTURE_SLACK`] after `now` is ignored: taken, it would hide the
+    /// current period's count until then (a node whose clock is far ahead, or a forged row).
+    pub fn observe(&self, period_start: i64, total: u64, now: i64) {
+        if period_start > now.saturating_add(FUTURE_SLACK) {
+            return;
+        }
+        self.raise(period_start, total);
+    }
+
+    fn raise(&self, period_start: i64, total: u64) {
         let period = self.quota.period.index(period_start);
-        self.shared.store(pack(period, total), Ordering::Release);
+        let total = total.min(COUNT_MASK);
+        let _ = self
+            .shared
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {
+                (p, c) if p > period || (p == period && c >= total) => None,
+                _ => Some(pack(period, total)),
+            });
+    }
+
+    /// After a flush of `sent` counts in the period starting at `period_start` that left the shared
+    /// total at `total`: the total is observed and the sent counts leave the local one (until then they
+    /// are counted twice, which errs on the side of refusing, for the moment in between).
+    pub fn settle(&self, period_start: i64, sent: u64, total: u64, now: i64) {
+        let period = self.quota.period.index(period_start);
+        self.observe(period_start, total, now);
         let _ = self
             .local
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {
@@ -171,10 +200,17 @@ impl QuotaCount {
         )
     }
 
-    /// Carries another count's unflushed requests over (a replaced entry).
+    /// Carries another count's unflushed requests over (a replaced entry), and its shared count when
+    /// that is newer than the one this count was made with.
     pub fn absorb(&self, other: &QuotaCount) {
+        let (p, c) = unpack(other.shared.load(Ordering::Acquire));
+        if c > 0 {
+            self.raise(other.quota.period.start_of(p), c);
+        }
         let (p, n) = unpack(other.local.swap(0, Ordering::AcqRel));
         if n > 0 {
+            // In this count's period numbering (the quota's period may have changed with the entry).
+            let p = self.quota.period.index(other.quota.period.start_of(p));
             let _ =
                 self.local
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match unpack(v) {
@@ -249,14 +285,76 @@ mod tests {
         assert_eq!(reset as i64, q.period.start_of(day + 1) - now);
         assert_eq!(count.used(now).0, 100);
         // The flush sends 70; another node had added 5: the store says 105.
-        let (start, n) = count.pending().unwrap();
-        assert_eq!((start, n), (q.period.start_of(day), 70));
-        count.settle(start, n, 105);
+        let (start, end, n) = count.pending().unwrap();
+        assert_eq!(
+            (start, end, n),
+            (q.period.start_of(day), q.period.start_of(day + 1), 70)
+        );
+        count.settle(start, n, 105, now);
         assert_eq!(count.pending(), None);
         assert_eq!(count.used(now).0, 105);
         // A new day starts from zero.
         let tomorrow = q.period.start_of(day + 1) + 5;
         assert_eq!(count.take(tomorrow).unwrap().remaining, 99);
         assert_eq!(count.used(tomorrow).0, 1);
+    }
+
+    #[test]
+    fn shared_counts_only_grow_within_a_period_and_a_later_period_replaces_an_earlier_one() {
+        let q = Quota::parse("100/day").unwrap();
+        let now = 1_795_386_600;
+        let day = q.period.index(now);
+        let (today, yesterday, tomorrow) = (
+            q.period.start_of(day),
+            q.period.start_of(day - 1),
+            q.period.start_of(day + 1),
+        );
+        let count = QuotaCount::new(q, Some(day), 10);
+        count.observe(today, 60, now);
+        assert_eq!(count.used(now).0, 60, "another node's flush");
+        count.observe(today, 40, now);
+        assert_eq!(count.used(now).0, 60, "an older report changes nothing");
+        count.observe(yesterday, 99, now);
+        assert_eq!(count.used(now).0, 60, "nor does an earlier period's");
+        // A flush's own answer arriving after a newer feed entry: the sent count still leaves the local.
+        assert!(count.take(now).is_ok());
+        count.settle(today, 1, 55, now);
+        assert_eq!((count.used(now).0, count.pending()), (60, None));
+        // A period far ahead of this node's clock is not believed (it would hide today's 60)...
+        count.observe(tomorrow + 86_400 * 365, 0, now);
+        count.observe(tomorrow, 0, now);
+        assert_eq!(count.used(now).0, 60);
+        // ...but the next day's, once the clock is near it, replaces today's; today's view of it is 0.
+        count.observe(tomorrow, 3, tomorrow - 60);
+        assert_eq!(count.used(tomorrow + 1).0, 3);
+        count.observe(today, 90, tomorrow + 1);
+        assert_eq!(count.used(tomorrow + 1).0, 3, "too late for the new day");
+    }
+
+    #[test]
+    fn a_replacing_count_keeps_the_newer_shared_count_and_the_pending_one_across_periods() {
+        let day = Quota::parse("100/day").unwrap();
+        let month = Quota::parse("1000/month").unwrap();
+        let now = 1_796_515_200 + 3600; // 6 December 2026, 01:00
+        let old = QuotaCount::new(day, Some(day.period.index(now)), 20);
+        old.observe(day.period.start_of(day.period.index(now)), 50, now);
+        for _ in 0..5 {
+            old.take(now).unwrap();
+        }
+        // Same quota, made from an older row (20): keeps 50 and the 5 pending.
+        let same = QuotaCount::new(day, Some(day.period.index(now)), 20);
+        same.absorb(&old);
+        assert_eq!(same.used(now).0, 55);
+        assert_eq!(same.pending().map(|p| p.2), Some(5));
+        // Changed to a month: today's count is the month's so far, in the month's numbering.
+        let monthly = QuotaCount::new(month, None, 0);
+        monthly.absorb(&same);
+        assert_eq!(monthly.used(now).0, 55);
+        let (start, end, n) = monthly.pending().unwrap();
+        assert_eq!(
+            (start, end, n),
+            (1_796_083_200, 1_798_761_600, 5),
+            "December, 5 pending"
+        );
     }
 }

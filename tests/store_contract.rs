@@ -1,9 +1,9 @@
 //! The store contract: one suite, run unchanged against both backends — SQLite (a fresh file) and
 //! PostgreSQL (a fresh database on the cluster `.ci/postgres.sh` starts; skipped outside CI when
 //! `TOKENGATE_TEST_PG_URL` is unset). Create, list, show, revoke, rotate (with and without grace), expiry,
-//! scopes, certificate binding, events, usage increments (and batch ids), the change feed in commit
-//! order under concurrent writers, concurrent revoke/rotate, migrations from several threads at once,
-//! and `store copy` in both directions.
+//! scopes, certificate binding, events, usage increments (and batch ids), quota counts by period and the
+//! quota feed, the change feed in commit order under concurrent writers, concurrent revoke/rotate,
+//! migrations from several threads at once, and `store copy` in both directions.
 
 mod common;
 
@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokengate::config::Rate;
 use tokengate::tokens::fields::Quota;
 use tokengate::tokens::store::{
-    unix_now, Location, NewToken, Status, Store, StoreError, UsageBatch, UsageDelta,
+    unix_now, Location, NewToken, QuotaTotal, QuotaUse, Status, Store, StoreError, UsageBatch,
+    UsageDelta,
 };
 
 /// A backend under test and what keeps it alive (a temporary folder or a database).
@@ -242,6 +243,135 @@ fn usage_adds_up_moves_forward_and_never_touches_revisions() {
             quota: None,
         }]))
         .unwrap();
+    }
+}
+
+/// A batch from node `node` adding `count` to token `id`'s quota in the period [start, end).
+fn quota_batch(node: &str, seq: u64, id: i64, (start, end): (i64, i64), count: u64) -> UsageBatch {
+    UsageBatch {
+        node: node.into(),
+        seq,
+        deltas: vec![UsageDelta {
+            id,
+            uses: count,
+            last_used_at: start,
+            quota: Some(QuotaUse { start, end, count }),
+        }],
+    }
+}
+
+#[test]
+fn quota_flushes_reach_other_nodes_through_the_feed_in_commit_order() {
+    const DAY: i64 = 86_400;
+    let today = unix_now() / DAY * DAY;
+    let day = (today, today + DAY);
+    for b in backends() {
+        let mut s = b.open();
+        let n = b.name;
+        let with_quota = |user| NewToken {
+            quota: Some(Quota::parse("100/day").unwrap()),
+            ..new(user)
+        };
+        let (a, _) = s.create(&with_quota("alice"), "cli").unwrap();
+        let (c, _) = s.create(&with_quota("carol"), "cli").unwrap();
+        let (_, _) = s.create(&new("dave"), "cli").unwrap();
+        let start = s.quota_feed_head().unwrap();
+        assert_eq!(start, 0, "{n}: a new store's feed is empty");
+        let total = |id, total| QuotaTotal {
+            id,
+            period_start: today,
+            total,
+        };
+        // Node A adds 60 to alice's, node B 5 to carol's and 2 to alice's.
+        let totals = s.flush_usage(&quota_batch("A", 1, a.id, day, 60)).unwrap();
+        assert_eq!(totals, [total(a.id, 60)], "{n}");
+        s.flush_usage(&quota_batch("B", 1, c.id, day, 5)).unwrap();
+        s.flush_usage(&quota_batch("B", 2, a.id, day, 2)).unwrap();
+        assert_eq!(s.quota_feed_head().unwrap(), 3, "{n}");
+        // Node B reads A's entry (its own are skipped, but passed).
+        let seen = s.quota_changes_since(0, "B").unwrap();
+        assert_eq!(
+            (seen.position, seen.totals.clone(), seen.whole, seen.more),
+            (3, vec![total(a.id, 60)], false, false),
+            "{n}"
+        );
+        // Node C, a third, reads all three in order; from the head, nothing.
+        let seen = s.quota_changes_since(0, "C").unwrap();
+        assert_eq!(
+            seen.totals,
+            [total(a.id, 60), total(c.id, 5), total(a.id, 62)],
+            "{n}"
+        );
+        assert!(s.quota_changes_since(3, "C").unwrap().totals.is_empty());
+        // A reader that is behind gets a few entries at a time.
+        for seq in 3..8 {
+            s.flush_usage(&quota_batch("A", seq, c.id, day, 1)).unwrap();
+        }
+        let first = s.quota_changes_since(0, "C").unwrap();
+        assert_eq!((first.position, first.more), (4, true), "{n}");
+        assert_eq!(first.totals.last(), Some(&total(c.id, 6)), "{n}");
+        let rest = s.quota_changes_since(first.position, "C").unwrap();
+        assert_eq!((rest.position, rest.more), (8, false), "{n}");
+        assert_eq!(
+            rest.totals,
+            (7..=10).map(|t| total(c.id, t)).collect::<Vec<_>>(),
+            "{n}"
+        );
+        // A flush without quota counts appends nothing.
+        s.flush_usage(&UsageBatch::once(vec![UsageDelta {
+            id: a.id,
+            uses: 1,
+            last_used_at: 1,
+            quota: None,
+        }]))
+        .unwrap();
+        assert_eq!(s.quota_feed_head().unwrap(), 8, "{n}");
+        // A reader ahead of the feed (the store was replaced) reads every count instead (of tokens with
+        // a quota).
+        let seen = s.quota_changes_since(99, "C").unwrap();
+        assert!(seen.whole, "{n}");
+        assert_eq!(seen.position, 8);
+        let mut all = seen.totals;
+        all.sort_by_key(|t| t.id);
+        assert_eq!(all, [total(a.id, 62), total(c.id, 10)], "{n}");
+    }
+}
+
+#[test]
+fn quota_counts_add_within_the_period_start_over_after_it_and_come_too_late_before_it() {
+    const DAY: i64 = 86_400;
+    // Tuesday 1 December 2026 and the two days after; the month of December.
+    let (d1, d2, d3) = (1_796_083_200, 1_796_083_200 + DAY, 1_796_083_200 + 2 * DAY);
+    let december = (d1, 1_798_761_600);
+    for b in backends() {
+        let mut s = b.open();
+        let n = b.name;
+        let (a, _) = s.create(&new("alice"), "cli").unwrap();
+        let used = |s: &mut Store| {
+            let r = s.get(a.id).unwrap();
+            (r.quota_period, r.quota_used)
+        };
+        s.flush_usage(&quota_batch("A", 1, a.id, (d2, d3), 10))
+            .unwrap();
+        assert_eq!(used(&mut s), (Some(d2), 10), "{n}");
+        // Late counts of the day before: too late.
+        s.flush_usage(&quota_batch("A", 2, a.id, (d1, d2), 4))
+            .unwrap();
+        assert_eq!(used(&mut s), (Some(d2), 10), "{n}: too late");
+        // The quota became monthly: the day's 10 are the month's so far.
+        s.flush_usage(&quota_batch("A", 3, a.id, december, 5))
+            .unwrap();
+        assert_eq!(used(&mut s), (Some(d1), 15), "{n}: day inside the month");
+        // Two counts of one token in one batch (a replaced entry's beside the current one's) add up.
+        let mut two = quota_batch("A", 4, a.id, december, 2);
+        two.deltas
+            .push(quota_batch("A", 4, a.id, december, 3).deltas[0]);
+        s.flush_usage(&two).unwrap();
+        assert_eq!(used(&mut s), (Some(d1), 20), "{n}");
+        // Back to daily, on the third: the day starts over.
+        s.flush_usage(&quota_batch("A", 5, a.id, (d3, d3 + DAY), 1))
+            .unwrap();
+        assert_eq!(used(&mut s), (Some(d3), 1), "{n}: a later period");
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! Cross-node truth, said plainly: rates are enforced per node (N nodes let through up to N times a
 //! rate); quotas are enforced against the shared count with at most one flush interval of other nodes'
-//! traffic of overshoot per node.
+//! traffic of overshoot per node (their flushed counts reach every node through the store's quota feed
+//! within the sync delay, see `tokens::store::quota_feed`).
 
 pub use crate::limiter::{Gcra, Left, QuotaCount};
 use crate::tokens::fields::Period;

@@ -1,6 +1,12 @@
 //! The in-memory index that answers every request (digest → entry) and the usage counters its entries
 //! carry (the loops that feed and flush it are in [`super::sync`]).
 //!
+//! A token's quota count on this node is the shared count as last reported plus this node's unflushed
+//! requests. Reports come from this node's own flushes (their answer) and from every other node's flushes
+//! through the store's quota feed ([`super::store::quota_feed`]), which the sync loop reads after each
+//! token change check: so a node knows the others' flushed counts within the sync bound, including for
+//! tokens it has not seen a request for yet.
+//!
 //! The map is a `papaya::HashMap`: readers take an epoch guard and never lock, block or allocate; writers
 //! insert or remove single entries (no whole-map copies, so a change costs the same at 1M tokens as at 1).
 //! Only the sync loop and this process's admin API write, through [`Index::apply`], serialised by the
@@ -8,7 +14,7 @@
 
 use super::fields::{is_privileged, ROLE_MARK};
 use super::format::Digest;
-use super::store::{IndexRow, Location, QuotaTotal, Store, StoreError, UsageDelta};
+use super::store::{IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, UsageDelta};
 use crate::clock;
 use crate::config::Rate;
 use crate::limiter::QuotaCount;
@@ -289,6 +295,10 @@ pub struct Index {
     writer: Mutex<Writer>,
     /// Highest store revision applied.
     last_rev: AtomicI64,
+    /// Position in the store's quota feed: every entry up to it has been applied.
+    quota_feed: AtomicI64,
+    /// This process's name in the store (usage batch ids, quota feed entries): random, per start.
+    node: String,
     pub health: SyncHealth,
 }
 
@@ -313,8 +323,20 @@ impl Index {
                 .build(),
             writer: Mutex::new(Writer::default()),
             last_rev: AtomicI64::new(0),
+            quota_feed: AtomicI64::new(0),
+            node: {
+                use rand_core::RngCore;
+                let mut id = [0u8; 8];
+                rand_core::OsRng.fill_bytes(&mut id);
+                super::store::hex(&id)
+            },
             health: SyncHealth::default(),
         }
+    }
+
+    /// This process's name in the store: its usage batches and quota feed entries carry it.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Makes room for token ids up to `max_id` in the writer's bookkeeping (used before a full load).
@@ -362,6 +384,53 @@ impl Index {
         self.last_rev.load(Ordering::Acquire)
     }
 
+    /// Position in the store's quota feed.
+    pub fn quota_feed_position(&self) -> i64 {
+        self.quota_feed.load(Ordering::Acquire)
+    }
+
+    /// Applies the quota feed's entries after [`Index::quota_feed_position`]: the shared counts other
+    /// nodes' flushes left. Returns how many counts were applied.
+    pub fn sync_quotas_from(&self, store: &mut Store) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        loop {
+            let after = self.quota_feed_position();
+            let changes = store.quota_changes_since(after, &self.node)?;
+            if changes.whole {
+                log::info!(
+                    "quota feed: entries after {after} are gone (this node was away, or the store \
+                     was replaced); read every token's shared quota count instead ({} tokens)",
+                    changes.totals.len()
+                );
+            }
+            self.observe_quotas(&changes.totals);
+            self.quota_feed.store(changes.position, Ordering::Release);
+            applied += changes.totals.len();
+            if !changes.more {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Raises the shared quota counts of the tokens named (unknown ids and tokens without a quota are
+    /// skipped; a count lower than the one held, or of an earlier period, changes nothing).
+    pub fn observe_quotas(&self, totals: &[QuotaTotal]) {
+        // In slices, so that the writer lock is never held long (admin writes and flushes wait on it).
+        let now = clock::now() as i64;
+        for chunk in totals.chunks(16_384) {
+            let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            for t in chunk {
+                if let Some(q) = w
+                    .get(t.id)
+                    .and_then(|k| k.entry.limits.as_ref())
+                    .and_then(|l| l.quota.as_ref())
+                {
+                    q.observe(t.period_start, t.total, now);
+                }
+            }
+        }
+    }
+
     /// Loads every change after [`Index::last_rev`] from the store.
     pub fn sync_from(&self, store: &mut Store) -> Result<usize, StoreError> {
         let mut n = 0;
@@ -377,6 +446,9 @@ impl Index {
     /// store in batches while this thread applies them, so that the store's work and the index's
     /// (hashing, allocation, page faults) overlap on two cores. Measured at 1M tokens: 2.0-2.1 s one after
     /// the other, see BENCHMARKS.md for the pipelined figure.
+    ///
+    /// The quota feed's position is read before the rows, so that the sync loop later applies every
+    /// flush the rows may not hold yet.
     pub fn load_from(&self, location: &Location) -> Result<usize, StoreError> {
         const BATCH: usize = 4096;
         let from = self.last_rev();
@@ -384,8 +456,9 @@ impl Index {
         let location = location.clone();
         let reader = std::thread::Builder::new()
             .name("tokengate-load".into())
-            .spawn(move || -> Result<(), StoreError> {
+            .spawn(move || -> Result<i64, StoreError> {
                 let mut store = Store::open_existing(&location)?;
+                let feed = store.quota_feed_head()?;
                 let mut batch = Vec::with_capacity(BATCH);
                 store.for_each_change(from, |row| {
                     batch.push(row);
@@ -395,7 +468,7 @@ impl Index {
                     }
                 })?;
                 let _ = tx.send(batch);
-                Ok(())
+                Ok(feed)
             })
             .map_err(|e| StoreError::Create {
                 path: "(index loader thread)".into(),
@@ -408,12 +481,13 @@ impl Index {
             }
             n += batch.len();
         }
-        reader.join().unwrap_or_else(|_| {
+        let feed = reader.join().unwrap_or_else(|_| {
             Err(StoreError::Create {
                 path: "(index loader thread)".into(),
                 source: std::io::Error::other("the loader thread panicked"),
             })
         })?;
+        self.quota_feed.fetch_max(feed, Ordering::AcqRel);
         Ok(n)
     }
 
@@ -530,9 +604,9 @@ impl Index {
         });
     }
 
-    /// Takes the usage counted since the last call, resetting the counters.
+    /// Takes the usage counted since the last call, resetting the counters (a quota's unflushed count
+    /// stays until [`Index::settle_quota`] takes the flushed part off).
     pub fn take_usage(&self) -> Vec<UsageDelta> {
-        let now = clock::now();
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let retired = std::mem::take(&mut w.retired);
         let mut out: Vec<UsageDelta> = Vec::new();
@@ -544,19 +618,13 @@ impl Index {
             .chain(retired.iter())
         {
             let uses = e.uses.swap(0, Ordering::Relaxed);
-            // A quota's unflushed count; or, for a token used in the last minute, a count of nothing, so
-            // that the flush reads back the shared total other nodes have added to meanwhile.
+            // Other nodes' counts arrive through the quota feed: only this node's own are sent.
             let quota = e
                 .limits
                 .as_ref()
                 .and_then(|l| l.quota.as_ref())
-                .and_then(|q| {
-                    q.pending().or_else(|| {
-                        let recent =
-                            now.saturating_sub(e.last_used.load(Ordering::Relaxed) as u64) < 60;
-                        recent.then(|| (q.period_start(now as i64), 0))
-                    })
-                });
+                .and_then(|q| q.pending())
+                .map(|(start, end, count)| QuotaUse { start, end, count });
             if uses > 0 || quota.is_some() {
                 let last_used_at = e.last_used.load(Ordering::Relaxed) as i64;
                 out.push(UsageDelta {
@@ -572,6 +640,15 @@ impl Index {
 
     /// After a flush: the shared quota counts the store reported, and the sent counts off the local ones.
     pub fn settle_quota(&self, sent: &[UsageDelta], totals: &[QuotaTotal]) {
+        // What was sent, by token and period (a replaced entry's count may travel beside the current one's).
+        let mut by_token: std::collections::HashMap<(i64, i64), u64> =
+            std::collections::HashMap::with_capacity(totals.len());
+        for d in sent {
+            if let Some(q) = d.quota {
+                *by_token.entry((d.id, q.start)).or_default() += q.count;
+            }
+        }
+        let now = clock::now() as i64;
         let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for t in totals {
             let Some(q) = w
@@ -581,14 +658,8 @@ impl Index {
             else {
                 continue;
             };
-            let sent_here = sent
-                .iter()
-                .filter(|d| d.id == t.id)
-                .filter_map(|d| d.quota)
-                .filter(|(p, _)| *p == t.period_start)
-                .map(|(_, n)| n)
-                .sum();
-            q.settle(t.period_start, sent_here, t.total);
+            let sent_here = by_token.get(&(t.id, t.period_start)).copied().unwrap_or(0);
+            q.settle(t.period_start, sent_here, t.total, now);
         }
     }
 
@@ -817,5 +888,81 @@ mod tests {
         assert!(limits.quota.is_none());
         r.rate_limit = None;
         assert!(TokenLimits::new(&r).is_none(), "no limits, no allocation");
+    }
+
+    /// Token `id`'s row with a quota of 100 a day, `used` of it counted today in the store.
+    fn quota_row(id: i64, digest: Digest, rev: i64, used: i64) -> IndexRow {
+        let quota = crate::tokens::fields::Quota::parse("100/day").unwrap();
+        let now = clock::now() as i64;
+        IndexRow {
+            quota: Some(quota),
+            quota_used: used,
+            quota_period: Some(quota.period.start_of(quota.period.index(now))),
+            ..row(id, digest, rev)
+        }
+    }
+
+    fn today() -> i64 {
+        clock::now() as i64 / 86_400 * 86_400
+    }
+
+    #[test]
+    fn quota_feed_totals_raise_the_counts_of_indexed_tokens_with_a_quota_only() {
+        let idx = Index::new();
+        idx.apply(&quota_row(1, Token::generate().digest(), 1, 10));
+        idx.apply(&row(2, Token::generate().digest(), 2));
+        let now = clock::now() as i64;
+        let t = |id, total| QuotaTotal {
+            id,
+            period_start: today(),
+            total,
+        };
+        idx.observe_quotas(&[t(1, 60), t(2, 10), t(99, 5), t(-1, 5), t(1, 40)]);
+        assert_eq!(idx.quota_used(1, now), Some(60));
+        assert_eq!(idx.quota_used(2, now), None);
+        // Nothing pending here: the flush sends nothing for it (other nodes' counts come by the feed).
+        assert!(idx.take_usage().is_empty());
+    }
+
+    #[test]
+    fn an_entry_replaced_with_counts_pending_keeps_them_and_the_newer_shared_count() {
+        let idx = Index::new();
+        let d = Token::generate().digest();
+        idx.apply(&quota_row(1, d, 1, 10));
+        let now = clock::now() as i64;
+        let entry = idx.get(&d).unwrap().entry;
+        let quota = entry.limits.as_ref().unwrap().quota.as_ref().unwrap();
+        for _ in 0..7 {
+            quota.take(now).unwrap();
+            entry.record_use(now as u64);
+        }
+        idx.observe_quotas(&[QuotaTotal {
+            id: 1,
+            period_start: today(),
+            total: 50,
+        }]);
+        // An edit (new expiry) read before the other node's flush reached the store row: 10, not 50.
+        let mut edited = quota_row(1, d, 2, 10);
+        edited.expires_at = Some(now + 3600);
+        idx.apply(&edited);
+        assert!(
+            !Arc::ptr_eq(&idx.get(&d).unwrap().entry, &entry),
+            "replaced"
+        );
+        assert_eq!(idx.quota_used(1, now), Some(57));
+        let sent = idx.take_usage();
+        let pending: u64 = sent.iter().filter_map(|u| u.quota).map(|q| q.count).sum();
+        assert_eq!(pending, 7, "{sent:?}");
+        // The flush's answer: 50 + 7.
+        idx.settle_quota(
+            &sent,
+            &[QuotaTotal {
+                id: 1,
+                period_start: today(),
+                total: 57,
+            }],
+        );
+        assert_eq!(idx.quota_used(1, now), Some(57));
+        assert!(idx.take_usage().iter().all(|u| u.quota.is_none()));
     }
 }

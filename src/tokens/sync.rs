@@ -1,12 +1,14 @@
 //! The background loops that keep the index in step with the store, plus the [`Stop`] signal that wakes
 //! them at once on shutdown:
 //!
-//! - the **sync loop** loads every change with `rev > last applied`. What wakes it: on SQLite, an inotify
-//!   event on the database files (another process — the CLI — committed), on PostgreSQL a `NOTIFY` on
-//!   `tokengate_changes`; and in both cases a poll every `sync_interval` (SQLite's `data_version`,
-//!   PostgreSQL's revision counter), which catches whatever a notification missed. The revision, not the
-//!   notification, is the truth. Store errors keep the last good index, mark `/healthz` degraded, log once
-//!   per state change, and are retried with a fresh connection (with backoff on PostgreSQL).
+//! - the **sync loop** loads every change with `rev > last applied`, then the quota feed's entries after its
+//!   position (the shared quota counts other nodes' flushes left). What wakes it: on SQLite, an inotify
+//!   event on the database files (another process — the CLI, another gateway's flush — committed), on
+//!   PostgreSQL a `NOTIFY` on `tokengate_changes` (token changes and quota feed entries); and in both cases
+//!   a poll every `sync_interval` (SQLite's `data_version`; PostgreSQL's revision counter and the feed's
+//!   position), which catches whatever a notification missed. The revision and the feed position, not the
+//!   notification, are the truth. Store errors keep the last good index, mark `/healthz` degraded, log
+//!   once per state change, and are retried with a fresh connection (with backoff on PostgreSQL).
 //! - the **usage flush** writes the in-memory use counts as increments every `usage_flush_interval` and
 //!   once more at shutdown. A batch that failed is retried as it was (same id) before new counts are
 //!   taken: PostgreSQL records each batch id, so a batch whose commit succeeded but whose answer was lost
@@ -230,6 +232,7 @@ fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>)
                 if n > 0 {
                     log::debug!("sync: applied {n} token changes");
                 }
+                index.sync_quotas_from(s)?;
                 seen_version = Some(v);
             }
             Ok(())
@@ -284,6 +287,7 @@ fn sync_postgres(index: &Index, location: &Location, interval: Duration, stop: &
                 if n > 0 {
                     log::info!("sync: caught up {n} token changes after connecting");
                 }
+                index.sync_quotas_from(store)?;
                 return Ok(());
             }
             let (store, listener) = conn.as_mut().expect("connected");
@@ -300,6 +304,8 @@ fn sync_postgres(index: &Index, location: &Location, interval: Duration, stop: &
                     log::debug!("sync: applied {n} token changes");
                 }
             }
+            // One small query when nothing was flushed (the feed's position, no entry).
+            index.sync_quotas_from(store)?;
             Ok(())
         })();
         match result {
@@ -329,12 +335,10 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn new() -> Flusher {
-        use rand_core::RngCore;
-        let mut id = [0u8; 8];
-        rand_core::OsRng.fill_bytes(&mut id);
+    /// A flusher whose batches (and quota feed entries) carry the index's node name.
+    fn new(index: &Index) -> Flusher {
         Flusher {
-            node: super::store::hex(&id),
+            node: index.node().to_owned(),
             next_seq: AtomicU64::new(1),
             pending: None,
         }
@@ -380,7 +384,7 @@ impl Flusher {
 pub fn run_usage_flush(index: Arc<Index>, location: Location, interval: Duration, stop: Arc<Stop>) {
     use std::os::unix::fs::MetadataExt;
     let mut store: Option<(Store, u64)> = None;
-    let mut flusher = Flusher::new();
+    let mut flusher = Flusher::new(&index);
     let sqlite_path: Option<PathBuf> = match &location {
         Location::Sqlite(p) => Some(p.clone()),
         Location::Postgres(_) => None,

@@ -779,6 +779,8 @@ pub struct GatewayBuilder {
     wire: Wire,
     /// A PostgreSQL store instead of the SQLite file next to the config.
     store_url: Option<String>,
+    /// An SQLite database file elsewhere than next to the config (another gateway's, to share it).
+    store_path: Option<PathBuf>,
 }
 
 /// The harness's `[tls]` section: its keys, the certificates (written into the gateway's folder at
@@ -829,12 +831,19 @@ impl GatewayBuilder {
             tls: None,
             wire: Wire::Plain,
             store_url: None,
+            store_path: None,
         }
     }
 
     /// Uses the PostgreSQL database at `url` as the store (`[store] url`).
     pub fn store_url(mut self, url: &str) -> Self {
         self.store_url = Some(url.to_owned());
+        self
+    }
+
+    /// Uses the SQLite database at `path` (another gateway's [`Gateway::db_path`], to share it).
+    pub fn store_path(mut self, path: &Path) -> Self {
+        self.store_path = Some(path.to_owned());
         self
     }
 
@@ -1002,9 +1011,10 @@ impl Gateway {
         for (key, value) in &self.builder.gateway {
             toml.push_str(&format!("{key} = {value}\n"));
         }
-        match &self.builder.store_url {
-            None => toml.push_str("\n[store]\npath = \"tokengate.db\"\n"),
-            Some(url) => toml.push_str(&format!("\n[store]\nurl = {url:?}\n")),
+        match (&self.builder.store_url, &self.builder.store_path) {
+            (Some(url), _) => toml.push_str(&format!("\n[store]\nurl = {url:?}\n")),
+            (None, Some(path)) => toml.push_str(&format!("\n[store]\npath = {path:?}\n")),
+            (None, None) => toml.push_str("\n[store]\npath = \"tokengate.db\"\n"),
         }
         toml.push_str(&format!("\n[admin]\nlisten = \"{}\"\n", self.admin));
         for (key, value) in self.builder.sections.get("admin").into_iter().flatten() {

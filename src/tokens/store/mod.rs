@@ -5,11 +5,14 @@
 //!
 //! Semantics both keep: every change to a token (create, revoke, rotate) gets the next revision (`rev`),
 //! and revisions become visible in commit order, so a reader may ask for `rev > last_seen` and never miss
-//! one; usage is added as increments and never touches `rev`; `token_events` is append-only.
+//! one; usage is added as increments and never touches `rev`; `token_events` is append-only; a flush
+//! that changes shared quota counts appends them to the quota feed ([`quota_feed`]), whose entries also
+//! become visible in commit order.
 
 pub mod pg;
 mod pg_sql;
 pub mod pg_url;
+pub mod quota_feed;
 pub mod sqlite;
 
 use super::fields::Quota;
@@ -329,8 +332,22 @@ pub struct UsageDelta {
     pub id: i64,
     pub uses: u64,
     pub last_used_at: i64,
-    /// Accepted requests counted against the token's quota: (the period's start, unix seconds; count).
-    pub quota: Option<(i64, u64)>,
+    /// Accepted requests counted against the token's quota.
+    pub quota: Option<QuotaUse>,
+}
+
+/// Accepted requests a node counted against a token's quota in one calendar period.
+///
+/// The store adds them to the stored count when that count is of the same period, or of a shorter one
+/// inside it (the quota was changed from a day to a month: the day's count is the month's so far); starts
+/// the count over when the stored period began earlier; and drops them when it began at `end` or later
+/// (a node that was down across the change of period: too late to count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUse {
+    /// The period's first second and the next period's (unix seconds).
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
 }
 
 /// A token's shared quota count after a flush added to it.
@@ -339,6 +356,21 @@ pub struct QuotaTotal {
     pub id: i64,
     pub period_start: i64,
     pub total: u64,
+}
+
+/// What the quota feed brings a reader at feed position `after` (see [`quota_feed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaChanges {
+    /// The position the reader is at once it has applied `totals`.
+    pub position: i64,
+    /// The shared counts that other nodes' flushes left, in commit order (a token may appear more than
+    /// once); or, when `whole`, every token's current count.
+    pub totals: Vec<QuotaTotal>,
+    /// The entries after `after` were no longer there (pruned while the reader was away, or the store
+    /// was replaced): `totals` is every token's count instead, read after `position`.
+    pub whole: bool,
+    /// More entries follow `position` (a few are read at a time): ask again.
+    pub more: bool,
 }
 
 /// Lower-case hex of bytes (certificate thumbprints).
@@ -544,9 +576,25 @@ impl Store {
     }
 
     /// Adds usage counted in memory (increments; `last_used_at` only moves forward), at most once per
-    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to.
+    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to, which the
+    /// same transaction appends to the quota feed for the other nodes.
     pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         each!(self, s => s.flush_usage(batch))
+    }
+
+    /// The quota feed's position: the number of the newest entry (0: none yet).
+    pub fn quota_feed_head(&mut self) -> Result<i64, StoreError> {
+        each!(self, s => s.quota_feed_head())
+    }
+
+    /// The shared quota counts changed by flushes after feed position `after`, except those of the node
+    /// `own` (it settled them from its flush's answer). See [`quota_feed`].
+    pub fn quota_changes_since(
+        &mut self,
+        after: i64,
+        own: &str,
+    ) -> Result<QuotaChanges, StoreError> {
+        each!(self, s => s.quota_changes_since(after, own))
     }
 
     /// Changes a token's label, expiry or limits (a change: new revision, one event). Returns the record

@@ -22,8 +22,9 @@
 //!
 //! # Locks
 //! Revoke and rotate lock their token row (`SELECT ... FOR UPDATE`) before the counter, creates take only the
-//! counter, and usage flushes lock their rows in id order and never the counter: no two of them can wait for
-//! each other in a cycle. Any lock wait is limited to [`BUSY_TIMEOUT`] (`lock_timeout`) and then fails with
+//! counter, and usage flushes lock their rows in id order and never the counter (their last statement takes
+//! the quota feed's own counter, which nothing else takes): no two of them can wait for each other in a
+//! cycle. Any lock wait is limited to [`BUSY_TIMEOUT`] (`lock_timeout`) and then fails with
 //! [`StoreError::Busy`], as SQLite's busy timeout does; migrations wait as long as another node migrates.
 //!
 //! # TLS
@@ -36,7 +37,7 @@ use super::pg_sql::*;
 use super::pg_url::{to_err, PgUrl};
 use super::{
     created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
-    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch,
+    IndexRow, NewToken, QuotaTotal, QuotaUse, StoreError, TokenPatch, TokenRecord, UsageBatch,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
@@ -50,8 +51,8 @@ use std::time::Duration;
 /// One connection to the token database. Open one per thread that needs it; after an error, drop it and
 /// connect again (the connection may be gone).
 pub struct PgStore {
-    client: Client,
-    url: PgUrl,
+    pub(super) client: Client,
+    pub(super) url: PgUrl,
     /// Statements prepared on this connection, by their SQL, each at its first use: a prepared statement
     /// costs one round trip per execution, an unprepared one two.
     prepared: HashMap<&'static str, Statement>,
@@ -97,7 +98,7 @@ impl PgStore {
         Listener::connect(&self.url)
     }
 
-    fn prepare(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+    pub(super) fn prepare(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());
         }
@@ -565,7 +566,8 @@ impl PgStore {
     }
 
     /// Adds usage counted in memory, in one statement (one round trip). Counts add up, so several gateways
-    /// can share a database; `last_used_at` only moves forward; unknown ids are ignored.
+    /// can share a database; `last_used_at` only moves forward; unknown ids are ignored. The quota totals
+    /// the batch left are returned and appended to the quota feed in the same transaction.
     ///
     /// Each batch is recorded by its id (`node`, `seq`) in the same transaction: a batch sent again
     /// because its answer was lost (the commit went through, the connection broke) changes nothing.
@@ -580,45 +582,54 @@ impl PgStore {
             .map(|d| d.uses.min(i64::MAX as u64) as i64)
             .collect();
         let last: Vec<i64> = deltas.iter().map(|d| d.last_used_at).collect();
-        let quota: Vec<(i64, i64, i64)> = deltas
+        // One count per token (an UPDATE ... FROM applies one source row per target row): counts of one
+        // period add up; of two periods, the later one is what the earlier would be overwritten by.
+        let mut quota: Vec<(i64, QuotaUse)> = deltas
             .iter()
-            .filter_map(|d| d.quota.map(|(p, n)| (d.id, p, n as i64)))
-            .filter(|q| q.2 > 0)
+            .filter_map(|d| Some((d.id, d.quota?)))
+            .filter(|(_, q)| q.count > 0)
             .collect();
-        // Counts of nothing only read the shared totals back.
-        let reads: Vec<i64> = deltas
+        quota.sort_by_key(|(id, q)| (*id, q.start));
+        quota.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            if later.1.start == kept.1.start {
+                kept.1.count += later.1.count;
+            } else {
+                kept.1 = later.1;
+            }
+            true
+        });
+        let q_ids: Vec<i64> = quota.iter().map(|q| q.0).collect();
+        let q_starts: Vec<i64> = quota.iter().map(|q| q.1.start).collect();
+        let q_ends: Vec<i64> = quota.iter().map(|q| q.1.end).collect();
+        let q_counts: Vec<i64> = quota
             .iter()
-            .filter(|d| d.quota.is_some_and(|(_, n)| n == 0))
-            .map(|d| d.id)
+            .map(|q| q.1.count.min(i64::MAX as u64) as i64)
             .collect();
-        let (q_ids, q_periods, q_counts): (Vec<i64>, Vec<i64>, Vec<i64>) = (
-            quota.iter().map(|q| q.0).collect(),
-            quota.iter().map(|q| q.1).collect(),
-            quota.iter().map(|q| q.2).collect(),
-        );
         let (record, statement, add_quota, read_quota) = (
             self.prepare(RECORD_BATCH)?,
             self.prepare(FLUSH_USAGE)?,
             self.prepare(FLUSH_QUOTA)?,
             self.prepare(READ_QUOTA)?,
         );
+        let feed = self.quota_feed_statements()?;
         let err = |e| to_err(&self.url, e);
         let mut tx = self.client.transaction().map_err(err)?;
         let seq = batch.seq as i64;
+        let now = unix_now();
         let fresh = tx
-            .execute(&record, &[&batch.node, &seq, &unix_now()])
+            .execute(&record, &[&batch.node, &seq, &now])
             .map_err(err)?;
-        let mut totals = if fresh == 1 {
+        let rows = if fresh == 1 {
             tx.execute(&statement, &[&ids, &uses, &last]).map_err(err)?;
-            tx.query(&add_quota, &[&q_ids, &q_periods, &q_counts])
+            tx.query(&add_quota, &[&q_ids, &q_starts, &q_counts, &q_ends])
                 .map_err(err)?
         } else {
             tx.query(&read_quota, &[&q_ids]).map_err(err)?
         };
-        if !reads.is_empty() {
-            totals.extend(tx.query(&read_quota, &[&reads]).map_err(err)?);
-        }
-        let totals = totals
+        let totals: Vec<QuotaTotal> = rows
             .iter()
             .map(|r| QuotaTotal {
                 id: r.get(0),
@@ -626,7 +637,9 @@ impl PgStore {
                 total: r.get::<_, i64>(2).max(0) as u64,
             })
             .collect();
-        if fresh != 1 {
+        if fresh == 1 {
+            super::quota_feed::append_pg(&mut tx, &feed, &batch.node, &totals, now).map_err(err)?;
+        } else {
             log::info!(
                 "usage flush: batch {}/{} was already written (its answer was lost); not added again",
                 batch.node,

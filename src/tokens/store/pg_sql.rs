@@ -59,6 +59,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota TEXT;
     ALTER TABLE tokens ADD COLUMN quota_used BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN quota_period BIGINT;",
+    // 3: the quota feed (SQLite's migration 5; see quota_feed.rs).
+    super::quota_feed::PG_MIGRATION,
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
@@ -156,14 +158,16 @@ pub(super) const RECORD_BATCH: &str =
     "WITH old AS (DELETE FROM usage_batches WHERE at < $3::int8 - 86400)
     INSERT INTO usage_batches (node, seq, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
-/// Adds quota counts (ids, period starts, counts; one per id): a later period starts the count over, an
-/// earlier one is too late to count. Returns each token's period and total.
+/// Adds quota counts (ids, period starts, counts, period ends; one per id), as `QuotaUse` says: added
+/// within the period, started over after an earlier one, dropped when the stored period is later.
+/// Returns each token's period and total.
 pub(super) const FLUSH_QUOTA: &str = "UPDATE tokens t SET
-        quota_used = CASE WHEN t.quota_period = q.p THEN t.quota_used + q.n
-                          WHEN t.quota_period IS NULL OR t.quota_period < q.p THEN q.n
+        quota_used = CASE WHEN t.quota_period IS NULL OR t.quota_period < q.p THEN q.n
+                          WHEN t.quota_period < q.e THEN t.quota_used + q.n
                           ELSE t.quota_used END,
-        quota_period = GREATEST(COALESCE(t.quota_period, q.p), q.p)
-    FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS q (id, p, n)
+        quota_period = CASE WHEN t.quota_period IS NULL OR t.quota_period < q.e THEN q.p
+                            ELSE t.quota_period END
+    FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS q (id, p, n, e)
     WHERE t.id = q.id RETURNING t.id, t.quota_period, t.quota_used";
 
 /// The quota totals of a batch that was written before (its answer was lost).

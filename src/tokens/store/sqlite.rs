@@ -66,12 +66,14 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota TEXT;
     ALTER TABLE tokens ADD COLUMN quota_used INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN quota_period INTEGER;",
+    // 5: the quota feed (see quota_feed.rs).
+    super::quota_feed::SQLITE_MIGRATION,
 ];
 
 /// One connection to the token database. Open one per thread that needs it.
 pub struct SqliteStore {
-    conn: Connection,
-    path: PathBuf,
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
 }
 
 impl SqliteStore {
@@ -176,7 +178,7 @@ impl SqliteStore {
 }
 
 /// Maps a SQLite error to a [`StoreError`], recognising a database locked by another writer.
-fn to_err(path: &Path, source: rusqlite::Error) -> StoreError {
+pub(super) fn to_err(path: &Path, source: rusqlite::Error) -> StoreError {
     {
         let busy = matches!(
             &source,
@@ -607,7 +609,8 @@ impl SqliteStore {
     }
 
     /// Adds usage counted in memory, in one transaction. Counts add up, so several gateways can share a
-    /// database; `last_used_at` only moves forward.
+    /// database; `last_used_at` only moves forward. The quota totals the batch left are returned and
+    /// appended to the quota feed in the same transaction.
     ///
     /// The batch id is not recorded: a local transaction either commits or reports the failure, so a
     /// retried batch was never written.
@@ -629,40 +632,31 @@ impl SqliteStore {
                      last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?3",
                 )
                 .map_err(err)?;
-            // A count for a later period than the stored one starts it over; an earlier one (a node
-            // that was down across the change of period) is too late to count.
+            // See `QuotaUse`: added within the period (?1 to ?4), started over after an earlier one,
+            // dropped when the stored period is later.
             let mut quota = tx
                 .prepare_cached(
                     "UPDATE tokens SET
-                        quota_used = CASE WHEN quota_period = ?1 THEN quota_used + ?2
-                                          WHEN quota_period IS NULL OR quota_period < ?1 THEN ?2
+                        quota_used = CASE WHEN quota_period IS NULL OR quota_period < ?1 THEN ?2
+                                          WHEN quota_period < ?4 THEN quota_used + ?2
                                           ELSE quota_used END,
-                        quota_period = MAX(COALESCE(quota_period, ?1), ?1)
+                        quota_period = CASE WHEN quota_period IS NULL OR quota_period < ?4 THEN ?1
+                                            ELSE quota_period END
                      WHERE id = ?3 RETURNING quota_period, quota_used",
                 )
-                .map_err(err)?;
-            let mut read = tx
-                .prepare_cached("SELECT quota_period, quota_used FROM tokens WHERE id = ?1")
                 .map_err(err)?;
             for d in deltas {
                 if d.uses > 0 {
                     stmt.execute(params![d.uses as i64, d.last_used_at, d.id])
                         .map_err(err)?;
                 }
-                if let Some((period, n)) = d.quota {
-                    let pair = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(Option<i64>, i64)> {
-                        Ok((r.get(0)?, r.get(1)?))
-                    };
-                    // A count of nothing only reads the shared total back.
-                    let row = if n == 0 {
-                        read.query_row(params![d.id], pair)
-                    } else {
-                        quota.query_row(params![period, n as i64, d.id], pair)
-                    };
-                    let row: Option<(i64, i64)> = row
+                if let Some(q) = d.quota.filter(|q| q.count > 0) {
+                    let row = quota
+                        .query_row(params![q.start, q.count as i64, d.id, q.end], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                        })
                         .optional()
-                        .map_err(err)?
-                        .and_then(|(p, used)| p.map(|p| (p, used)));
+                        .map_err(err)?;
                     if let Some((p, used)) = row {
                         totals.push(QuotaTotal {
                             id: d.id,
@@ -673,6 +667,7 @@ impl SqliteStore {
                 }
             }
         }
+        SqliteStore::append_quota_feed(&tx, &batch.node, &totals, unix_now()).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(totals)
     }
