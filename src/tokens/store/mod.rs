@@ -424,13 +424,14 @@ impl Location {
     }
 
     /// Parses a `store copy --to` target: `sqlite:PATH`, a PostgreSQL connection string (`postgres://...`
-    /// or `host=... dbname=...` words), or a plain path. Anything else written like a URL (`scheme:/...`,
-    /// a `user:password@` part) is refused, its password redacted, rather than taken for a file name.
+    /// or `host=... dbname=...` words), or a plain path. Anything else with a `=`, an `@` or a `:/` (a
+    /// misspelt URL, broken key=value words) is refused, its password redacted, rather than taken for a file
+    /// name; such a file is written `sqlite:PATH`.
     pub fn parse_target(target: &str) -> Result<Location, StoreError> {
         if let Some(path) = target.strip_prefix("sqlite:") {
             return Ok(Location::Sqlite(PathBuf::from(path)));
         }
-        let url_like = target.contains(":/") || target.contains('@');
+        let url_like = target.contains(":/") || target.contains(['@', '=']);
         if crate::config::store_url::form(target).is_some() || url_like {
             return Ok(Location::Postgres(Box::new(PgUrl::parse(target)?)));
         }
