@@ -47,9 +47,9 @@ pub fn init(default_level: &str) {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
             .format_timestamp_millis()
             .build();
-    let max = logger.filter();
+    let max: LevelFilter = logger.filter();
     if log::set_boxed_logger(Box::new(Filtered(logger))).is_ok() {
-        log::set_max_level(max.max(LevelFilter::Error));
+        log::set_max_level(max);
     }
 }
 
