@@ -4,12 +4,15 @@
 use crate::config::Rate;
 use crate::config::{self, Config};
 use crate::tokens::fields::Quota;
-use crate::tokens::fields::{cert_thumbprint, check_label, check_scopes, check_user, expiry};
+use crate::tokens::fields::{
+    cert_thumbprint, check_label, check_scopes, check_user, expiry, grace_until, parse_grace,
+};
 use crate::tokens::store::{self, Location, NewToken, Store, TokenPatch, TokenRecord};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The actor recorded in the event log for CLI changes.
 const CLI_ACTOR: &str = "cli";
@@ -77,11 +80,11 @@ pub enum TokenCommand {
         /// A label to recognise the token by (e.g. the device).
         #[arg(long)]
         label: String,
-        /// Expire after this long (30s, 15m, 12h, 90d). Default: never.
-        #[arg(long, conflicts_with = "expires_at")]
+        /// Expire after this long (30s, 15m, 12h, 90d; at the latest 9999-12-31T23:59:59Z). Default: never.
+        #[arg(long, conflicts_with = "expires_at", value_parser = expires_in_arg)]
         expires_in: Option<String>,
         /// Expire at this RFC 3339 time. Default: never.
-        #[arg(long)]
+        #[arg(long, value_parser = expires_at_arg)]
         expires_at: Option<String>,
         /// Restrict the token to this scope (repeatable). Default: full access.
         #[arg(long = "scope")]
@@ -112,7 +115,7 @@ pub enum TokenCommand {
         #[arg(long)]
         label: Option<String>,
         /// A new expiry (duration from now), or `never`.
-        #[arg(long)]
+        #[arg(long, value_parser = new_expiry_arg)]
         expires_in: Option<String>,
         /// 5/s, 300/m, 10000/h, or none.
         #[arg(long)]
@@ -145,8 +148,8 @@ pub enum TokenCommand {
     Rotate {
         id: i64,
         /// How long the old secret stays valid (e.g. 10m). Default: it stops at once.
-        #[arg(long)]
-        grace: Option<String>,
+        #[arg(long, value_parser = grace_arg)]
+        grace: Option<Duration>,
         #[arg(long)]
         json: bool,
     },
@@ -157,12 +160,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { upgrade } => {
             let config = Config::load(&cli.config)?;
+            let location = Location::from_config(&config.store).ok();
+            for w in warnings(&config, location.as_ref()) {
+                log::warn!("{}: {w}", cli.config.display());
+            }
             crate::server::serve(config, upgrade)
         }
         Command::CheckConfig => {
             let c = Config::load(&cli.config)?;
             let file = cli.config.display();
-            Location::from_config(&c.store).map_err(|e| anyhow::anyhow!("{file}: [store]: {e}"))?;
+            let location = Location::from_config(&c.store)
+                .map_err(|e| anyhow::anyhow!("{file}: [store]: {e}"))?;
+            for w in warnings(&c, Some(&location)) {
+                eprintln!("warning: {file}: {w}");
+            }
             // The files the config names: certificates and keys, client and upstream CAs.
             crate::transport::Table::new(&c, &crate::ops::metrics::Metrics::new(), None)
                 .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
@@ -204,6 +215,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             store_command(&location, command)
         }
     }
+}
+
+/// What `check-config` prints and `serve` logs about a valid configuration that opens a door: each
+/// `KEY: problem` (the store's key when its connection is not verified TLS to another host).
+fn warnings(config: &Config, location: Option<&Location>) -> Vec<String> {
+    let mut out: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    if let (Some(w), config::StoreConfig::Postgres { from, .. }) =
+        (location.and_then(Location::warning), &config.store)
+    {
+        out.push(format!("{from}: {w}"));
+    }
+    out
 }
 
 /// The configured store, opened (and migrated) for a command.
@@ -413,17 +436,39 @@ fn token_command(
             Ok(())
         }
         TokenCommand::Rotate { id, grace, json } => {
-            let grace = grace
-                .as_deref()
-                .map(config::parse_duration)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
+            if let Some(g) = grace {
+                grace_until(store::unix_now(), g).map_err(|e| anyhow::anyhow!("--grace: {e}"))?;
+            }
             let (record, token) = store
                 .rotate(id, grace, CLI_ACTOR)
                 .with_context(|| format!("rotating token {id}"))?;
             print_secret(&record, token.as_str(), json, now)
         }
     }
+}
+
+/// `--expires-in` of `token create`: refused as a usage error (exit 2, no store opened) when it is not a
+/// duration or ends past 9999-12-31T23:59:59Z. The value is read again at the time of the change.
+fn expires_in_arg(text: &str) -> Result<String, String> {
+    expiry(Some(text), None).map(|_| text.to_owned())
+}
+
+/// `--expires-at` of `token create`, checked as `--expires-in` is.
+fn expires_at_arg(text: &str) -> Result<String, String> {
+    expiry(None, Some(text)).map(|_| text.to_owned())
+}
+
+/// `--expires-in` of `token set`: a duration as for create, or `never`.
+fn new_expiry_arg(text: &str) -> Result<String, String> {
+    match text {
+        "never" => Ok(text.to_owned()),
+        _ => expires_in_arg(text),
+    }
+}
+
+/// `--grace` of `token rotate`: a duration that ends by 9999-12-31T23:59:59Z.
+fn grace_arg(text: &str) -> Result<Duration, String> {
+    parse_grace(text)
 }
 
 /// `--rate-limit`/`--quota` of `token set`: absent (no change), `none` (clear) or a value.

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! Rooms by concern; dependencies point down this list (no cycles):
-//! - [`server`], [`cli`]: assembling and running the pingora server; the command line.
+//! - [`server`], [`cli`], [`logging`]: assembling and running the pingora server; the command line; the
+//!   logger (which never lets the libraries that print statement parameters and request heads do so).
 //! - [`ops`]: the admin listener (API, page, `/healthz`, `/metrics`), metrics, the access log.
 //! - [`transport`]: bytes on the wire — the HTTP/1 connection loop, forwarding, upstream connections.
 //! - [`gateway`]: the policy — the one pure decision every transport calls, routes, auth, throttle,
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod limiter;
+pub mod logging;
 pub mod ops;
 pub mod server;
 pub mod tokens;

@@ -14,9 +14,7 @@ fn main() -> ExitCode {
         tokengate::cli::Command::Serve { .. } => "info",
         _ => "warn",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
-        .init();
+    tokengate::logging::init(default_level);
     match tokengate::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::pg::{admin_url, fresh_database, password_of, with_database, with_option, TestDb};
+use common::pg::{
+    admin_url, fresh_database, non_loopback_ip, password_of, server_addr, with_database, with_host,
+    with_option, CutProxy, TestDb,
+};
 use std::thread;
 use std::time::{Duration, Instant};
 use tokengate::tokens::store::pg::{Listener, PgStore};
@@ -332,6 +335,9 @@ fn tls_checks_what_it_is_asked_to() {
         assert!(matches!(e, StoreError::Unavailable { .. }), "{url}: {e}");
         assert_hides_password(&e, &url);
     }
+    // The system's roots only: refused with the way to fix it.
+    let e = PgStore::connect(&with_option(&db, "sslmode=verify-full")).unwrap_err();
+    assert!(e.to_string().contains("sslrootcert=PATH"), "{e}");
     let e = PgStore::connect(&with_option(
         &db,
         "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
@@ -341,6 +347,68 @@ fn tls_checks_what_it_is_asked_to() {
         matches!(e, StoreError::BadUrl { .. }) && e.to_string().contains("/nonexistent/ca.pem"),
         "{e}"
     );
+}
+
+/// Without `sslmode`, a server on another host must present a certificate that verifies: the test server
+/// is reached through a proxy on a non-loopback address of this machine (`hostaddr`), under the name its
+/// certificate carries (`localhost`).
+#[test]
+fn without_sslmode_a_remote_store_must_present_a_verified_certificate() {
+    let Some((db, ca)) = tls_db() else { return };
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("skipped: this machine has no address but loopback");
+        return;
+    };
+    let proxy = CutProxy::start_on(ip, server_addr(&db));
+    let remote = |options: &str| {
+        let url = with_host(&db, &format!("localhost:{}", proxy.addr.port()));
+        with_option(&url, &format!("hostaddr={ip}{options}"))
+    };
+    // With the CA that signed it: TLS, verified.
+    let mut s = PgStore::connect(&remote(&format!(
+        "&sslrootcert={ca}&application_name=remote_ca"
+    )))
+    .unwrap_or_else(|e| panic!("{e}"));
+    create(&mut s, &new("alice"), "tls").unwrap();
+    assert!(uses_tls(&db, "remote_ca"));
+    // Without: the system's roots do not know the test CA. Refused, saying how to fix it, no password.
+    let e = PgStore::connect(&remote("")).unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
+    assert!(
+        e.to_string().contains("certificate") && e.to_string().contains("sslrootcert=PATH"),
+        "{e}"
+    );
+    assert_hides_password(&e, &db);
+    // libpq's `require`, written out, still connects without a check; check-config warns about it.
+    PgStore::connect(&remote("&sslmode=require")).unwrap();
+    let warning = PgUrl::parse(&remote("&sslmode=require"))
+        .unwrap()
+        .transport_warning()
+        .expect("a warning");
+    assert!(
+        warning.contains(&format!("localhost:{}", proxy.addr.port())),
+        "{warning}"
+    );
+    assert!(PgUrl::parse(&remote(""))
+        .unwrap()
+        .transport_warning()
+        .is_none());
+    // The key=value form says the same, quoted password and all.
+    let dbname = db.url().rsplit('/').next().unwrap().to_string();
+    let words = |options: &str| {
+        format!(
+            "host=localhost hostaddr={ip} port={} user=tokengate password='{}' dbname={dbname} \
+             application_name=remote_words {options}",
+            proxy.addr.port(),
+            password_of(&db)
+        )
+    };
+    let _open =
+        PgStore::connect(&words(&format!("sslrootcert='{ca}'"))).unwrap_or_else(|e| panic!("{e}"));
+    assert!(uses_tls(&db, "remote_words"));
+    let e = PgStore::connect(&words("")).unwrap_err();
+    assert!(e.to_string().contains("sslrootcert=PATH"), "{e}");
+    assert_hides_password(&e, &db);
 }
 
 #[test]

@@ -6,6 +6,10 @@ use super::values::parse_duration;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The longest duration any key takes: 100 years (36,500 days). Timeouts and intervals become deadlines
+/// in nanoseconds on a `u64` (584 years) and `Instant`s; no sensible setting comes near.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// What every check needs: the file (for messages) and its folder (for relative paths).
 pub(super) struct Ctx<'a> {
     pub(super) file: String,
@@ -22,7 +26,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// A duration key: `default` when absent.
+    /// A duration key: `default` when absent; at most [`MAX_DURATION`] (larger values would overflow the
+    /// clocks they are added to: deadlines in nanoseconds, instants).
     pub(super) fn duration(
         &self,
         key: &str,
@@ -31,7 +36,14 @@ impl Ctx<'_> {
     ) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
-            Some(s) => parse_duration(s).map_err(|p| self.err(key, p)),
+            Some(s) => match parse_duration(s) {
+                Ok(d) if d > MAX_DURATION => Err(self.err(
+                    key,
+                    format!("{s:?} is longer than the longest duration allowed, 100 years"),
+                )),
+                Ok(d) => Ok(d),
+                Err(p) => Err(self.err(key, p)),
+            },
         }
     }
 

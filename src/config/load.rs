@@ -240,11 +240,13 @@ fn store(cx: &Ctx, s: super::file::FileStore) -> Result<StoreConfig, ConfigError
     }
     let check = |key: &'static str, url: String| -> Result<StoreConfig, ConfigError> {
         let url = StoreUrl::new(url.trim().to_string());
-        let text = url.expose();
-        if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        if super::store_url::form(url.expose()).is_none() {
             return Err(cx.err(
                 key,
-                format!("{url} is not a postgres://user:password@host:port/database URL"),
+                format!(
+                    "{url} is neither a postgres://user:password@host:port/database URL nor \
+                     key=value words such as host=db user=tokengate dbname=tokengate"
+                ),
             ));
         }
         Ok(StoreConfig::Postgres { url, from: key })

@@ -8,6 +8,8 @@
 //!   [`tls`]: the `[tls]` table.
 //! - [`access`]: who may do what — `[roles]` and the admin listener's trusted account header.
 //! - [`values`]: parsers for single values (durations, scopes, header names, addresses).
+//! - [`warnings`]: valid settings that open a door (`trusted_proxies` wider than one network).
+//! - [`store_url`]: the PostgreSQL connection string's two forms and the redaction of its password.
 
 mod access;
 mod context;
@@ -16,12 +18,16 @@ mod load;
 pub mod model;
 mod pool;
 mod route;
+pub mod store_url;
 mod tls;
 pub mod values;
+mod warnings;
 
 pub use load::{load_store, STORE_URL_ENV};
 pub use model::*;
+pub use store_url::redact_url;
 pub use values::{check_role, check_scope, parse_duration, Rate};
+pub use warnings::Warning;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::store_url::StoreUrl;
+
 /// A configuration problem: which file, which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {key}: {problem}")]
@@ -203,75 +205,6 @@ impl StoreConfig {
     }
 }
 
-/// A store URL. It may carry a password: `Debug` and `Display` show it as `***`, so that the
-/// configuration can be logged; [`StoreUrl::expose`] gives the real text to the client library only.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreUrl(String);
-
-impl StoreUrl {
-    pub fn new(url: String) -> StoreUrl {
-        StoreUrl(url)
-    }
-
-    /// The URL with its password, for connecting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with the password (and any `password=` parameter) replaced by `***`.
-    pub fn redacted(&self) -> String {
-        redact_url(&self.0)
-    }
-}
-
-impl std::fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoreUrl({:?})", self.redacted())
-    }
-}
-
-impl std::fmt::Display for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-/// `scheme://user:SECRET@host/...?password=SECRET` → `scheme://user:***@host/...?password=***`.
-pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let (auth, host) = match rest.rfind('@') {
-                Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
-                None => (None, rest),
-            };
-            match auth {
-                Some(a) => match a.split_once(':') {
-                    Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                    None => format!("{scheme}://{a}@{host}"),
-                },
-                None => format!("{scheme}://{host}"),
-            }
-        }
-        None => base.to_string(),
-    };
-    if let Some(q) = query {
-        let pairs: Vec<String> = q
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => p.to_string(),
-            })
-            .collect();
-        out.push('?');
-        out.push_str(&pairs.join("&"));
-    }
-    out
-}
-
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: String,
@@ -380,6 +313,21 @@ impl IpNet {
         Some(IpNet { addr, prefix })
     }
 
+    /// Whether this network is wider than any one organisation's: an IPv4 prefix shorter than /8 (the
+    /// widest private range, 10.0.0.0/8, is a /8), or an IPv6 prefix shorter than /32 (what a registry
+    /// gives a whole provider; a site gets a /48) outside unique-local fc00::/7 and link-local fe80::/10.
+    pub fn spans_several_networks(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(_) => self.prefix < 8,
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let unique_local = self.prefix >= 7 && bits >> 121 == 0xfc >> 1;
+                let link_local = self.prefix >= 10 && bits >> 118 == 0xfe80 >> 6;
+                self.prefix < 32 && !unique_local && !link_local
+            }
+        }
+    }
+
     /// Whether `ip` lies in this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -397,5 +345,11 @@ impl IpNet {
             }
             _ => false,
         }
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }

@@ -45,10 +45,23 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Formats unix seconds as RFC 3339 UTC (`2026-11-22T22:30:00Z`).
+/// The latest time a token's expiry or a rotated-out secret's grace may reach: 9999-12-31T23:59:59Z, the
+/// last second RFC 3339 can write (four-digit years). Every time tokengate computes from a duration is
+/// checked against it, so none overflows and every one can be shown.
+pub const MAX_TIME: i64 = 253_402_300_799;
+
+/// Formats unix seconds as RFC 3339 UTC (`2026-11-22T22:30:00Z`). Never panics: times before 1970 show
+/// as 1970, times past [`MAX_TIME`] (only a database edited by hand holds them) with a longer year.
 pub fn rfc3339(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    let secs = secs.max(0);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }
 
 /// Parses RFC 3339 into unix seconds.
@@ -99,16 +112,18 @@ pub fn cert_thumbprint(pem: &[u8]) -> Result<[u8; 32], String> {
     Ok(Sha256::digest(cert.as_ref()).into())
 }
 
-/// Turns the expiry options into unix seconds.
+/// Turns the expiry options into unix seconds: in the future, and no later than [`MAX_TIME`].
 pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Option<i64>, String> {
     let now = unix_now();
     let at = match (expires_in, expires_at) {
         (Some(d), _) => {
-            let d = parse_duration(d)?;
-            if d < Duration::from_secs(1) {
+            let duration = parse_duration(d)?;
+            if duration < Duration::from_secs(1) {
                 return Err("expiry must be at least 1s away".into());
             }
-            Some(now + d.as_secs() as i64)
+            Some(time_after(now, duration).map_err(|latest| {
+                format!("expiry {d:?} from now is past {latest}, the latest expiry tokengate keeps")
+            })?)
         }
         (None, Some(t)) => Some(parse_rfc3339(t)?),
         (None, None) => None,
@@ -117,8 +132,49 @@ pub fn expiry(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Opti
         if at <= now {
             return Err(format!("expiry {} is not in the future", rfc3339(at)));
         }
+        if at > MAX_TIME {
+            return Err(format!(
+                "expiry {} is past {}, the latest expiry tokengate keeps",
+                rfc3339(at),
+                rfc3339(MAX_TIME)
+            ));
+        }
     }
     Ok(at)
+}
+
+/// `now + duration` in unix seconds, or the latest time allowed ([`MAX_TIME`], formatted) as the error
+/// when it would lie past it.
+fn time_after(now: i64, duration: Duration) -> Result<i64, String> {
+    i64::try_from(duration.as_secs())
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .filter(|&at| at <= MAX_TIME)
+        .ok_or_else(|| rfc3339(MAX_TIME))
+}
+
+/// When a rotated-out secret stops working: `now + grace`, refused past [`MAX_TIME`]. The CLI's
+/// `token rotate --grace` and the admin API's rotate check a grace with it before rotating (the store
+/// itself only saturates, see [`grace_until_saturating`]).
+pub fn grace_until(now: i64, grace: Duration) -> Result<i64, String> {
+    time_after(now, grace).map_err(|latest| {
+        format!(
+            "a grace of {} from now ends past {latest}, the latest time tokengate keeps",
+            humantime::format_duration(grace)
+        )
+    })
+}
+
+/// Parses a rotation's grace (`10m`, `1h`) and checks it with [`grace_until`] against the current time.
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    let grace = parse_duration(text)?;
+    grace_until(unix_now(), grace)?;
+    Ok(grace)
+}
+
+/// `now + grace`, at most [`MAX_TIME`]: for the store, which never panics nor wraps whatever it is given.
+pub fn grace_until_saturating(now: i64, grace: Duration) -> i64 {
+    grace_until(now, grace).unwrap_or(MAX_TIME.max(now))
 }
 
 /// The calendar period a quota counts in (UTC).
@@ -229,6 +285,35 @@ mod tests {
         assert!(expiry(Some("0s"), None).is_err());
         assert!(expiry(None, Some("2001-01-01T00:00:00Z")).is_err());
         assert!(expiry(Some("90d"), None).unwrap().unwrap() > unix_now() + 89 * 86400);
+    }
+
+    #[test]
+    fn expiry_and_grace_stop_at_year_9999() {
+        assert_eq!(rfc3339(MAX_TIME), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(MAX_TIME + 1), "10000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(i64::MAX), "292277026596-12-04T15:30:07Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
+        for far in ["10000y", "8000y", "18446744073709551615s"] {
+            let e = expiry(Some(far), None).unwrap_err();
+            assert!(e.contains("9999-12-31T23:59:59Z"), "{far}: {e}");
+            let e = parse_grace(far).unwrap_err();
+            assert!(e.contains("9999-12-31T23:59:59Z"), "{far}: {e}");
+        }
+        assert!(expiry(Some("100y"), None).is_ok());
+        assert!(expiry(None, Some("9999-12-31T23:59:59Z")).is_ok());
+        assert!(expiry(None, Some("+10000-01-01T00:00:00Z")).is_err());
+        let now = 1_795_386_600;
+        assert_eq!(grace_until(now, Duration::from_secs(600)), Ok(now + 600));
+        assert_eq!(
+            grace_until(MAX_TIME - 10, Duration::from_secs(10)),
+            Ok(MAX_TIME)
+        );
+        assert!(grace_until(MAX_TIME - 10, Duration::from_secs(11)).is_err());
+        assert!(grace_until(now, Duration::MAX).is_err());
+        assert_eq!(grace_until_saturating(now, Duration::MAX), MAX_TIME);
+        assert_eq!(grace_until_saturating(now, Duration::from_secs(5)), now + 5);
+        assert_eq!(parse_grace("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_grace("soon").is_err());
     }
 
     #[test]

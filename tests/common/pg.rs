@@ -128,11 +128,16 @@ pub struct CutProxy {
 
 impl CutProxy {
     pub fn start(target: std::net::SocketAddr) -> CutProxy {
+        CutProxy::start_on([127, 0, 0, 1].into(), target)
+    }
+
+    /// A proxy listening on `ip` (a non-loopback address of this machine: see [`non_loopback_ip`]).
+    pub fn start_on(ip: std::net::IpAddr, target: std::net::SocketAddr) -> CutProxy {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         use std::sync::atomic::{AtomicBool, AtomicU64};
         use std::sync::Arc;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let listener = TcpListener::bind((ip, 0)).expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
@@ -203,6 +208,15 @@ impl CutProxy {
     pub fn url(&self, url: &str) -> String {
         with_host(url, &self.addr.to_string())
     }
+}
+
+/// An address of this machine other than loopback (where the default route leaves; no packet is sent), for
+/// reaching a local server as if it were on another host. `None` when there is none.
+pub fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
 /// `url` with its `host:port` replaced.

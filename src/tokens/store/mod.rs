@@ -438,6 +438,15 @@ impl Location {
         })
     }
 
+    /// Why the connection to the store is open to whoever is on the path, if it is (see
+    /// [`PgUrl::transport_warning`]); never for SQLite.
+    pub fn warning(&self) -> Option<String> {
+        match self {
+            Location::Sqlite(_) => None,
+            Location::Postgres(u) => u.transport_warning(),
+        }
+    }
+
     /// The location for messages: the path, or the URL without its password.
     pub fn describe(&self) -> String {
         match self {
@@ -446,14 +455,19 @@ impl Location {
         }
     }
 
-    /// Parses a `store copy --to` target: `postgres://...`, `sqlite:PATH`, or a plain path.
+    /// Parses a `store copy --to` target: `sqlite:PATH`, a PostgreSQL connection string (`postgres://...`
+    /// or `host=... dbname=...` words), or a plain path. Anything else with a `=`, an `@` or a `:/` (a
+    /// misspelt URL, broken key=value words) is refused, its password redacted, rather than taken for a file
+    /// name; such a file is written `sqlite:PATH`.
     pub fn parse_target(target: &str) -> Result<Location, StoreError> {
-        if target.starts_with("postgres://") || target.starts_with("postgresql://") {
-            Ok(Location::Postgres(Box::new(PgUrl::parse(target)?)))
-        } else {
-            let path = target.strip_prefix("sqlite:").unwrap_or(target);
-            Ok(Location::Sqlite(PathBuf::from(path)))
+        if let Some(path) = target.strip_prefix("sqlite:") {
+            return Ok(Location::Sqlite(PathBuf::from(path)));
         }
+        let url_like = target.contains(":/") || target.contains(['@', '=']);
+        if crate::config::store_url::form(target).is_some() || url_like {
+            return Ok(Location::Postgres(Box::new(PgUrl::parse(target)?)));
+        }
+        Ok(Location::Sqlite(PathBuf::from(target)))
     }
 }
 

@@ -2,8 +2,8 @@
 //! semantics (see `store.rs`) for several nodes sharing one database.
 //!
 //! # Layout
-//! - [`PgUrl`]: a `postgres://user:password@host:port/db?sslmode=...` URL, parsed once; it prints with the
-//!   password replaced by `***`, and so does every [`StoreError`] made here.
+//! - [`PgUrl`]: a `postgres://user:password@host:port/db?sslmode=...` URL (or libpq's key=value words), parsed
+//!   once; it prints with the password replaced by `***`, and so does every [`StoreError`] made here.
 //! - [`PgStore`]: one connection (sync `postgres` client). Migrations, create/list/show/revoke/rotate, the
 //!   append-only event log, the change feed, the usage flush. Open one per thread that needs it.
 //! - [`Listener`]: a connection of its own in `LISTEN tokengate_changes`, so that the sync thread sleeps until
@@ -28,10 +28,12 @@
 //! [`StoreError::Busy`], as SQLite's busy timeout does; migrations wait as long as another node migrates.
 //!
 //! # TLS
-//! `sslmode` as libpq has it: `disable`; `prefer` (the default) and `require` encrypt without checking the
-//! server's certificate (`require` with `sslrootcert` checks the chain, as libpq does); `verify-ca` checks
-//! the chain; `verify-full` the chain and the host name. `sslrootcert=PATH` names a PEM file of roots;
-//! without it, or with `sslrootcert=system`, the system's roots are used. rustls 0.23 with the ring provider.
+//! Without `sslmode`, a server on another host must present a certificate valid for its name (`verify-full`);
+//! on loopback or a Unix socket TLS is used when offered, unchecked. Written out, `sslmode` is libpq's:
+//! `disable`; `prefer` and `require` encrypt without checking the server's certificate (the chain is checked
+//! when `sslrootcert` is given, as libpq does); `verify-ca` checks the chain; `verify-full` the chain and the
+//! host name. `sslrootcert=PATH` names a PEM file of roots; without it, or with `sslrootcert=system`, the
+//! system's roots are used. rustls 0.23 with the ring provider. See `pg_url.rs`.
 
 use super::pg_sql::*;
 use super::pg_url::{to_err, PgUrl};
@@ -460,13 +462,17 @@ impl PgStore {
             return Err(StoreError::Revoked { id });
         }
         let old_digest: Vec<u8> = row.try_get(0).map_err(err)?;
-        let grace_secs = grace.map(|g| g.as_secs() as i64).filter(|&g| g > 0);
-        let (prev, until) = match grace_secs {
-            Some(g) => (Some(old_digest), Some(now + g)),
-            None => (None, None),
-        };
-        let detail = match grace_secs {
-            Some(g) => format!("old secret valid for {g}s more, until {}", rfc3339(now + g)),
+        // Checked by the callers (`fields::grace_until`); saturated here, never wrapped.
+        let until = grace
+            .filter(|g| g.as_secs() > 0)
+            .map(|g| crate::tokens::fields::grace_until_saturating(now, g));
+        let prev = until.map(|_| old_digest);
+        let detail = match until {
+            Some(u) => format!(
+                "old secret valid for {}s more, until {}",
+                u - now,
+                rfc3339(u)
+            ),
             None => "old secret stopped at once".to_string(),
         };
         let rev: i64 = tx.query_one(&take_revs, &[&1i64]).map_err(err)?.get(0);

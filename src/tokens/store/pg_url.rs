@@ -1,8 +1,18 @@
-//! Connection URLs: parsing (libpq's `sslmode` values and `sslrootcert` on top of what tokio-postgres
-//! reads), redaction of the password for every message, and the rustls set-up each `sslmode` asks for.
+//! Connection strings: parsing both of libpq's forms (a `postgres://` URL or `key=value` words, see
+//! [`crate::config::store_url`]) with libpq's `sslmode` values and `sslrootcert` on top of what tokio-postgres
+//! reads, the password redacted from every message, the rustls set-up each `sslmode` asks for, and the
+//! warning `check-config` gives when the store is reached without a verified certificate.
+//!
+//! Without `sslmode`, a server on another host must offer TLS with a certificate valid for its name
+//! (`verify-full`: the chain to `sslrootcert` or the system's roots, and the host name); on loopback or a
+//! Unix socket TLS is used when offered, unchecked (`prefer`), unless `sslrootcert` is given (`verify-full`).
+//! `prefer` and `require` written out keep libpq's meaning: encryption without a certificate check (the
+//! chain is checked when `sslrootcert` is given).
 
 use super::{StoreError, BUSY_TIMEOUT};
-use postgres::config::SslMode;
+use crate::config::redact_url;
+use crate::config::store_url::{conninfo_pairs, form, hide_secrets_of, percent_decode, Form};
+use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -12,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -26,12 +37,29 @@ enum SslPolicy {
     VerifyFull,
 }
 
-/// A parsed connection URL. [`fmt::Display`] and [`fmt::Debug`] show it with the password as `***`.
+impl SslPolicy {
+    fn name(self) -> &'static str {
+        match self {
+            SslPolicy::Disable => "disable",
+            SslPolicy::Prefer => "prefer",
+            SslPolicy::Require => "require",
+            SslPolicy::VerifyCa => "verify-ca",
+            SslPolicy::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A parsed connection string. [`fmt::Display`] and [`fmt::Debug`] show it with the password as `***`.
 #[derive(Clone)]
 pub struct PgUrl {
     config: postgres::Config,
     /// `None` for `sslmode=disable`.
     tls: Option<MakeRustlsConnect>,
+    policy: SslPolicy,
+    /// Whether `sslmode` was written (else the policy is the default for the host).
+    explicit: bool,
+    /// `sslrootcert` as written (`None`: the system's roots).
+    root: Option<String>,
     pub(super) redacted: String,
 }
 
@@ -48,50 +76,82 @@ impl fmt::Debug for PgUrl {
 }
 
 impl PgUrl {
-    /// Parses `postgres://` (or `postgresql://`) URLs with the options tokio-postgres knows plus libpq's
-    /// `sslmode` values and `sslrootcert`. Unless the URL says otherwise: a 10 s connect timeout and
-    /// `application_name=tokengate`. Lock waits are limited to [`BUSY_TIMEOUT`].
-    pub fn parse(url: &str) -> Result<PgUrl, StoreError> {
-        let (redacted, secret) = redact(url);
+    /// Parses a `postgres://` (or `postgresql://`) URL or `key=value` words with the options tokio-postgres
+    /// knows plus libpq's `sslmode` values and `sslrootcert`. Unless the text says otherwise: a 10 s connect
+    /// timeout and `application_name=tokengate`. Lock waits are limited to [`BUSY_TIMEOUT`]. No error
+    /// shows the password.
+    pub fn parse(text: &str) -> Result<PgUrl, StoreError> {
+        let text = text.trim();
+        let redacted = redact_url(text);
         let bad = |problem: String| StoreError::BadUrl {
-            problem: match secret {
-                Some(s) if !s.is_empty() => problem.replace(s, "***"),
-                _ => problem,
-            },
+            problem: hide_secrets_of(text, &problem),
             url: redacted.clone(),
         };
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        if !base.starts_with("postgres://") && !base.starts_with("postgresql://") {
-            return Err(bad(
-                "expected postgres://user:password@host:port/database".into()
-            ));
-        }
-        let (mut policy, mut root, mut passed) = (SslPolicy::Prefer, None, Vec::new());
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("sslmode", mode)) => {
-                    policy = match mode {
-                        "disable" => SslPolicy::Disable,
-                        "prefer" => SslPolicy::Prefer,
-                        "require" => SslPolicy::Require,
-                        "verify-ca" => SslPolicy::VerifyCa,
-                        "verify-full" => SslPolicy::VerifyFull,
-                        other => {
-                            return Err(bad(format!(
-                                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                            )))
-                        }
+        let (mut mode, mut root) = (None, None);
+        let mut config: postgres::Config = match form(text) {
+            Some(Form::Url) => {
+                if text.matches('@').count() > 1 {
+                    return Err(bad(
+                        "`@` appears more than once: write it as %40 in the user name, \
+                         password and options"
+                            .into(),
+                    ));
+                }
+                let (base, query) = text.split_once('?').unwrap_or((text, ""));
+                let mut passed = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    match percent_decode(key).as_str() {
+                        "sslmode" => mode = Some(percent_decode(value)),
+                        "sslrootcert" => root = Some(percent_decode(value)),
+                        _ => passed.push(pair),
                     }
                 }
-                Some(("sslrootcert", path)) => root = Some(percent_decode(path)),
-                _ => passed.push(pair),
+                match passed.is_empty() {
+                    true => base.parse(),
+                    false => format!("{base}?{}", passed.join("&")).parse(),
+                }
+            }
+            Some(Form::KeyValue) => {
+                let mut words = Vec::new();
+                for (key, value) in conninfo_pairs(text).map_err(bad)? {
+                    match key.as_str() {
+                        "sslmode" => mode = Some(value),
+                        "sslrootcert" => root = Some(value),
+                        _ => words.push(format!(
+                            "{key}='{}'",
+                            value.replace('\\', "\\\\").replace('\'', "\\'")
+                        )),
+                    }
+                }
+                words.join(" ").parse()
+            }
+            None => {
+                // Words with a `=` and no scheme were meant as key=value: say what is wrong with them.
+                let words = text.contains('=') && !text.contains(":/");
+                return Err(bad(match conninfo_pairs(text) {
+                    Err(problem) if words => format!("key=value words: {problem}"),
+                    _ => "expected a postgres://user:password@host:port/database URL or key=value \
+                          words such as host=db user=tokengate dbname=tokengate"
+                        .into(),
+                }));
             }
         }
-        let rest = match passed.is_empty() {
-            true => base.to_string(),
-            false => format!("{base}?{}", passed.join("&")),
+        .map_err(|e| bad(pg_reason(&e)))?;
+        let policy = match mode.as_deref() {
+            None if root.is_none() && is_local(&config) => SslPolicy::Prefer,
+            None => SslPolicy::VerifyFull,
+            Some("disable") => SslPolicy::Disable,
+            Some("prefer") => SslPolicy::Prefer,
+            Some("require") => SslPolicy::Require,
+            Some("verify-ca") => SslPolicy::VerifyCa,
+            Some("verify-full") => SslPolicy::VerifyFull,
+            Some(other) => {
+                return Err(bad(format!(
+                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                )))
+            }
         };
-        let mut config: postgres::Config = rest.parse().map_err(|e| bad(pg_reason(&e)))?;
         config.ssl_mode(match policy {
             SslPolicy::Disable => SslMode::Disable,
             SslPolicy::Prefer => SslMode::Prefer,
@@ -116,6 +176,9 @@ impl PgUrl {
         Ok(PgUrl {
             config,
             tls,
+            policy,
+            explicit: mode.is_some(),
+            root,
             redacted,
         })
     }
@@ -131,69 +194,101 @@ impl PgUrl {
             error,
         })
     }
-}
 
-/// The URL with its password (user info and `password=` option) replaced by `***`, and the password.
-fn redact(url: &str) -> (String, Option<&str>) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return ("(not a postgres:// URL)".to_string(), None);
-    };
-    let (mut shown, mut secret, mut tail) = (format!("{scheme}://"), None, rest);
-    // User info ends at the last `@` before the query, or else at the last `@` at all: a password with an
-    // unescaped `/`, `@` or `?` is still hidden whole.
-    let query_at = rest.find('?').unwrap_or(rest.len());
-    if let Some(at) = rest[..query_at].rfind('@').or_else(|| rest.rfind('@')) {
-        let userinfo = &rest[..at];
-        match userinfo.split_once(':') {
-            Some((user, password)) => {
-                secret = Some(password);
-                shown = format!("{shown}{user}:***");
-            }
-            None => shown.push_str(userinfo),
+    /// Why the connection is open to whoever sits on the path, when it goes to another host without a
+    /// verified certificate (`None` on loopback and Unix sockets, and with `verify-full`). For
+    /// `check-config` and `serve`; no connection is made.
+    pub fn transport_warning(&self) -> Option<String> {
+        if is_local(&self.config) {
+            return None;
         }
-        tail = &rest[at..];
-    }
-    let (hosts, query) = tail.split_once('?').unwrap_or((tail, ""));
-    shown.push_str(hosts);
-    if !query.is_empty() {
-        let pairs: Vec<&str> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some(("password", value)) => {
-                    secret = secret.or(Some(value));
-                    "password=***"
+        let system = matches!(self.root.as_deref(), None | Some("system"));
+        let problem = match self.policy {
+            SslPolicy::VerifyFull => return None,
+            SslPolicy::Disable => "without TLS: the password exchange, every token row and every \
+                answer are open to anyone on the path, who can also answer the sync queries with token \
+                rows of their choosing"
+                .to_string(),
+            SslPolicy::Prefer => format!(
+                "with TLS only when offered ({}): anyone on the path can decline it, read the traffic \
+                 and answer the sync queries with token rows of their choosing",
+                match self.root {
+                    None => "and then without a certificate check",
+                    Some(_) => "the chain checked, not the host name",
                 }
-                _ => pair,
-            })
-            .collect();
-        shown = format!("{shown}?{}", pairs.join("&"));
+            ),
+            SslPolicy::Require if self.root.is_none() => "with TLS but without a certificate check: \
+                anyone on the path can present any certificate, read the traffic and answer the sync \
+                queries with token rows of their choosing"
+                .to_string(),
+            SslPolicy::VerifyCa | SslPolicy::Require if system => "checking the certificate's chain \
+                against the system's roots but not the host name: any certificate from a public \
+                authority passes"
+                .to_string(),
+            SslPolicy::VerifyCa | SslPolicy::Require => return None,
+        };
+        Some(format!(
+            "the store at {} is reached {problem} (sslmode={}{}); use sslmode=verify-full (with \
+             sslrootcert=PATH for a private CA)",
+            hosts(&self.config),
+            self.policy.name(),
+            if self.explicit {
+                ""
+            } else {
+                ", the default here"
+            },
+        ))
     }
-    // Wherever else it appears (say, pasted into the query by mistake), it is hidden too.
-    if let Some(s) = secret.filter(|s| !s.is_empty()) {
-        shown = shown.replace(s, "***");
-    }
-    (shown, secret)
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let (mut out, mut i) = (Vec::with_capacity(b.len()), 0);
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
+/// Whether every server the configuration names is on this machine: a Unix socket, `localhost`, or a
+/// loopback address (`hostaddr` when given, which is where tokio-postgres connects).
+fn is_local(config: &postgres::Config) -> bool {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    (0..hosts.len().max(addrs.len())).all(|i| match (addrs.get(i), hosts.get(i)) {
+        (Some(addr), _) => is_loopback(*addr),
+        (None, Some(Host::Unix(_))) => true,
+        (None, Some(Host::Tcp(name))) => {
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
         }
+        (None, None) => true,
+    })
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        v4 => v4.is_loopback(),
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The servers a configuration names, for messages: `db:5432, /run/postgresql`.
+fn hosts(config: &postgres::Config) -> String {
+    let ports = config.get_ports();
+    let named: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => path.display().to_string(),
+            }
+        })
+        .collect();
+    match named.is_empty() {
+        true => config
+            .get_hostaddrs()
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        false => named.join(", "),
+    }
 }
 
 /// The rustls connector for an `sslmode` other than `disable` (ring provider, TLS 1.2 and 1.3).
@@ -203,8 +298,8 @@ fn tls_connector(policy: SslPolicy, root: Option<&str>) -> Result<MakeRustlsConn
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let checks_chain = matches!(policy, SslPolicy::VerifyCa | SslPolicy::VerifyFull)
-        || (policy == SslPolicy::Require && root.is_some());
+    let checks_chain =
+        matches!(policy, SslPolicy::VerifyCa | SslPolicy::VerifyFull) || root.is_some();
     let config = if !checks_chain {
         let verifier = Verifier { chain: None, algs };
         builder
@@ -250,16 +345,21 @@ fn root_store(root: Option<&str>) -> Result<RootCertStore, String> {
         }
     }
     match store.is_empty() {
-        true => Err(format!(
-            "no root certificates in {}",
-            root.unwrap_or("the system store")
-        )),
+        true => Err(match root {
+            None | Some("system") => {
+                "no root certificates in the system store to check the server's \
+                certificate with: give the CA that signed it with sslrootcert=PATH"
+                    .to_string()
+            }
+            Some(path) => format!("no root certificates in {path}"),
+        }),
         false => Ok(store),
     }
 }
 
 /// Checks the server's certificate for `prefer`, `require` and `verify-ca`: no check at all (`chain: None`,
-/// encryption only, as libpq), or the chain without the host name. Handshake signatures are always checked.
+/// encryption only, as libpq: `prefer` and `require` without `sslrootcert`), or the chain without the host
+/// name. Handshake signatures are always checked.
 #[derive(Debug)]
 struct Verifier {
     chain: Option<Arc<WebPkiServerVerifier>>,
@@ -321,12 +421,35 @@ pub fn pg_reason(error: &postgres::Error) -> String {
         );
     }
     let mut reason = error.to_string();
+    let mut certificate = false;
     let mut cause = std::error::Error::source(error);
     while let Some(c) = cause {
         reason = format!("{reason}: {c}");
+        certificate |= is_certificate_error(c);
         cause = c.source();
     }
+    if certificate {
+        reason.push_str(
+            " (the server's certificate is not trusted for this host name: give the CA that signed it \
+             with sslrootcert=PATH, or see sslmode in the README)",
+        );
+    }
     reason
+}
+
+/// Whether a cause is rustls refusing the server's certificate (as is, or inside the I/O error that
+/// tokio-rustls wraps it in).
+fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let inner = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .map(|i| i as &(dyn std::error::Error + 'static));
+    [Some(e), inner].into_iter().flatten().any(|e| {
+        matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        )
+    })
 }
 
 /// Maps a client error: a broken or refused connection is [`StoreError::Unavailable`], a lock wait that
@@ -354,65 +477,152 @@ pub(super) fn to_err(url: &PgUrl, error: postgres::Error) -> StoreError {
 mod tests {
     use super::*;
 
+    fn bad(text: &str) -> String {
+        match PgUrl::parse(text) {
+            Err(e @ StoreError::BadUrl { .. }) => format!("{e} {e:?}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
     #[test]
     fn urls_print_without_passwords() {
-        let cases = [
+        for (text, shown) in [
             (
-                "postgres://tg:s3cret@db:5432/tok",
-                "postgres://tg:***@db:5432/tok",
+                "postgres://tg:s3cret@db:5432/tok?sslmode=require",
+                "postgres://tg:***@db:5432/tok?sslmode=require",
             ),
             (
-                "postgresql://tg:p%40ss@db/tok?sslmode=require",
-                "postgresql://tg:***@db/tok?sslmode=require",
+                "host=db user=tg password='s3 cret' dbname=tok sslmode=disable",
+                "host=db user=tg password=*** dbname=tok sslmode=disable",
             ),
-            (
-                "postgres://tg:pa/ss@word@db/tok",
-                "postgres://tg:***@db/tok",
-            ),
-            (
-                "postgres://tg@db/tok?password=s3cret&x=1",
-                "postgres://tg@db/tok?password=***&x=1",
-            ),
-            (
-                "postgres://tg:pa?ss@db/tok?sslmode=require",
-                "postgres://tg:***@db/tok?sslmode=require",
-            ),
-            (
-                "postgres://tg:secret@db/tok?x=secret",
-                "postgres://tg:***@db/tok?x=***",
-            ),
-            ("postgres://db/tok", "postgres://db/tok"),
-            ("host=db password=s3cret", "(not a postgres:// URL)"),
-        ];
-        for (url, shown) in cases {
-            assert_eq!(redact(url).0, shown);
+        ] {
+            let url = PgUrl::parse(text).unwrap();
+            assert_eq!(url.to_string(), shown);
+            assert!(!format!("{url:?}").contains("s3"), "{url:?}");
         }
-        let url = PgUrl::parse("postgres://tg:s3cret@db:5432/tok").unwrap();
-        assert_eq!(url.to_string(), "postgres://tg:***@db:5432/tok");
-        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn both_forms_give_the_same_connection() {
+        let url =
+            PgUrl::parse("postgres://tg:p%40ss%20w@db:5433/tok?sslmode=require&connect_timeout=3")
+                .unwrap();
+        let words = PgUrl::parse(
+            " host = db port=5433 user=tg password='p@ss w' dbname=tok sslmode=require connect_timeout=3 ",
+        )
+        .unwrap();
+        for u in [&url, &words] {
+            assert_eq!(u.config.get_password(), Some(&b"p@ss w"[..]));
+            assert_eq!(u.config.get_user(), Some("tg"));
+            assert_eq!(u.config.get_dbname(), Some("tok"));
+            assert_eq!(u.config.get_ports(), &[5433]);
+            assert_eq!(u.config.get_hosts(), &[Host::Tcp("db".into())]);
+            assert_eq!(
+                u.config.get_connect_timeout(),
+                Some(&Duration::from_secs(3))
+            );
+            assert_eq!(u.config.get_application_name(), Some("tokengate"));
+            assert_eq!(u.policy, SslPolicy::Require);
+        }
+        let quoted = PgUrl::parse(r"host=/run/pg password=it\'s\ x sslmode=disable").unwrap();
+        assert_eq!(quoted.config.get_password(), Some(&b"it's x"[..]));
     }
 
     #[test]
     fn bad_urls_are_refused_without_passwords() {
-        for url in [
-            "host=db password=s3cret",
-            "postgres://tg:s3cret@db/tok?sslmode=allow",
-            "postgres://tg:s3cret@db/tok?s3cret=1",
-            "postgres://tg:s3cret@db:port/tok",
-            "postgres://tg:s3cret@db/tok?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+        for (text, problem) in [
+            ("postgres://tg:s3cret@db/tok?sslmode=allow", "sslmode=allow"),
+            ("postgres://tg:s3cret@db/tok?s3cret=1", "unknown option"),
+            ("postgres://tg:s3cret@db:port/tok", "port"),
+            (
+                "postgres://tg:s3cret@db/tok?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+                "/nonexistent.pem",
+            ),
+            ("postgres://tg:s3c@ret@db/tok", "%40"),
+            ("postgres:/tg:s3cret@db/tok", "expected a postgres://"),
+            ("tg:s3cret@db/tok", "expected a postgres://"),
+            ("host=db password='s3cret", "no closing quote"),
+            ("host=db s3cret", "word 2 is not key=value"),
+            ("host=db PASSWORD=s3cret", "unknown option"),
+            ("host=db password=s3cret sslmode=s3cret", "sslmode=***"),
         ] {
-            let e = PgUrl::parse(url).unwrap_err();
-            assert!(matches!(e, StoreError::BadUrl { .. }), "{url}: {e}");
-            assert!(
-                !e.to_string().contains("s3cret") && !format!("{e:?}").contains("s3cret"),
-                "{e}"
-            );
+            let e = bad(text);
+            assert!(e.contains(problem), "{text}: {e}");
+            assert!(!e.contains("s3cret") && !e.contains("ret@"), "{text}: {e}");
         }
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("/a%20b/c.pem"), "/a b/c.pem");
-        assert_eq!(percent_decode("100%"), "100%");
+    fn the_default_checks_certificates_except_on_this_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["db".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let ca = ca.display();
+        for (text, policy) in [
+            ("postgres://tg@127.0.0.1/tok".to_string(), SslPolicy::Prefer),
+            ("postgres://tg@localhost:5433/tok".into(), SslPolicy::Prefer),
+            ("postgres://tg@[::1]/tok".into(), SslPolicy::Prefer),
+            ("host=/run/postgresql dbname=tok".into(), SslPolicy::Prefer),
+            (
+                "host=db hostaddr=127.0.0.1 dbname=tok".into(),
+                SslPolicy::Prefer,
+            ),
+            (
+                format!("postgres://tg@db/tok?sslrootcert={ca}"),
+                SslPolicy::VerifyFull,
+            ),
+            (
+                format!("postgres://tg@127.0.0.1/tok?sslrootcert={ca}"),
+                SslPolicy::VerifyFull,
+            ),
+            (
+                format!("host=10.0.0.5 sslrootcert={ca}"),
+                SslPolicy::VerifyFull,
+            ),
+            (
+                format!("host=localhost,db sslrootcert={ca}"),
+                SslPolicy::VerifyFull,
+            ),
+            (
+                "postgres://tg@db/tok?sslmode=prefer".into(),
+                SslPolicy::Prefer,
+            ),
+        ] {
+            let url = PgUrl::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(url.policy, policy, "{text}");
+        }
+    }
+
+    #[test]
+    fn unverified_remote_stores_are_warned_about() {
+        for text in [
+            "postgres://tg:s3cret@db.internal/tok?sslmode=disable",
+            "postgres://tg:s3cret@10.0.0.5/tok?sslmode=prefer",
+            "host=db.internal password=s3cret sslmode=require",
+            "host=localhost,db.internal sslmode=disable",
+            "host=db hostaddr=10.1.1.1 sslmode=require",
+            "postgres://tg@db/tok?sslmode=verify-ca",
+        ] {
+            let w = PgUrl::parse(text)
+                .unwrap()
+                .transport_warning()
+                .unwrap_or_else(|| panic!("no warning for {text}"));
+            assert!(
+                w.contains("sslmode=verify-full") && !w.contains("s3cret"),
+                "{w}"
+            );
+            assert!(w.contains("db") || w.contains("10."), "{w}");
+        }
+        for text in [
+            "postgres://tg@127.0.0.1/tok?sslmode=disable",
+            "host=/run/postgresql sslmode=disable",
+            "postgres://tg@localhost/tok?sslmode=require",
+            "postgres://tg@db/tok?sslmode=verify-full",
+            "host=db hostaddr=127.0.0.1 sslmode=disable",
+        ] {
+            let url = PgUrl::parse(text).unwrap();
+            assert_eq!(url.transport_warning(), None, "{text}");
+        }
     }
 }

@@ -501,11 +501,11 @@ impl SqliteStore {
             Some((_, Some(_))) => return Err(StoreError::Revoked { id }),
             Some((d, None)) => d,
         };
-        let grace_secs = grace.map(|g| g.as_secs() as i64).filter(|&g| g > 0);
-        let (prev, until) = match grace_secs {
-            Some(g) => (Some(old_digest), Some(now + g)),
-            None => (None, None),
-        };
+        // Checked by the callers (`fields::grace_until`); saturated here, never wrapped.
+        let until = grace
+            .filter(|g| g.as_secs() > 0)
+            .map(|g| crate::tokens::fields::grace_until_saturating(now, g));
+        let prev = until.map(|_| old_digest);
         let rev = next_rev(&tx).map_err(err)?;
         tx.execute(
             "UPDATE tokens SET digest = ?1, prev_digest = ?2, prev_valid_until = ?3, rotated_at = ?4, rev = ?5
@@ -513,8 +513,12 @@ impl SqliteStore {
             params![&token.digest().0[..], prev, until, now, rev, id],
         )
         .map_err(err)?;
-        let detail = match grace_secs {
-            Some(g) => format!("old secret valid for {g}s more, until {}", rfc3339(now + g)),
+        let detail = match until {
+            Some(u) => format!(
+                "old secret valid for {}s more, until {}",
+                u - now,
+                rfc3339(u)
+            ),
             None => "old secret stopped at once".to_string(),
         };
         add_event(&tx, id, now, "rotated", actor, Some(&detail)).map_err(err)?;
