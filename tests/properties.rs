@@ -20,7 +20,11 @@ fn has_bad_escape(s: &str) -> bool {
                 (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
                     let v = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap();
                     // Control bytes, `%`, and (one spelling per route) unreserved characters and `;`.
-                    v < 0x20 || v == 0x7f || v == b'%' || v.is_ascii_alphanumeric() || b"-._~;".contains(&v)
+                    v < 0x20
+                        || v == 0x7f
+                        || v == b'%'
+                        || v.is_ascii_alphanumeric()
+                        || b"-._~;".contains(&v)
                 }
                 _ => true,
             }

@@ -25,8 +25,11 @@ fn examples_dir() -> PathBuf {
 
 /// The `sh` block following `heading` in README.md.
 fn readme_block(heading: &str) -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let after = &readme[readme.find(heading).unwrap_or_else(|| panic!("no {heading:?} in README"))..];
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let after = &readme[readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in README"))..];
     let start = after.find("```sh\n").expect("an sh block") + "```sh\n".len();
     let end = after[start..].find("```").expect("the block's end");
     after[start..start + end].to_owned()
@@ -37,7 +40,10 @@ fn the_readme_quick_start_runs_as_written() {
     let examples = examples_dir();
     let tokengate = env!("CARGO_BIN_EXE_tokengate");
     let script = readme_block("## Quick start");
-    assert!(script.contains("cargo run --release -- serve &"), "{script}");
+    assert!(
+        script.contains("cargo run --release -- serve &"),
+        "{script}"
+    );
     let script = script
         .replace("cargo build --release --examples", "true")
         .replace(
@@ -50,7 +56,10 @@ fn the_readme_quick_start_runs_as_written() {
         )
         .replace("cargo run --release -q --", tokengate)
         .replace("cargo run --release --", tokengate);
-    assert!(!script.contains("cargo "), "a command left unmapped: {script}");
+    assert!(
+        !script.contains("cargo "),
+        "a command left unmapped: {script}"
+    );
     // A copy of the repository's configuration: `data/` is made next to it on first run.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
@@ -78,14 +87,30 @@ fn the_readme_quick_start_runs_as_written() {
         .expect("bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the quick start failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the quick start failed:\n{stdout}\n{stderr}"
+    );
     // What the comments say: the upstream saw the owner and no credential; 401 twice, 404; the device's
     // telemetry and video went through; the list shows the token; health and metrics answer.
     assert!(stdout.contains(r#""user_id":"beekeeper-42""#), "{stdout}");
-    assert!(!stdout.to_ascii_lowercase().contains("\"authorization\""), "{stdout}");
+    assert!(
+        !stdout.to_ascii_lowercase().contains("\"authorization\""),
+        "{stdout}"
+    );
     assert_eq!(stdout.matches("HTTP/1.1 401").count(), 2, "{stdout}");
-    assert!(stdout.contains("WWW-Authenticate: Bearer realm=\"tokengate\"") || stdout.to_ascii_lowercase().contains("www-authenticate: bearer realm=\"tokengate\""), "{stdout}");
-    assert!(stdout.contains("error=\\\"invalid_token\\\"") || stdout.contains("error=\"invalid_token\""), "{stdout}");
+    assert!(
+        stdout.contains("WWW-Authenticate: Bearer realm=\"tokengate\"")
+            || stdout
+                .to_ascii_lowercase()
+                .contains("www-authenticate: bearer realm=\"tokengate\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("error=\\\"invalid_token\\\"")
+            || stdout.contains("error=\"invalid_token\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("HTTP/1.1 404"), "{stdout}");
     assert!(stdout.contains("hive scale 7"), "{stdout}");
     assert!(stdout.contains("\"status\":\"ok\""), "{stdout}");

@@ -9,7 +9,7 @@
 use super::access::{Caller, GrantError};
 use super::rule::{self, Grants, Write};
 use super::{json, Admin, Reply, DRAIN_LIMIT, MAX_BODY};
-use crate::config::{parse_duration, Rate};
+use crate::config::Rate;
 use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, role_grant, Quota};
 use crate::tokens::index::Index;
 use crate::tokens::store::{self, NewToken, Store, StoreError, TokenPatch, TokenRecord};
@@ -503,7 +503,7 @@ impl Admin {
                 let grace = req
                     .grace
                     .as_deref()
-                    .map(parse_duration)
+                    .map(crate::tokens::fields::parse_grace)
                     .transpose()
                     .map_err(ApiError::bad)?;
                 let (record, token) = self
