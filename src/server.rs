@@ -63,6 +63,7 @@ impl State {
         drop(store);
         // Sized for what is there now (the map rounds up to a power of two, which leaves room to grow).
         let index = Arc::new(Index::with_capacity(count + 1024));
+        index.set_retention(config.gateway.revoked_retention);
         index.reserve_ids(max_id);
         let n = index
             .load_from(&location)

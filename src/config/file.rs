@@ -66,6 +66,7 @@ pub(super) struct FileGateway {
     pub(super) threads: Option<usize>,
     pub(super) work_stealing: Option<bool>,
     pub(super) grace_period: Option<String>,
+    pub(super) revoked_retention: Option<String>,
     pub(super) sync_interval: Option<String>,
     pub(super) usage_flush_interval: Option<String>,
     #[serde(default)]

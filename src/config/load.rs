@@ -139,6 +139,17 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         &g.grace_period,
         Duration::from_secs(3),
     )?;
+    let revoked_retention = cx.duration(
+        "gateway.revoked_retention",
+        &g.revoked_retention,
+        Duration::from_secs(crate::tokens::index::DEFAULT_RETENTION),
+    )?;
+    if revoked_retention < Duration::from_secs(1) {
+        return Err(cx.err(
+            "gateway.revoked_retention",
+            "must be at least 1s (a revoked token must be seen revoked before it is forgotten)",
+        ));
+    }
     let sync_interval = cx.duration_within(
         "gateway.sync_interval",
         &g.sync_interval,
@@ -199,6 +210,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         threads,
         work_stealing: g.work_stealing.unwrap_or(false),
         grace_period,
+        revoked_retention,
         sync_interval,
         usage_flush_interval,
         trusted_proxies,

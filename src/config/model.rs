@@ -171,6 +171,9 @@ pub struct GatewayConfig {
     /// latency tail; see BENCHMARKS.md "Latency tail").
     pub work_stealing: bool,
     pub grace_period: Duration,
+    /// `revoked_retention`: how long a revoked or expired token stays in the index (answering
+    /// `revoked`/`expired`) before it answers as an unknown token.
+    pub revoked_retention: Duration,
     pub sync_interval: Duration,
     pub usage_flush_interval: Duration,
     pub trusted_proxies: Vec<IpNet>,

@@ -244,6 +244,8 @@ impl BuildHasher for BuildDigestHasher {
 struct Known {
     entry: Arc<Entry>,
     digest: Digest,
+    /// Unix seconds at which this process first saw the token revoked (0: not revoked).
+    revoked_seen: u64,
 }
 
 #[derive(Default)]
@@ -289,6 +291,9 @@ pub struct SyncHealth {
     pub flush_error: Mutex<Option<String>>,
 }
 
+/// How long a revoked or expired token stays indexed by default: 10 minutes.
+pub const DEFAULT_RETENTION: u64 = 600;
+
 /// The digest → slot map.
 pub struct Index {
     map: papaya::HashMap<Digest, Slot, BuildDigestHasher>,
@@ -299,6 +304,11 @@ pub struct Index {
     quota_feed: AtomicI64,
     /// This process's name in the store (usage batch ids, quota feed entries): random, per start.
     node: String,
+    /// Seconds a revoked or expired token stays indexed (answering `revoked`/`expired`) before it is
+    /// dropped and answers as an unknown token (`[gateway] revoked_retention`).
+    retention: AtomicU64,
+    /// Unix seconds of the last sweep for such tokens.
+    last_retire_sweep: AtomicU64,
     pub health: SyncHealth,
 }
 
@@ -330,6 +340,8 @@ impl Index {
                 rand_core::OsRng.fill_bytes(&mut id);
                 super::store::hex(&id)
             },
+            retention: AtomicU64::new(DEFAULT_RETENTION),
+            last_retire_sweep: AtomicU64::new(0),
             health: SyncHealth::default(),
         }
     }
@@ -525,6 +537,11 @@ impl Index {
         };
         entry.rev.store(row.rev, Ordering::Release);
         entry.revoked.store(row.revoked, Ordering::Release);
+        let revoked_seen = match (&old, row.revoked) {
+            (_, false) => 0,
+            (Some(k), true) if k.revoked_seen > 0 => k.revoked_seen,
+            (_, true) => now.max(1),
+        };
         if let Some(k) = &old {
             if !Arc::ptr_eq(&k.entry, &entry) {
                 // Identity changed (a restored or hand-edited database): carry the pending usage over.
@@ -583,9 +600,55 @@ impl Index {
             *slot = Some(Known {
                 entry,
                 digest: row.digest,
+                revoked_seen,
             });
         }
         self.last_rev.fetch_max(row.rev, Ordering::AcqRel);
+    }
+
+    /// Sets how long a revoked or expired token stays indexed (`[gateway] revoked_retention`).
+    pub fn set_retention(&self, retention: std::time::Duration) {
+        self.retention
+            .store(retention.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// Drops tokens revoked (as this process saw it) or expired more than the retention ago: they answer
+    /// as unknown tokens from then on (still 401), and the index holds only what can still be used or
+    /// was lately. Sweeps at most every tenth of the retention (1 s to 60 s): a scan of every token,
+    /// off the request path.
+    pub fn purge_retired(&self) {
+        let now = clock::now();
+        let retention = self.retention.load(Ordering::Relaxed);
+        let every = (retention / 10).clamp(1, 60);
+        let last = self.last_retire_sweep.load(Ordering::Relaxed);
+        if now < last.saturating_add(every) {
+            return;
+        }
+        self.last_retire_sweep.store(now, Ordering::Relaxed);
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.map.guard();
+        let mut dropped = Vec::new();
+        for (id, slot) in w.by_id.iter_mut().enumerate() {
+            let Some(k) = slot else { continue };
+            let gone_at = if k.revoked_seen > 0 {
+                k.revoked_seen
+            } else if k.entry.expires_at != u64::MAX {
+                k.entry.expires_at
+            } else {
+                continue;
+            };
+            if now >= gone_at.saturating_add(retention) {
+                self.map.remove(&k.digest, &guard);
+                dropped.push((id as i64, k.entry.clone()));
+                *slot = None;
+            }
+        }
+        for (id, entry) in dropped {
+            w.graced
+                .retain(|(g, d, _)| *g != id || self.map.remove(d, &guard).is_none());
+            // Its last uses still go out with the next flush.
+            w.retired.push(entry);
+        }
     }
 
     /// Drops rotated-out digests whose grace period is over. Requests already refuse them; this frees

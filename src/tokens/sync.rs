@@ -121,6 +121,7 @@ pub fn run_sync(index: Arc<Index>, location: Location, interval: Duration, stop:
 fn purge(index: &Index, last: &mut Instant) {
     if last.elapsed() >= Duration::from_secs(1) {
         index.purge_expired_grace();
+        index.purge_retired();
         *last = Instant::now();
     }
 }
