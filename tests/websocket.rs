@@ -410,8 +410,14 @@ fn upload_is_cut_after(gw: &Gateway, up: &Upstream, token: &str, act: impl FnOnc
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    eprintln!("the gateway stopped taking the upload {:?} after the change", t.elapsed());
-    assert!(cut, "the gateway kept taking the upload for 8 s after the change");
+    eprintln!(
+        "the gateway stopped taking the upload {:?} after the change",
+        t.elapsed()
+    );
+    assert!(
+        cut,
+        "the gateway kept taking the upload for 8 s after the change"
+    );
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut conn, &mut answer);
     let text = String::from_utf8_lossy(&answer);
@@ -535,7 +541,12 @@ async fn echoes(ws: &mut Ws, text: &str) {
 
 /// Opens a tunnel on `path` with `token`, does `act`, and returns how long the tunnel took to close
 /// after it (panicking past 5 s: it stayed open).
-async fn tunnel_closes_after(gw: &Gateway, path: &str, token: &str, act: impl FnOnce()) -> Duration {
+async fn tunnel_closes_after(
+    gw: &Gateway,
+    path: &str,
+    token: &str,
+    act: impl FnOnce(),
+) -> Duration {
     let (mut ws, _) = open(gw, path, Some(token)).await.unwrap();
     echoes(&mut ws, "before").await;
     act();
@@ -574,8 +585,8 @@ fn a_revoke_that_follows_an_edit_still_closes_the_tunnel() {
             gw.revoke(id.parse().unwrap());
         })
         .await;
-        eprintln!("edited then revoked: tunnel closed {took:?} after (incl. 400 ms between)");
-        assert!(took < CLOSE_BOUND + Duration::from_millis(400), "{took:?}");
+        eprintln!("edited then revoked: tunnel closed {took:?} after the revoke");
+        assert!(took < CLOSE_BOUND, "{took:?}");
         echoes(&mut theirs, "untouched").await;
     });
 }
@@ -678,8 +689,11 @@ fn the_end_of_a_grace_period_closes_the_tunnels_of_the_old_secret() {
         }
         let took = t.elapsed();
         eprintln!("rotated with a 2 s grace: the old secret's tunnel closed {took:?} after");
-        // The grace ends 2 s after the rotation, on a whole second (unix seconds).
-        assert!(took >= Duration::from_millis(900), "closed too early: {took:?}");
+        // The grace ends 2 s after the rotation, counted in whole unix seconds: 1 to 2 s from now.
+        assert!(
+            took >= Duration::from_millis(500),
+            "closed too early: {took:?}"
+        );
         assert!(took < Duration::from_secs(3) + CLOSE_BOUND, "{took:?}");
         echoes(&mut new, "new secret").await;
     });
@@ -728,7 +742,9 @@ fn a_route_removed_under_sighup_closes_its_tunnels() {
     let (_, token) = gw.create_token("alice", "camera");
     gw.wait_status("/plain/x", &token, 200);
     let config = std::fs::read_to_string(gw.config_path()).unwrap();
-    let start = config.find("[[routes]]\nname = \"ws\"").expect("the ws route");
+    let start = config
+        .find("[[routes]]\nname = \"ws\"")
+        .expect("the ws route");
     let end = config[start + 1..]
         .find("[[routes]]")
         .map_or(config.len(), |i| start + 1 + i);
@@ -793,12 +809,9 @@ async fn stalled_tunnel(gw: &Gateway, token: &str) -> Ws {
     ws
 }
 
-#[test]
-fn a_client_that_stops_reading_is_still_closed_by_a_revoke_and_by_the_idle_timeout() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (flood, ended) = flood_server(&rt);
-    let plain = Upstream::start("plain");
-    let gw = GatewayBuilder::new()
+/// A gateway with the `flood` route (idle timeout 2 s) and a plain route to wait for tokens on.
+fn flood_gateway(flood: SocketAddr, plain: &Upstream) -> Gateway {
+    GatewayBuilder::new()
         .gateway("sync_interval", "\"50ms\"")
         .route_with(
             "flood",
@@ -807,7 +820,15 @@ fn a_client_that_stops_reading_is_still_closed_by_a_revoke_and_by_the_idle_timeo
             &[("websocket", "true"), ("websocket_idle_timeout", "\"2s\"")],
         )
         .route("plain", "/plain", plain.addr())
-        .start();
+        .start()
+}
+
+#[test]
+fn a_client_that_stops_reading_is_still_closed_by_a_revoke() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (flood, ended) = flood_server(&rt);
+    let plain = Upstream::start("plain");
+    let gw = flood_gateway(flood, &plain);
     let (id, token) = gw.create_token("alice", "camera");
     gw.wait_status("/plain/x", &token, 200);
     rt.block_on(async {
@@ -831,9 +852,19 @@ fn a_client_that_stops_reading_is_still_closed_by_a_revoke_and_by_the_idle_timeo
             Duration::from_millis(10),
             || ended.load(Ordering::SeqCst) == 1
         ));
-        // The idle timeout: nothing moves (the writes are stuck), so the tunnel ends at 2 s.
-        let (_, token) = gw.create_token("alice", "camera");
-        gw.wait_status("/plain/x", &token, 200);
+    });
+}
+
+#[test]
+fn a_tunnel_stuck_on_a_client_that_stops_reading_ends_at_its_idle_timeout() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (flood, _) = flood_server(&rt);
+    let plain = Upstream::start("plain");
+    let gw = flood_gateway(flood, &plain);
+    let (_, token) = gw.create_token("alice", "camera");
+    gw.wait_status("/plain/x", &token, 200);
+    rt.block_on(async {
+        // Nothing moves once the writes are stuck: the tunnel ends at the idle timeout (2 s).
         let t = Instant::now();
         let _client = stalled_tunnel(&gw, &token).await;
         let closed = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {

@@ -320,13 +320,10 @@ impl Gate {
 
 /// The scope `route` requires, with the roles that grant it in the route table `route` belongs to.
 pub(super) fn required(route: &Route) -> Option<auth::Required<'_>> {
-    route
-        .required_scope
-        .as_deref()
-        .map(|scope| auth::Required {
-            scope,
-            roles: &route.scope_roles,
-        })
+    route.required_scope.as_deref().map(|scope| auth::Required {
+        scope,
+        roles: &route.scope_roles,
+    })
 }
 
 /// A `tls_only` route asked over plain TCP.

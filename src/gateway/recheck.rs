@@ -254,7 +254,9 @@ websocket = true
         );
         assert_eq!(
             g.recheck(&table(&edited), &on("scoped", &t), now()),
-            Err(Lapse::Denied(Denial::InsufficientScope("video:live".into())))
+            Err(Lapse::Denied(Denial::InsufficientScope(
+                "video:live".into()
+            )))
         );
         // A scope held directly is not affected by roles.
         let (g, t) = (gate(), Token::generate());
@@ -282,11 +284,7 @@ websocket = true
             ..on("ws", &t)
         };
         assert_eq!(g.recheck(&table(&off), &upload, now()), Ok(()));
-        let tls_only = ROUTES.replacen(
-            "websocket = true",
-            "websocket = true\ntls_only = true",
-            1,
-        );
+        let tls_only = ROUTES.replacen("websocket = true", "websocket = true\ntls_only = true", 1);
         assert_eq!(
             g.recheck(&table(&tls_only), &on("ws", &t), now()),
             Err(Lapse::TlsRequired)

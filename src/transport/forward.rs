@@ -567,9 +567,11 @@ impl<S: ClientStream> Client<'_, S> {
                 }
                 r
             }
-            Lapse::TlsRequired => {
-                Refusal::new(403, "tls_required", "this route is served over TLS (https) only")
-            }
+            Lapse::TlsRequired => Refusal::new(
+                403,
+                "tls_required",
+                "this route is served over TLS (https) only",
+            ),
             Lapse::RouteGone | Lapse::WebSocketOff => Refusal::new(
                 404,
                 "not_found",

@@ -91,10 +91,11 @@ pub fn accepts(resp: &ResponseHead, head: &[u8], expected: Option<&[u8; ACCEPT_L
     let Some(expected) = expected else {
         return false;
     };
-    let mut accept = resp
-        .fields
-        .iter()
-        .filter(|f| f.name.get(head).eq_ignore_ascii_case(b"sec-websocket-accept"));
+    let mut accept = resp.fields.iter().filter(|f| {
+        f.name
+            .get(head)
+            .eq_ignore_ascii_case(b"sec-websocket-accept")
+    });
     let (Some(only), None) = (accept.next(), accept.next()) else {
         return false;
     };
@@ -381,9 +382,15 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
         ];
         for head in heads {
-            assert!(!accepts(&parsed(head), head.as_bytes(), Some(&want)), "{head}");
+            assert!(
+                !accepts(&parsed(head), head.as_bytes(), Some(&want)),
+                "{head}"
+            );
         }
-        assert!(!accepts(&parsed(ok), ok.as_bytes(), None), "no valid key, no tunnel");
+        assert!(
+            !accepts(&parsed(ok), ok.as_bytes(), None),
+            "no valid key, no tunnel"
+        );
     }
 
     fn buffer(bytes: &[u8]) -> Buffer {
@@ -432,33 +439,44 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_stops_reading_does_not_stop_the_watch_or_the_idle_timeout() {
-        for (watch_ends, idle) in [(true, Duration::from_secs(60)), (false, Duration::from_millis(300))] {
-            // The client never reads; the upstream floods it until every buffer on the way is full.
-            let (mut client, _client_end) = tokio::io::duplex(1024);
-            let (mut upstream, mut upstream_end) = tokio::io::duplex(1024);
-            let flood = tokio::spawn(async move {
-                let chunk = [9u8; 1024];
-                while upstream_end.write_all(&chunk).await.is_ok() {}
-            });
-            let started = Instant::now();
-            let (mut cb, mut ub) = (Buffer::new(), Buffer::new());
-            let early = Early {
-                to_client: b"",
-                client_buf: &mut cb,
-                upstream_buf: &mut ub,
-            };
-            let (_, end) = tokio::time::timeout(
-                Duration::from_secs(10),
-                relay(&mut client, &mut upstream, early, idle, || {
-                    (watch_ends && started.elapsed() > Duration::from_millis(200))
-                        .then_some(End::Draining)
-                }),
-            )
-            .await
-            .expect("the relay hung in a write to a peer that does not read");
-            assert_eq!(end, if watch_ends { End::Draining } else { End::Idle });
-            drop(upstream);
-            flood.abort();
+        // Either peer may be the one that stops reading while the other floods it.
+        for client_stuck in [true, false] {
+            for (watch_ends, idle) in [
+                (true, Duration::from_secs(60)),
+                (false, Duration::from_millis(300)),
+            ] {
+                let (mut client, client_end) = tokio::io::duplex(1024);
+                let (mut upstream, upstream_end) = tokio::io::duplex(1024);
+                let (mut flooder, stuck) = if client_stuck {
+                    (upstream_end, client_end)
+                } else {
+                    (client_end, upstream_end)
+                };
+                // Fills every buffer on the way to the peer that never reads.
+                let flood = tokio::spawn(async move {
+                    let chunk = [9u8; 1024];
+                    while flooder.write_all(&chunk).await.is_ok() {}
+                });
+                let started = Instant::now();
+                let (mut cb, mut ub) = (Buffer::new(), Buffer::new());
+                let early = Early {
+                    to_client: b"",
+                    client_buf: &mut cb,
+                    upstream_buf: &mut ub,
+                };
+                let (_, end) = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    relay(&mut client, &mut upstream, early, idle, || {
+                        (watch_ends && started.elapsed() > Duration::from_millis(200))
+                            .then_some(End::Draining)
+                    }),
+                )
+                .await
+                .expect("the relay hung in a write to a peer that does not read");
+                assert_eq!(end, if watch_ends { End::Draining } else { End::Idle });
+                drop((client, upstream, stuck));
+                flood.abort();
+            }
         }
     }
 }
