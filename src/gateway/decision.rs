@@ -9,6 +9,9 @@
 //! passed in, and updates only in-memory counters (a token's use count, an address's failure count).
 //! What the transport does with the verdict (write an answer, open an upstream connection, stream the
 //! body) is not its business; how the forwarded head is rewritten is described by [`Rewrite`].
+//!
+//! A stream that outlives its request (a WebSocket tunnel, an upload) is asked the same token rules again
+//! at every tick, by the digest it presented ([`Forward::digest`]): see [`super::recheck`].
 
 use super::auth::{self, Denial, Outcome};
 use super::limits::{self, LimitKind, Over, RateLimitField};
