@@ -278,6 +278,7 @@ fn header_benches(c: &mut Criterion) {
         let forward = Forward {
             route: &route,
             principal: Some(entry.clone()),
+            digest: None,
             outcome: Outcome::Ok,
             rate_limit: None,
             rewrite: Rewrite {

@@ -229,6 +229,13 @@ pub struct Required<'a> {
     pub roles: &'a [Box<str>],
 }
 
+/// The digest a presented credential is looked up by, once its format is checked (prefix, length,
+/// checksum): a string that cannot be a token is never hashed or looked up.
+pub fn digest(token: &str) -> Result<Digest, Denial> {
+    token::check_format(token).map_err(Denial::BadFormat)?;
+    Ok(Digest::of(token))
+}
+
 /// Decides whether `token` may use a route requiring `required_scope`, at unix time `now`, on a
 /// connection whose client certificate has the SHA-256 `client_cert` (if any).
 pub fn authorize(
@@ -238,8 +245,22 @@ pub fn authorize(
     client_cert: Option<&[u8; 32]>,
     now: u64,
 ) -> Result<Arc<Entry>, Denial> {
-    token::check_format(token).map_err(Denial::BadFormat)?;
-    let slot = index.get(&Digest::of(token)).ok_or(Denial::Unknown)?;
+    authorize_digest(index, &digest(token)?, required_scope, client_cert, now)
+}
+
+/// The token rules, on the digest of what was presented: the index entry as it is now (a token edited
+/// since is looked at in its new state), revoked, this digest's own validity (a secret rotated out, or
+/// whose grace period ended, is unknown), expired, the certificate binding, and the required scope
+/// with roles as `required_scope` resolves them. Every request goes through it ([`authorize`], from
+/// the decision), and so does every re-check of an open stream ([`super::recheck`]).
+pub fn authorize_digest(
+    index: &Index,
+    digest: &Digest,
+    required_scope: Option<Required<'_>>,
+    client_cert: Option<&[u8; 32]>,
+    now: u64,
+) -> Result<Arc<Entry>, Denial> {
+    let slot = index.get(digest).ok_or(Denial::Unknown)?;
     let entry = slot.entry;
     if entry.is_revoked() {
         return Err(Denial::Revoked);

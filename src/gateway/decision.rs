@@ -9,6 +9,9 @@
 //! passed in, and updates only in-memory counters (a token's use count, an address's failure count).
 //! What the transport does with the verdict (write an answer, open an upstream connection, stream the
 //! body) is not its business; how the forwarded head is rewritten is described by [`Rewrite`].
+//!
+//! A stream that outlives its request (a WebSocket tunnel, an upload) is asked the same token rules again
+//! at every tick, by the digest it presented ([`Forward::digest`]): see [`super::recheck`].
 
 use super::auth::{self, Denial, Outcome};
 use super::limits::{self, LimitKind, Over, RateLimitField};
@@ -16,6 +19,7 @@ use super::paths::{authority, check_path, origin_form};
 use super::routes::{Route, RouteTable};
 use super::throttle::Throttle;
 use crate::config::AuthMode;
+use crate::tokens::format::Digest;
 use crate::tokens::index::{Entry, Index};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -65,6 +69,9 @@ pub struct Forward<'a> {
     pub route: &'a Arc<Route>,
     /// The token holder (`None` on a public route): the identity headers name it.
     pub principal: Option<Arc<Entry>>,
+    /// The digest of the credential the request was let through with (`None` on a public route): an
+    /// open stream (tunnel, upload) is re-checked by it, see [`Gate::recheck`].
+    pub digest: Option<Digest>,
     /// `ok`, or `public` on a route without auth.
     pub outcome: Outcome,
     /// `RateLimit` for the response, when the route asks for it (`rate_limit_headers`).
@@ -208,7 +215,7 @@ impl Gate {
         let Some(route) = table.find(path) else {
             return refuse(Refusal::new(404, "not_found", "no route for this path"));
         };
-        if route.tls_only && req.tls.is_none() {
+        if needs_tls(route, req.tls) {
             // Before any credential is read: a token sent in the clear is not even looked at.
             let r = Refusal::new(
                 403,
@@ -217,19 +224,24 @@ impl Gate {
             );
             return refuse(r.on(route));
         }
-        let principal = match route.auth {
-            AuthMode::None => None,
+        let (principal, digest) = match route.auth {
+            AuthMode::None => (None, None),
             AuthMode::Bearer => {
                 let client_cert = req.tls.and_then(|t| t.client_cert_sha256.as_ref());
-                let decision = credential(req, route, query).and_then(|t| {
-                    let scope = route.required_scope.as_deref().map(|scope| auth::Required {
-                        scope,
-                        roles: &route.scope_roles,
+                let decision = credential(req, route, query)
+                    .and_then(auth::digest)
+                    .and_then(|digest| {
+                        auth::authorize_digest(
+                            &self.index,
+                            &digest,
+                            required(route),
+                            client_cert,
+                            now,
+                        )
+                        .map(|entry| (entry, digest))
                     });
-                    auth::authorize(&self.index, t, scope, client_cert, now)
-                });
                 match decision {
-                    Ok(entry) => Some(entry),
+                    Ok((entry, digest)) => (Some(entry), Some(digest)),
                     Err(denial) => return refuse(self.denied(&denial, route, req.peer, now)),
                 }
             }
@@ -275,6 +287,7 @@ impl Gate {
                 Outcome::Public
             },
             principal,
+            digest,
             rate_limit,
             rewrite: Rewrite {
                 path,
@@ -306,6 +319,19 @@ impl Gate {
         }
         Refusal::denied(denial, route)
     }
+}
+
+/// The scope `route` requires, with the roles that grant it in the route table `route` belongs to.
+pub(super) fn required(route: &Route) -> Option<auth::Required<'_>> {
+    route.required_scope.as_deref().map(|scope| auth::Required {
+        scope,
+        roles: &route.scope_roles,
+    })
+}
+
+/// A `tls_only` route asked over plain TCP.
+pub(super) fn needs_tls(route: &Route, tls: Option<&TlsPeer>) -> bool {
+    route.tls_only && tls.is_none()
 }
 
 /// The 429 for a request over a limit: `Retry-After`, the policies and what is left of them.

@@ -1,6 +1,7 @@
 //! The gateway's policy: who gets in, and what the upstream is told about them.
 //!
 //! - [`decision`]: the one pure function every transport calls — request facts in, a [`Verdict`] out.
+//! - [`recheck`]: the same rules asked again of an open stream (tunnel, upload) at every tick.
 //! - [`paths`]: request targets and the path check (reject, don't normalise).
 //! - [`routes`]: the route table and longest-prefix matching.
 //! - [`auth`]: `Authorization` parsing, the token check, RFC 6750 answers.
@@ -12,8 +13,10 @@ pub mod auth;
 pub mod decision;
 pub mod limits;
 pub mod paths;
+pub mod recheck;
 pub mod routes;
 pub mod signing;
 pub mod throttle;
 
 pub use decision::{Forward, Gate, Refusal, Request, Rewrite, TlsPeer, Verdict};
+pub use recheck::{Admitted, Lapse};

@@ -18,6 +18,7 @@ use crate::gateway::limits::LimitKind;
 use crate::gateway::paths::origin_form;
 use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
 use crate::ops::access_log::Record;
+use crate::tokens::format::Digest;
 use crate::tokens::index::Entry;
 use std::io;
 use std::net::IpAddr;
@@ -45,8 +46,10 @@ pub(super) struct Req {
     pub(super) retryable: bool,
     pub(super) client_minor: u8,
     pub(super) client_keep_alive: bool,
-    /// A WebSocket upgrade on a `websocket = true` route: a 101 opens a tunnel.
+    /// A WebSocket upgrade on a `websocket = true` route: a 101 opens a tunnel, if it carries this
+    /// `Sec-WebSocket-Accept` (`None`: the client's key was missing or malformed, and no 101 does).
     pub(super) upgrade: bool,
+    pub(super) websocket_accept: Option<[u8; super::tunnel::ACCEPT_LEN]>,
 }
 
 /// What one exchange produced, for metrics and the access log.
@@ -55,6 +58,9 @@ pub(super) struct Facts {
     /// The route's index in the table, when one matched.
     pub(super) route: Option<usize>,
     pub(super) entry: Option<Arc<Entry>>,
+    /// The digest of the credential the request was let through with: open streams are re-checked
+    /// by it.
+    pub(super) digest: Option<Digest>,
     pub(super) outcome: Outcome,
     pub(super) status: u16,
     pub(super) bytes_in: u64,
@@ -79,7 +85,7 @@ pub struct Client<'a, S> {
     /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
     peer_text: String,
     /// What the TLS handshake established (`None` on the plain listener).
-    tls: Option<TlsPeer>,
+    pub(super) tls: Option<TlsPeer>,
     served: u64,
     /// The current request's body has not been read to its end (a close then lingers, see
     /// [`Self::linger`]).
@@ -236,6 +242,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             start: Instant::now(),
             route: None,
             entry: None,
+            digest: None,
             outcome: Outcome::None,
             status: 0,
             bytes_in: 0,
@@ -347,6 +354,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             },
         );
         facts.entry = forward.principal;
+        facts.digest = forward.digest;
         facts.rate_limit = forward.rate_limit;
         let method = self.head.method.get(head_bytes);
         let req = Req {
@@ -360,6 +368,11 @@ impl<'a, S: ClientStream> Client<'a, S> {
             client_minor: self.head.minor,
             client_keep_alive: self.head.keep_alive,
             upgrade,
+            websocket_accept: if upgrade {
+                websocket_key(&self.head, head_bytes).and_then(super::tunnel::expected_accept)
+            } else {
+                None
+            },
         };
         let expect_continue = self.head.expect_continue;
         self.buf.consume(self.head.len);
@@ -462,6 +475,18 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 "client write timed out",
             )),
         }
+    }
+}
+
+/// The value of the request's one `Sec-WebSocket-Key` field (`None`: none, or more than one).
+fn websocket_key<'b>(head: &RequestHead, bytes: &'b [u8]) -> Option<&'b [u8]> {
+    let mut keys = head
+        .fields
+        .iter()
+        .filter(|f| f.name.get(bytes).eq_ignore_ascii_case(b"sec-websocket-key"));
+    match (keys.next(), keys.next()) {
+        (Some(f), None) => Some(f.value.get(bytes)),
+        _ => None,
     }
 }
 

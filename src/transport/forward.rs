@@ -13,9 +13,10 @@ use super::rewrite::write_response_head;
 use super::timed::timed;
 use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
-use crate::gateway::Refusal;
+use crate::gateway::auth::Denial;
+use crate::gateway::{Admitted, Lapse, Refusal};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// How reading the response ended badly.
@@ -184,17 +185,9 @@ impl<S: ClientStream> Client<'_, S> {
             }
             r.map(|()| true).map_err(Stop::Upstream)
         } else {
-            // An upload is watched for its token being revoked while it streams.
-            let entry = facts.entry.clone();
-            self.stream_body(
-                &mut conn,
-                &mut body,
-                &mut resp,
-                io,
-                req,
-                (facts.start, entry.as_deref()),
-            )
-            .await
+            // An upload is re-checked while it streams, as a tunnel is.
+            self.stream_body(&mut conn, &mut body, &mut resp, io, req, facts)
+                .await
         };
         facts.bytes_in = body.forwarded;
         self.body_pending = !body.done();
@@ -202,10 +195,19 @@ impl<S: ClientStream> Client<'_, S> {
             Ok(sent) => sent,
             Err(Stop::Upstream(f)) => return self.upstream_failed(io, facts, f, req).await,
             Err(Stop::Body(e)) => return self.body_failed(io, facts, e, req).await,
-            Err(Stop::Revoked) => return self.revoked_midway(io, facts, req).await,
+            Err(Stop::Lapsed(lapse)) => return self.lapsed_midway(io, facts, req, lapse).await,
         };
         if req.upgrade && resp.status == 101 {
             drop(in_flight);
+            if !super::tunnel::accepts(&resp, conn.buf.filled(), req.websocket_accept.as_ref()) {
+                // Not the handshake the client started: no tunnel, and the upstream connection goes.
+                drop(conn);
+                let f = UpstreamFailure::new(
+                    UpstreamError::Other,
+                    "101 without the Sec-WebSocket-Accept of the client's key (or without a valid key)",
+                );
+                return self.upstream_failed(io, facts, f, req).await;
+            }
             return self.tunnel(conn, io, &resp, facts).await;
         }
         conn.reused = true;
@@ -218,7 +220,10 @@ impl<S: ClientStream> Client<'_, S> {
     }
 
     /// Streams a body that did not fit in the first write, while watching for the response (an upstream
-    /// may answer before the body ends, e.g. with 413). `Ok(true)`: the body went out whole.
+    /// may answer before the body ends, e.g. with 413) and re-checking, every [`super::tunnel::CHECK`]
+    /// until the body has gone out, that the request would still be let through (whatever either side
+    /// does: a write to an upstream that stopped reading does not hold the check up). `Ok(true)`: the
+    /// body went out whole.
     async fn stream_body(
         &mut self,
         conn: &mut Conn,
@@ -226,36 +231,49 @@ impl<S: ClientStream> Client<'_, S> {
         resp: &mut ResponseHead,
         io: &RouteIo,
         req: Req,
-        (start, entry): (Instant, Option<&crate::tokens::index::Entry>),
+        facts: &Facts,
     ) -> Result<bool, Stop> {
         let write_timeout = io.timeouts.write;
+        let engine = self.engine;
+        let admitted = Admitted {
+            route: &io.route.name,
+            digest: facts.digest,
+            tls: self.tls.as_ref(),
+            websocket: false,
+        };
         let (mut up_read, mut up_write) = tokio::io::split(&mut conn.stream);
-        match timed(|| write_timeout, up_write.write_all(&self.out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(Stop::Upstream(UpstreamFailure::new(
-                    UpstreamError::Reset,
-                    format!("write: {e}"),
-                )))
-            }
-            Err(_) => {
-                return Err(Stop::Upstream(UpstreamFailure::new(
-                    UpstreamError::WriteTimeout,
-                    "write timed out",
-                )))
-            }
-        }
-        let deadline = io.route.request_timeout.map(|t| start + t);
+        let deadline = io.route.request_timeout.map(|t| facts.start + t);
         let (head_result, sent) = {
-            let send = body.pump(
-                &mut self.io,
-                &mut self.buf,
-                &mut self.out,
-                &mut up_write,
-                write_timeout,
-                deadline,
-                io.route.max_body_bytes,
-            );
+            let (client, buf, out) = (&mut self.io, &mut self.buf, &mut self.out);
+            let send = async {
+                // The head and the body's first bytes, then the rest as the client sends it.
+                match timed(|| write_timeout, up_write.write_all(out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(Stop::Upstream(UpstreamFailure::new(
+                            UpstreamError::Reset,
+                            format!("write: {e}"),
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(Stop::Upstream(UpstreamFailure::new(
+                            UpstreamError::WriteTimeout,
+                            "write timed out",
+                        )))
+                    }
+                }
+                Ok(body
+                    .pump(
+                        client,
+                        buf,
+                        out,
+                        &mut up_write,
+                        write_timeout,
+                        deadline,
+                        io.route.max_body_bytes,
+                    )
+                    .await)
+            };
             let head = read_response_head(&mut up_read, &mut conn.buf, resp, req.is_head, false);
             tokio::pin!(send, head);
             // The read timeout starts when the body has gone out: an upload may take longer than it.
@@ -268,7 +286,7 @@ impl<S: ClientStream> Client<'_, S> {
                     biased;
                     h = &mut head => break h,
                     s = &mut send, if sent.is_none() => {
-                        match s {
+                        match s? {
                             Ok(n) => sent = Some(Ok(n)),
                             Err(BodyError::Upstream(kind, e)) => {
                                 // The upstream stopped reading; it may still have an answer (413, 400...).
@@ -282,9 +300,9 @@ impl<S: ClientStream> Client<'_, S> {
                     _ = &mut timer, if sent.is_some() => {
                         break Err(UpstreamFailure::new(UpstreamError::ReadTimeout, "no response within read_timeout"));
                     }
-                    _ = check.tick(), if sent.is_none() && entry.is_some() => {
-                        if entry.is_some_and(|e| super::tunnel::token_gone(e, crate::clock::now())) {
-                            return Err(Stop::Revoked);
+                    _ = check.tick(), if sent.is_none() => {
+                        if let Some(lapse) = super::tunnel::lapsed(engine, &admitted) {
+                            return Err(Stop::Lapsed(lapse));
                         }
                     }
                 }
@@ -496,8 +514,12 @@ impl<S: ClientStream> Client<'_, S> {
             ),
             _ => ("bad_gateway", "the upstream could not be reached or failed"),
         };
-        // The body may be half read: keep the connection only for a bodiless request.
-        let keep = !req.framing.has_body() && req.client_keep_alive && !self.engine.is_draining();
+        // The body may be half read: keep the connection only for a bodiless request. A failed
+        // WebSocket handshake closes it too: the client may already be sending frames.
+        let keep = !req.framing.has_body()
+            && !req.upgrade
+            && req.client_keep_alive
+            && !self.engine.is_draining();
         facts.status = status;
         match self
             .answer(&Refusal::new(status, error, detail), keep, req.is_head)
@@ -511,23 +533,54 @@ impl<S: ClientStream> Client<'_, S> {
         }
     }
 
-    /// Answers an upload whose token was revoked (or expired) while it streamed: the upstream connection
-    /// is cut (dropped unfinished, so the upstream never sees a complete request), the client gets 401 and
-    /// the connection closes.
-    async fn revoked_midway(&mut self, io: &RouteIo, facts: &mut Facts, req: Req) -> bool {
+    /// Answers an upload that stopped being allowed while it streamed (its token revoked, rotated out,
+    /// expired or without the scope now; its route gone or TLS-only now): the upstream connection is
+    /// cut (dropped unfinished, so the upstream never sees a complete request), the client gets the
+    /// answer the decision would give now, and the connection closes.
+    async fn lapsed_midway(
+        &mut self,
+        io: &RouteIo,
+        facts: &mut Facts,
+        req: Req,
+        lapse: Lapse,
+    ) -> bool {
         log::info!(
-            "route {}: token revoked during an upload; upstream connection cut",
-            io.route.name
+            "route {}: an upload of token {} was cut: {}",
+            io.route.name,
+            facts.entry.as_ref().map_or(0, |e| e.token_id),
+            lapse.describe()
         );
-        facts.status = 401;
-        facts.outcome = crate::gateway::auth::Outcome::Revoked;
-        let mut r = Refusal::new(
-            401,
-            "invalid_token",
-            "the token was revoked while the request was being sent",
-        )
+        let r = match &lapse {
+            Lapse::Denied(denial) => {
+                let mut r = Refusal::new(
+                    denial.status(),
+                    denial.error_code().unwrap_or("unauthorized"),
+                    format!(
+                        "{} (while the request was being sent)",
+                        denial.description()
+                    ),
+                );
+                r.challenge = Some(denial.challenge());
+                r.outcome = denial.outcome();
+                if let Denial::InsufficientScope(s) = denial {
+                    r.scope = Some(s.clone());
+                }
+                r
+            }
+            Lapse::TlsRequired => Refusal::new(
+                403,
+                "tls_required",
+                "this route is served over TLS (https) only",
+            ),
+            Lapse::RouteGone | Lapse::WebSocketOff => Refusal::new(
+                404,
+                "not_found",
+                "the route was removed while the request was being sent",
+            ),
+        }
         .closing();
-        r.challenge = Some(crate::gateway::auth::Denial::Revoked.challenge());
+        facts.status = r.status;
+        facts.outcome = r.outcome;
         if let Ok(sent) = self.answer(&r, false, req.is_head).await {
             facts.bytes_out = sent;
         }
@@ -577,8 +630,10 @@ impl<S: ClientStream> Client<'_, S> {
 enum Stop {
     Upstream(UpstreamFailure),
     Body(BodyError),
-    /// The token was revoked (or expired) while its upload streamed.
-    Revoked,
+    /// The request stopped being allowed while its upload streamed (see [`Gate::recheck`]).
+    ///
+    /// [`Gate::recheck`]: crate::gateway::Gate::recheck
+    Lapsed(Lapse),
 }
 
 /// Writes a whole request (already in `out`) and reads the response head into `resp`.

@@ -7,7 +7,8 @@
 //! - [`connection`]: the per-connection loop — heads, timeouts, the decision, refusals, metrics, log.
 //! - [`forward`]: sending an allowed request upstream, streaming bodies both ways, relaying the answer.
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
-//! - [`tunnel`]: WebSocket tunnels after a 101, closed when their token goes.
+//! - [`tunnel`]: WebSocket tunnels after a 101 that completes the handshake, re-checked every tick
+//!   ([`crate::gateway::Gate::recheck`]), relayed without a write ever holding the check up.
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
