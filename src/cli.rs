@@ -208,7 +208,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => {
             let config = Config::load(&cli.config)?;
             let mut store = open_store(&cli.config)?;
-            token_command(&mut store, &config.roles, command)
+            let changes = !matches!(
+                command,
+                TokenCommand::List { .. } | TokenCommand::Show { .. }
+            );
+            token_command(&mut store, &config.roles, command)?;
+            if changes {
+                wait_for_gateways(&store);
+            }
+            Ok(())
         }
         Command::Store { command } => {
             let location = Location::from_config(&config::load_store(&cli.config)?)?;
@@ -227,6 +235,21 @@ fn warnings(config: &Config, location: Option<&Location>) -> Vec<String> {
         out.push(format!("{from}: {w}"));
     }
     out
+}
+
+/// After a change on SQLite: waits (at most a second) until every gateway running on this host has
+/// applied it, so the next request they get is decided on it (see `tokens::applied`). A gateway that
+/// does not acknowledge in time is named on stderr; the change stands either way.
+fn wait_for_gateways(store: &Store) {
+    let Store::Sqlite(s) = store else { return };
+    let Ok(rev) = s.head_rev() else { return };
+    let behind = crate::tokens::applied::wait_applied(s.path(), rev, Duration::from_secs(1));
+    if !behind.is_empty() {
+        eprintln!(
+            "warning: the gateway process(es) {behind:?} on this host have not applied the change within 1s; \
+             they will within their sync interval"
+        );
+    }
 }
 
 /// The configured store, opened (and migrated) for a command.

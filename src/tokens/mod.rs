@@ -7,6 +7,7 @@
 //! - [`index`]: the lock-free digest → entry map every request reads.
 //! - [`sync`]: the loops that keep the index in step with the store and flush usage.
 
+pub mod applied;
 pub mod fields;
 pub mod format;
 pub mod index;

@@ -169,6 +169,8 @@ fn watch_sqlite(path: &Path, stop: &Arc<Stop>) -> Option<notify::INotifyWatcher>
 fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>) {
     use std::os::unix::fs::MetadataExt;
     let _watcher = watch_sqlite(path, stop);
+    // What this process has applied, for CLI changes on this host to wait for (see super::applied).
+    let mut marker = super::applied::Marker::create(path);
     let mut store: Option<(Store, u64)> = None;
     let mut header: Option<(std::fs::File, u64)> = None;
     let mut seen_version: Option<i64> = None;
@@ -235,6 +237,9 @@ fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>)
                 }
                 index.sync_quotas_from(s)?;
                 seen_version = Some(v);
+            }
+            if let Some(m) = marker.as_mut() {
+                m.record(index.last_rev());
             }
             Ok(())
         })();

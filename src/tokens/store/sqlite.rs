@@ -538,6 +538,13 @@ impl SqliteStore {
     }
 
     /// SQLite's `data_version`: changes whenever another connection commits.
+    /// The highest revision of any token: every committed change is at or below it.
+    pub fn head_rev(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(rev), 0) FROM tokens", [], |r| r.get(0))
+            .map_err(|e| to_err(&self.path, e))
+    }
+
     pub fn data_version(&self) -> Result<i64, StoreError> {
         let err = |e| to_err(&self.path, e);
         self.conn
