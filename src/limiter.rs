@@ -6,7 +6,6 @@
 //! token's own limits live in its index entry.
 
 use crate::config::Rate;
-use crate::tokens::fields::Quota;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A rate with a burst, in nanoseconds: one request costs `emission`; up to `tolerance` may be owed.
@@ -222,9 +221,108 @@ impl QuotaCount {
     }
 }
 
+/// The calendar period a quota counts in (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+/// A quota: at most `count` accepted requests per calendar `period` (UTC), written `100000/day` or
+/// `2000000/month`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub count: u64,
+    pub period: Period,
+}
+
+impl Quota {
+    pub fn parse(s: &str) -> Result<Quota, String> {
+        let bad = || format!("{s:?} is not a quota like 100000/day or 2000000/month");
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let period = match unit.trim() {
+            "day" | "d" => Period::Day,
+            "month" | "mo" => Period::Month,
+            _ => return Err(bad()),
+        };
+        if count == 0 || count >= 1 << 40 {
+            return Err(format!("{s:?}: the count must be between 1 and 2^40"));
+        }
+        Ok(Quota { count, period })
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.period {
+            Period::Day => "day",
+            Period::Month => "month",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl Period {
+    /// The period's number (days or months since 1970), for packing with a count.
+    pub fn index(self, unix: i64) -> i64 {
+        let days = unix.div_euclid(86_400);
+        match self {
+            Period::Day => days,
+            Period::Month => {
+                let (y, m, _) = crate::clock::civil_from_days(days);
+                y * 12 + (m as i64 - 1) - 1970 * 12
+            }
+        }
+    }
+
+    /// Unix seconds at which period number `index` starts.
+    pub fn start_of(self, index: i64) -> i64 {
+        match self {
+            Period::Day => index * 86_400,
+            Period::Month => {
+                let months = index + 1970 * 12;
+                crate::clock::days_from_civil(
+                    months.div_euclid(12),
+                    months.rem_euclid(12) as u32 + 1,
+                    1,
+                ) * 86_400
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotas_and_calendar_periods() {
+        assert_eq!(
+            Quota::parse("100000/day"),
+            Ok(Quota {
+                count: 100_000,
+                period: Period::Day
+            })
+        );
+        assert_eq!(Quota::parse("5/month").unwrap().to_string(), "5/month");
+        for bad in ["", "5", "0/day", "5/week", "x/day"] {
+            assert!(Quota::parse(bad).is_err(), "{bad}");
+        }
+        // 2026-11-22T22:30:00Z: day 20414, November 2026 (starts below: 2026-11-22, -23, -11-01, -12-01,
+        // 2027-01-01, all 00:00:00Z).
+        let t = 1_795_386_600;
+        let d = Period::Day.index(t);
+        assert_eq!(Period::Day.start_of(d), 1795305600);
+        assert_eq!(Period::Day.start_of(d + 1), 1795392000);
+        let m = Period::Month.index(t);
+        assert_eq!(Period::Month.start_of(m), 1793491200);
+        assert_eq!(Period::Month.start_of(m + 1), 1796083200);
+        assert_eq!(Period::Month.start_of(m + 2), 1798761600);
+        assert_eq!(Period::Month.index(Period::Month.start_of(m + 2)), m + 2);
+        assert_eq!(Period::Month.index(Period::Month.start_of(m + 1) - 1), m);
+    }
+
     use std::sync::Arc;
 
     const SEC: u64 = 1_000_000_000;

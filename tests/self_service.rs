@@ -58,8 +58,16 @@ fn call(
 }
 
 /// Every token as the CLI sees it (the store's truth).
+/// Every token as the CLI sees it (the store's truth), without the usage fields: a usage flush may land
+/// between two snapshots (the caller's own token is used by every probe), and uses are not changes.
 fn snapshot(gw: &Gateway) -> Value {
-    gw.cli_json(&["token", "list", "--json"])
+    let mut list = gw.cli_json(&["token", "list", "--json"]);
+    for t in list.as_array_mut().unwrap() {
+        let t = t.as_object_mut().unwrap();
+        t.remove("use_count");
+        t.remove("last_used_at");
+    }
+    list
 }
 
 fn ids_of(list: &Value) -> Vec<i64> {

@@ -142,7 +142,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
     let revoked_retention = cx.duration(
         "gateway.revoked_retention",
         &g.revoked_retention,
-        Duration::from_secs(crate::tokens::index::DEFAULT_RETENTION),
+        super::DEFAULT_REVOKED_RETENTION,
     )?;
     if revoked_retention < Duration::from_secs(1) {
         return Err(cx.err(

@@ -247,6 +247,9 @@ impl AdminConfig {
     }
 }
 
+/// `[gateway] revoked_retention` by default: revoked and expired tokens stay indexed 10 minutes.
+pub const DEFAULT_REVOKED_RETENTION: Duration = Duration::from_secs(600);
+
 /// Whether a route requires a bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -4,6 +4,9 @@
 use crate::config::{check_scope, parse_duration};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Quotas are limiter primitives; they are named here too, where token fields are parsed.
+pub use crate::limiter::{Period, Quota};
+
 /// The scope the admin API requires; never implied by full access.
 pub const ADMIN_SCOPE: &str = "admin";
 
@@ -54,7 +57,7 @@ pub const MAX_TIME: i64 = 253_402_300_799;
 /// as 1970, times past [`MAX_TIME`] (only a database edited by hand holds them) with a longer year.
 pub fn rfc3339(secs: i64) -> String {
     let secs = secs.max(0);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::clock::civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
@@ -177,97 +180,6 @@ pub fn grace_until_saturating(now: i64, grace: Duration) -> i64 {
     grace_until(now, grace).unwrap_or(MAX_TIME.max(now))
 }
 
-/// The calendar period a quota counts in (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Period {
-    Day,
-    Month,
-}
-
-/// A quota: at most `count` accepted requests per calendar `period` (UTC), written `100000/day` or
-/// `2000000/month`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub count: u64,
-    pub period: Period,
-}
-
-impl Quota {
-    pub fn parse(s: &str) -> Result<Quota, String> {
-        let bad = || format!("{s:?} is not a quota like 100000/day or 2000000/month");
-        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = n.trim().parse().map_err(|_| bad())?;
-        let period = match unit.trim() {
-            "day" | "d" => Period::Day,
-            "month" | "mo" => Period::Month,
-            _ => return Err(bad()),
-        };
-        if count == 0 || count >= 1 << 40 {
-            return Err(format!("{s:?}: the count must be between 1 and 2^40"));
-        }
-        Ok(Quota { count, period })
-    }
-}
-
-impl std::fmt::Display for Quota {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.period {
-            Period::Day => "day",
-            Period::Month => "month",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-impl Period {
-    /// The period's number (days or months since 1970), for packing with a count.
-    pub fn index(self, unix: i64) -> i64 {
-        let days = unix.div_euclid(86_400);
-        match self {
-            Period::Day => days,
-            Period::Month => {
-                let (y, m, _) = civil_from_days(days);
-                y * 12 + (m as i64 - 1) - 1970 * 12
-            }
-        }
-    }
-
-    /// Unix seconds at which period number `index` starts.
-    pub fn start_of(self, index: i64) -> i64 {
-        match self {
-            Period::Day => index * 86_400,
-            Period::Month => {
-                let months = index + 1970 * 12;
-                days_from_civil(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1) * 86_400
-            }
-        }
-    }
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month 1-12, day 1-31).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// The inverse of [`civil_from_days`].
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,38 +226,6 @@ mod tests {
         assert_eq!(grace_until_saturating(now, Duration::from_secs(5)), now + 5);
         assert_eq!(parse_grace("10m"), Ok(Duration::from_secs(600)));
         assert!(parse_grace("soon").is_err());
-    }
-
-    #[test]
-    fn quotas_and_calendar_periods() {
-        assert_eq!(
-            Quota::parse("100000/day"),
-            Ok(Quota {
-                count: 100_000,
-                period: Period::Day
-            })
-        );
-        assert_eq!(Quota::parse("5/month").unwrap().to_string(), "5/month");
-        for bad in ["", "5", "0/day", "5/week", "x/day"] {
-            assert!(Quota::parse(bad).is_err(), "{bad}");
-        }
-        // 2026-11-22T22:30:00Z: day 20414, November 2026.
-        let t = 1_795_386_600;
-        let d = Period::Day.index(t);
-        assert_eq!(rfc3339(Period::Day.start_of(d)), "2026-11-22T00:00:00Z");
-        assert_eq!(rfc3339(Period::Day.start_of(d + 1)), "2026-11-23T00:00:00Z");
-        let m = Period::Month.index(t);
-        assert_eq!(rfc3339(Period::Month.start_of(m)), "2026-11-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(Period::Month.start_of(m + 1)),
-            "2026-12-01T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(Period::Month.start_of(m + 2)),
-            "2027-01-01T00:00:00Z"
-        );
-        assert_eq!(Period::Month.index(Period::Month.start_of(m + 2)), m + 2);
-        assert_eq!(Period::Month.index(Period::Month.start_of(m + 1) - 1), m);
     }
 
     #[test]

@@ -291,8 +291,8 @@ pub struct SyncHealth {
     pub flush_error: Mutex<Option<String>>,
 }
 
-/// How long a revoked or expired token stays indexed by default: 10 minutes.
-pub const DEFAULT_RETENTION: u64 = 600;
+/// How long a revoked or expired token stays indexed by default, in seconds.
+const DEFAULT_RETENTION: u64 = crate::config::DEFAULT_REVOKED_RETENTION.as_secs();
 
 /// The digest → slot map.
 pub struct Index {

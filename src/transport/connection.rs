@@ -49,7 +49,7 @@ pub(super) struct Req {
     /// A WebSocket upgrade on a `websocket = true` route: a 101 opens a tunnel, if it carries this
     /// `Sec-WebSocket-Accept` (`None`: the client's key was missing or malformed, and no 101 does).
     pub(super) upgrade: bool,
-    pub(super) websocket_accept: Option<[u8; super::tunnel::ACCEPT_LEN]>,
+    pub(super) websocket_accept: Option<[u8; super::handshake::ACCEPT_LEN]>,
 }
 
 /// What one exchange produced, for metrics and the access log.
@@ -369,7 +369,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             client_keep_alive: self.head.keep_alive,
             upgrade,
             websocket_accept: if upgrade {
-                websocket_key(&self.head, head_bytes).and_then(super::tunnel::expected_accept)
+                websocket_key(&self.head, head_bytes).and_then(super::handshake::expected_accept)
             } else {
                 None
             },

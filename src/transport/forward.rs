@@ -199,7 +199,7 @@ impl<S: ClientStream> Client<'_, S> {
         };
         if req.upgrade && resp.status == 101 {
             drop(in_flight);
-            if !super::tunnel::accepts(&resp, conn.buf.filled(), req.websocket_accept.as_ref()) {
+            if !super::handshake::accepts(&resp, conn.buf.filled(), req.websocket_accept.as_ref()) {
                 // Not the handshake the client started: no tunnel, and the upstream connection goes.
                 drop(conn);
                 let f = UpstreamFailure::new(

@@ -9,6 +9,7 @@
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
 //! - [`tunnel`]: WebSocket tunnels after a 101 that completes the handshake, re-checked every tick
 //!   ([`crate::gateway::Gate::recheck`]), relayed without a write ever holding the check up.
+//! - [`handshake`]: the WebSocket opening handshake check (`Sec-WebSocket-Accept` against the key).
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
@@ -29,6 +30,7 @@
 pub mod body;
 pub mod connection;
 pub mod forward;
+pub mod handshake;
 pub mod health;
 pub mod http1;
 pub mod pool;

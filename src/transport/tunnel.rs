@@ -3,7 +3,7 @@
 //!
 //! The 101 opens a tunnel only when it completes the opening handshake the client started (RFC 6455
 //! section 4.1): its `Sec-WebSocket-Accept` must be the one derived from the client's
-//! `Sec-WebSocket-Key` ([`expected_accept`], [`accepts`]). Anything else — no key, a malformed key, no
+//! `Sec-WebSocket-Key` ([`super::handshake`]). Anything else — no key, a malformed key, no
 //! or a wrong accept, `Upgrade` not `websocket` — is a 502 and no tunnel: an upstream that can be made to
 //! reflect a 101 must not turn the client's connection into a raw pipe past the gateway's checks.
 //!
@@ -17,13 +17,11 @@
 //! `Upgrade: websocket` is sent on).
 
 use super::connection::{Client, ClientStream, Facts};
-use super::http1::{self, Buffer, ResponseHead};
+use super::http1::{Buffer, ResponseHead};
 use super::rewrite::write_response_head;
 use super::upstream::Conn;
 use super::{Engine, RouteIo};
 use crate::gateway::{Admitted, Lapse};
-use base64::Engine as _;
-use sha1::Digest as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -38,12 +36,6 @@ const PIPE_BYTES: usize = 16 * 1024;
 /// Buffers one direction fills and empties in a row before letting the other direction and the tick
 /// have their turn.
 const ROUNDS: usize = 8;
-
-/// RFC 6455 section 1.3: appended to the client's key before hashing.
-const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// The length of a `Sec-WebSocket-Accept` value: base64 of a 20-byte SHA-1.
-pub const ACCEPT_LEN: usize = 28;
 
 /// Why a tunnel ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,46 +56,6 @@ pub enum End {
 pub struct Relayed {
     pub to_upstream: u64,
     pub to_client: u64,
-}
-
-/// The `Sec-WebSocket-Accept` a 101 must carry for the client key `key` (the field's value, as sent):
-/// `None` when the key is not the base64 of 16 bytes (RFC 6455 section 4.1) — a request without a
-/// valid key opens no tunnel.
-pub fn expected_accept(key: &[u8]) -> Option<[u8; ACCEPT_LEN]> {
-    let key = key.trim_ascii();
-    let decoded = base64::engine::general_purpose::STANDARD.decode(key).ok()?;
-    if decoded.len() != 16 {
-        return None;
-    }
-    let mut sha = sha1::Sha1::new();
-    sha.update(key);
-    sha.update(WEBSOCKET_GUID);
-    let mut out = [0u8; ACCEPT_LEN];
-    let n = base64::engine::general_purpose::STANDARD
-        .encode_slice(sha.finalize(), &mut out)
-        .ok()?;
-    (n == ACCEPT_LEN).then_some(out)
-}
-
-/// Whether the 101 whose head `resp` was parsed from `head` completes the handshake: exactly one
-/// `Sec-WebSocket-Accept`, equal to `expected`, and an `Upgrade` field naming `websocket`.
-pub fn accepts(resp: &ResponseHead, head: &[u8], expected: Option<&[u8; ACCEPT_LEN]>) -> bool {
-    let Some(expected) = expected else {
-        return false;
-    };
-    let mut accept = resp.fields.iter().filter(|f| {
-        f.name
-            .get(head)
-            .eq_ignore_ascii_case(b"sec-websocket-accept")
-    });
-    let (Some(only), None) = (accept.next(), accept.next()) else {
-        return false;
-    };
-    let upgrade = resp.fields.iter().any(|f| {
-        f.name.get(head).eq_ignore_ascii_case(b"upgrade")
-            && http1::list(f.value.get(head)).any(|p| p.eq_ignore_ascii_case(b"websocket"))
-    });
-    upgrade && only.value.get(head).trim_ascii() == expected.as_slice()
 }
 
 /// One direction of a tunnel: bytes read from one side, waiting to be written to the other.
@@ -344,54 +296,6 @@ impl<S: ClientStream> Client<'_, S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn the_accept_value_is_rfc_6455s() {
-        // RFC 6455 section 1.3's example.
-        let accept = expected_accept(b"dGhlIHNhbXBsZSBub25jZQ==").unwrap();
-        assert_eq!(&accept, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert_eq!(expected_accept(b" dGhlIHNhbXBsZSBub25jZQ== "), Some(accept));
-        for bad in [
-            &b""[..],
-            b"not base64!",
-            b"dGhlIHNhbXBsZSBub25jZQ",         // unpadded
-            b"dGhlIHNhbXBsZSBub25jZXg=",       // 17 bytes
-            b"dGhlIHNhbXBsZSBub25j",           // 15 bytes
-            b"dGhlIHNhbXBsZSBub25jZQ==dGhlIA", // trailing garbage
-        ] {
-            assert_eq!(expected_accept(bad), None, "{bad:?}");
-        }
-    }
-
-    fn parsed(head: &str) -> ResponseHead {
-        let mut resp = ResponseHead::default();
-        assert!(resp.parse(head.as_bytes(), false).unwrap());
-        resp
-    }
-
-    #[test]
-    fn a_101_must_carry_the_one_right_accept() {
-        let want = expected_accept(b"dGhlIHNhbXBsZSBub25jZQ==").unwrap();
-        let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert!(accepts(&parsed(ok), ok.as_bytes(), Some(&want)));
-        let heads = [
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-        ];
-        for head in heads {
-            assert!(
-                !accepts(&parsed(head), head.as_bytes(), Some(&want)),
-                "{head}"
-            );
-        }
-        assert!(
-            !accepts(&parsed(ok), ok.as_bytes(), None),
-            "no valid key, no tunnel"
-        );
-    }
 
     fn buffer(bytes: &[u8]) -> Buffer {
         let mut b = Buffer::new();

@@ -644,7 +644,7 @@ impl PgStore {
             })
             .collect();
         if fresh == 1 {
-            super::quota_feed::append_pg(&mut tx, &feed, &batch.node, &totals, now).map_err(err)?;
+            Self::append_quota_feed(&mut tx, &feed, &batch.node, &totals, now).map_err(err)?;
         } else {
             log::info!(
                 "usage flush: batch {}/{} was already written (its answer was lost); not added again",

@@ -60,7 +60,7 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota_used BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN quota_period BIGINT;",
     // 3: the quota feed (SQLite's migration 5; see quota_feed.rs).
-    super::quota_feed::PG_MIGRATION,
+    QUOTA_FEED_MIGRATION,
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
@@ -190,3 +190,15 @@ pub(super) const EXPORT_TOKENS: &str = concat!(
     record_columns!(),
     ", digest, prev_digest, prev_valid_until, rev FROM tokens ORDER BY id"
 );
+/// Migration 3: the quota feed (see quota_feed.rs; SQLite's migration 5).
+const QUOTA_FEED_MIGRATION: &str = "CREATE TABLE quota_feed_head (
+        one_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one_row),
+        seq     BIGINT  NOT NULL
+    );
+    INSERT INTO quota_feed_head (seq) VALUES (0);
+    CREATE TABLE quota_feed (
+        seq    BIGINT PRIMARY KEY,
+        node   TEXT   NOT NULL,
+        at     BIGINT NOT NULL,
+        totals BYTEA  NOT NULL
+    );";

@@ -33,30 +33,6 @@ pub const KEEP: i64 = 60;
 /// The bytes of one packed total.
 const RECORD: usize = 24;
 
-/// SQLite's migration 5.
-pub(super) const SQLITE_MIGRATION: &str =
-    "CREATE TABLE quota_feed_head (one_row INTEGER PRIMARY KEY CHECK (one_row = 1), seq INTEGER NOT NULL);
-    INSERT INTO quota_feed_head (one_row, seq) VALUES (1, 0);
-    CREATE TABLE quota_feed (
-        seq    INTEGER PRIMARY KEY,
-        node   TEXT    NOT NULL,
-        at     INTEGER NOT NULL,
-        totals BLOB    NOT NULL
-    );";
-
-/// PostgreSQL's migration 3.
-pub(super) const PG_MIGRATION: &str = "CREATE TABLE quota_feed_head (
-        one_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one_row),
-        seq     BIGINT  NOT NULL
-    );
-    INSERT INTO quota_feed_head (seq) VALUES (0);
-    CREATE TABLE quota_feed (
-        seq    BIGINT PRIMARY KEY,
-        node   TEXT   NOT NULL,
-        at     BIGINT NOT NULL,
-        totals BYTEA  NOT NULL
-    );";
-
 /// The first [`PER_READ`] entries after `$1` (their totals left out when node `$2` wrote them), with the
 /// feed's head, in one statement (one snapshot). At least one row: the head, with no entry when none
 /// follows. (Each statement is spelled twice: PostgreSQL numbers parameters `$n`, SQLite `?n`.)
@@ -224,28 +200,28 @@ impl SqliteStore {
     }
 }
 
-/// Appends a flush's totals to the feed, as the last statements of the flush's transaction `tx`: the
-/// counter row's lock is then held only for the commit, and entries become visible in number order.
-/// (Flushes lock their token rows before the counter, in id order, and nothing else takes the counter:
-/// no two transactions can wait for each other in a cycle.)
-pub(super) fn append_pg(
-    tx: &mut postgres::Transaction<'_>,
-    statements: &PgAppend,
-    node: &str,
-    totals: &[QuotaTotal],
-    now: i64,
-) -> Result<(), postgres::Error> {
-    if totals.is_empty() {
-        return Ok(());
-    }
-    let seq: i64 = tx.query_one(&statements.next, &[])?.get(0);
-    tx.execute(&statements.insert, &[&seq, &node, &now, &encode(totals)])?;
-    tx.execute(&statements.prune, &[&(now - KEEP), &seq])?;
-    Ok(())
-}
-
 impl PgStore {
-    /// Prepares what [`append_pg`] runs (before the flush's transaction borrows the connection).
+    /// Appends a flush's totals to the feed, as the last statements of the flush's transaction `tx`: the
+    /// counter row's lock is then held only for the commit, and entries become visible in number order.
+    /// (Flushes lock their token rows before the counter, in id order, and nothing else takes the counter:
+    /// no two transactions can wait for each other in a cycle.)
+    pub(super) fn append_quota_feed(
+        tx: &mut postgres::Transaction<'_>,
+        statements: &PgAppend,
+        node: &str,
+        totals: &[QuotaTotal],
+        now: i64,
+    ) -> Result<(), postgres::Error> {
+        if totals.is_empty() {
+            return Ok(());
+        }
+        let seq: i64 = tx.query_one(&statements.next, &[])?.get(0);
+        tx.execute(&statements.insert, &[&seq, &node, &now, &encode(totals)])?;
+        tx.execute(&statements.prune, &[&(now - KEEP), &seq])?;
+        Ok(())
+    }
+
+    /// Prepares what [`PgStore::append_quota_feed`] runs (before the flush's transaction borrows the connection).
     pub(super) fn quota_feed_statements(&mut self) -> Result<PgAppend, StoreError> {
         Ok(PgAppend {
             next: self.prepare(PG_NEXT)?,

@@ -67,7 +67,7 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota_used INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tokens ADD COLUMN quota_period INTEGER;",
     // 5: the quota feed (see quota_feed.rs).
-    super::quota_feed::SQLITE_MIGRATION,
+    QUOTA_FEED_MIGRATION,
 ];
 
 /// One connection to the token database. Open one per thread that needs it.
@@ -805,6 +805,17 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Migration 5: the quota feed (see quota_feed.rs).
+const QUOTA_FEED_MIGRATION: &str =
+    "CREATE TABLE quota_feed_head (one_row INTEGER PRIMARY KEY CHECK (one_row = 1), seq INTEGER NOT NULL);
+    INSERT INTO quota_feed_head (one_row, seq) VALUES (1, 0);
+    CREATE TABLE quota_feed (
+        seq    INTEGER PRIMARY KEY,
+        node   TEXT    NOT NULL,
+        at     INTEGER NOT NULL,
+        totals BLOB    NOT NULL
+    );";
 
 #[cfg(test)]
 mod tests {
