@@ -175,7 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("warning: {file}: {w}");
             }
             // The files the config names: certificates and keys, client and upstream CAs.
-            crate::transport::Table::new(&c, &crate::ops::metrics::Metrics::new(), None)
+            crate::transport::Table::new(&c, &crate::telemetry::metrics::Metrics::new(), None)
                 .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             if let Some(t) = &c.tls {
                 let certs = crate::transport::tls::load_certificates(&t.certificates)

@@ -6,8 +6,9 @@
 //! Rooms by concern; dependencies point down this list (no cycles):
 //! - [`server`], [`cli`], [`logging`]: assembling and running the pingora server; the command line; the
 //!   logger (which never lets the libraries that print statement parameters and request heads do so).
-//! - [`ops`]: the admin listener (API, page, `/healthz`, `/metrics`), metrics, the access log.
+//! - [`ops`]: the admin listener (API, page, `/healthz`, `/metrics` rendered from [`telemetry`]).
 //! - [`transport`]: bytes on the wire — the HTTP/1 connection loop, forwarding, upstream connections.
+//! - [`telemetry`]: counters and the access log's sink, written by the transport, read by ops.
 //! - [`gateway`]: the policy — the one pure decision every transport calls, routes, auth, throttle,
 //!   signing.
 //! - [`tokens`]: the token format, field checks, the store, the in-memory index and its sync.
@@ -23,5 +24,6 @@ pub mod limiter;
 pub mod logging;
 pub mod ops;
 pub mod server;
+pub mod telemetry;
 pub mod tokens;
 pub mod transport;

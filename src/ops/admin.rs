@@ -12,10 +12,10 @@ mod rule;
 
 pub use listener::AdminListener;
 
-use super::metrics::Metrics;
 use crate::config::{AdminConfig, Roles};
 use crate::gateway::auth::Denial;
 use crate::gateway::throttle::Throttle;
+use crate::telemetry::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
 use crate::transport::Table;

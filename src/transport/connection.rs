@@ -17,7 +17,7 @@ use crate::gateway::auth::Outcome;
 use crate::gateway::limits::LimitKind;
 use crate::gateway::paths::origin_form;
 use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
-use crate::ops::access_log::Record;
+use crate::telemetry::access_log::Record;
 use crate::tokens::format::Digest;
 use crate::tokens::index::Entry;
 use std::io;

@@ -17,7 +17,7 @@
 
 use super::upstream::Upstream;
 use crate::config::{Balance, HealthCheckConfig};
-use crate::ops::metrics::ServerMetrics;
+use crate::telemetry::metrics::ServerMetrics;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -320,7 +320,7 @@ fn mix(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::metrics::Metrics;
+    use crate::telemetry::metrics::Metrics;
     use crate::transport::upstream::Timeouts;
 
     fn pool(n: usize, balance: Balance, check: Option<HealthCheckConfig>) -> Pool {

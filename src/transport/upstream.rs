@@ -38,46 +38,8 @@ use tokio::net::TcpStream;
 /// served 40 % fewer requests. The queue's slots cost about 100 bytes each per server.
 const MAX_IDLE: usize = 1024;
 
-/// Upstream failure kinds, as metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    ConnectRefused,
-    ConnectTimeout,
-    ReadTimeout,
-    WriteTimeout,
-    Reset,
-    /// The TLS handshake with the upstream failed (certificate not verified, no common parameters).
-    Tls,
-    /// Every server of the route is out of rotation.
-    NoHealthy,
-    Other,
-}
-
-impl UpstreamError {
-    pub const ALL: [UpstreamError; 8] = [
-        UpstreamError::ConnectRefused,
-        UpstreamError::ConnectTimeout,
-        UpstreamError::ReadTimeout,
-        UpstreamError::WriteTimeout,
-        UpstreamError::Reset,
-        UpstreamError::Tls,
-        UpstreamError::NoHealthy,
-        UpstreamError::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamError::ConnectRefused => "connect_refused",
-            UpstreamError::ConnectTimeout => "connect_timeout",
-            UpstreamError::ReadTimeout => "read_timeout",
-            UpstreamError::WriteTimeout => "write_timeout",
-            UpstreamError::Reset => "reset",
-            UpstreamError::Tls => "tls",
-            UpstreamError::NoHealthy => "no_healthy_upstream",
-            UpstreamError::Other => "other",
-        }
-    }
-}
+/// Upstream failure kinds (metric labels, owned by the counters that count them).
+pub use crate::telemetry::metrics::UpstreamError;
 
 /// The byte stream to an upstream: plain TCP or TLS over it.
 pub enum UpstreamStream {

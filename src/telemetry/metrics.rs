@@ -7,7 +7,6 @@
 use crate::gateway::auth::Outcome;
 use crate::gateway::limits::LimitKind;
 use crate::tokens::index::Index;
-use crate::transport::upstream::UpstreamError;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,6 +29,47 @@ const OUTCOMES: [Outcome; 12] = [
     Outcome::None,
 ];
 const STATUS_CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Upstream failure kinds, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    ConnectRefused,
+    ConnectTimeout,
+    ReadTimeout,
+    WriteTimeout,
+    Reset,
+    /// The TLS handshake with the upstream failed (certificate not verified, no common parameters).
+    Tls,
+    /// Every server of the route is out of rotation.
+    NoHealthy,
+    Other,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 8] = [
+        UpstreamError::ConnectRefused,
+        UpstreamError::ConnectTimeout,
+        UpstreamError::ReadTimeout,
+        UpstreamError::WriteTimeout,
+        UpstreamError::Reset,
+        UpstreamError::Tls,
+        UpstreamError::NoHealthy,
+        UpstreamError::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::ConnectRefused => "connect_refused",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::ReadTimeout => "read_timeout",
+            UpstreamError::WriteTimeout => "write_timeout",
+            UpstreamError::Reset => "reset",
+            UpstreamError::Tls => "tls",
+            UpstreamError::NoHealthy => "no_healthy_upstream",
+            UpstreamError::Other => "other",
+        }
+    }
+}
 
 /// All collectors, registered in one registry served at `/metrics`.
 pub struct Metrics {

@@ -1,0 +1,9 @@
+//! What the wire writes and operators read: counters and the access log's sink. Below the transport that
+//! writes into them and the admin listener that exposes them, so neither depends on the other.
+//!
+//! - [`metrics`]: the Prometheus registry and per-route collectors (and the upstream failure kinds they
+//!   count).
+//! - [`access_log`]: the non-blocking access log, bounded in bytes (8 MiB queued; long paths cut).
+
+pub mod access_log;
+pub mod metrics;
