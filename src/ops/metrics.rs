@@ -53,6 +53,9 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     /// TLS handshakes on the TLS listener that failed or timed out.
     pub tls_handshake_failures: IntCounter,
+    /// Connections refused over `max_connections`, by listener (`plain`: a 503; `tls`: closed before
+    /// the handshake).
+    pub connections_refused: IntCounterVec,
 }
 
 /// One route's collectors, resolved once.
@@ -248,6 +251,17 @@ impl Metrics {
             "TLS handshakes on the TLS listener that failed or did not finish within header_timeout.",
         )
         .expect("metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tokengate_connections_refused_total",
+                "Client connections refused because max_connections were open, by listener (plain: \
+                 answered 503; tls: closed before the handshake).",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
+        connections_refused.with_label_values(&["plain"]);
+        connections_refused.with_label_values(&["tls"]);
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
         let build = IntGauge::with_opts(
@@ -278,6 +292,7 @@ impl Metrics {
             Box::new(server_failures.clone()),
             Box::new(health_checks.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("register metric");
@@ -302,6 +317,7 @@ impl Metrics {
             server_failures,
             health_checks,
             tls_handshake_failures,
+            connections_refused,
         })
     }
 

@@ -2,9 +2,14 @@
 //! decision's [`Rewrite`](crate::gateway::Rewrite) says), the response as relayed to the client, and the
 //! gateway's own JSON answers.
 //!
-//! The forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields (and their look-alikes,
-//! see [`http1::same_field`]), or any client copy of an identity header (any case, `_` for `-`); the
-//! identity headers are added once, after the framing.
+//! Field names are matched as upstream frameworks may read them ([`http1::same_field`]: case and every
+//! non-alphanumeric byte ignored, so `X.User.Id`, `XUserId` and `x_user_id-` are all `x-user-id`). The
+//! forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields, or any client copy of an
+//! identity header (the configured user and token id headers, `x-token-scopes`, `x-token-roles`,
+//! `x-tokengate-signature`) or of `x-request-id`, in any such spelling; the identity headers are added
+//! once, after the framing. Proxy fields ([`proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! ...) say who the client is and how it came: they are kept only from a `trusted_proxies` peer and
+//! only spelled as proxies write them; `X-Forwarded-For` and `-Proto` are the gateway's own otherwise.
 
 use super::http1::{self, Framing, RequestHead, ResponseHead};
 use crate::gateway::limits::RateLimitField;
@@ -25,11 +30,74 @@ pub fn push_query_without(out: &mut Vec<u8>, query: &str, key: &str) {
     }
 }
 
+/// Fields that tell an upstream who the client is, what it asked for or how it reached the gateway, as
+/// proxies and CDNs set them (besides the whole `X-Forwarded-*` family). Believed only from a trusted
+/// proxy: from anyone else each is a forged client address, host, scheme or URL (`X-Original-URL` and
+/// `X-Rewrite-URL` re-route a request inside Symfony, IIS and others, past the gateway's path policy).
+pub const PROXY_FIELDS: [&str; 14] = [
+    "forwarded",
+    "forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Whether `name` is a proxy field in any spelling ([`http1::same_field`]): the `X-Forwarded-*` family
+/// (`X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix`, `-Server`, `-Ssl`, `-Uri`, `-User`, ...)
+/// or one of [`PROXY_FIELDS`].
+pub fn proxy_field(name: &[u8]) -> bool {
+    http1::field_starts_with(name, b"x-forwarded")
+        || PROXY_FIELDS
+            .iter()
+            .any(|p| http1::same_field(name, p.as_bytes()))
+}
+
+/// Whether a proxy field is spelled as proxies write it: a known name in any case, or `X-Forwarded-`
+/// followed by words of letters and digits joined by single `-`. A trusted proxy's own fields are spelled
+/// so; a look-alike it passes on (`X_Real_IP`, `X.Forwarded.Host`) comes from its client and is dropped.
+fn plain_proxy_spelling(name: &[u8]) -> bool {
+    const FAMILY: &[u8] = b"x-forwarded-";
+    if PROXY_FIELDS
+        .iter()
+        .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
+    {
+        return true;
+    }
+    name.len() > FAMILY.len()
+        && name[..FAMILY.len()].eq_ignore_ascii_case(FAMILY)
+        && name[FAMILY.len()..]
+            .split(|&b| b == b'-')
+            .all(|w| !w.is_empty() && w.iter().all(u8::is_ascii_alphanumeric))
+}
+
+/// Fields never forwarded, in any spelling: the credential, `Expect`, hop-by-hop fields, the identity
+/// headers any route injects, the route's `strip_request_headers`, `x-request-id`.
+fn never_forwarded(name: &[u8], route: &crate::gateway::routes::Route) -> bool {
+    http1::same_field(name, b"authorization")
+        || http1::same_field(name, b"expect")
+        || http1::is_hop_by_hop(name)
+        || route
+            .identity_headers
+            .iter()
+            .chain(route.strip_request_headers.iter())
+            .any(|h| http1::same_field(name, h.as_str().as_bytes()))
+        || http1::same_field(name, b"x-request-id")
+}
+
 /// Writes the head of the request for the upstream into `out` (public so that the benches measure the real
-/// code): origin-form target (without a legacy token parameter), every field except `Authorization`,
-/// hop-by-hop fields and client copies of injected or configured-stripped headers; `X-Forwarded-For`/
-/// `-Proto` appended to only for trusted peers and replaced otherwise; then the framing, the identity
-/// headers and, if the route signs, the signature.
+/// code): origin-form target (without a legacy token parameter), every field except those
+/// [`never_forwarded`], proxy fields only from a trusted peer and spelled plainly; `X-Forwarded-For`
+/// appended to for trusted peers and replaced otherwise, `X-Forwarded-Proto` likewise; then the framing,
+/// the identity headers and, if the route signs, the signature over them.
 /// What the upstream head carries beyond the client's: the request's id, and whether it opens a
 /// WebSocket tunnel (`Connection: Upgrade` and `Upgrade: websocket` are then sent on).
 #[derive(Clone, Copy)]
@@ -63,7 +131,7 @@ pub fn write_upstream_head(
         }
         (None, _) => {}
     }
-    let target_end = out.len();
+    let target = target_start..out.len();
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let mut host = false;
@@ -71,28 +139,25 @@ pub fn write_upstream_head(
     for f in &head.fields {
         let name = f.name.get(bytes);
         let value = f.value.get(bytes);
-        if name.eq_ignore_ascii_case(b"authorization")
-            || name.eq_ignore_ascii_case(b"expect")
-            || http1::is_hop_by_hop(name)
-            || route
-                .identity_headers
-                .iter()
-                .chain(route.strip_request_headers.iter())
-                .any(|h| http1::same_field(name, h.as_str().as_bytes()))
-            || head.named_by_connection(bytes, name)
-            || http1::same_field(name, b"x-request-id")
-        {
+        if never_forwarded(name, route) || head.named_by_connection(bytes, name) {
             continue;
         }
-        if http1::same_field(name, b"x-forwarded-for") {
-            // Written below: the chain from a trusted proxy, then the peer.
-            continue;
-        }
-        if http1::same_field(name, b"x-forwarded-proto") {
-            if trusted && !client_proto {
-                client_proto = true;
-                http1::push_field(out, b"X-Forwarded-Proto", value);
+        if proxy_field(name) {
+            // X-Forwarded-For is written below (the trusted chain, then the peer); X-Forwarded-Proto
+            // once; the others as the trusted proxy sent them.
+            if !trusted
+                || !plain_proxy_spelling(name)
+                || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            {
+                continue;
             }
+            if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                if client_proto {
+                    continue;
+                }
+                client_proto = true;
+            }
+            http1::push_field(out, name, value);
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
@@ -108,7 +173,7 @@ pub fn write_upstream_head(
         for f in head
             .fields
             .iter()
-            .filter(|f| http1::same_field(f.name.get(bytes), b"x-forwarded-for"))
+            .filter(|f| f.name.get(bytes).eq_ignore_ascii_case(b"x-forwarded-for"))
         {
             let v = f.value.get(bytes).trim_ascii();
             if !v.is_empty() {
@@ -156,46 +221,64 @@ pub fn write_upstream_head(
         Framing::None | Framing::Close => {}
     }
     if let Some(entry) = entry {
-        http1::push_field(
+        let user = push_value_span(
             out,
             route.user_id_header.as_str().as_bytes(),
             entry.user().as_bytes(),
         );
-        if let Some(h) = &route.token_id_header {
-            http1::push_field(out, h.as_str().as_bytes(), entry.token_id_text());
-        }
-        if route.forward_scopes {
-            write_scopes(out, entry, &route.roles);
-        }
+        let token_id = route
+            .token_id_header
+            .as_ref()
+            .map(|h| push_value_span(out, h.as_str().as_bytes(), entry.token_id_text()));
+        let (scopes, roles) = if route.forward_scopes {
+            write_scopes(out, entry, &route.roles)
+        } else {
+            (None, None)
+        };
         if let Some(secret) = &route.sign_secret {
-            let pq = std::str::from_utf8(&out[target_start..target_end])
-                .unwrap_or("/")
-                .to_owned();
-            let method = std::str::from_utf8(method).unwrap_or("");
-            let sig = signing::sign(
-                secret,
-                entry.user(),
-                entry.token_id,
-                forward.rewrite.at,
+            let at = |span: Option<std::ops::Range<usize>>| span.map_or(0..0, |r| r);
+            let (user, token_id, scopes, roles) = (user, at(token_id), at(scopes), at(roles));
+            let signed = signing::Signed {
+                user: &out[user],
+                token_id: &out[token_id],
+                scopes: &out[scopes],
+                roles: &out[roles],
                 method,
-                &pq,
-            );
-            http1::push_field(out, signing::SIGNATURE_HEADER.as_bytes(), sig.as_bytes());
+                path_and_query: &out[target],
+            };
+            let value = signing::value(secret, &signed, forward.rewrite.at);
+            http1::push_field(out, signing::SIGNATURE_HEADER.as_bytes(), value.as_bytes());
         }
     }
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `name: value\r\n` and returns where the value is in `out`.
+fn push_value_span(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> std::ops::Range<usize> {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    let start = out.len();
+    out.extend_from_slice(value);
+    let end = out.len();
+    out.extend_from_slice(b"\r\n");
+    start..end
+}
+
 /// `x-token-scopes`: the token's effective scopes, sorted, space-separated (`*` for full access: every
 /// scope but `admin` and `tokens:self`); `x-token-roles`: its roles, sorted (absent without roles).
+/// Returns where each value is in `out`.
 fn write_scopes(
     out: &mut Vec<u8>,
     entry: &crate::tokens::index::Entry,
     roles: &crate::config::Roles,
+) -> (
+    Option<std::ops::Range<usize>>,
+    Option<std::ops::Range<usize>>,
 ) {
     use crate::gateway::routes::{ROLES_HEADER, SCOPES_HEADER};
     out.extend_from_slice(SCOPES_HEADER.as_bytes());
     out.extend_from_slice(b": ");
+    let start = out.len();
     match entry.effective_scopes(roles) {
         None => out.push(b'*'),
         Some(all) => {
@@ -207,12 +290,25 @@ fn write_scopes(
             }
         }
     }
+    let scopes = start..out.len();
     out.extend_from_slice(b"\r\n");
     let mut names: Vec<&str> = entry.roles().collect();
-    if !names.is_empty() {
-        names.sort_unstable();
-        http1::push_field(out, ROLES_HEADER.as_bytes(), names.join(" ").as_bytes());
+    if names.is_empty() {
+        return (Some(scopes), None);
     }
+    names.sort_unstable();
+    out.extend_from_slice(ROLES_HEADER.as_bytes());
+    out.extend_from_slice(b": ");
+    let start = out.len();
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(n.as_bytes());
+    }
+    let roles = start..out.len();
+    out.extend_from_slice(b"\r\n");
+    (Some(scopes), Some(roles))
 }
 
 /// Writes the response head for the client: the upstream's status and fields less hop-by-hop ones, then
