@@ -1340,7 +1340,7 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
                 ..received
             },
             Signed {
-                roles: b"",
+                roles: b"device ops",
                 ..received
             },
             Signed {
