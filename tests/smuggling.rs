@@ -446,13 +446,11 @@ impl Doors {
                 }),
                 "{door:?}: the upstream never finished {path}"
             );
-            let seen = self
-                .up
+            self.up
                 .requests()
                 .into_iter()
                 .rfind(|s| s.uri == path)
-                .unwrap();
-            seen
+                .unwrap()
         });
         (r, seen)
     }

@@ -10,7 +10,8 @@
 //! - [`tunnel`]: WebSocket tunnels after a 101, closed when their token goes.
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
-//! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
+//! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding.
+//! - [`names`]: field names in every spelling frameworks read as one; hop-by-hop and proxy fields.
 //! - [`pool`]: a route's servers and the choice among them (round robin, least requests, user hash).
 //! - [`upstream`]: connections to one server, their idle queue, the server's health.
 //! - [`health`]: active health checks and re-resolution of host names, on their own thread.
@@ -30,6 +31,7 @@ pub mod connection;
 pub mod forward;
 pub mod health;
 pub mod http1;
+pub mod names;
 pub mod pool;
 pub mod request_id;
 pub mod rewrite;

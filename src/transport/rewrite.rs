@@ -7,11 +7,12 @@
 //! forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields, or any client copy of an
 //! identity header (the configured user and token id headers, `x-token-scopes`, `x-token-roles`,
 //! `x-tokengate-signature`) or of `x-request-id`, in any such spelling; the identity headers are added
-//! once, after the framing. Proxy fields ([`proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! once, after the framing. Proxy fields ([`names::proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
 //! ...) say who the client is and how it came: they are kept only from a `trusted_proxies` peer and
 //! only spelled as proxies write them; `X-Forwarded-For` and `-Proto` are the gateway's own otherwise.
 
 use super::http1::{self, Framing, RequestHead, ResponseHead};
+use super::names::{self, Folded};
 use crate::gateway::limits::RateLimitField;
 use crate::gateway::signing;
 use crate::gateway::{Forward, Refusal};
@@ -30,67 +31,17 @@ pub fn push_query_without(out: &mut Vec<u8>, query: &str, key: &str) {
     }
 }
 
-/// Fields that tell an upstream who the client is, what it asked for or how it reached the gateway, as
-/// proxies and CDNs set them (besides the whole `X-Forwarded-*` family). Believed only from a trusted
-/// proxy: from anyone else each is a forged client address, host, scheme or URL (`X-Original-URL` and
-/// `X-Rewrite-URL` re-route a request inside Symfony, IIS and others, past the gateway's path policy).
-pub const PROXY_FIELDS: [&str; 14] = [
-    "forwarded",
-    "forwarded-for",
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "x-cluster-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-host",
-    "front-end-https",
-    "x-url-scheme",
-];
-
-/// Whether `name` is a proxy field in any spelling ([`http1::same_field`]): the `X-Forwarded-*` family
-/// (`X-Forwarded-For`, `-Proto`, `-Host`, `-Port`, `-Prefix`, `-Server`, `-Ssl`, `-Uri`, `-User`, ...)
-/// or one of [`PROXY_FIELDS`].
-pub fn proxy_field(name: &[u8]) -> bool {
-    http1::field_starts_with(name, b"x-forwarded")
-        || PROXY_FIELDS
-            .iter()
-            .any(|p| http1::same_field(name, p.as_bytes()))
-}
-
-/// Whether a proxy field is spelled as proxies write it: a known name in any case, or `X-Forwarded-`
-/// followed by words of letters and digits joined by single `-`. A trusted proxy's own fields are spelled
-/// so; a look-alike it passes on (`X_Real_IP`, `X.Forwarded.Host`) comes from its client and is dropped.
-fn plain_proxy_spelling(name: &[u8]) -> bool {
-    const FAMILY: &[u8] = b"x-forwarded-";
-    if PROXY_FIELDS
-        .iter()
-        .any(|p| name.eq_ignore_ascii_case(p.as_bytes()))
-    {
-        return true;
-    }
-    name.len() > FAMILY.len()
-        && name[..FAMILY.len()].eq_ignore_ascii_case(FAMILY)
-        && name[FAMILY.len()..]
-            .split(|&b| b == b'-')
-            .all(|w| !w.is_empty() && w.iter().all(u8::is_ascii_alphanumeric))
-}
-
-/// Fields never forwarded, in any spelling: the credential, `Expect`, hop-by-hop fields, the identity
-/// headers any route injects, the route's `strip_request_headers`, `x-request-id`.
-fn never_forwarded(name: &[u8], route: &crate::gateway::routes::Route) -> bool {
-    http1::same_field(name, b"authorization")
-        || http1::same_field(name, b"expect")
-        || http1::is_hop_by_hop(name)
+/// Fields never forwarded, in any spelling: the credential, `Expect`, hop-by-hop fields, `x-request-id`,
+/// the identity headers any route injects and the route's `strip_request_headers`.
+fn never_forwarded(name: &Folded<'_>, route: &crate::gateway::routes::Route) -> bool {
+    const OWN: [&[u8]; 3] = [b"authorization", b"expect", b"xrequestid"];
+    name.is_any(&names::HOP_BY_HOP)
+        || name.is_any(&OWN)
         || route
             .identity_headers
             .iter()
             .chain(route.strip_request_headers.iter())
-            .any(|h| http1::same_field(name, h.as_str().as_bytes()))
-        || http1::same_field(name, b"x-request-id")
+            .any(|h| name.is(h.as_str().as_bytes()))
 }
 
 /// Writes the head of the request for the upstream into `out` (public so that the benches measure the real
@@ -139,14 +90,15 @@ pub fn write_upstream_head(
     for f in &head.fields {
         let name = f.name.get(bytes);
         let value = f.value.get(bytes);
-        if never_forwarded(name, route) || head.named_by_connection(bytes, name) {
+        let folded = Folded::new(name);
+        if never_forwarded(&folded, route) || head.named_by_connection(bytes, name) {
             continue;
         }
-        if proxy_field(name) {
+        if names::proxy_field(&folded) {
             // X-Forwarded-For is written below (the trusted chain, then the peer); X-Forwarded-Proto
             // once; the others as the trusted proxy sent them.
             if !trusted
-                || !plain_proxy_spelling(name)
+                || !names::plain_proxy_spelling(name)
                 || name.eq_ignore_ascii_case(b"x-forwarded-for")
             {
                 continue;
