@@ -39,7 +39,7 @@ pub struct Folded<'a> {
 impl<'a> Folded<'a> {
     /// Folded names up to this length are kept; a longer one equals no name the gateway knows (those
     /// are all shorter) and is compared with configured names byte-wise.
-    const MAX: usize = 40;
+    pub const MAX: usize = 40;
 
     pub fn new(name: &'a [u8]) -> Folded<'a> {
         let mut f = Folded {

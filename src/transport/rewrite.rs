@@ -44,11 +44,6 @@ fn never_forwarded(name: &Folded<'_>, route: &crate::gateway::routes::Route) -> 
             .any(|h| name.is(h.as_str().as_bytes()))
 }
 
-/// Writes the head of the request for the upstream into `out` (public so that the benches measure the real
-/// code): origin-form target (without a legacy token parameter), every field except those
-/// [`never_forwarded`], proxy fields only from a trusted peer and spelled plainly; `X-Forwarded-For`
-/// appended to for trusted peers and replaced otherwise, `X-Forwarded-Proto` likewise; then the framing,
-/// the identity headers and, if the route signs, the signature over them.
 /// What the upstream head carries beyond the client's: the request's id, and whether it opens a
 /// WebSocket tunnel (`Connection: Upgrade` and `Upgrade: websocket` are then sent on).
 #[derive(Clone, Copy)]
@@ -57,6 +52,11 @@ pub struct HeadExtras<'a> {
     pub upgrade: bool,
 }
 
+/// Writes the head of the request for the upstream into `out` (public so that the benches measure the real
+/// code): origin-form target (without a legacy token parameter), every field except those
+/// `never_forwarded`, proxy fields only from a trusted peer and spelled plainly; `X-Forwarded-For`
+/// appended to for trusted peers and replaced otherwise, `X-Forwarded-Proto` likewise; then the framing,
+/// the identity headers and, if the route signs, the signature over them.
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
