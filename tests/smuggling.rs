@@ -498,6 +498,11 @@ fn identity_hop_by_hop_and_credential_look_alikes_never_reach_an_upstream_throug
         ("X-User-Ident", "kept-2"),
         ("X-Authorization-Hint", "kept-3"),
     ]);
+    // A client naming the identity fields as hop-by-hop does not make the gateway's own go away.
+    fields.push((
+        "Connection",
+        "x-user-id, X-Token-Scopes, x-tokengate-signature, X-Forwarded-For",
+    ));
     for wire in [Wire::Plain, Wire::Tls] {
         for door in Door::ALL {
             let (r, seen) = d.send(wire, door, &fields);
@@ -700,5 +705,36 @@ fn proxy_fields_reach_an_upstream_only_from_a_trusted_proxy_and_only_spelled_pla
             ["https"],
             "{what}"
         );
+    }
+}
+
+#[test]
+fn identity_and_framing_fields_in_a_chunked_trailer_never_reach_an_upstream() {
+    let d = doors(false);
+    for trailer in [
+        "X-User-Id: FORGED\r\n",
+        "x.user.id: FORGED\r\nX-Token-Scopes: FORGED\r\n",
+        "Content-Length: 99\r\nTransfer-Encoding: FORGED\r\n",
+        "X-Forwarded-For: FORGED\r\nForwarded: for=FORGED\r\n",
+    ] {
+        let req = format!(
+            "POST /secret/trailer HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\nTrailer: X-User-Id\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n{trailer}\r\n",
+            d.auth
+        );
+        // The recording upstream does see trailers sent to it directly.
+        let r = raw_http(d.up.addr(), req.as_bytes());
+        assert_eq!(r.status, 200, "{r}");
+        assert!(!d.up.last().trailers.is_empty(), "{trailer:?}");
+        let r = d.gw.raw(req.as_bytes());
+        assert_eq!(r.status, 200, "{trailer:?}: {r}");
+        let seen = d.up.last();
+        assert_eq!((seen.uri.as_str(), seen.body_len), ("/secret/trailer", 5));
+        assert!(seen.trailers.is_empty(), "{trailer:?}: {:?}", seen.trailers);
+        assert!(
+            seen.headers.iter().all(|(_, v)| !v.contains("FORGED")),
+            "{:?}",
+            seen.headers
+        );
+        assert_eq!(folded_values(&seen, "x-user-id"), ["alice"]);
     }
 }
