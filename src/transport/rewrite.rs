@@ -188,13 +188,12 @@ pub fn write_upstream_head(
             (None, None)
         };
         if let Some(secret) = &route.sign_secret {
-            let at = |span: Option<std::ops::Range<usize>>| span.map_or(0..0, |r| r);
-            let (user, token_id, scopes, roles) = (user, at(token_id), at(scopes), at(roles));
+            // Each identity field's value as just written; an empty one for a field not sent.
             let signed = signing::Signed {
                 user: &out[user],
-                token_id: &out[token_id],
-                scopes: &out[scopes],
-                roles: &out[roles],
+                token_id: &out[token_id.unwrap_or_default()],
+                scopes: &out[scopes.unwrap_or_default()],
+                roles: &out[roles.unwrap_or_default()],
                 method,
                 path_and_query: &out[target],
             };
