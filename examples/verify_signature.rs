@@ -1,17 +1,22 @@
 //! An upstream that trusts only what tokengate signed: it verifies `x-tokengate-signature` on every
 //! request and answers 200 with the verified identity, or 401 when the signature is missing, stale or
-//! wrong (for example a request that reached it without going through the gateway).
+//! wrong (for example a request that reached it without going through the gateway, or whose scopes were
+//! changed on the way).
 //!
 //! The verification is written out here (HMAC-SHA256, constant-time comparison, timestamp window) rather
-//! than calling tokengate's library, so an upstream in any language can follow it:
+//! than calling tokengate's library, so an upstream in any language can follow it (scheme `v2`):
 //!
-//! 1. Read `x-tokengate-signature: t=<unix seconds>,v1=<hex>`, `x-user-id` and `x-token-id`.
+//! 1. Read `x-tokengate-signature: t=<unix seconds>,v2=<hex>` (skip other `k=v` pairs such as `v1=`),
+//!    and the identity fields `x-user-id`, `x-token-id`, `x-token-scopes`, `x-token-roles` (an absent
+//!    field is the empty string; a field sent twice is refused).
 //! 2. Reject if `|now - t| > 300`.
-//! 3. message = user id + "\n" + token id + "\n" + t + "\n" + METHOD + "\n" + path-and-query (as received).
-//! 4. expected = hex(HMAC-SHA256(sign_secret, message)); compare with `v1` in constant time.
+//! 3. message = "v2" \n user id \n token id \n scopes \n roles \n t \n METHOD \n path-and-query (as
+//!    received), joined by "\n" with no trailing newline.
+//! 4. expected = hex(HMAC-SHA256(sign_secret, message)); compare with `v2` in constant time.
 //!
 //! ```text
-//! # config: on the route, sign_secret = "<the same 32+ character secret>"
+//! # config: on the route, sign_secret = "<the same 32+ character secret>" (and forward_scopes = true
+//! # for scopes and roles)
 //! cargo run --example verify_signature -- --listen 127.0.0.1:8600 --secret "$SIGN_SECRET"
 //! curl -s localhost:8080/iot/x -H "Authorization: Bearer $TOKEN"   # 200 {"verified_user":"..."}
 //! curl -s localhost:8600/iot/x -H "x-user-id: mallory"             # 401: not signed by the gateway
@@ -26,37 +31,49 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Parser)]
 #[command(about = "An upstream that verifies tokengate's signature header")]
-struct Args {
+pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8600")]
-    listen: String,
+    pub listen: String,
     /// The route's `sign_secret`.
     #[arg(long, env = "SIGN_SECRET")]
-    secret: String,
+    pub secret: String,
     /// Accepted clock difference in seconds.
     #[arg(long, default_value_t = 300)]
-    max_skew: u64,
+    pub max_skew: u64,
 }
 
-/// Verifies one request's identity; returns the user id or why it was refused.
-fn verify(
+/// The identity fields of one request, as received (empty when absent).
+#[derive(Default, Debug)]
+pub struct Identity {
+    pub user: String,
+    pub token_id: String,
+    pub scopes: String,
+    pub roles: String,
+}
+
+/// Verifies one request's identity; returns why it was refused.
+pub fn verify(
     secret: &[u8],
     sig: Option<&str>,
-    user: &str,
-    token_id: &str,
-    method: &str,
-    target: &str,
+    id: &Identity,
+    (method, target): (&str, &str),
     max_skew: u64,
 ) -> Result<(), &'static str> {
     let sig = sig.ok_or("no x-tokengate-signature header")?;
-    let (mut t, mut v1) = (None, None);
+    let (mut t, mut v2) = (None, None);
     for part in sig.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<u64>().ok(),
-            Some(("v1", v)) => v1 = Some(v),
+            Some(("t", v))
+                if t.is_none() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                t = v.parse::<u64>().ok()
+            }
+            Some(("v2", v)) if v2.is_none() => v2 = Some(v),
+            Some((k, _)) if !k.is_empty() && k != "t" && k != "v2" => {} // another scheme
             _ => return Err("malformed signature header"),
         }
     }
-    let (t, v1) = t.zip(v1).ok_or("malformed signature header")?;
+    let (t, v2) = t.zip(v2).ok_or("malformed signature header")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -65,7 +82,11 @@ fn verify(
         return Err("signature timestamp out of range");
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| "bad secret")?;
-    mac.update(format!("{user}\n{token_id}\n{t}\n{method}\n{target}").as_bytes());
+    let message = format!(
+        "v2\n{}\n{}\n{}\n{}\n{t}\n{method}\n{target}",
+        id.user, id.token_id, id.scopes, id.roles
+    );
+    mac.update(message.as_bytes());
     let expected: String = mac
         .finalize()
         .into_bytes()
@@ -74,7 +95,7 @@ fn verify(
         .collect();
     if bool::from(subtle::ConstantTimeEq::ct_eq(
         expected.as_bytes(),
-        v1.as_bytes(),
+        v2.as_bytes(),
     )) {
         Ok(())
     } else {
@@ -82,7 +103,8 @@ fn verify(
     }
 }
 
-fn handle(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
+/// Serves one request on `stream`: 200 with the verified identity, or 401 and why.
+pub fn handle(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
@@ -91,8 +113,8 @@ fn handle(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
         parts.next().unwrap_or("").to_string(),
         parts.next().unwrap_or("").to_string(),
     );
-    let (mut sig, mut user, mut token_id, mut length) =
-        (None, String::new(), String::new(), 0usize);
+    let (mut sig, mut id, mut length) = (None, Identity::default(), 0usize);
+    let mut twice = false;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -100,13 +122,23 @@ fn handle(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
         }
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim().to_string();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "x-tokengate-signature" => sig = Some(value),
-                "x-user-id" => user = value,
-                "x-token-id" => token_id = value,
-                "content-length" => length = value.parse().unwrap_or(0),
-                _ => {}
-            }
+            let slot = match name.trim().to_ascii_lowercase().as_str() {
+                "x-tokengate-signature" => {
+                    twice |= sig.replace(value).is_some();
+                    continue;
+                }
+                "x-user-id" => &mut id.user,
+                "x-token-id" => &mut id.token_id,
+                "x-token-scopes" => &mut id.scopes,
+                "x-token-roles" => &mut id.roles,
+                "content-length" => {
+                    length = value.parse().unwrap_or(0);
+                    continue;
+                }
+                _ => continue,
+            };
+            twice |= !slot.is_empty();
+            *slot = value;
         }
     }
     // Drain a (small) body; a real upstream would stream it.
@@ -114,22 +146,28 @@ fn handle(mut stream: TcpStream, args: &Args) -> std::io::Result<()> {
         &mut reader.by_ref().take(length as u64),
         &mut std::io::sink(),
     )?;
-    let (status, body) = match verify(
-        args.secret.as_bytes(),
-        sig.as_deref(),
-        &user,
-        &token_id,
-        &method,
-        &target,
-        args.max_skew,
-    ) {
+    let verdict = if twice {
+        Err("an identity field was sent twice")
+    } else {
+        verify(
+            args.secret.as_bytes(),
+            sig.as_deref(),
+            &id,
+            (&method, &target),
+            args.max_skew,
+        )
+    };
+    let (status, body) = match verdict {
         Ok(()) => (
             "200 OK",
-            format!("{{\"verified_user\":{user:?},\"token_id\":{token_id:?}}}"),
+            format!(
+                "{{\"verified_user\":{:?},\"token_id\":{:?},\"scopes\":{:?},\"roles\":{:?}}}",
+                id.user, id.token_id, id.scopes, id.roles
+            ),
         ),
         Err(why) => ("401 Unauthorized", format!("{{\"error\":{why:?}}}")),
     };
-    println!("{method} {target} -> {status} ({user})");
+    println!("{method} {target} -> {status} ({})", id.user);
     write!(stream, "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
 }
 

@@ -340,6 +340,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             _ => None,
         },
         tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
+        connections_refused: ["plain", "tls"]
+            .map(|l| state.metrics.connections_refused.with_label_values(&[l])),
         draining,
     };
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);

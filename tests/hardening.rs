@@ -1178,31 +1178,59 @@ fn an_upstream_answering_garbage_or_nothing_gives_502() {
 // 6. Signed identity
 // ---------------------------------------------------------------------------------------------------------
 
+/// The identity fields an upstream received, as the signature covers them (absent: empty).
+fn signed_fields(seen: &Recorded) -> [String; 4] {
+    ["x-user-id", "x-token-id", "x-token-scopes", "x-token-roles"].map(|h| {
+        let v = seen.header_values(h);
+        assert!(
+            v.len() <= 1,
+            "{h} sent {} times: {:?}",
+            v.len(),
+            seen.headers
+        );
+        v.first().map_or_else(String::new, |v| v.to_string())
+    })
+}
+
 #[test]
 fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
+    use tokengate::gateway::signing::{verify, Signed};
     let signed = Upstream::start("signed");
     let plain = Upstream::start("plain");
     let secret = "test-sign-secret-0123456789abcdefghijklmnop";
     let mut gw = GatewayBuilder::new()
+        .section("roles", "device", "[\"telemetry:write\", \"video:upload\"]")
         .route_with(
             "signed",
             "/signed",
+            signed.addr(),
+            &[
+                ("sign_secret", &format!("\"{secret}\"")),
+                ("forward_scopes", "true"),
+            ],
+        )
+        .route_with(
+            "bare",
+            "/bare",
             signed.addr(),
             &[("sign_secret", &format!("\"{secret}\""))],
         )
         .route("plain", "/plain", plain.addr())
         .build();
-    let (id, token) = gw.create_token("alice", "scale");
+    let (id, token) =
+        gw.create_token_with("alice", "scale", &["--scope", "read", "--role", "device"]);
     gw.start();
     let auth = bearer(&token);
     let forged = [
-        ("X-Tokengate-Signature", "t=1,v1=forged"),
-        ("x_tokengate_signature", "t=2,v1=forged"),
-        ("X-TOKENGATE-SIGNATURE", "t=3,v1=forged"),
+        ("X-Tokengate-Signature", "t=1,v2=forged"),
+        ("x_tokengate_signature", "t=2,v2=forged"),
+        ("X.TOKENGATE.SIGNATURE", "t=3,v2=forged"),
+        ("X-Token-Scopes", "admin"),
+        ("XTokenRoles", "ops"),
     ];
 
-    // Origin form with a query, a POST body, and an absolute-form target.
-    let cases: [(&str, Vec<u8>); 3] = [
+    // Origin form with a query, a POST body, an absolute-form target, and a route without scopes.
+    let cases: [(&str, Vec<u8>); 4] = [
         (
             "POST",
             build_request(
@@ -1224,9 +1252,18 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
         (
             "GET",
             format!(
-                "GET http://evil.example/signed/abs?q=1 HTTP/1.1\r\nHost: evil.example\r\nAuthorization: {auth}\r\nX-Tokengate-Signature: t=4,v1=forged\r\nConnection: close\r\n\r\n"
+                "GET http://evil.example/signed/abs?q=1 HTTP/1.1\r\nHost: evil.example\r\nAuthorization: {auth}\r\nX-Tokengate-Signature: t=4,v2=forged\r\nConnection: close\r\n\r\n"
             )
             .into_bytes(),
+        ),
+        (
+            "GET",
+            build_request(
+                "GET",
+                "/bare/x",
+                &[&[("Authorization", auth.as_str())][..], &forged[..]].concat(),
+                b"",
+            ),
         ),
     ];
     for (method, req) in &cases {
@@ -1234,88 +1271,97 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
         assert_eq!(r.status, 200, "{r}");
         let seen = signed.last();
         let sig = seen.single_header("x-tokengate-signature").to_owned();
-        let (t, v1) = sig
+        let (t, v2) = sig
             .strip_prefix("t=")
-            .and_then(|rest| rest.split_once(",v1="))
+            .and_then(|rest| rest.split_once(",v2="))
             .unwrap_or_else(|| panic!("signature format: {sig}"));
         let t: u64 = t.parse().unwrap_or_else(|_| panic!("t not integer: {sig}"));
         assert!(
-            v1.len() == 64
-                && v1
+            v2.len() == 64
+                && v2
                     .bytes()
                     .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
-            "v1 is not 64 lower-case hex: {sig}"
+            "v2 is not 64 lower-case hex: {sig}"
         );
         let now = unix_now() as u64;
         assert!(t.abs_diff(now) <= 5, "t={t}, now={now}");
+        let [user, token_id, scopes, roles] = signed_fields(&seen);
+        assert_eq!((user.as_str(), token_id.clone()), ("alice", id.to_string()));
+        if seen.uri.starts_with("/signed") {
+            assert_eq!(
+                (scopes.as_str(), roles.as_str()),
+                ("read telemetry:write video:upload", "device"),
+                "{:?}",
+                seen.headers
+            );
+        } else {
+            assert_eq!(
+                (scopes.as_str(), roles.as_str()),
+                ("", ""),
+                "{:?}",
+                seen.headers
+            );
+        }
+        let received = Signed {
+            user: user.as_bytes(),
+            token_id: token_id.as_bytes(),
+            scopes: scopes.as_bytes(),
+            roles: roles.as_bytes(),
+            method: method.as_bytes(),
+            path_and_query: seen.uri.as_bytes(),
+        };
         assert_eq!(
-            tokengate::gateway::signing::verify(
-                secret.as_bytes(),
-                &sig,
-                "alice",
-                id,
-                method,
-                &seen.uri,
-                now,
-                300
-            ),
+            verify(secret.as_bytes(), &sig, &received, now, 300),
             Ok(()),
             "{method} {}: {sig}",
             seen.uri
         );
-        // It binds user, token, method and path.
-        use tokengate::gateway::signing::verify;
-        assert!(verify(
-            secret.as_bytes(),
-            &sig,
-            "mallory",
-            id,
-            method,
-            &seen.uri,
-            now,
-            300
-        )
-        .is_err());
-        assert!(verify(
-            secret.as_bytes(),
-            &sig,
-            "alice",
-            id + 1,
-            method,
-            &seen.uri,
-            now,
-            300
-        )
-        .is_err());
-        assert!(verify(
-            secret.as_bytes(),
-            &sig,
-            "alice",
-            id,
-            "DELETE",
-            &seen.uri,
-            now,
-            300
-        )
-        .is_err());
-        assert!(verify(
-            secret.as_bytes(),
-            &sig,
-            "alice",
-            id,
-            method,
-            "/signed/other",
-            now,
-            300
-        )
-        .is_err());
+        // It binds every identity field, the method and the path; and the secret.
+        let other_id = (id + 1).to_string();
+        let tampered = [
+            Signed {
+                user: b"mallory",
+                ..received
+            },
+            Signed {
+                token_id: other_id.as_bytes(),
+                ..received
+            },
+            Signed {
+                scopes: b"admin",
+                ..received
+            },
+            Signed {
+                scopes: b"*",
+                ..received
+            },
+            Signed {
+                roles: b"ops",
+                ..received
+            },
+            Signed {
+                roles: b"device ops",
+                ..received
+            },
+            Signed {
+                method: b"DELETE",
+                ..received
+            },
+            Signed {
+                path_and_query: b"/signed/other",
+                ..received
+            },
+        ];
+        for t in &tampered {
+            assert!(
+                verify(secret.as_bytes(), &sig, t, now, 300).is_err(),
+                "{t:?}"
+            );
+        }
         assert!(verify(
             b"another-secret-of-32-characters!!",
             &sig,
-            "alice",
-            id,
-            method,
-            &seen.uri,
+            &received,
             now,
             300
         )
@@ -1326,7 +1372,8 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
         [
             "/signed/x?a=1&b=two",
             "/signed/deep/path",
-            "/signed/abs?q=1"
+            "/signed/abs?q=1",
+            "/bare/x"
         ]
     );
 
@@ -1339,17 +1386,155 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
     );
     assert_eq!(r.status, 200, "{r}");
     let seen = plain.last();
-    assert!(
-        seen.header_values("x-tokengate-signature").is_empty(),
-        "{:?}",
-        seen.headers
-    );
+    let folded = |k: &str| -> String {
+        k.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(|b| char::from(b.to_ascii_lowercase()))
+            .collect()
+    };
+    for gone in ["xtokengatesignature", "xtokenscopes", "xtokenroles"] {
+        assert!(
+            seen.headers.iter().all(|(k, _)| folded(k) != gone),
+            "{gone}: {:?}",
+            seen.headers
+        );
+    }
     // A refused request on the signed route never reaches it.
     let before = signed.hits();
     let r = gw.request("GET", "/signed/x", &forged, b"");
     assert_eq!(r.status, 401, "{r}");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(signed.hits(), before);
+}
+
+/// The verifier of `examples/verify_signature.rs`, compiled in: the test runs the example's own code as
+/// the upstream.
+#[allow(dead_code)]
+#[path = "../examples/verify_signature.rs"]
+mod example_verifier;
+
+/// Serves `examples/verify_signature.rs`'s `handle` on a loopback port, one connection at a time.
+fn example_upstream(secret: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let args = example_verifier::Args {
+        listen: addr.to_string(),
+        secret: secret.to_owned(),
+        max_skew: 300,
+    };
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let _ = example_verifier::handle(s, &args);
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_example_verifier_accepts_the_gateway_and_refuses_a_changed_scope_or_role() {
+    let secret = "example-sign-secret-0123456789abcdefghij";
+    let verifier = example_upstream(secret);
+    // A recording upstream on the same route shape, to capture what the gateway signed.
+    let recorder = Upstream::start("recorder");
+    let route =
+        |name: &str, prefix: &str, addr: SocketAddr| (name.to_owned(), prefix.to_owned(), addr);
+    let mut builder = GatewayBuilder::new().section("roles", "device", "[\"telemetry:write\"]");
+    for (name, prefix, addr) in [
+        route("verified", "/verified", verifier),
+        route("recorded", "/recorded", recorder.addr()),
+    ] {
+        builder = builder.route_with(
+            &name,
+            &prefix,
+            addr,
+            &[
+                ("sign_secret", &format!("\"{secret}\"")),
+                ("forward_scopes", "true"),
+            ],
+        );
+    }
+    let mut gw = builder.build();
+    let (id, token) =
+        gw.create_token_with("alice", "scale", &["--scope", "read", "--role", "device"]);
+    let (_, full) = gw.create_token("bob", "full access");
+    gw.start();
+
+    // Through the gateway: the example verifies (scopes and roles included), with a forged copy of every
+    // identity field in the request.
+    for (tok, user, scopes, roles) in [
+        (&token, "alice", "read telemetry:write", "device"),
+        (&full, "bob", "*", ""),
+    ] {
+        let r = gw.request(
+            "POST",
+            "/verified/x?a=1",
+            &[
+                ("Authorization", &bearer(tok)),
+                ("X-Token-Scopes", "admin"),
+                ("x_token_roles", "ops"),
+                ("X.User.Id", "mallory"),
+            ],
+            b"{}",
+        );
+        assert_eq!(r.status, 200, "{r}");
+        let v = r.json();
+        assert_eq!(v["verified_user"], user, "{v}");
+        assert_eq!(
+            (v["scopes"].as_str(), v["roles"].as_str()),
+            (Some(scopes), Some(roles)),
+            "{v}"
+        );
+    }
+
+    // Replayed straight at the upstream with one field changed: refused.
+    let r = gw.get_with_token("/recorded/x", &token);
+    assert_eq!(r.status, 200, "{r}");
+    let seen = recorder.last();
+    let sig = seen.single_header("x-tokengate-signature").to_owned();
+    let [user, token_id, scopes, roles] = signed_fields(&seen);
+    assert_eq!(token_id, id.to_string());
+    let replay = |scopes: &str, roles: &str| {
+        let mut h = vec![
+            ("x-tokengate-signature", sig.as_str()),
+            ("x-user-id", user.as_str()),
+            ("x-token-id", token_id.as_str()),
+        ];
+        if !scopes.is_empty() {
+            h.push(("x-token-scopes", scopes));
+        }
+        if !roles.is_empty() {
+            h.push(("x-token-roles", roles));
+        }
+        raw_http(verifier, &build_request("GET", &seen.uri, &h, b""))
+    };
+    let r = replay(&scopes, &roles);
+    assert_eq!(r.status, 200, "the untouched replay verifies: {r}");
+    for (s, ro) in [
+        ("read telemetry:write admin", roles.as_str()),
+        ("*", roles.as_str()),
+        (scopes.as_str(), "device ops"),
+        (scopes.as_str(), ""),
+        ("", roles.as_str()),
+    ] {
+        let r = replay(s, ro);
+        assert_eq!(r.status, 401, "scopes {s:?} roles {ro:?}: {r}");
+        assert_eq!(r.json()["error"], "signature does not match", "{r}");
+    }
+    // The old v1 form (user, token id, t, method, path only) is not accepted.
+    let old = sig.replace(",v2=", ",v1=");
+    let r = raw_http(
+        verifier,
+        &build_request(
+            "GET",
+            &seen.uri,
+            &[
+                ("x-tokengate-signature", old.as_str()),
+                ("x-user-id", user.as_str()),
+            ],
+            b"",
+        ),
+    );
+    assert_eq!(r.status, 401, "{r}");
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -743,6 +743,7 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
         ),
         ("result", vec!["ok", "error", "failed"]),
         ("direction", vec!["to_upstream", "to_client"]),
+        ("listener", vec!["plain", "tls"]),
         // Servers are named as configured: the routes' upstream addresses, nothing a client sent.
         ("server", vec![up_label.as_str(), dead_label.as_str()]),
         ("version", vec![env!("CARGO_PKG_VERSION")]),

@@ -274,6 +274,204 @@ fn a_silent_client_is_dropped_at_header_timeout_and_frees_its_connection_slot() 
     assert_eq!(r.status, 200, "{r}");
 }
 
+/// Reads from a raw socket until the server closes it: `Some(elapsed since start)` for a close (EOF or
+/// reset), `None` when the read timed out with the connection still open.
+fn closed_within(s: &mut TcpStream, start: Instant, wait: Duration) -> Option<Duration> {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+}
+
+/// A TLS connection as soon as a `max_connections` slot is free (a closed connection gives its slot back
+/// a moment after the client sees the close); panics after 10 s.
+fn tls_conn_when_free(gw: &Gateway, options: &ClientOptions) -> Conn {
+    let mut conn = None;
+    let got = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        conn = gw.tls_connect(options, "localhost").ok();
+        conn.is_some()
+    });
+    assert!(got, "no connection slot came free");
+    Conn::over(Wired::tls(conn.unwrap()).unwrap())
+}
+
+/// A raw TCP connection to the TLS listener that the gateway admitted (it was not closed at once for
+/// want of a slot), and when it was made; retries for up to 10 s.
+fn admitted_tcp(gw: &Gateway) -> (TcpStream, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = Instant::now();
+        let s = TcpStream::connect(gw.tls_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        match s.peek(&mut b) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (s, started)
+            }
+            _ => assert!(Instant::now() < deadline, "no connection slot came free"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn over_the_limit_tls_connections_are_closed_before_the_handshake_as_fast_as_plain_ones_get_503() {
+    let up = Upstream::start("api");
+    let (gw, token) = tls_gateway(
+        GatewayBuilder::new()
+            .gateway("header_timeout", "\"6s\"")
+            .gateway("max_connections", "2"),
+        &up,
+    );
+    // Two real TLS clients take both slots and keep them (keep-alive).
+    let mut holders: Vec<Conn> = (0..2)
+        .map(|_| gw.tls_conn(&ClientOptions::default()))
+        .collect();
+    for c in &mut holders {
+        let r = get_over(c, "/api/hold", Some(&token));
+        assert_eq!(r.status, 200, "{r}");
+    }
+    // Four raw TCP connections that never send a ClientHello: closed at once, not at header_timeout.
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(gw.tls_addr()).unwrap())
+        .collect();
+    for s in &mut silent {
+        let closed = closed_within(s, started, Duration::from_secs(10))
+            .expect("an over-the-limit connection was kept open");
+        assert!(
+            closed < Duration::from_secs(3),
+            "an over-the-limit TLS connection was held {closed:?} (header_timeout 6 s)"
+        );
+    }
+    let silent_closed = started.elapsed();
+    // Four real TLS clients: their handshake fails at once (no slot, no handshake).
+    let t = Instant::now();
+    for _ in 0..4 {
+        let r = tls_get(&gw, &ClientOptions::default(), "/api/x", Some(&token));
+        assert!(r.is_err(), "an over-the-limit TLS client was served: {r:?}");
+    }
+    let tls_refused = t.elapsed();
+    // The plain listener shares the limit: 503 with Retry-After.
+    let t = Instant::now();
+    for _ in 0..4 {
+        let r = raw_http(gw.addr(), &build_request("GET", "/api/x", &[], b""));
+        assert_eq!(r.status, 503, "{r}");
+        assert_eq!(r.json_error(), "overloaded");
+    }
+    let plain_refused = t.elapsed();
+    eprintln!(
+        "over the limit: 4 silent TLS connections closed within {silent_closed:?}, 4 TLS clients \
+         refused in {tls_refused:?}, 4 plain clients answered 503 in {plain_refused:?}"
+    );
+    assert!(tls_refused < Duration::from_secs(3), "{tls_refused:?}");
+    let m = gw.metrics();
+    let refused = |l: &str| {
+        metric_sum(
+            &m,
+            "tokengate_connections_refused_total",
+            &[&format!("listener=\"{l}\"")],
+        )
+    };
+    assert_eq!((refused("tls"), refused("plain")), (8.0, 4.0), "{m}");
+    assert_eq!(
+        metric_sum(&m, "tokengate_tls_handshake_failures_total", &[]),
+        0.0,
+        "refusals are not handshake failures"
+    );
+
+    // Slot accounting: the refusals took nothing. One holder leaves: exactly one slot comes free.
+    drop(holders.pop());
+    let mut again = tls_conn_when_free(&gw, &ClientOptions::default());
+    assert_eq!(get_over(&mut again, "/api/again", Some(&token)).status, 200);
+    assert!(
+        tls_get(&gw, &ClientOptions::default(), "/api/x", Some(&token)).is_err(),
+        "a third connection got in with max_connections = 2"
+    );
+    // The holders were never disturbed.
+    assert_eq!(
+        get_over(&mut holders[0], "/api/still", Some(&token)).status,
+        200
+    );
+}
+
+#[test]
+fn a_tls_client_stalled_in_or_after_its_handshake_holds_a_slot_only_until_header_timeout_from_accept(
+) {
+    let up = Upstream::start("api");
+    let (gw, token) = tls_gateway(
+        GatewayBuilder::new()
+            .gateway("header_timeout", "\"3s\"")
+            .gateway("max_connections", "1"),
+        &up,
+    );
+    let options = ClientOptions::default();
+    // Half a ClientHello, then nothing: the one slot is held (another client is refused at once) until
+    // header_timeout, then the connection is closed and the slot is free.
+    let hello = common::tls::client_hello(&gw.tls_client(&options), "localhost");
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(gw.tls_addr()).unwrap();
+    stalled.write_all(&hello[..hello.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        tls_get(&gw, &options, "/api/x", Some(&token)).is_err(),
+        "a second client got in while the only slot was held"
+    );
+    let held = closed_within(&mut stalled, started, Duration::from_secs(10))
+        .expect("a stalled handshake was kept open");
+    eprintln!("half a ClientHello: closed after {held:?} (header_timeout 3 s)");
+    assert!(held < Duration::from_secs(5), "{held:?}");
+    let mut freed = tls_conn_when_free(&gw, &options);
+    assert_eq!(get_over(&mut freed, "/api/freed", Some(&token)).status, 200);
+    drop(freed);
+
+    // A handshake finished 2 s after accept, then silence: closed at header_timeout counted from accept
+    // (3 s), not 3 s more after the handshake.
+    let (tcp, started) = admitted_tcp(&gw);
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
+    let mut late = common::tls::handshake(tcp, &gw.tls_client(&options), "localhost")
+        .expect("a late handshake within header_timeout succeeds");
+    let mut b = [0u8; 1];
+    let _ = late.read(&mut b); // the server closes (no request came)
+    let held = started.elapsed();
+    eprintln!("handshake at 2 s, no request: closed after {held:?} (header_timeout 3 s)");
+    assert!(
+        held < Duration::from_millis(4500),
+        "a late handshake earned a second header_timeout: held {held:?}"
+    );
+    // A late handshake with a prompt request is served as usual.
+    drop(late);
+    let (tcp, _) = admitted_tcp(&gw);
+    std::thread::sleep(Duration::from_secs(1));
+    let stream = common::tls::handshake(tcp, &gw.tls_client(&options), "localhost").unwrap();
+    let mut conn = Conn::over(Wired::tls(stream).unwrap());
+    assert_eq!(get_over(&mut conn, "/api/late", Some(&token)).status, 200);
+    let failures = metric_sum(&gw.metrics(), "tokengate_tls_handshake_failures_total", &[]);
+    assert!(
+        failures >= 1.0,
+        "the stalled handshake is counted: {failures}"
+    );
+}
+
 /// A gateway asking for device certificates signed by its own device CA, with a token bound to one
 /// device's certificate.
 struct Devices {

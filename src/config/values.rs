@@ -109,14 +109,27 @@ pub fn check_role(s: &str) -> Result<(), String> {
 }
 
 pub fn header_name(s: &str) -> Result<HeaderName, String> {
-    let lower = s.to_ascii_lowercase();
-    if lower == "authorization"
-        || lower == "host"
-        || lower == "content-length"
-        || lower == "transfer-encoding"
+    // Compared as upstream frameworks may read names (case and every non-alphanumeric byte ignored):
+    // an injected `content_length` would be the hidden framing the gateway refuses from clients.
+    let folded: Vec<u8> = s
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase())
+        .collect();
+    if [
+        &b"authorization"[..],
+        b"host",
+        b"contentlength",
+        b"transferencoding",
+    ]
+    .contains(&&folded[..])
     {
-        return Err(format!("{s:?} cannot be used here"));
+        return Err(format!(
+            "{s:?} cannot be used here (it reads as Authorization, Host, Content-Length or \
+             Transfer-Encoding)"
+        ));
     }
+    let lower = s.to_ascii_lowercase();
     HeaderName::from_bytes(lower.as_bytes())
         .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
 }
@@ -170,6 +183,22 @@ impl std::fmt::Display for Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_that_read_as_reserved_ones_are_refused() {
+        for bad in [
+            "Authorization",
+            "content_length",
+            "Content.Length",
+            "transfer-encoding-",
+            "HOST",
+        ] {
+            let e = header_name(bad).unwrap_err();
+            assert!(e.contains("cannot be used here"), "{bad}: {e}");
+        }
+        assert_eq!(header_name("X-User-Id").unwrap().as_str(), "x-user-id");
+        assert!(header_name("x user").unwrap_err().contains("not a valid"));
+    }
 
     #[test]
     fn rates() {

@@ -1,86 +1,197 @@
 //! The optional signed identity: with a route's `sign_secret`, the gateway adds
-//! `x-tokengate-signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` so an upstream can prove a request came
-//! through the gateway and its identity headers were not forged.
+//! `x-tokengate-signature: t=<unix seconds>,v2=<hex HMAC-SHA256>` so an upstream can prove a request came
+//! through the gateway and that none of the identity fields it carries was forged or changed.
 //!
-//! The signed message is the five fields joined by `\n`:
-//! `user id \n token id \n t \n METHOD \n path-and-query` (exactly as forwarded). An upstream recomputes the
-//! HMAC with the shared secret, compares in constant time and rejects timestamps more than a few minutes
-//! off. `examples/verify_signature.rs` is a verifier. Client-sent copies of the header are always removed.
+//! The signed message (scheme `v2`) is eight lines joined by `\n`, no trailing newline:
+//!
+//! ```text
+//! v2
+//! <user id header value>
+//! <token id header value, or empty when token_id_header = "">
+//! <x-token-scopes value, or empty when not forwarded>
+//! <x-token-roles value, or empty when not forwarded or the token has no roles>
+//! <t>
+//! <METHOD>
+//! <path-and-query, exactly as forwarded>
+//! ```
+//!
+//! Every identity field the gateway injects is a line, its value byte for byte as forwarded, so an
+//! upstream rebuilds the message from the fields it received (an absent one is an empty line): a field
+//! added, removed or changed on the way fails the check. No field value can hold `\n` (HTTP forbids it),
+//! so the lines cannot be shifted. An upstream recomputes the HMAC with the shared secret, compares in
+//! constant time and rejects timestamps more than a few minutes off. `examples/verify_signature.rs` is a
+//! verifier.
+//!
+//! `v1` (until issue 23) signed only `user \n token id \n t \n METHOD \n path-and-query`: a scopes or
+//! roles field changed after the gateway still verified. The gateway no longer sends it; a `v1`-only
+//! verifier now refuses every request (it fails closed), and verifiers skip schemes they do not know, so
+//! a future `v3` can be sent next to `v2` while upstreams move over. Client-sent copies of the header are
+//! always removed.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::fmt::Write;
 
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "x-tokengate-signature";
 
-/// The message that is signed.
-pub fn message(user: &str, token_id: i64, t: u64, method: &str, path_and_query: &str) -> String {
-    format!("{user}\n{token_id}\n{t}\n{method}\n{path_and_query}")
+/// The signature scheme the gateway sends (the key of the HMAC in the header, the first line signed).
+pub const SCHEME: &str = "v2";
+
+/// What a signature covers besides its timestamp: each identity field's value as forwarded (empty when
+/// the field is not sent), the method and the path-and-query as forwarded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signed<'a> {
+    pub user: &'a [u8],
+    pub token_id: &'a [u8],
+    pub scopes: &'a [u8],
+    pub roles: &'a [u8],
+    pub method: &'a [u8],
+    pub path_and_query: &'a [u8],
 }
 
-fn hmac_hex(secret: &[u8], msg: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(msg.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in mac.finalize().into_bytes() {
-        let _ = write!(out, "{b:02x}");
+impl Signed<'_> {
+    /// The message signed at time `t` (for verifiers and tests; signing feeds the parts to the HMAC
+    /// without building it).
+    pub fn message(&self, t: u64) -> Vec<u8> {
+        let mut m = Vec::new();
+        self.parts(t, |p| m.extend_from_slice(p));
+        m
     }
-    out
+
+    /// The message's pieces, in order.
+    fn parts(&self, t: u64, mut f: impl FnMut(&[u8])) {
+        let mut digits = [0u8; 20];
+        let t = decimal(t, &mut digits);
+        let lines = [
+            SCHEME.as_bytes(),
+            self.user,
+            self.token_id,
+            self.scopes,
+            self.roles,
+            t,
+            self.method,
+            self.path_and_query,
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                f(b"\n");
+            }
+            f(line);
+        }
+    }
+
+    fn mac(&self, secret: &[u8], t: u64) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        self.parts(t, |p| mac.update(p));
+        mac.finalize().into_bytes().into()
+    }
 }
 
-/// The header value for one forwarded request.
-pub fn sign(
-    secret: &[u8],
-    user: &str,
-    token_id: i64,
-    t: u64,
-    method: &str,
-    path_and_query: &str,
-) -> String {
-    format!(
-        "t={t},v1={}",
-        hmac_hex(secret, &message(user, token_id, t, method, path_and_query))
-    )
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
+}
+
+/// A signature header value, `t=<t>,v2=<64 hex digits>`, on the stack.
+pub struct Value {
+    buf: [u8; 96],
+    len: usize,
+}
+
+impl Value {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("ASCII")
+    }
+}
+
+/// The header value for one forwarded request, made without allocating.
+pub fn value(secret: &[u8], signed: &Signed<'_>, t: u64) -> Value {
+    let mac = signed.mac(secret, t);
+    let mut v = Value {
+        buf: [0; 96],
+        len: 0,
+    };
+    let mut digits = [0u8; 20];
+    let t = decimal(t, &mut digits);
+    for part in [&b"t="[..], t, b",", SCHEME.as_bytes(), b"="] {
+        v.buf[v.len..v.len + part.len()].copy_from_slice(part);
+        v.len += part.len();
+    }
+    for b in mac {
+        v.buf[v.len] = HEX[usize::from(b >> 4)];
+        v.buf[v.len + 1] = HEX[usize::from(b & 15)];
+        v.len += 2;
+    }
+    v
+}
+
+/// The header value for one forwarded request, as a `String`.
+pub fn sign(secret: &[u8], signed: &Signed<'_>, t: u64) -> String {
+    value(secret, signed, t).as_str().to_owned()
 }
 
 /// Why a signature was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum VerifyError {
+    /// Not `t=<digits>` and a `v2=` value, each once (other `k=v` schemes are skipped).
     Malformed,
     Stale,
     Mismatch,
 }
 
 /// Verifies a header value as an upstream would. `max_skew` is the accepted clock difference in seconds.
-#[allow(clippy::too_many_arguments)]
+/// Schemes other than `v2` (`v1`, a future `v3`) are skipped; without a `v2` the header is malformed.
 pub fn verify(
     secret: &[u8],
     header: &str,
-    user: &str,
-    token_id: i64,
-    method: &str,
-    path_and_query: &str,
+    signed: &Signed<'_>,
     now: u64,
     max_skew: u64,
 ) -> Result<(), VerifyError> {
     let mut t = None;
-    let mut v1 = None;
+    let mut v2 = None;
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<u64>().ok(),
-            Some(("v1", v)) => v1 = Some(v),
+            Some(("t", v))
+                if t.is_none() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                t = Some(v.parse::<u64>().map_err(|_| VerifyError::Malformed)?);
+            }
+            Some((SCHEME, v)) if v2.is_none() => v2 = Some(v),
+            Some((k, _)) if k != "t" && k != SCHEME && !k.is_empty() => {}
             _ => return Err(VerifyError::Malformed),
         }
     }
-    let (Some(t), Some(v1)) = (t, v1) else {
+    let (Some(t), Some(v2)) = (t, v2) else {
         return Err(VerifyError::Malformed);
     };
     if t.abs_diff(now) > max_skew {
         return Err(VerifyError::Stale);
     }
-    let expected = hmac_hex(secret, &message(user, token_id, t, method, path_and_query));
-    let ok: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), v1.as_bytes()).into();
+    let mut expected = Vec::with_capacity(64);
+    push_hex(&mut expected, &signed.mac(secret, t));
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(expected.as_slice(), v2.as_bytes()).into();
     if ok {
         Ok(())
     } else {
@@ -92,39 +203,117 @@ pub fn verify(
 mod tests {
     use super::*;
 
+    fn alice() -> Signed<'static> {
+        Signed {
+            user: b"alice",
+            token_id: b"7",
+            scopes: b"read write",
+            roles: b"device",
+            method: b"POST",
+            path_and_query: b"/iot/x?a=1",
+        }
+    }
+
     #[test]
     fn known_answer() {
-        // HMAC-SHA256("key", "alice\n7\n1700000000\nPOST\n/iot/x?a=1"), computed independently with
-        // `printf 'alice\n7\n1700000000\nPOST\n/iot/x?a=1' | openssl dgst -sha256 -hmac key`.
-        let h = sign(b"key", "alice", 7, 1_700_000_000, "POST", "/iot/x?a=1");
         assert_eq!(
-            h,
-            "t=1700000000,v1=898d8f69712863c5cdfbf7a2acc01f5e0806c4c45323ddb79a9cfe002cbf710d"
+            alice().message(1_700_000_000),
+            b"v2\nalice\n7\nread write\ndevice\n1700000000\nPOST\n/iot/x?a=1"
+        );
+        // Computed independently: printf 'v2\nalice\n7\nread write\ndevice\n1700000000\nPOST\n/iot/x?a=1'
+        //   | openssl dgst -sha256 -hmac key
+        assert_eq!(
+            sign(b"key", &alice(), 1_700_000_000),
+            "t=1700000000,v2=0c73af33088ee0a7684de17a5cca805f1cd846c567b80aacf2bc8e166b7fa8c6"
         );
     }
 
     #[test]
-    fn verify_round_trip_and_failures() {
-        let h = sign(b"secret", "alice", 7, 1000, "GET", "/iot");
+    fn every_signed_field_is_bound() {
+        let h = sign(b"secret", &alice(), 1000);
+        assert_eq!(verify(b"secret", &h, &alice(), 1010, 300), Ok(()));
+        let changed: [Signed; 7] = [
+            Signed {
+                user: b"mallory",
+                ..alice()
+            },
+            Signed {
+                token_id: b"8",
+                ..alice()
+            },
+            Signed {
+                scopes: b"read write admin",
+                ..alice()
+            },
+            Signed {
+                scopes: b"*",
+                ..alice()
+            },
+            Signed {
+                roles: b"",
+                ..alice()
+            },
+            Signed {
+                method: b"DELETE",
+                ..alice()
+            },
+            Signed {
+                path_and_query: b"/iot/x?a=2",
+                ..alice()
+            },
+        ];
+        for s in &changed {
+            assert_eq!(
+                verify(b"secret", &h, s, 1010, 300),
+                Err(VerifyError::Mismatch),
+                "{s:?}"
+            );
+        }
+        // A line moved into its neighbour does not verify either.
+        let shifted = Signed {
+            scopes: b"read write\ndevice",
+            roles: b"",
+            ..alice()
+        };
         assert_eq!(
-            verify(b"secret", &h, "alice", 7, "GET", "/iot", 1010, 300),
-            Ok(())
-        );
-        assert_eq!(
-            verify(b"secret", &h, "mallory", 7, "GET", "/iot", 1010, 300),
+            verify(b"secret", &h, &shifted, 1010, 300),
             Err(VerifyError::Mismatch)
         );
         assert_eq!(
-            verify(b"other", &h, "alice", 7, "GET", "/iot", 1010, 300),
+            verify(b"other", &h, &alice(), 1010, 300),
             Err(VerifyError::Mismatch)
         );
         assert_eq!(
-            verify(b"secret", &h, "alice", 7, "GET", "/iot", 2000, 300),
+            verify(b"secret", &h, &alice(), 2000, 300),
             Err(VerifyError::Stale)
         );
-        assert_eq!(
-            verify(b"secret", "v1=abc", "alice", 7, "GET", "/iot", 1000, 300),
-            Err(VerifyError::Malformed)
-        );
+    }
+
+    #[test]
+    fn header_forms() {
+        let h = sign(b"secret", &alice(), 1000);
+        let v2 = h.split_once(",v2=").unwrap().1;
+        // Unknown schemes are skipped, in any position.
+        for ok in [
+            format!("v1=00,t=1000,v2={v2}"),
+            format!("t=1000, v2={v2} ,v3=ff"),
+        ] {
+            assert_eq!(verify(b"secret", &ok, &alice(), 1000, 300), Ok(()), "{ok}");
+        }
+        for bad in [
+            "v2=abc".to_owned(),
+            "t=1000,v1=abc".to_owned(),
+            format!("t=1000,t=1000,v2={v2}"),
+            format!("t=+1000,v2={v2}"),
+            format!("t=1000,v2={v2},v2={v2}"),
+            format!("t=1000;v2={v2}"),
+            String::new(),
+        ] {
+            assert_eq!(
+                verify(b"secret", &bad, &alice(), 1000, 300),
+                Err(VerifyError::Malformed),
+                "{bad}"
+            );
+        }
     }
 }

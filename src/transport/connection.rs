@@ -92,6 +92,9 @@ pub struct Client<'a, S> {
     pub(super) body_pending: bool,
     /// The current request's id (`x-request-id`).
     pub(super) request_id: RequestId,
+    /// When the connection was accepted: the first request's `header_timeout` counts from here (for
+    /// TLS, the handshake included).
+    accepted: Instant,
 }
 
 impl<'a, S: ClientStream> Client<'a, S> {
@@ -113,7 +116,14 @@ impl<'a, S: ClientStream> Client<'a, S> {
             served: 0,
             body_pending: false,
             request_id: RequestId::fresh(),
+            accepted: Instant::now(),
         }
+    }
+
+    /// The connection was accepted at `at` (before a TLS handshake), not when the loop was made.
+    pub fn accepted_at(mut self, at: Instant) -> Self {
+        self.accepted = at;
+        self
     }
 
     /// Serves exchanges until the connection ends.
@@ -195,17 +205,16 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 deadline.get_or_insert_with(|| Instant::now() + self.engine.header_timeout);
             }
             let idle = self.buf.is_empty();
-            let (served, engine) = (self.served, self.engine);
+            let (served, engine, accepted) = (self.served, self.engine, self.accepted);
             let wait = || match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => {
-                    let limit = if served == 0 {
-                        engine.header_timeout
-                    } else {
-                        engine.keepalive_timeout
-                    };
                     let now = Instant::now();
-                    let idle_until = *idle_deadline.get_or_insert(now + limit);
+                    let idle_until = *idle_deadline.get_or_insert(if served == 0 {
+                        accepted + engine.header_timeout
+                    } else {
+                        now + engine.keepalive_timeout
+                    });
                     idle_until.saturating_duration_since(now).min(IDLE_SLICE)
                 }
             };

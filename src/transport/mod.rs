@@ -12,7 +12,8 @@
 //! - [`handshake`]: the WebSocket opening handshake check (`Sec-WebSocket-Accept` against the key).
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
-//! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding, hop-by-hop fields.
+//! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding.
+//! - [`names`]: field names in every spelling frameworks read as one; hop-by-hop and proxy fields.
 //! - [`pool`]: a route's servers and the choice among them (round robin, least requests, user hash).
 //! - [`upstream`]: connections to one server, their idle queue, the server's health.
 //! - [`health`]: active health checks and re-resolution of host names, on their own thread.
@@ -33,6 +34,7 @@ pub mod forward;
 pub mod handshake;
 pub mod health;
 pub mod http1;
+pub mod names;
 pub mod pool;
 pub mod request_id;
 pub mod rewrite;
@@ -229,6 +231,8 @@ pub struct Engine {
     pub tls: Option<TlsListener>,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: prometheus::IntCounter,
+    /// Connections refused over `max_connections`: on the plain listener, on the TLS listener.
+    pub connections_refused: [prometheus::IntCounter; 2],
     /// Set when the server starts to shut down or hand over: exchanges end with `Connection: close` and
     /// idle connections close within a second. A plain flag read with a relaxed load: pingora's shutdown
     /// watch would cost a shared lock per idle wait.
@@ -258,47 +262,63 @@ pub(crate) fn take_slot(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
 
 #[async_trait]
 impl ServerApp for Engine {
-    /// Serves one client connection until it closes, idles out, or the server shuts down. A connection
-    /// over `max_connections` gets a 503 and is closed.
+    /// Serves one client connection until it closes, idles out, or the server shuts down. The
+    /// `max_connections` slot is taken first, before any TLS handshake. Over the limit, a plain
+    /// connection gets a 503 and is closed; a TLS connection is closed at once, before its handshake
+    /// (as nginx does when its connections run out): a 503 could only be sent after a full handshake,
+    /// whose key exchange and signature are the most expensive work a connection costs, spent for the
+    /// client that is over the limit and holding a slot-less socket open meanwhile. A TLS client sees the
+    /// connection reset or closed and retries like after any failed connect.
     async fn process_new(
         self: &Arc<Self>,
         io: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let accepted = std::time::Instant::now();
         let digest = io.get_socket_digest();
         let peer = digest
             .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        // The slot is taken before a TLS handshake: a client that never finishes one holds it for at most
-        // `header_timeout`.
         let slot = take_slot(&self.connections, self.max_connections);
         match &self.tls {
             Some(tls) if tls.accepted(local) => {
+                let Some(slot) = slot else {
+                    self.connections_refused[1].inc();
+                    log::debug!("TLS connection from {peer:?} closed: max_connections reached");
+                    return None; // dropping the stream closes the socket
+                };
+                // The handshake has `header_timeout` from accept; the first request head's wait counts
+                // from accept too, so a slow handshake does not earn a slow request a second allowance.
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
                 match tls::accept(&acceptor, io, self.header_timeout).await {
                     Ok((stream, facts)) => {
                         let peer_facts = TlsPeer {
                             client_cert_sha256: facts.client_cert_sha256,
                         };
-                        serve(Client::new(self, stream, peer, Some(peer_facts)), slot).await;
+                        Client::new(self, stream, peer, Some(peer_facts))
+                            .accepted_at(accepted)
+                            .run()
+                            .await;
                     }
                     Err(e) => {
                         self.tls_handshake_failures.inc();
                         log::debug!("TLS handshake from {peer:?} failed: {e}");
                     }
                 }
+                drop(slot);
             }
-            _ => serve(Client::new(self, io, peer, None), slot).await,
+            _ => {
+                let mut client = Client::new(self, io, peer, None).accepted_at(accepted);
+                match slot {
+                    Some(_slot) => client.run().await,
+                    None => {
+                        self.connections_refused[0].inc();
+                        client.refuse_connection().await;
+                    }
+                }
+            }
         }
         None
-    }
-}
-
-/// Runs a client connection, or refuses it when there was no slot.
-async fn serve<S: connection::ClientStream>(mut client: Client<'_, S>, slot: Option<Slot>) {
-    match slot {
-        Some(_slot) => client.run().await,
-        None => client.refuse_connection().await,
     }
 }

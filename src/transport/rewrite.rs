@@ -2,11 +2,17 @@
 //! decision's [`Rewrite`](crate::gateway::Rewrite) says), the response as relayed to the client, and the
 //! gateway's own JSON answers.
 //!
-//! The forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields (and their look-alikes,
-//! see [`http1::same_field`]), or any client copy of an identity header (any case, `_` for `-`); the
-//! identity headers are added once, after the framing.
+//! Field names are matched as upstream frameworks may read them ([`http1::same_field`]: case and every
+//! non-alphanumeric byte ignored, so `X.User.Id`, `XUserId` and `x_user_id-` are all `x-user-id`). The
+//! forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields, or any client copy of an
+//! identity header (the configured user and token id headers, `x-token-scopes`, `x-token-roles`,
+//! `x-tokengate-signature`) or of `x-request-id`, in any such spelling; the identity headers are added
+//! once, after the framing. Proxy fields ([`names::proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! ...) say who the client is and how it came: they are kept only from a `trusted_proxies` peer and
+//! only spelled as proxies write them; `X-Forwarded-For` and `-Proto` are the gateway's own otherwise.
 
 use super::http1::{self, Framing, RequestHead, ResponseHead};
+use super::names::{self, Folded};
 use crate::gateway::limits::RateLimitField;
 use crate::gateway::signing;
 use crate::gateway::{Forward, Refusal};
@@ -25,11 +31,19 @@ pub fn push_query_without(out: &mut Vec<u8>, query: &str, key: &str) {
     }
 }
 
-/// Writes the head of the request for the upstream into `out` (public so that the benches measure the real
-/// code): origin-form target (without a legacy token parameter), every field except `Authorization`,
-/// hop-by-hop fields and client copies of injected or configured-stripped headers; `X-Forwarded-For`/
-/// `-Proto` appended to only for trusted peers and replaced otherwise; then the framing, the identity
-/// headers and, if the route signs, the signature.
+/// Fields never forwarded, in any spelling: the credential, `Expect`, hop-by-hop fields, `x-request-id`,
+/// the identity headers any route injects and the route's `strip_request_headers`.
+fn never_forwarded(name: &Folded<'_>, route: &crate::gateway::routes::Route) -> bool {
+    const OWN: [&[u8]; 3] = [b"authorization", b"expect", b"xrequestid"];
+    name.is_any(&names::HOP_BY_HOP)
+        || name.is_any(&OWN)
+        || route
+            .identity_headers
+            .iter()
+            .chain(route.strip_request_headers.iter())
+            .any(|h| name.is(h.as_str().as_bytes()))
+}
+
 /// What the upstream head carries beyond the client's: the request's id, and whether it opens a
 /// WebSocket tunnel (`Connection: Upgrade` and `Upgrade: websocket` are then sent on).
 #[derive(Clone, Copy)]
@@ -38,6 +52,11 @@ pub struct HeadExtras<'a> {
     pub upgrade: bool,
 }
 
+/// Writes the head of the request for the upstream into `out` (public so that the benches measure the real
+/// code): origin-form target (without a legacy token parameter), every field except those
+/// `never_forwarded`, proxy fields only from a trusted peer and spelled plainly; `X-Forwarded-For`
+/// appended to for trusted peers and replaced otherwise, `X-Forwarded-Proto` likewise; then the framing,
+/// the identity headers and, if the route signs, the signature over them.
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
@@ -63,7 +82,7 @@ pub fn write_upstream_head(
         }
         (None, _) => {}
     }
-    let target_end = out.len();
+    let target = target_start..out.len();
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let mut host = false;
@@ -71,28 +90,26 @@ pub fn write_upstream_head(
     for f in &head.fields {
         let name = f.name.get(bytes);
         let value = f.value.get(bytes);
-        if name.eq_ignore_ascii_case(b"authorization")
-            || name.eq_ignore_ascii_case(b"expect")
-            || http1::is_hop_by_hop(name)
-            || route
-                .identity_headers
-                .iter()
-                .chain(route.strip_request_headers.iter())
-                .any(|h| http1::same_field(name, h.as_str().as_bytes()))
-            || head.named_by_connection(bytes, name)
-            || http1::same_field(name, b"x-request-id")
-        {
+        let folded = Folded::new(name);
+        if never_forwarded(&folded, route) || head.named_by_connection(bytes, name) {
             continue;
         }
-        if http1::same_field(name, b"x-forwarded-for") {
-            // Written below: the chain from a trusted proxy, then the peer.
-            continue;
-        }
-        if http1::same_field(name, b"x-forwarded-proto") {
-            if trusted && !client_proto {
-                client_proto = true;
-                http1::push_field(out, b"X-Forwarded-Proto", value);
+        if names::proxy_field(&folded) {
+            // X-Forwarded-For is written below (the trusted chain, then the peer); X-Forwarded-Proto
+            // once; the others as the trusted proxy sent them.
+            if !trusted
+                || !names::plain_proxy_spelling(name)
+                || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            {
+                continue;
             }
+            if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+                if client_proto {
+                    continue;
+                }
+                client_proto = true;
+            }
+            http1::push_field(out, name, value);
             continue;
         }
         if name.eq_ignore_ascii_case(b"host") {
@@ -108,7 +125,7 @@ pub fn write_upstream_head(
         for f in head
             .fields
             .iter()
-            .filter(|f| http1::same_field(f.name.get(bytes), b"x-forwarded-for"))
+            .filter(|f| f.name.get(bytes).eq_ignore_ascii_case(b"x-forwarded-for"))
         {
             let v = f.value.get(bytes).trim_ascii();
             if !v.is_empty() {
@@ -156,46 +173,63 @@ pub fn write_upstream_head(
         Framing::None | Framing::Close => {}
     }
     if let Some(entry) = entry {
-        http1::push_field(
+        let user = push_value_span(
             out,
             route.user_id_header.as_str().as_bytes(),
             entry.user().as_bytes(),
         );
-        if let Some(h) = &route.token_id_header {
-            http1::push_field(out, h.as_str().as_bytes(), entry.token_id_text());
-        }
-        if route.forward_scopes {
-            write_scopes(out, entry, &route.roles);
-        }
+        let token_id = route
+            .token_id_header
+            .as_ref()
+            .map(|h| push_value_span(out, h.as_str().as_bytes(), entry.token_id_text()));
+        let (scopes, roles) = if route.forward_scopes {
+            write_scopes(out, entry, &route.roles)
+        } else {
+            (None, None)
+        };
         if let Some(secret) = &route.sign_secret {
-            let pq = std::str::from_utf8(&out[target_start..target_end])
-                .unwrap_or("/")
-                .to_owned();
-            let method = std::str::from_utf8(method).unwrap_or("");
-            let sig = signing::sign(
-                secret,
-                entry.user(),
-                entry.token_id,
-                forward.rewrite.at,
+            // Each identity field's value as just written; an empty one for a field not sent.
+            let signed = signing::Signed {
+                user: &out[user],
+                token_id: &out[token_id.unwrap_or_default()],
+                scopes: &out[scopes.unwrap_or_default()],
+                roles: &out[roles.unwrap_or_default()],
                 method,
-                &pq,
-            );
-            http1::push_field(out, signing::SIGNATURE_HEADER.as_bytes(), sig.as_bytes());
+                path_and_query: &out[target],
+            };
+            let value = signing::value(secret, &signed, forward.rewrite.at);
+            http1::push_field(out, signing::SIGNATURE_HEADER.as_bytes(), value.as_bytes());
         }
     }
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `name: value\r\n` and returns where the value is in `out`.
+fn push_value_span(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> std::ops::Range<usize> {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    let start = out.len();
+    out.extend_from_slice(value);
+    let end = out.len();
+    out.extend_from_slice(b"\r\n");
+    start..end
+}
+
 /// `x-token-scopes`: the token's effective scopes, sorted, space-separated (`*` for full access: every
 /// scope but `admin` and `tokens:self`); `x-token-roles`: its roles, sorted (absent without roles).
+/// Returns where each value is in `out`.
 fn write_scopes(
     out: &mut Vec<u8>,
     entry: &crate::tokens::index::Entry,
     roles: &crate::config::Roles,
+) -> (
+    Option<std::ops::Range<usize>>,
+    Option<std::ops::Range<usize>>,
 ) {
     use crate::gateway::routes::{ROLES_HEADER, SCOPES_HEADER};
     out.extend_from_slice(SCOPES_HEADER.as_bytes());
     out.extend_from_slice(b": ");
+    let start = out.len();
     match entry.effective_scopes(roles) {
         None => out.push(b'*'),
         Some(all) => {
@@ -207,12 +241,25 @@ fn write_scopes(
             }
         }
     }
+    let scopes = start..out.len();
     out.extend_from_slice(b"\r\n");
     let mut names: Vec<&str> = entry.roles().collect();
-    if !names.is_empty() {
-        names.sort_unstable();
-        http1::push_field(out, ROLES_HEADER.as_bytes(), names.join(" ").as_bytes());
+    if names.is_empty() {
+        return (Some(scopes), None);
     }
+    names.sort_unstable();
+    out.extend_from_slice(ROLES_HEADER.as_bytes());
+    out.extend_from_slice(b": ");
+    let start = out.len();
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(n.as_bytes());
+    }
+    let roles = start..out.len();
+    out.extend_from_slice(b"\r\n");
+    (Some(scopes), Some(roles))
 }
 
 /// Writes the response head for the client: the upstream's status and fields less hop-by-hop ones, then

@@ -60,6 +60,8 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
     pub body_crc: u32,
+    /// Trailer fields after a chunked body (names lower-cased).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -265,10 +267,23 @@ async fn handle_upstream(
 
     let mut body_len = 0u64;
     let mut crc = crc32fast::Hasher::new();
+    let mut trailers = Vec::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            body_len += data.len() as u64;
-            crc.update(&data);
+        match frame?.into_data() {
+            Ok(data) => {
+                body_len += data.len() as u64;
+                crc.update(&data);
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers.extend(t.iter().map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    }));
+                }
+            }
         }
     }
     let record = Recorded {
@@ -277,6 +292,7 @@ async fn handle_upstream(
         headers,
         body_len,
         body_crc: crc.finalize(),
+        trailers,
     };
     state.log.lock().unwrap().push(record.clone());
 

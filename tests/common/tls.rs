@@ -197,6 +197,15 @@ pub fn connect(
     server_name: &str,
 ) -> io::Result<TlsStream> {
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    handshake(tcp, config, server_name)
+}
+
+/// Completes a handshake for `server_name` over an already connected `tcp` (which may have waited).
+pub fn handshake(
+    tcp: TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    server_name: &str,
+) -> io::Result<TlsStream> {
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(30)))?;
     let name = ServerName::try_from(server_name.to_owned())
@@ -208,6 +217,17 @@ pub fn connect(
         stream.conn.complete_io(&mut stream.sock)?;
     }
     Ok(stream)
+}
+
+/// The first flight of a client handshake for `server_name` (the ClientHello record), as bytes.
+pub fn client_hello(config: &Arc<rustls::ClientConfig>, server_name: &str) -> Vec<u8> {
+    let name = ServerName::try_from(server_name.to_owned()).expect("server name");
+    let mut conn = rustls::ClientConnection::new(config.clone(), name).expect("client");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("write to a Vec");
+    }
+    out
 }
 
 /// The certificate (DER) the server presented on an established stream.
