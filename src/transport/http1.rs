@@ -17,8 +17,11 @@ pub use super::names::{is_hop_by_hop, same_field};
 pub const MAX_HEADERS: usize = 128;
 /// Largest request or response head, request line and fields included (larger: 431 / 502).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Initial size of a connection's read buffer; it grows only while a head larger than this is read.
-pub const BUFFER_BYTES: usize = 16 * 1024;
+/// Initial size of a connection's read buffer; it grows only while a head larger than this is read, or
+/// to [`BODY_READ_BYTES`] while a body streams through it, and is given back between requests.
+pub const BUFFER_BYTES: usize = 4 * 1024;
+/// Size of the read buffer while a request body streams through it (fewer, larger reads).
+pub const BODY_READ_BYTES: usize = 16 * 1024;
 
 /// A growable read buffer: `data[start..end]` holds bytes read and not yet consumed.
 pub struct Buffer {
@@ -86,7 +89,15 @@ impl Buffer {
         debug_assert!(self.end <= self.data.len());
     }
 
-    /// Gives a buffer that grew for a large head its normal size back once it is empty.
+    /// Grows the buffer to [`BODY_READ_BYTES`] for a body that streams through it (given back by
+    /// [`Self::shrink_if_idle`] after the exchange).
+    pub fn reserve_body(&mut self) {
+        if self.data.len() < BODY_READ_BYTES {
+            self.data.resize(BODY_READ_BYTES, 0);
+        }
+    }
+
+    /// Gives a buffer that grew for a large head or a body its normal size back once it is empty.
     pub fn shrink_if_idle(&mut self) {
         if self.is_empty() && self.data.len() > BUFFER_BYTES {
             self.data.truncate(BUFFER_BYTES);
