@@ -10,7 +10,7 @@
 //! last connection closes, so the maps hold only addresses with open connections.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -67,9 +67,7 @@ impl PerAddress {
     }
 
     fn shard(&self, key: u128) -> &Mutex<HashMap<u128, u32>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 }
 
