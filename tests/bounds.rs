@@ -369,7 +369,9 @@ fn burst(gw: SocketAddr, token: &str, n: usize) -> Vec<u16> {
 #[test]
 fn a_burst_leaves_no_upstream_connection_open_after_idle_timeout() {
     let up = CountingUpstream::start(Duration::from_millis(500), None);
+    // 64 at once from one token: over the default max_in_flight_per_token (32, tests/slots.rs).
     let mut gw = GatewayBuilder::new()
+        .gateway("max_in_flight_per_token", "64")
         .route_with("iot", "/iot", up.addr, &[("idle_timeout", "\"1s\"")])
         .build();
     let (_, token) = gw.create_token("alice", "burst");
