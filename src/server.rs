@@ -168,13 +168,15 @@ pub fn reload(
         ),
         (
             "gateway bounds (max_connections, max_connections_per_address, max_in_flight, \
-             max_in_flight_per_token, header_timeout, keepalive_timeout, body_timeout, min_body_rate)",
+             max_in_flight_per_token, max_head_bytes, header_timeout, keepalive_timeout, body_timeout, \
+             min_body_rate)",
             {
                 let (a, b) = (&new.gateway, &current.gateway);
                 a.max_connections != b.max_connections
                     || a.max_connections_per_address != b.max_connections_per_address
                     || a.max_in_flight != b.max_in_flight
                     || a.max_in_flight_per_token != b.max_in_flight_per_token
+                    || a.max_head_bytes != b.max_head_bytes
                     || a.header_timeout != b.header_timeout
                     || a.keepalive_timeout != b.keepalive_timeout
                     || a.body_timeout != b.body_timeout
@@ -351,6 +353,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         access_log,
         keepalive_timeout: cfg.gateway.keepalive_timeout,
         header_timeout: cfg.gateway.header_timeout,
+        max_head_bytes: cfg.gateway.max_head_bytes,
         body_timeout: cfg.gateway.body_timeout,
         min_body_rate: cfg.gateway.min_body_rate,
         in_flight: load.in_flight.clone(),

@@ -67,6 +67,7 @@ fn send_all(gw: SocketAddr, requests: usize, request: &[u8]) -> Vec<u16> {
 fn a_60_kb_path_is_logged_cut_to_1_kib_with_its_real_length() {
     let up = Upstream::start("iot");
     let gw = GatewayBuilder::new()
+        .gateway("max_head_bytes", "65536")
         .section("log", "access", "\"json\"")
         .section("log", "access_path", "\"access.log\"")
         .route("iot", "/iot", up.addr())
@@ -123,6 +124,7 @@ fn a_60_kb_path_is_logged_cut_to_1_kib_with_its_real_length() {
 fn a_stalled_access_log_costs_bounded_memory_drops_and_counts_and_the_gateway_keeps_answering() {
     let up = Upstream::start("iot");
     let mut gw = GatewayBuilder::new()
+        .gateway("max_head_bytes", "65536")
         .section("log", "access", "\"json\"")
         .section("log", "access_path", "\"access.fifo\"")
         .route("iot", "/iot", up.addr())

@@ -269,3 +269,44 @@ fn healthz_says_saturated_while_max_in_flight_is_reached() {
     });
     assert_eq!(status, "ok");
 }
+
+#[test]
+fn heads_are_bounded_by_max_head_bytes_32_kib_unless_configured() {
+    let up = Upstream::start("iot");
+    let small = GatewayBuilder::new()
+        .route("iot", "/iot", up.addr())
+        .start();
+    let (_, token) = small.create_token("alice", "camera");
+    let pad = "p".repeat(40 * 1024);
+    let r = small.request(
+        "GET",
+        "/iot/x",
+        &[("Authorization", &bearer(&token)), ("X-Pad", &pad)],
+        b"",
+    );
+    assert_eq!(r.status, 431, "a 40 KiB head with the default: {r}");
+    let fits = "p".repeat(30 * 1024);
+    let r = small.request(
+        "GET",
+        "/iot/x",
+        &[("Authorization", &bearer(&token)), ("X-Pad", &fits)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "a 30 KiB head: {r}");
+
+    let large = GatewayBuilder::new()
+        .gateway("max_head_bytes", "65536")
+        .route("iot", "/iot", up.addr())
+        .start();
+    let (_, token) = large.create_token("alice", "camera");
+    let r = large.request(
+        "GET",
+        "/iot/x",
+        &[("Authorization", &bearer(&token)), ("X-Pad", &pad)],
+        b"",
+    );
+    assert_eq!(
+        r.status, 200,
+        "a 40 KiB head with max_head_bytes = 65536: {r}"
+    );
+}

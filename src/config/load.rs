@@ -215,6 +215,12 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
     if max_connections_per_address == 0 {
         return Err(cx.err("gateway.max_connections_per_address", "must be at least 1"));
     }
+    let max_head_bytes = g
+        .max_head_bytes
+        .unwrap_or(super::model::DEFAULT_MAX_HEAD_BYTES);
+    if !(4096..=65536).contains(&max_head_bytes) {
+        return Err(cx.err("gateway.max_head_bytes", "must be between 4096 and 65536"));
+    }
     let body_timeout = cx.duration_within(
         "gateway.body_timeout",
         &g.body_timeout,
@@ -240,6 +246,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         max_connections,
         max_in_flight_per_token,
         max_connections_per_address,
+        max_head_bytes,
         body_timeout,
         min_body_rate: g
             .min_body_rate

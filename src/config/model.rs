@@ -192,6 +192,8 @@ pub struct GatewayConfig {
     /// `max_connections_per_address`: client connections open at once from one address (an IPv6 /64);
     /// addresses in `trusted_proxies` are not limited.
     pub max_connections_per_address: usize,
+    /// `max_head_bytes`: the largest request head, request line and fields (431 beyond).
+    pub max_head_bytes: usize,
     /// `body_timeout`: the longest wait for the next bytes of a request body (408 beyond).
     pub body_timeout: Duration,
     /// `min_body_rate`: bytes per second a request body must keep up, on average, once its first
@@ -203,6 +205,9 @@ pub struct GatewayConfig {
 pub const DEFAULT_MAX_IN_FLIGHT_PER_TOKEN: u32 = 32;
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// 32 KiB, what nginx accepts by default (`large_client_header_buffers 4 8k`): a connection stalled
+/// mid-head holds no more than nginx's would. Up to 64 KiB when configured.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
 /// 240 bytes a second after a 5 s grace: Kestrel's `MinRequestBodyDataRate`, which cuts a trickle and
 /// leaves any real link (a 2G modem sends ~5 KB/s) alone.
 pub const DEFAULT_MIN_BODY_RATE: u64 = 240;

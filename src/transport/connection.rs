@@ -114,7 +114,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
         Client {
             engine,
             io,
-            buf: Buffer::new(),
+            buf: Buffer::with_limit(engine.max_head_bytes),
             head: RequestHead::default(),
             out: Vec::with_capacity(OUT_BYTES),
             peer,
@@ -220,8 +220,15 @@ impl<'a, S: ClientStream> Client<'a, S> {
         let mut idle_deadline: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
+                let limit = self.buf.limit();
                 if self.head.parse(self.buf.filled())? {
+                    if self.head.len > limit {
+                        return Err(HeadError::TooLarge);
+                    }
                     return Ok(Ok(()));
+                }
+                if self.buf.len() >= limit {
+                    return Err(HeadError::TooLarge);
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.engine.header_timeout);
             }

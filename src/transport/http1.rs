@@ -28,6 +28,8 @@ pub struct Buffer {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// The largest head it grows for ([`MAX_HEAD_BYTES`], or a client connection's `max_head_bytes`).
+    limit: usize,
 }
 
 impl Default for Buffer {
@@ -38,11 +40,22 @@ impl Default for Buffer {
 
 impl Buffer {
     pub fn new() -> Buffer {
+        Buffer::with_limit(MAX_HEAD_BYTES)
+    }
+
+    /// A buffer that grows for heads of at most `limit` bytes (at most [`MAX_HEAD_BYTES`]).
+    pub fn with_limit(limit: usize) -> Buffer {
         Buffer {
             data: vec![0; BUFFER_BYTES],
             start: 0,
             end: 0,
+            limit: limit.min(MAX_HEAD_BYTES),
         }
+    }
+
+    /// The largest head this buffer grows for.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// The unconsumed bytes.
@@ -68,17 +81,16 @@ impl Buffer {
         }
     }
 
-    /// Free space to read into, after moving unconsumed bytes to the front (and growing up to
-    /// [`MAX_HEAD_BYTES`] when a head does not fit). Never empty unless `len() >= MAX_HEAD_BYTES`.
+    /// Free space to read into, after moving unconsumed bytes to the front (and growing up to its
+    /// limit when a head does not fit). Never empty unless `len()` is at the limit.
     pub fn spare(&mut self) -> &mut [u8] {
         if self.end == self.data.len() && self.start > 0 {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.data.len() && self.data.len() < MAX_HEAD_BYTES {
-            self.data
-                .resize((self.data.len() * 2).min(MAX_HEAD_BYTES), 0);
+        if self.end == self.data.len() && self.data.len() < self.limit {
+            self.data.resize((self.data.len() * 2).min(self.limit), 0);
         }
         &mut self.data[self.end..]
     }

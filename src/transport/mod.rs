@@ -223,6 +223,9 @@ pub struct Engine {
     /// Time a client has to send a whole request head, from its first byte (or from the connection's
     /// start for the first request).
     pub header_timeout: Duration,
+    /// `[gateway] max_head_bytes`: the largest request head (431 beyond); the read buffer grows to it
+    /// only while such a head arrives.
+    pub max_head_bytes: usize,
     /// `[gateway] body_timeout`: the longest wait for the next bytes of a request body.
     pub body_timeout: Duration,
     /// `[gateway] min_body_rate`: bytes a second a request body must keep up (0: none).
