@@ -7,7 +7,7 @@ one route to a closed port, then measures VmRSS of the process:
   1. baseline, after 200 requests;
   2. N silent plain connections (connected, nothing sent);
   3. N idle keep-alive connections (one request answered on each, then nothing);
-  4. N stalled heads (60 KiB of a head that never ends);
+  4. N stalled maximal heads (just under the default head limit, never ended);
   5. N silent TLS connections after the handshake (a self-signed certificate made with openssl);
   6. RSS 3 s after the connections closed, against the baseline.
 
@@ -70,15 +70,15 @@ def main():
          "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem", "-days", "2", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=DNS:localhost"],
         check=True, capture_output=True)
-    with open(f"{d}/tokengate.toml", "w") as f:
-        f.write(f"""
+    def write_config(per_address):
+        with open(f"{d}/tokengate.toml", "w") as f:
+            f.write(f"""
 [gateway]
 listen = "127.0.0.1:{port}"
 header_timeout = "120s"
 keepalive_timeout = "120s"
 max_connections = {4 * N}
-max_connections_per_address = {4 * N}
-[tls]
+{per_address}[tls]
 listen = "127.0.0.1:{tls_port}"
 [[tls.certificates]]
 cert = "cert.pem"
@@ -95,6 +95,15 @@ path_prefix = "/iot"
 upstream = "127.0.0.1:1"
 auth = "none"
 """)
+    # Older binaries (before issue 31) have no per-address limit to lift.
+    write_config(f"max_connections_per_address = {4 * N}\n")
+    check = subprocess.run([BIN, "check-config", "--config", f"{d}/tokengate.toml"], capture_output=True, text=True)
+    new = "max_connections_per_address" not in check.stderr
+    if not new:
+        write_config("")
+    # A maximal head that never ends: just under the default head limit (32 KiB since issue 31, 64 KiB
+    # before), as nginx's worst case is measured with its default buffers.
+    pad = (31 if new else 63) * 1024
     results = {"binary": BIN, "connections": N}
 
     def scenario(name, open_one):
@@ -143,7 +152,7 @@ auth = "none"
 
     def stalled_head():
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET /iot/x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (60 * 1024))
+        s.sendall(b"GET /iot/x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * pad)
         return s
 
     ctx = ssl.create_default_context()
@@ -156,7 +165,7 @@ auth = "none"
 
     scenario("silent_plain", silent)
     scenario("idle_keepalive", idle_keepalive)
-    scenario("stalled_60k_head", stalled_head)
+    scenario("stalled_maximal_head", stalled_head)
     scenario("silent_tls", tls_silent)
     print(json.dumps(results, indent=2))
 

@@ -33,6 +33,9 @@ pub(super) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest single wait for the next request: an idle connection notices a shutdown within this.
 const IDLE_SLICE: Duration = Duration::from_secs(1);
 
+/// The first read of an idle connection, whose buffer was given back, goes to the stack.
+const FIRST_READ: usize = 1024;
+
 /// Capacity of the scratch buffer for outgoing heads; given back to this size between requests when a
 /// large head or body piece grew it.
 const OUT_BYTES: usize = 1024;
@@ -116,7 +119,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             io,
             buf: Buffer::with_limit(engine.max_head_bytes),
             head: RequestHead::default(),
-            out: Vec::with_capacity(OUT_BYTES),
+            out: Vec::new(),
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
             tls,
@@ -246,7 +249,18 @@ impl<'a, S: ClientStream> Client<'a, S> {
                     idle_until.saturating_duration_since(now).min(IDLE_SLICE)
                 }
             };
-            match timed(wait, self.io.read(self.buf.spare())).await {
+            let read = if self.buf.is_released() {
+                // An idle connection holds no buffer: its next bytes land on the stack first.
+                let mut first = [0u8; FIRST_READ];
+                let r = timed(wait, self.io.read(&mut first)).await;
+                if let Ok(Ok(n)) = r {
+                    self.buf.spare()[..n].copy_from_slice(&first[..n]);
+                }
+                r
+            } else {
+                timed(wait, self.io.read(self.buf.spare())).await
+            };
+            match read {
                 Ok(Ok(0)) => return Ok(Err(Closed::Done)),
                 Ok(Err(_)) => return Ok(Err(Closed::ClientGone)),
                 Ok(Ok(n)) => self.buf.filled_by(n),
@@ -262,6 +276,11 @@ impl<'a, S: ClientStream> Client<'a, S> {
                             Closed::IdleTimeout
                         }));
                     }
+                    // Idle for a while: give the buffers back (a busy connection keeps them, so
+                    // requests in a row allocate nothing).
+                    self.buf.release();
+                    self.out = Vec::new();
+                    self.head.fields = Vec::new();
                 }
                 Err(_) => {
                     let r = Refusal::new(
@@ -385,6 +404,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
         let host = &io.pool.members[server.unwrap_or(0)].upstream.host;
         let head_bytes = &self.buf.filled()[..self.head.len];
         self.out.clear();
+        self.out.reserve(OUT_BYTES);
         let upgrade = self.head.upgrade_websocket && forward.route.websocket;
         write_upstream_head(
             &mut self.out,
@@ -495,6 +515,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
     ) -> io::Result<u64> {
         let body = r.body(Some(self.request_id.as_str()));
         self.out.clear();
+        self.out.reserve(OUT_BYTES);
         write_error_head(
             &mut self.out,
             r,
