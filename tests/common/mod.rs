@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pki;
 pub mod tls;
 
 use std::collections::BTreeMap;
