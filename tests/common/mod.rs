@@ -1554,6 +1554,20 @@ pub fn assert_success(out: &Output, args: &[&str]) {
     );
 }
 
+/// The examples' binaries: built by `cargo build --examples` into the target directory of this test.
+pub fn examples_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/quick_start-<hash> → target/<profile>/examples
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--examples", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --examples");
+    assert!(status.success(), "cargo build --examples failed");
+    dir
+}
+
 /// Whether `s` has the token format `tg_[0-9A-Za-z]{49}`.
 pub fn is_token_format(s: &str) -> bool {
     s.len() == 52 && s.starts_with("tg_") && s[3..].bytes().all(|b| b.is_ascii_alphanumeric())
