@@ -139,7 +139,8 @@ pub enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token at once (running gateways honour it within their sync interval).
+    /// Revoke a token at once (gateways on this host have applied it when the command returns, at most
+    /// 1 s later; gateways elsewhere within their sync interval).
     Revoke { id: i64 },
     /// Give a token a new secret; with --grace the old one keeps working that long.
     Rotate {
