@@ -8,8 +8,10 @@
 
 use super::body::{BodyError, BodyLimits, BodyState};
 use super::connection::{ClientStream, Facts, Req};
-use super::http1::{self, Buffer, Chunk, ChunkedDecoder, Framing, ResponseHead};
-use super::rewrite::write_response_head;
+use super::failure::UpstreamFailure;
+use super::http1::{Buffer, ResponseHead};
+use super::pool::InFlight;
+use super::relay::Plan;
 use super::timed::timed;
 use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
@@ -19,34 +21,6 @@ use crate::telemetry::connections::Closed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-
-/// How reading the response ended badly.
-#[derive(Debug)]
-pub(super) struct UpstreamFailure {
-    kind: UpstreamError,
-    detail: String,
-    /// Nothing at all came back (the connection was closed or reset before a byte of a response).
-    nothing_received: bool,
-}
-
-impl UpstreamFailure {
-    fn new(kind: UpstreamError, detail: impl Into<String>) -> UpstreamFailure {
-        UpstreamFailure {
-            kind,
-            detail: detail.into(),
-            nothing_received: false,
-        }
-    }
-
-    fn status(&self) -> u16 {
-        match self.kind {
-            UpstreamError::ConnectTimeout
-            | UpstreamError::ReadTimeout
-            | UpstreamError::WriteTimeout => 504,
-            _ => 502,
-        }
-    }
-}
 
 impl<S: ClientStream> Client<'_, S> {
     /// A connection to server `up`: an idle one from the server's queue (unless `fresh`), else a new one
@@ -122,12 +96,15 @@ impl<S: ClientStream> Client<'_, S> {
             return self.upstream_failed(io, facts, f, req).await;
         };
         let mut tried = 0u64;
-        let (mut server, mut conn) =
-            match self.connect_any(io, server, user, &mut tried, false).await {
-                Ok(c) => c,
-                Err(f) => return self.upstream_failed(io, facts, f, req).await,
-            };
-        let mut in_flight = io.pool.begin(server);
+        let mut at = match self.connect_any(io, server, user, &mut tried, false).await {
+            Ok((server, conn)) => Attempt {
+                server,
+                conn,
+                in_flight: io.pool.begin(server),
+                tried,
+            },
+            Err(f) => return self.upstream_failed(io, facts, f, req).await,
+        };
         // Whatever of the body is already here goes out with the head, in one write.
         let mut body = BodyState::new(req.framing);
         if let Err(e) = body.stage(&mut self.buf, &mut self.out, io.route.max_body_bytes) {
@@ -135,61 +112,21 @@ impl<S: ClientStream> Client<'_, S> {
         }
         let mut resp = ResponseHead::default();
         let result = if body.done() {
-            let mut r = send_and_read(
-                &mut conn,
-                &self.out,
-                &mut resp,
-                io,
-                (req.is_head, req.upgrade),
-            )
-            .await;
-            if let Err(f) = &r {
-                // Nothing came back: a kept-alive connection the server closed while idle, or a server
-                // that went away mid-request. Once more on a new connection — the same server for a
-                // reused connection, another for a new one — only for requests that are safe to repeat
-                // and have no body.
-                if f.nothing_received && req.retryable && (conn.reused || io.pool.members.len() > 1)
-                {
-                    log::debug!(
-                        "route {}: {} closed the connection before answering; retrying once",
-                        io.route.name,
-                        io.pool.members[server].upstream.label
-                    );
-                    if conn.reused {
-                        tried &= !(1 << server);
-                    }
-                    r = match io.pool.pick(user, tried) {
-                        None => r,
-                        Some(next) => {
-                            drop(conn);
-                            match self.connect_any(io, next, user, &mut tried, true).await {
-                                Ok((s, fresh)) => {
-                                    (server, conn) = (s, fresh);
-                                    in_flight = io.pool.begin(server);
-                                    send_and_read(
-                                        &mut conn,
-                                        &self.out,
-                                        &mut resp,
-                                        io,
-                                        (req.is_head, req.upgrade),
-                                    )
-                                    .await
-                                }
-                                Err(f) => {
-                                    facts.bytes_in = body.forwarded;
-                                    return self.upstream_failed(io, facts, f, req).await;
-                                }
-                            }
-                        }
-                    };
-                }
-            }
-            r.map(|()| true).map_err(Stop::Upstream)
+            self.send_once_more_if_safe(io, user, req, &mut at, &mut resp)
+                .await
+                .map(|()| true)
+                .map_err(Stop::Upstream)
         } else {
             // An upload is re-checked while it streams, as a tunnel is.
-            self.stream_body(&mut conn, &mut body, &mut resp, io, req, facts)
+            self.stream_body(&mut at.conn, &mut body, &mut resp, io, req, facts)
                 .await
         };
+        let Attempt {
+            server,
+            mut conn,
+            in_flight,
+            ..
+        } = at;
         facts.bytes_in = body.forwarded;
         self.body_pending = !body.done();
         let body_sent = match result {
@@ -213,11 +150,54 @@ impl<S: ClientStream> Client<'_, S> {
         }
         conn.reused = true;
         let up = &io.pool.members[server].upstream;
-        let keep = self
-            .relay_response(conn, up, io, &resp, req, body_sent, facts)
-            .await;
+        let plan = Plan::new(
+            resp.framing,
+            req.client_minor,
+            req.client_keep_alive,
+            body_sent,
+            self.engine.is_draining(),
+        );
+        let keep = self.relay_response(conn, up, io, &resp, plan, facts).await;
         drop(in_flight);
         keep
+    }
+
+    /// Sends a whole request (head and body in `self.out`) on `at` and reads the response head. When
+    /// nothing came back — a kept-alive connection the server closed while idle, or a server that went
+    /// away mid-request — it goes once more on a new connection (the same server for a reused
+    /// connection, another for a new one), only for a request that is safe to repeat and has no body.
+    async fn send_once_more_if_safe<'r>(
+        &mut self,
+        io: &'r RouteIo,
+        user: Option<u64>,
+        req: Req,
+        at: &mut Attempt<'r>,
+        resp: &mut ResponseHead,
+    ) -> Result<(), UpstreamFailure> {
+        let framing = (req.is_head, req.upgrade);
+        let first = send_and_read(&mut at.conn, &self.out, resp, io, framing).await;
+        let Err(f) = &first else { return first };
+        let repeatable = f.nothing_received && req.retryable;
+        if !repeatable || !(at.conn.reused || io.pool.members.len() > 1) {
+            return first;
+        }
+        log::debug!(
+            "route {}: {} closed the connection before answering; retrying once",
+            io.route.name,
+            io.pool.members[at.server].upstream.label
+        );
+        if at.conn.reused {
+            at.tried &= !(1 << at.server);
+        }
+        let Some(next) = io.pool.pick(user, at.tried) else {
+            return first;
+        };
+        let (server, conn) = self
+            .connect_any(io, next, user, &mut at.tried, true)
+            .await?;
+        (at.server, at.conn) = (server, conn);
+        at.in_flight = io.pool.begin(server);
+        send_and_read(&mut at.conn, &self.out, resp, io, framing).await
     }
 
     /// Streams a body that did not fit in the first write, while watching for the response (an upstream
@@ -314,172 +294,6 @@ impl<S: ClientStream> Client<'_, S> {
             ),
             (Err(f), _) => Err(Stop::Upstream(f)),
         }
-    }
-
-    /// Relays the response whose head is in `resp` (bytes at the front of `conn.buf`) and its body.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_response(
-        &mut self,
-        mut conn: Conn,
-        up: &Arc<Upstream>,
-        io: &RouteIo,
-        resp: &ResponseHead,
-        req: Req,
-        body_sent: bool,
-        facts: &mut Facts,
-    ) -> bool {
-        // Re-frame for the client: chunked passes on as chunked to HTTP/1.1 clients (re-encoded), is
-        // decoded for HTTP/1.0 ones, whose connection then ends the body.
-        let chunked_out = resp.framing == Framing::Chunked && req.client_minor >= 1;
-        let keep_client = req.client_keep_alive
-            && body_sent
-            && matches!(
-                resp.framing,
-                Framing::None | Framing::Length(_) | Framing::Chunked
-            )
-            && (resp.framing != Framing::Chunked || chunked_out)
-            && !self.engine.is_draining();
-        self.out.clear();
-        write_response_head(
-            &mut self.out,
-            resp,
-            conn.buf.filled(),
-            (chunked_out, keep_client, req.client_minor),
-            facts.rate_limit.as_ref(),
-            (self.request_id.as_bytes(), false),
-        );
-        conn.buf.consume(resp.len);
-        facts.status = resp.status;
-        let mut sent_body = 0u64;
-        let read_timeout = io.timeouts.read;
-        let mut complete = true;
-        let mut error: Option<UpstreamFailure> = None;
-        match resp.framing {
-            Framing::None => {
-                if self.write_out().await.is_err() {
-                    complete = false;
-                }
-            }
-            Framing::Length(n) => {
-                let mut left = n;
-                loop {
-                    let take = (conn.buf.len() as u64).min(left) as usize;
-                    self.out.extend_from_slice(&conn.buf.filled()[..take]);
-                    conn.buf.consume(take);
-                    left -= take as u64;
-                    sent_body += take as u64;
-                    if self.write_out().await.is_err() {
-                        complete = false;
-                        break;
-                    }
-                    self.out.clear();
-                    if left == 0 {
-                        break;
-                    }
-                    if let Err(f) = fill(&mut conn, read_timeout).await {
-                        error = Some(f);
-                        complete = false;
-                        break;
-                    }
-                }
-            }
-            Framing::Chunked => {
-                let mut dec = ChunkedDecoder::default();
-                loop {
-                    let mut end = false;
-                    while !conn.buf.is_empty() && !end {
-                        let step = dec.decode(conn.buf.filled());
-                        match step {
-                            Ok((n, c)) => {
-                                match &c {
-                                    Chunk::Data(r) => {
-                                        let data = &conn.buf.filled()[r.clone()];
-                                        sent_body += data.len() as u64;
-                                        if chunked_out {
-                                            http1::encode_chunk(&mut self.out, data);
-                                        } else {
-                                            self.out.extend_from_slice(data);
-                                        }
-                                    }
-                                    Chunk::End => end = true,
-                                    Chunk::More => {}
-                                }
-                                conn.buf.consume(n);
-                            }
-                            Err(e) => {
-                                error = Some(UpstreamFailure::new(
-                                    UpstreamError::Other,
-                                    format!("chunked body: {e:?}"),
-                                ));
-                                break;
-                            }
-                        }
-                    }
-                    if error.is_some() {
-                        complete = false;
-                        break;
-                    }
-                    if end && chunked_out {
-                        self.out.extend_from_slice(http1::LAST_CHUNK);
-                    }
-                    if !self.out.is_empty() && self.write_out().await.is_err() {
-                        complete = false;
-                        break;
-                    }
-                    self.out.clear();
-                    if end {
-                        break;
-                    }
-                    if let Err(f) = fill(&mut conn, read_timeout).await {
-                        error = Some(f);
-                        complete = false;
-                        break;
-                    }
-                }
-            }
-            Framing::Close => loop {
-                self.out.extend_from_slice(conn.buf.filled());
-                let had = conn.buf.len();
-                conn.buf.consume(had);
-                sent_body += had as u64;
-                if self.write_out().await.is_err() {
-                    complete = false;
-                    break;
-                }
-                self.out.clear();
-                match fill(&mut conn, read_timeout).await {
-                    Ok(()) => {}
-                    Err(f) if f.nothing_received => break, // the end of the body
-                    Err(f) => {
-                        error = Some(f);
-                        complete = false;
-                        break;
-                    }
-                }
-            },
-        }
-        facts.bytes_out = sent_body;
-        if let Some(f) = error {
-            log::warn!(
-                "route {}: upstream failed during the response body: {} ({})",
-                io.route.name,
-                f.kind.as_str(),
-                f.detail
-            );
-            io.metrics.upstream_error(f.kind);
-        }
-        // Bytes beyond the response (an upstream that sent more than it framed) make the connection unusable.
-        if complete
-            && body_sent
-            && resp.keep_alive
-            && resp.framing != Framing::Close
-            && conn.buf.is_empty()
-        {
-            // Back to the server's queue at once, for whichever client connection asks next: a client
-            // between requests holds no upstream connection (see `upstream`).
-            up.put_idle(conn);
-        }
-        complete && keep_client
     }
 
     /// Answers a request the upstream could not take or answer: 502/504, unless the client is gone.
@@ -638,6 +452,15 @@ impl<S: ClientStream> Client<'_, S> {
     }
 }
 
+/// The upstream connection a request is on: its server, the connection, the server's in-flight
+/// count, and the servers tried so far (a bit each).
+struct Attempt<'a> {
+    server: usize,
+    conn: Conn,
+    in_flight: InFlight<'a>,
+    tried: u64,
+}
+
 /// Why forwarding stopped before a response head arrived.
 enum Stop {
     Upstream(UpstreamFailure),
@@ -738,33 +561,5 @@ async fn read_response_head<R: AsyncRead + Unpin>(
                 return Err(f);
             }
         }
-    }
-}
-
-/// Reads more of a response body into the connection's buffer. A clean close is reported with
-/// `nothing_received` set (the end of a close-delimited body).
-async fn fill(conn: &mut Conn, read_timeout: Duration) -> Result<(), UpstreamFailure> {
-    conn.buf.reserve_body();
-    match timed(|| read_timeout, conn.stream.read(conn.buf.spare())).await {
-        Ok(Ok(0)) => {
-            let mut f = UpstreamFailure::new(
-                UpstreamError::Reset,
-                "closed before the end of the response body",
-            );
-            f.nothing_received = true;
-            Err(f)
-        }
-        Ok(Ok(n)) => {
-            conn.buf.filled_by(n);
-            Ok(())
-        }
-        Ok(Err(e)) => Err(UpstreamFailure::new(
-            UpstreamError::Reset,
-            format!("read: {e}"),
-        )),
-        Err(_) => Err(UpstreamFailure::new(
-            UpstreamError::ReadTimeout,
-            "response body stalled past read_timeout",
-        )),
     }
 }

@@ -6,7 +6,10 @@
 //! - [`Engine`] (this file): the pingora `ServerApp` — per connection, the connection limit, then the loop.
 //! - [`addresses`]: connections open per client address (`max_connections_per_address`).
 //! - [`connection`]: the per-connection loop — heads, timeouts, the decision, refusals, metrics, log.
+//! - [`failure`]: how talking to an upstream failed (502/504, metrics, retries).
 //! - [`forward`]: sending an allowed request upstream, streaming bodies both ways, relaying the answer.
+//! - [`relay`]: an upstream response relayed to the client, its state explicit (framing, keep-alive,
+//!   how it ended, whether the upstream connection is reused).
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
 //! - [`tunnel`]: WebSocket tunnels after a 101 that completes the handshake, re-checked every tick
 //!   ([`crate::gateway::Gate::recheck`]), relayed without a write ever holding the check up.
@@ -32,12 +35,14 @@
 pub mod addresses;
 pub mod body;
 pub mod connection;
+pub mod failure;
 pub mod forward;
 pub mod handshake;
 pub mod health;
 pub mod http1;
 pub mod names;
 pub mod pool;
+pub mod relay;
 pub mod request_id;
 pub mod rewrite;
 pub mod timed;
@@ -253,7 +258,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 }

@@ -262,13 +262,34 @@ fn write_scopes(
     (Some(scopes), Some(roles))
 }
 
+/// How a response goes out to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientFraming {
+    /// A chunked response passes on chunked (re-encoded) to an HTTP/1.1 client; an HTTP/1.0 client gets
+    /// it decoded, and the end of its connection ends the body.
+    pub chunked: bool,
+    /// The client connection may carry another request after this answer.
+    pub keep_alive: bool,
+    /// The client's HTTP minor version (1.0 needs `Connection: keep-alive` spelled out).
+    pub minor: u8,
+}
+
+impl ClientFraming {
+    /// The head of a `101 Switching Protocols` that opens a tunnel: no framing of its own.
+    pub const TUNNEL: ClientFraming = ClientFraming {
+        chunked: false,
+        keep_alive: true,
+        minor: 1,
+    };
+}
+
 /// Writes the response head for the client: the upstream's status and fields less hop-by-hop ones, then
 /// the gateway's own framing and connection fields.
 pub fn write_response_head(
     out: &mut Vec<u8>,
     resp: &ResponseHead,
     bytes: &[u8],
-    (chunked_out, keep_client, client_minor): (bool, bool, u8),
+    client: ClientFraming,
     rate_limit: Option<&RateLimitField>,
     (request_id, upgrade): (&[u8], bool),
 ) {
@@ -317,12 +338,14 @@ pub fn write_response_head(
             http1::push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked if chunked_out => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Chunked if client.chunked => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+        }
         _ => {}
     }
-    if !keep_client {
+    if !client.keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
-    } else if client_minor == 0 {
+    } else if client.minor == 0 {
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");

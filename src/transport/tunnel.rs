@@ -18,7 +18,7 @@
 
 use super::connection::{Client, ClientStream, Facts};
 use super::http1::{Buffer, ResponseHead};
-use super::rewrite::write_response_head;
+use super::rewrite::{write_response_head, ClientFraming};
 use super::upstream::Conn;
 use super::{Engine, RouteIo};
 use crate::gateway::{Admitted, Lapse};
@@ -242,7 +242,7 @@ impl<S: ClientStream> Client<'_, S> {
             &mut self.out,
             resp,
             conn.buf.filled(),
-            (false, true, 1),
+            ClientFraming::TUNNEL,
             None,
             (self.request_id.as_bytes(), true),
         );
