@@ -144,6 +144,14 @@ pub enum TokenCommand {
     },
     /// Revoke a token at once (running gateways honour it within their sync interval).
     Revoke { id: i64 },
+    /// Report leaked tokens (a JSON array of {token, type, url, source}, as GitHub sends; `-`: stdin):
+    /// ours are revoked (or only recorded with [leaks] action = "report"), as by the partner endpoint.
+    Leaked {
+        #[arg(long)]
+        from_file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Give a token a new secret; with --grace the old one keeps working that long.
     Rotate {
         id: i64,
@@ -212,6 +220,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 command,
                 TokenCommand::List { .. } | TokenCommand::Show { .. }
             );
+            if let TokenCommand::Leaked { from_file, json } = &command {
+                let feedback = crate::ops::leaks::from_file::take_file(&config, from_file)?;
+                print_leak_feedback(&feedback, *json);
+                wait_for_gateways(&store);
+                return Ok(());
+            }
             token_command(&mut store, &config.roles, command)?;
             if changes {
                 wait_for_gateways(&store);
@@ -235,6 +249,17 @@ fn warnings(config: &Config, location: Option<&Location>) -> Vec<String> {
         out.push(format!("{from}: {w}"));
     }
     out
+}
+
+/// The feedback of `token leaked`: per match its SHA-256 and label (never the token).
+fn print_leak_feedback(feedback: &[crate::ops::leaks::Feedback], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(feedback).expect("json"));
+        return;
+    }
+    for f in feedback {
+        println!("{}  {}  {}", f.token_hash, f.label, f.token_type);
+    }
 }
 
 /// After a change on SQLite: waits (at most a second) until every gateway running on this host has
@@ -446,6 +471,8 @@ fn token_command(
             }
             Ok(())
         }
+        // Needs the configuration as well as the store: taken in `run` before this.
+        TokenCommand::Leaked { .. } => anyhow::bail!("token leaked is taken with the configuration"),
         TokenCommand::Revoke { id } => {
             let (record, changed) = store.revoke(id, CLI_ACTOR)?;
             if changed {

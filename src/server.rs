@@ -312,6 +312,14 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let (access_log, log_writer) =
         AccessLog::start(&cfg.log, state.metrics.access_log_dropped.clone())
             .context("opening the access log")?;
+    // `[leaks]`: the secret-scanning endpoint on the listeners, `POST /api/leaks`, owner notifications.
+    let leaks = crate::ops::leaks::start(
+        cfg.leaks.as_ref(),
+        state.index.clone(),
+        state.location.clone(),
+        &state.metrics.registry,
+        stop.clone(),
+    )?;
     let engine = Engine {
         gate: Gate {
             index: state.index.clone(),
@@ -343,6 +351,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         connections_refused: ["plain", "tls"]
             .map(|l| state.metrics.connections_refused.with_label_values(&[l])),
         draining,
+        door: leaks.door.clone(),
     };
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
@@ -366,6 +375,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         state.location.clone(),
     )
     .with_routes(state.table.clone())
+    .with_leaks(leaks.taker.clone())
     .with_access(cfg.admin.clone())
     .with_throttle(Throttle::new(
         cfg.throttle.max_failures,
