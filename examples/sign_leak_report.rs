@@ -31,13 +31,13 @@ const SPKI_PREFIX: [u8; 26] = [
 ];
 
 #[derive(Parser)]
-struct Args {
+pub struct Args {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Makes a key pair (PKCS#8, mode 0600) and the key document for `public_keys_file`.
     Keygen {
         #[arg(long)]
@@ -71,7 +71,8 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Runs one command; `send` succeeds only on a 200.
+pub fn run(args: Args) -> Result<(), String> {
     match args.command {
         Command::Keygen {
             key,

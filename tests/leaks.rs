@@ -395,55 +395,44 @@ fn the_endpoint_answers_on_the_tls_listener_too() {
     assert_eq!(r.status, 401, "{r}");
 }
 
-/// The example an operator uses to test the endpoint end to end (`examples/sign_leak_report.rs`).
-fn example_binary() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin = root.join("target/debug/examples/sign_leak_report");
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "sign_leak_report"])
-        .current_dir(root)
-        .output()
-        .expect("cargo build --example");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bin
+/// The example an operator uses to test the endpoint end to end (`examples/sign_leak_report.rs`),
+/// compiled in: the test runs the example's own code.
+#[allow(dead_code)]
+#[path = "../examples/sign_leak_report.rs"]
+mod example_signer;
+
+/// The webhook verifier of `examples/verify_leak_hook.rs`, compiled in.
+#[allow(dead_code)]
+#[path = "../examples/verify_leak_hook.rs"]
+mod example_hook;
+
+fn run_example(args: &[&str]) -> Result<(), String> {
+    use clap::Parser;
+    let mut argv = vec!["sign_leak_report"];
+    argv.extend_from_slice(args);
+    example_signer::run(example_signer::Args::parse_from(argv))
 }
 
 #[test]
 fn the_signing_example_revokes_a_token_end_to_end() {
-    let bin = example_binary();
     let up = Upstream::start("api");
     let b = with_leaks(GatewayBuilder::new().route("api", "/api", up.addr()), &[]);
     let mut gw = b.build();
     let key = gw.dir().join("leak-test.p8");
-    let out = std::process::Command::new(&bin)
-        .arg("keygen")
-        .arg("--key")
-        .arg(&key)
-        .arg("--document")
-        .arg(gw.dir().join(KEYS_FILE))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let (key_s, doc) = (
+        key.to_str().unwrap().to_owned(),
+        gw.dir().join(KEYS_FILE).to_str().unwrap().to_owned(),
+    );
+    run_example(&["keygen", "--key", &key_s, "--document", &doc]).unwrap();
     gw.start();
     let (id, token) = gw.create_token("alice", "hive-7");
     gw.wait_status("/api/x", &token, 200);
-    let out = std::process::Command::new(&bin)
-        .arg("send")
-        .arg("--key")
-        .arg(&key)
-        .arg("--url")
-        .arg(format!("http://{}{PATH}", gw.addr()))
-        .arg(&token)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(answer[0]["label"], "true_positive");
-    assert_eq!(answer[0]["token_hash"], sha256_hex(token.as_bytes()));
+    let url = format!("http://{}{PATH}", gw.addr());
+    // Another key id than the document's: refused, nothing revoked.
+    let err = run_example(&["send", "--key", &key_s, "--url", &url, "--key-id", "nope", &token]);
+    assert!(err.unwrap_err().contains("401"));
+    assert_eq!(status_of(&gw, id), "active");
+    run_example(&["send", "--key", &key_s, "--url", &url, &token]).unwrap();
     assert_eq!(status_of(&gw, id), "revoked");
     assert_eq!(gw.get_with_token("/api/x", &token).status, 401);
 }
@@ -566,6 +555,13 @@ fn the_owner_is_notified_once_through_a_hook_that_was_down_across_a_restart() {
     assert!(hook.attempts() >= 2, "the 500 was not retried");
     let (field, json) = &delivered[0];
     assert!(hook_signature_ok(secret.as_bytes(), field, json), "{field}");
+    assert_eq!(
+        example_hook::verify(secret.as_bytes(), Some(field), json.as_bytes(), 300),
+        Ok(())
+    );
+    let tampered = json.replace("alice", "mallory");
+    assert!(example_hook::verify(secret.as_bytes(), Some(field), tampered.as_bytes(), 300).is_err());
+    assert!(example_hook::verify(b"another-key-of-enough-length", Some(field), json.as_bytes(), 300).is_err());
     let v: Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["event"], "token_leaked");
     assert_eq!(v["token_id"], id);
