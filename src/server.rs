@@ -165,6 +165,7 @@ pub fn reload(
             "gateway.work_stealing",
             new.gateway.work_stealing != current.gateway.work_stealing,
         ),
+        ("leaks", new.leaks != current.leaks),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))

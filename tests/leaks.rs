@@ -681,3 +681,84 @@ fn operators_report_leaks_through_the_admin_api_and_the_cli_and_list_them() {
     );
     assert_eq!(r.json().as_array().unwrap().len(), 1);
 }
+
+/// A loopback mirror of the key document: serves whatever `doc` holds, counts the fetches.
+fn key_mirror(
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = fetches.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = doc.lock().unwrap().clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, fetches)
+}
+
+#[test]
+fn keys_from_a_url_are_fetched_again_for_a_new_key_id_at_most_once_a_minute() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = Upstream::start("api");
+    let (old, new, mallory) = (Signer::new("key-1"), Signer::new("key-2"), Signer::new("key-3"));
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(document(&[&old])));
+    let (mirror, fetches) = key_mirror(doc.clone());
+    let gw = GatewayBuilder::new()
+        .route("api", "/api", up.addr())
+        .section("leaks", "public_keys_url", &format!("\"http://{mirror}/keys\""))
+        .start();
+    assert_eq!(fetches.load(SeqCst), 1, "read once at start");
+    let (id, token) = gw.create_token("alice", "hive-7");
+    let (id2, token2) = gw.create_token("bob", "hive-8");
+    gw.wait_status("/api/x", &token2, 200);
+    // GitHub rotates: the mirror now has key-2 too, and a report comes signed with it.
+    *doc.lock().unwrap() = document(&[&new, &old]);
+    let r = send_signed(gw.addr(), &new, &body_of(&[report_match(&token)]));
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(fetches.load(SeqCst), 2);
+    assert_eq!(status_of(&gw, id), "revoked");
+    // Made-up key ids: 401, and no more fetches within the minute.
+    for _ in 0..5 {
+        let r = send_signed(gw.addr(), &mallory, &body_of(&[report_match(&token2)]));
+        assert_eq!(r.status, 401, "{r}");
+    }
+    assert_eq!(fetches.load(SeqCst), 2);
+    assert_eq!(status_of(&gw, id2), "active");
+}
+
+#[test]
+fn a_missing_or_bad_key_document_stops_the_start_naming_the_key() {
+    let up = Upstream::start("api");
+    let mut gw = with_leaks(GatewayBuilder::new().route("api", "/api", up.addr()), &[]).build();
+    // No document at all.
+    gw.spawn();
+    let status = gw.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let logs = gw.logs();
+    assert!(logs.contains("leaks.public_keys_file"), "{logs}");
+    // A document with a key that is not P-256.
+    std::fs::write(
+        gw.dir().join(KEYS_FILE),
+        r#"{"public_keys":[{"key_identifier":"x","key":"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----","is_current":true}]}"#,
+    )
+    .unwrap();
+    gw.spawn();
+    let status = gw.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(gw.logs().contains("not an ECDSA P-256 public key"), "{}", gw.logs());
+}

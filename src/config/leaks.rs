@@ -213,4 +213,35 @@ mod tests {
         assert!(check_fetch_url("http://127.0.0.1.evil.com/keys").is_err());
         assert!(check_fetch_url("ftp://x").is_err());
     }
+
+    fn parse(leaks: &str) -> Result<super::super::Config, ConfigError> {
+        let text = format!(
+            "[gateway]\nlisten = \"127.0.0.1:8080\"\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"127.0.0.1:9\"\n[leaks]\n{leaks}\n"
+        );
+        super::super::Config::parse(&text, std::path::Path::new("/etc/tg/tokengate.toml"))
+    }
+
+    #[test]
+    fn the_table_is_validated_naming_the_key() {
+        let c = parse("public_keys_file = \"keys.json\"").unwrap();
+        let l = c.leaks.unwrap();
+        assert_eq!(l.listen_path, DEFAULT_LISTEN_PATH);
+        assert_eq!(l.keys, KeySource::File("/etc/tg/keys.json".into()));
+        assert_eq!(l.action, LeakAction::Revoke);
+        for (toml, key) in [
+            ("", "leaks.public_keys_file"),
+            ("public_keys_file = \"k\"\npublic_keys_url = \"https://x\"", "leaks.public_keys_url"),
+            ("public_keys_url = \"http://example.com/k\"", "leaks.public_keys_url"),
+            ("public_keys_file = \"k\"\naction = \"delete\"", "leaks.action"),
+            ("public_keys_file = \"k\"\nlisten_path = \"/\"", "leaks.listen_path"),
+            ("public_keys_file = \"k\"\nnotify_url = \"https://hooks\"", "leaks.notify_secret_file"),
+            ("public_keys_file = \"k\"\nnotify_secret_file = \"s\"", "leaks.notify_url"),
+            ("public_keys_file = \"k\"\nnotify_url = \"ftp://x\"\nnotify_secret_file = \"s\"", "leaks.notify_url"),
+            ("public_keys_file = \"k\"\nwhat = 1", "leaks.what"),
+        ] {
+            let e = parse(toml).unwrap_err();
+            assert!(e.key.starts_with(key), "{toml}: {e}");
+            assert_eq!(e.file, "/etc/tg/tokengate.toml");
+        }
+    }
 }

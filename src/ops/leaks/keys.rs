@@ -1,8 +1,8 @@
 //! Where the partner's keys come from and when they are read again: a key document on disk
 //! (`public_keys_file`) or at a URL (`public_keys_url`), read at start (a document that cannot be read
 //! stops the start, naming the key) and again when a report names a key identifier the document does not
-//! have — at most once a minute, so that unsigned callers naming made-up identifiers cannot make the
-//! gateway fetch or read on their behalf more often than that.
+//! have (the partner rotated its keys) — the first time at once, then at most once a minute, so that
+//! callers naming made-up identifiers cannot make the gateway fetch or read on their behalf more often.
 
 use super::client::{self, Url};
 use super::signature::KeySet;
@@ -18,7 +18,8 @@ const MAX_DOCUMENT: usize = 256 * 1024;
 /// The current key set and its source.
 pub struct KeyRing {
     source: KeySource,
-    state: Mutex<(Arc<KeySet>, Instant)>,
+    /// The keys in force and when the document was last read again (`None`: not since start).
+    state: Mutex<(Arc<KeySet>, Option<Instant>)>,
 }
 
 impl KeyRing {
@@ -27,7 +28,7 @@ impl KeyRing {
         let keys = read(&source)?;
         Ok(KeyRing {
             source,
-            state: Mutex::new((Arc::new(keys), Instant::now())),
+            state: Mutex::new((Arc::new(keys), None)),
         })
     }
 
@@ -36,14 +37,14 @@ impl KeyRing {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
-    /// Reads the document again unless that was done less than [`REFRESH_EVERY`] ago; returns the key
+    /// Reads the document again unless that was done (after start) less than [`REFRESH_EVERY`] ago; returns the key
     /// set in force afterwards. A failed read keeps the keys there were. Blocking (file or network).
     pub fn refresh(&self) -> Arc<KeySet> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.1.elapsed() < REFRESH_EVERY {
+        if state.1.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
             return state.0.clone();
         }
-        state.1 = Instant::now();
+        state.1 = Some(Instant::now());
         match read(&self.source) {
             Ok(keys) => {
                 log::info!(
