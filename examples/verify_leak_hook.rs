@@ -38,12 +38,19 @@ pub struct Args {
 }
 
 /// Verifies one delivery; returns why it was refused.
-pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], max_skew: u64) -> Result<(), &'static str> {
+pub fn verify(
+    secret: &[u8],
+    header: Option<&str>,
+    body: &[u8],
+    max_skew: u64,
+) -> Result<(), &'static str> {
     let header = header.ok_or("no x-tokengate-signature header")?;
     let (mut t, mut v1) = (None, None);
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) if t.is_none() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(("t", v))
+                if t.is_none() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 t = Some(v)
             }
             Some(("v1", v)) if v1.is_none() => v1 = Some(v),
@@ -52,7 +59,10 @@ pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], max_skew: u64) -
         }
     }
     let (t, v1) = t.zip(v1).ok_or("malformed signature header")?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     if now.abs_diff(t.parse::<u64>().map_err(|_| "bad timestamp")?) > max_skew {
         return Err("signature timestamp out of range");
     }
@@ -60,8 +70,16 @@ pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], max_skew: u64) -
     mac.update(t.as_bytes());
     mac.update(b".");
     mac.update(body);
-    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    if bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), v1.as_bytes())) {
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(
+        expected.as_bytes(),
+        v1.as_bytes(),
+    )) {
         Ok(())
     } else {
         Err("signature does not match")

@@ -472,7 +472,9 @@ fn token_command(
             Ok(())
         }
         // Needs the configuration as well as the store: taken in `run` before this.
-        TokenCommand::Leaked { .. } => anyhow::bail!("token leaked is taken with the configuration"),
+        TokenCommand::Leaked { .. } => {
+            anyhow::bail!("token leaked is taken with the configuration")
+        }
         TokenCommand::Revoke { id } => {
             let (record, changed) = store.revoke(id, CLI_ACTOR)?;
             if changed {

@@ -66,7 +66,10 @@ fn a_signed_report_revokes_the_token_everywhere_and_answers_with_feedback() {
     assert_eq!(r.status, 401, "{r}");
     assert_eq!(r.json()["error"], "invalid_token");
     assert!(
-        r.json()["detail"].as_str().unwrap().contains("revoked: reported leaked"),
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("revoked: reported leaked"),
         "{r}"
     );
     assert_eq!(status_of(&gw, id), "revoked");
@@ -386,7 +389,11 @@ fn the_endpoint_answers_on_the_tls_listener_too() {
     let body = body_of(&[report_match(&token)]);
     let mut conn = gw.tls_conn(&tls::ClientOptions::default());
     let r = conn
-        .roundtrip(&report_request(&body, Some("key-1"), Some(&github.sign(&body))))
+        .roundtrip(&report_request(
+            &body,
+            Some("key-1"),
+            Some(&github.sign(&body)),
+        ))
         .unwrap();
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(r.json()[0]["label"], "true_positive");
@@ -429,7 +436,9 @@ fn the_signing_example_revokes_a_token_end_to_end() {
     gw.wait_status("/api/x", &token, 200);
     let url = format!("http://{}{PATH}", gw.addr());
     // Another key id than the document's: refused, nothing revoked.
-    let err = run_example(&["send", "--key", &key_s, "--url", &url, "--key-id", "nope", &token]);
+    let err = run_example(&[
+        "send", "--key", &key_s, "--url", &url, "--key-id", "nope", &token,
+    ]);
     assert!(err.unwrap_err().contains("401"));
     assert_eq!(status_of(&gw, id), "active");
     run_example(&["send", "--key", &key_s, "--url", &url, &token]).unwrap();
@@ -522,7 +531,10 @@ fn the_owner_is_notified_once_through_a_hook_that_was_down_across_a_restart() {
     let b = with_leaks(
         GatewayBuilder::new().route("api", "/api", up.addr()),
         &[
-            ("notify_url", &format!("\"http://127.0.0.1:{port}/hooks/token-leaked\"")),
+            (
+                "notify_url",
+                &format!("\"http://127.0.0.1:{port}/hooks/token-leaked\""),
+            ),
             ("notify_secret_file", "\"hook.key\""),
         ],
     );
@@ -538,10 +550,7 @@ fn the_owner_is_notified_once_through_a_hook_that_was_down_across_a_restart() {
     assert_eq!(send_signed(gw.addr(), &github, &body).status, 200);
     // The hook is down (connection refused) for the first attempt, then answers 500 once.
     std::thread::sleep(Duration::from_secs(2));
-    let hook = Hook::start(
-        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(),
-        1,
-    );
+    let hook = Hook::start(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), 1);
     // The gateway restarts meanwhile: the queue is in the store.
     gw.sigterm();
     gw.wait_exit(Duration::from_secs(10));
@@ -560,8 +569,16 @@ fn the_owner_is_notified_once_through_a_hook_that_was_down_across_a_restart() {
         Ok(())
     );
     let tampered = json.replace("alice", "mallory");
-    assert!(example_hook::verify(secret.as_bytes(), Some(field), tampered.as_bytes(), 300).is_err());
-    assert!(example_hook::verify(b"another-key-of-enough-length", Some(field), json.as_bytes(), 300).is_err());
+    assert!(
+        example_hook::verify(secret.as_bytes(), Some(field), tampered.as_bytes(), 300).is_err()
+    );
+    assert!(example_hook::verify(
+        b"another-key-of-enough-length",
+        Some(field),
+        json.as_bytes(),
+        300
+    )
+    .is_err());
     let v: Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["event"], "token_leaked");
     assert_eq!(v["token_id"], id);
@@ -620,7 +637,10 @@ fn operators_report_leaks_through_the_admin_api_and_the_cli_and_list_them() {
         .into_iter()
         .filter(|e| e["event"] == "revoked")
         .collect();
-    assert!(revoked[0]["actor"].as_str().unwrap().starts_with("leak:admin:"));
+    assert!(revoked[0]["actor"]
+        .as_str()
+        .unwrap()
+        .starts_with("leak:admin:"));
 
     // The CLI, from a file.
     let file = gw.dir().join("found.json");
@@ -685,7 +705,10 @@ fn operators_report_leaks_through_the_admin_api_and_the_cli_and_list_them() {
 /// A loopback mirror of the key document: serves whatever `doc` holds, counts the fetches.
 fn key_mirror(
     doc: std::sync::Arc<std::sync::Mutex<String>>,
-) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -715,12 +738,20 @@ fn key_mirror(
 fn keys_from_a_url_are_fetched_again_for_a_new_key_id_at_most_once_a_minute() {
     use std::sync::atomic::Ordering::SeqCst;
     let up = Upstream::start("api");
-    let (old, new, mallory) = (Signer::new("key-1"), Signer::new("key-2"), Signer::new("key-3"));
+    let (old, new, mallory) = (
+        Signer::new("key-1"),
+        Signer::new("key-2"),
+        Signer::new("key-3"),
+    );
     let doc = std::sync::Arc::new(std::sync::Mutex::new(document(&[&old])));
     let (mirror, fetches) = key_mirror(doc.clone());
     let gw = GatewayBuilder::new()
         .route("api", "/api", up.addr())
-        .section("leaks", "public_keys_url", &format!("\"http://{mirror}/keys\""))
+        .section(
+            "leaks",
+            "public_keys_url",
+            &format!("\"http://{mirror}/keys\""),
+        )
         .start();
     assert_eq!(fetches.load(SeqCst), 1, "read once at start");
     let (id, token) = gw.create_token("alice", "hive-7");
@@ -760,5 +791,79 @@ fn a_missing_or_bad_key_document_stops_the_start_naming_the_key() {
     gw.spawn();
     let status = gw.wait_exit(Duration::from_secs(20));
     assert!(!status.success());
-    assert!(gw.logs().contains("not an ECDSA P-256 public key"), "{}", gw.logs());
+    assert!(
+        gw.logs().contains("not an ECDSA P-256 public key"),
+        "{}",
+        gw.logs()
+    );
+}
+
+#[test]
+fn on_postgresql_a_fleet_refuses_the_leaked_token_and_notifies_once() {
+    let Some(admin) = common::pg::admin_url() else {
+        return;
+    };
+    let db = common::pg::fresh_database(&admin);
+    let up = Upstream::start("api");
+    let github = Signer::new("key-1");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    let hook = Hook::start(listener, 0);
+    let secret = "a-long-random-hook-key-for-tests";
+    let node = || {
+        let b = with_leaks(
+            GatewayBuilder::new()
+                .store_url(db.url())
+                .route("api", "/api", up.addr()),
+            &[
+                ("notify_url", &format!("\"http://{hook_addr}/hook\"")),
+                ("notify_secret_file", "\"hook.key\""),
+            ],
+        );
+        let mut gw = b.build();
+        std::fs::write(gw.dir().join("hook.key"), secret).unwrap();
+        std::fs::write(gw.dir().join(KEYS_FILE), document(&[&github])).unwrap();
+        gw.start();
+        gw
+    };
+    let (a, b) = (node(), node());
+    let (_, admin_token) = a.create_token_with("ops", "console", &["--scope", "admin"]);
+    let (id, token) = a.create_token("alice", "hive-7");
+    a.wait_status("/api/x", &token, 200);
+    b.wait_status("/api/x", &token, 200);
+    let body = body_of(&[report_match(&token)]);
+    let r = send_signed(a.addr(), &github, &body);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json()[0]["label"], "true_positive");
+    // The other node refuses it within its sync bound, with the reason.
+    let r = b.wait_status("/api/x", &token, 401);
+    assert!(r.text().contains("revoked: reported leaked"), "{r}");
+    // Reported again at the other node: nothing more.
+    assert_eq!(send_signed(b.addr(), &github, &body).status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hook.delivered().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let delivered = hook.delivered();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert!(hook_signature_ok(
+        secret.as_bytes(),
+        &delivered[0].0,
+        &delivered[0].1
+    ));
+    let r = raw_http(
+        b.admin_addr(),
+        &build_request(
+            "GET",
+            "/api/leaks",
+            &[("Authorization", &bearer(&admin_token))],
+            b"",
+        ),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let list = r.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["token_id"], id);
+    assert_eq!(list[0]["action"], "revoked");
 }

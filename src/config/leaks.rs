@@ -230,13 +230,34 @@ mod tests {
         assert_eq!(l.action, LeakAction::Revoke);
         for (toml, key) in [
             ("", "leaks.public_keys_file"),
-            ("public_keys_file = \"k\"\npublic_keys_url = \"https://x\"", "leaks.public_keys_url"),
-            ("public_keys_url = \"http://example.com/k\"", "leaks.public_keys_url"),
-            ("public_keys_file = \"k\"\naction = \"delete\"", "leaks.action"),
-            ("public_keys_file = \"k\"\nlisten_path = \"/\"", "leaks.listen_path"),
-            ("public_keys_file = \"k\"\nnotify_url = \"https://hooks\"", "leaks.notify_secret_file"),
-            ("public_keys_file = \"k\"\nnotify_secret_file = \"s\"", "leaks.notify_url"),
-            ("public_keys_file = \"k\"\nnotify_url = \"ftp://x\"\nnotify_secret_file = \"s\"", "leaks.notify_url"),
+            (
+                "public_keys_file = \"k\"\npublic_keys_url = \"https://x\"",
+                "leaks.public_keys_url",
+            ),
+            (
+                "public_keys_url = \"http://example.com/k\"",
+                "leaks.public_keys_url",
+            ),
+            (
+                "public_keys_file = \"k\"\naction = \"delete\"",
+                "leaks.action",
+            ),
+            (
+                "public_keys_file = \"k\"\nlisten_path = \"/\"",
+                "leaks.listen_path",
+            ),
+            (
+                "public_keys_file = \"k\"\nnotify_url = \"https://hooks\"",
+                "leaks.notify_secret_file",
+            ),
+            (
+                "public_keys_file = \"k\"\nnotify_secret_file = \"s\"",
+                "leaks.notify_url",
+            ),
+            (
+                "public_keys_file = \"k\"\nnotify_url = \"ftp://x\"\nnotify_secret_file = \"s\"",
+                "leaks.notify_url",
+            ),
             ("public_keys_file = \"k\"\nwhat = 1", "leaks.what"),
         ] {
             let e = parse(toml).unwrap_err();

@@ -78,29 +78,24 @@ impl<S: ClientStream> Client<'_, S> {
         let method = self.head.method.get(head_bytes);
         let is_head = method == b"HEAD";
         if method != b"POST" {
-            let mut r = Refusal::new(
-                405,
-                "method_not_allowed",
-                "this endpoint takes POST only",
-            );
+            let mut r = Refusal::new(405, "method_not_allowed", "this endpoint takes POST only");
             r.headers.push(("allow", "POST".into()));
             return Some(self.door_refuse(facts, r, is_head).await);
         }
-        let fields = door
-            .fields()
-            .iter()
-            .map(|name| {
-                let mut found = self
-                    .head
-                    .fields
-                    .iter()
-                    .filter(|f| f.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()));
-                match (found.next(), found.next()) {
-                    (Some(f), None) => Some(f.value.get(head_bytes).to_vec()),
-                    _ => None,
-                }
-            })
-            .collect();
+        let fields =
+            door.fields()
+                .iter()
+                .map(|name| {
+                    let mut found =
+                        self.head.fields.iter().filter(|f| {
+                            f.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes())
+                        });
+                    match (found.next(), found.next()) {
+                        (Some(f), None) => Some(f.value.get(head_bytes).to_vec()),
+                        _ => None,
+                    }
+                })
+                .collect();
         let mut req = DoorRequest {
             fields,
             body: Vec::new(),
@@ -147,8 +142,9 @@ impl<S: ClientStream> Client<'_, S> {
                 }
                 Ok(_) => return Some(false), // the client went away
                 Err(_) => {
-                    let r = Refusal::new(408, "request_timeout", "the body was not received in time")
-                        .closing();
+                    let r =
+                        Refusal::new(408, "request_timeout", "the body was not received in time")
+                            .closing();
                     facts.status = r.status;
                     let _ = self.answer(&r, false, false).await;
                     return Some(false);

@@ -40,9 +40,10 @@ impl Admin {
     async fn list_leaks(&self, session: &ServerSession) -> Result<Reply, ApiError> {
         let token = match super::api::query_param(session.req_header().uri.query(), "token_id")? {
             None => None,
-            Some(t) => Some(t.parse::<i64>().map_err(|_| {
-                ApiError::bad("token_id must be a token id (a number)")
-            })?),
+            Some(t) => Some(
+                t.parse::<i64>()
+                    .map_err(|_| ApiError::bad("token_id must be a token id (a number)"))?,
+            ),
         };
         let reports = self
             .with_store(move |s| s.leak_reports(token, LIST_LIMIT))
@@ -70,11 +71,7 @@ impl Admin {
         let value: Option<serde_json::Value> = Self::read_json(session, false).await?;
         let matches: Vec<Match> = value
             .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "send a JSON array of {token, type, url, source}",
-                )
-            })?;
+            .ok_or_else(|| ApiError::bad("send a JSON array of {token, type, url, source}"))?;
         if matches.len() > MAX_MATCHES {
             return Err(ApiError(
                 StatusCode::PAYLOAD_TOO_LARGE,

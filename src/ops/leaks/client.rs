@@ -175,12 +175,22 @@ mod tests {
         let u = Url::parse("https://api.github.com/meta/public_keys/secret_scanning").unwrap();
         assert_eq!(
             (u.tls, u.host.as_str(), u.port, u.path.as_str()),
-            (true, "api.github.com", 443, "/meta/public_keys/secret_scanning")
+            (
+                true,
+                "api.github.com",
+                443,
+                "/meta/public_keys/secret_scanning"
+            )
         );
         let u = Url::parse("http://[::1]:9000").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9000, "/"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9000, "/")
+        );
         assert!(u.is_loopback());
         assert!(Url::parse("http://127.0.0.1@evil.com/").is_err());
-        assert!(!Url::parse("http://127.0.0.1.evil.com/").unwrap().is_loopback());
+        assert!(!Url::parse("http://127.0.0.1.evil.com/")
+            .unwrap()
+            .is_loopback());
     }
 }

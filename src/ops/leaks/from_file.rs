@@ -35,7 +35,10 @@ pub fn take_file(config: &Config, file: &Path) -> anyhow::Result<Vec<Feedback>> 
         )
     })?;
     if matches.len() > MAX_MATCHES {
-        anyhow::bail!("{}: more than {MAX_MATCHES} matches; split the report", file.display());
+        anyhow::bail!(
+            "{}: more than {MAX_MATCHES} matches; split the report",
+            file.display()
+        );
     }
     let location = Location::from_config(&config.store)?;
     let index = Arc::new(Index::new());

@@ -34,7 +34,11 @@ impl KeyRing {
 
     /// The key set in force.
     pub fn current(&self) -> Arc<KeySet> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Reads the document again unless that was done (after start) less than [`REFRESH_EVERY`] ago; returns the key
@@ -73,9 +77,13 @@ fn describe(source: &KeySource) -> String {
 fn read(source: &KeySource) -> Result<KeySet, String> {
     let bytes = match source {
         KeySource::File(p) => {
-            let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let bytes =
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             if bytes.len() > MAX_DOCUMENT {
-                return Err(format!("{} is larger than {MAX_DOCUMENT} bytes", p.display()));
+                return Err(format!(
+                    "{} is larger than {MAX_DOCUMENT} bytes",
+                    p.display()
+                ));
             }
             bytes
         }
@@ -92,7 +100,13 @@ fn fetch(url: &str) -> Result<Vec<u8>, String> {
     if !u.tls && !u.is_loopback() {
         return Err("http:// is only allowed to a loopback address".into());
     }
-    let (status, body) = client::send(&u, "GET", &[("Accept", "application/json")], b"", MAX_DOCUMENT)?;
+    let (status, body) = client::send(
+        &u,
+        "GET",
+        &[("Accept", "application/json")],
+        b"",
+        MAX_DOCUMENT,
+    )?;
     if status != 200 {
         return Err(format!("answered {status}"));
     }

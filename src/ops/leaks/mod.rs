@@ -45,7 +45,10 @@ const CONCURRENT: usize = 2;
 /// The reporter's name of the partner endpoint's reports (the actor `leak:github`).
 pub const GITHUB: &str = "github";
 
-const FIELDS: &[&str] = &["github-public-key-identifier", "github-public-key-signature"];
+const FIELDS: &[&str] = &[
+    "github-public-key-identifier",
+    "github-public-key-signature",
+];
 
 /// The counters at `/metrics`: no token, hash or url in any label.
 pub struct LeakMetrics {
@@ -205,7 +208,9 @@ impl Door for Leaks {
     }
 
     fn before_body(&self, req: &DoorRequest) -> Option<DoorAnswer> {
-        let ok = |f: &Option<Vec<u8>>, max: usize| f.as_ref().is_some_and(|v| !v.is_empty() && v.len() <= max);
+        let ok = |f: &Option<Vec<u8>>, max: usize| {
+            f.as_ref().is_some_and(|v| !v.is_empty() && v.len() <= max)
+        };
         let signed = ok(&req.fields[0], signature::MAX_KEY_ID)
             && ok(&req.fields[1], signature::MAX_SIGNATURE);
         (!signed).then(|| self.unauthorized())
@@ -213,11 +218,8 @@ impl Door for Leaks {
 
     async fn handle(self: Arc<Self>, req: DoorRequest) -> DoorAnswer {
         let Ok(permit) = self.busy.clone().try_acquire_owned() else {
-            let mut a = DoorAnswer::error(
-                503,
-                "overloaded",
-                "too many reports at once; retry shortly",
-            );
+            let mut a =
+                DoorAnswer::error(503, "overloaded", "too many reports at once; retry shortly");
             a.retry_after = Some(1);
             return a;
         };

@@ -42,7 +42,10 @@ impl Hook {
         };
         let url = Url::parse(url).map_err(|e| anyhow::anyhow!("leaks.notify_url: {e}"))?;
         let text = std::fs::read(file).map_err(|e| {
-            anyhow::anyhow!("leaks.notify_secret_file: cannot read {}: {e}", file.display())
+            anyhow::anyhow!(
+                "leaks.notify_secret_file: cannot read {}: {e}",
+                file.display()
+            )
         })?;
         let secret = text.trim_ascii().to_vec();
         if secret.len() < MIN_SECRET {

@@ -49,8 +49,8 @@ impl KeySet {
         }
         let mut keys = Vec::with_capacity(doc.public_keys.len());
         for k in doc.public_keys {
-            let point = p256_point(&k.key)
-                .map_err(|p| format!("key {:?}: {p}", k.key_identifier))?;
+            let point =
+                p256_point(&k.key).map_err(|p| format!("key {:?}: {p}", k.key_identifier))?;
             keys.push((k.key_identifier, point));
         }
         Ok(KeySet { keys })
@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(keys.verify(b"a", sig.as_bytes(), body), Verdict::Good);
         assert_eq!(keys.verify(b"b", sig.as_bytes(), body), Verdict::Bad);
         assert_eq!(keys.verify(b"c", sig.as_bytes(), body), Verdict::UnknownKey);
-        assert_eq!(keys.verify(b"a", sig.as_bytes(), b"[{\"token\":\"y\"}]"), Verdict::Bad);
+        assert_eq!(
+            keys.verify(b"a", sig.as_bytes(), b"[{\"token\":\"y\"}]"),
+            Verdict::Bad
+        );
         assert_eq!(keys.verify(b"a", b"%%%", body), Verdict::Bad);
     }
 

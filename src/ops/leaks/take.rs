@@ -80,7 +80,12 @@ impl Taker {
                 let digest = Digest::of(&m.token);
                 let mut feedback = Feedback {
                     token_hash: hex(&digest.0),
-                    token_type: m.kind.chars().filter(|c| !c.is_control()).take(MAX_TYPE).collect(),
+                    token_type: m
+                        .kind
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(MAX_TYPE)
+                        .collect(),
                     label: "false_positive",
                 };
                 let slot = check_format(&m.token)
@@ -96,7 +101,8 @@ impl Taker {
                 };
                 feedback.label = "true_positive";
                 let entry = slot.entry;
-                let active = !entry.is_revoked() && now < slot.valid_until && now < entry.expires_at;
+                let active =
+                    !entry.is_revoked() && now < slot.valid_until && now < entry.expires_at;
                 let (url, source) = (clean(m.url.as_deref()), clean(m.source.as_deref()));
                 let store = match guard.as_mut() {
                     Some(s) => s,
@@ -107,8 +113,12 @@ impl Taker {
                     (true, LeakAction::Report) => ("reported", None),
                     (true, LeakAction::Revoke) => {
                         let detail = format!("reported leaked: source {source}, url {url}");
-                        let (record, did) =
-                            store.revoke_with(entry.token_id, &actor, Some(&detail), Some(LEAKED))?;
+                        let (record, did) = store.revoke_with(
+                            entry.token_id,
+                            &actor,
+                            Some(&detail),
+                            Some(LEAKED),
+                        )?;
                         changed |= did;
                         (if did { "revoked" } else { "none" }, Some(record))
                     }
@@ -188,6 +198,10 @@ impl Taker {
 fn clean(s: Option<&str>) -> String {
     match s {
         None | Some("") => "unknown".into(),
-        Some(s) => s.chars().filter(|c| !c.is_control()).take(MAX_TEXT).collect(),
+        Some(s) => s
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_TEXT)
+            .collect(),
     }
 }

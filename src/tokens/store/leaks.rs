@@ -49,17 +49,21 @@ pub struct Notification {
     pub attempts: i64,
 }
 
-const PG_INSERT: &str = "INSERT INTO leak_reports (at, reporter, token_id, label, action, token_type, source, url)
+const PG_INSERT: &str =
+    "INSERT INTO leak_reports (at, reporter, token_id, label, action, token_type, source, url)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id";
-const SQLITE_INSERT: &str = "INSERT INTO leak_reports (at, reporter, token_id, label, action, token_type, source, url)
+const SQLITE_INSERT: &str =
+    "INSERT INTO leak_reports (at, reporter, token_id, label, action, token_type, source, url)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING RETURNING id";
 const PG_QUEUE: &str =
     "INSERT INTO leak_notifications (report_id, body, created_at, next_at) VALUES ($1, $2, $3, $3)";
 const SQLITE_QUEUE: &str =
     "INSERT INTO leak_notifications (report_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?3)";
-const PG_LIST: &str = "SELECT id, at, reporter, token_id, action, token_type, source, url FROM leak_reports
+const PG_LIST: &str =
+    "SELECT id, at, reporter, token_id, action, token_type, source, url FROM leak_reports
     WHERE ($1::int8 IS NULL OR token_id = $1) ORDER BY id DESC LIMIT $2";
-const SQLITE_LIST: &str = "SELECT id, at, reporter, token_id, action, token_type, source, url FROM leak_reports
+const SQLITE_LIST: &str =
+    "SELECT id, at, reporter, token_id, action, token_type, source, url FROM leak_reports
     WHERE (?1 IS NULL OR token_id = ?1) ORDER BY id DESC LIMIT ?2";
 /// Claims up to `$3` due notifications: their `next_at` moves `$2` seconds on (the lease).
 const PG_CLAIM: &str = "UPDATE leak_notifications SET next_at = $1 + $2 WHERE id IN (
@@ -70,7 +74,8 @@ const SQLITE_CLAIM: &str = "UPDATE leak_notifications SET next_at = ?1 + ?2 WHER
         SELECT id FROM leak_notifications WHERE delivered_at IS NULL AND next_at <= ?1
         ORDER BY next_at LIMIT ?3)
     RETURNING id, body, attempts";
-const PG_DONE: &str = "UPDATE leak_notifications SET delivered_at = $2, attempts = attempts + 1 WHERE id = $1";
+const PG_DONE: &str =
+    "UPDATE leak_notifications SET delivered_at = $2, attempts = attempts + 1 WHERE id = $1";
 const SQLITE_DONE: &str =
     "UPDATE leak_notifications SET delivered_at = ?2, attempts = attempts + 1 WHERE id = ?1";
 const PG_RETRY: &str =

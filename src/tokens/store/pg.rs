@@ -574,7 +574,10 @@ impl PgStore {
                     quota: parse_limit(r.try_get(11).map_err(err)?, Quota::parse),
                     quota_used: r.try_get(12).map_err(err)?,
                     quota_period: r.try_get(13).map_err(err)?,
-                    leaked: r.try_get::<_, Option<bool>>(14).map_err(err)?.unwrap_or(false),
+                    leaked: r
+                        .try_get::<_, Option<bool>>(14)
+                        .map_err(err)?
+                        .unwrap_or(false),
                 });
             }
             if rows.len() < CHANGE_BATCH as usize {

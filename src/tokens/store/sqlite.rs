@@ -8,9 +8,9 @@
 //! loss. The file is created with mode 0600.
 
 use super::{
-    LEAKED,
     created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
     IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch, BUSY_TIMEOUT,
+    LEAKED,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
