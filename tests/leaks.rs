@@ -867,3 +867,57 @@ fn on_postgresql_a_fleet_refuses_the_leaked_token_and_notifies_once() {
     assert_eq!(list[0]["token_id"], id);
     assert_eq!(list[0]["action"], "revoked");
 }
+
+#[test]
+fn slow_bodies_hold_a_bounded_number_of_slots_and_expect_continue_is_answered() {
+    use std::io::{Read, Write};
+    let up = Upstream::start("api");
+    let github = Signer::new("key-1");
+    let gw = gateway(&up, &[&github], &[]);
+    let (id, token) = gw.create_token("alice", "hive-7");
+    gw.wait_status("/api/x", &token, 200);
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nGithub-Public-Key-Identifier: key-1\r\nGithub-Public-Key-Signature: AAAA\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    // Sixteen callers announce a large body and send nothing more: each holds a slot.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let r = raw_http(gw.addr(), head.as_bytes());
+    assert_eq!(r.status, 503, "{r}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    drop(held); // their slots come back when they go away
+    let body = body_of(&[report_match(&token)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = send_signed(gw.addr(), &github, &body);
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(status_of(&gw, id), "revoked");
+
+    // `Expect: 100-continue` (curl sends it for bodies over 1 KiB): the 100 comes before the body.
+    let sig = github.sign(&body);
+    let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST {PATH} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nGithub-Public-Key-Identifier: key-1\r\nGithub-Public-Key-Signature: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(&body).unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+}

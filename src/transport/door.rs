@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 /// How long a client has to send the whole body, from the end of its head.
-const BODY_DEADLINE: Duration = Duration::from_secs(30);
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A slot the handler grants for one request, held while its body is read and handled (dropped after).
+pub type DoorPermit = Box<dyn Send>;
 
 /// What the transport hands the handler: the fields it asked for ([`Door::fields`], in that order;
 /// `None` when absent or sent more than once) and, for [`Door::handle`], the whole body.
@@ -60,6 +63,9 @@ pub trait Door: Send + Sync {
     /// Looks at the fields before the body is read: `Some` answers at once (the body is not read and
     /// the connection closes).
     fn before_body(&self, req: &DoorRequest) -> Option<DoorAnswer>;
+    /// A slot for reading and handling one body, which bounds the memory bodies take; `Err` answers at
+    /// once (503: too many at once).
+    fn admit(&self) -> Result<DoorPermit, DoorAnswer>;
     /// Handles a `POST` with its whole body.
     async fn handle(self: Arc<Self>, req: DoorRequest) -> DoorAnswer;
 }
@@ -121,14 +127,27 @@ impl<S: ClientStream> Client<'_, S> {
             let r = Refusal::new(413, "payload_too_large", "the body is too large").closing();
             return Some(self.door_refuse(facts, r, false).await);
         }
+        let permit = match door.admit() {
+            Ok(p) => p,
+            Err(a) => return Some(self.door_answer(facts, a, false).await),
+        };
+        let expect_continue = self.head.expect_continue;
         // The body: what the buffer holds past the head, then reads until `length`.
         self.buf.consume(self.head.len);
         let length = length as usize;
-        let mut body = Vec::with_capacity(length);
+        // Grown as bytes arrive: memory follows what was sent, not what was announced.
+        let mut body = Vec::with_capacity(length.min(64 * 1024));
         let take = self.buf.len().min(length);
         body.extend_from_slice(&self.buf.filled()[..take]);
         self.buf.consume(take);
         let deadline = Instant::now() + BODY_DEADLINE;
+        if expect_continue && body.len() < length && self.buf.is_empty() {
+            self.out.clear();
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if self.write_out().await.is_err() {
+                return Some(false);
+            }
+        }
         while body.len() < length {
             let want = (length - body.len()).min(self.buf.spare().len());
             let read = timed(
@@ -155,6 +174,7 @@ impl<S: ClientStream> Client<'_, S> {
         facts.bytes_in = length as u64;
         req.body = body;
         let answer = door.handle(req).await;
+        drop(permit);
         Some(self.door_answer(facts, answer, true).await)
     }
 

@@ -27,7 +27,7 @@ pub mod signature;
 pub mod take;
 
 use crate::config::leaks::LeaksConfig;
-use crate::transport::door::{Door, DoorAnswer, DoorRequest};
+use crate::transport::door::{Door, DoorAnswer, DoorPermit, DoorRequest};
 use async_trait::async_trait;
 use keys::KeyRing;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -40,8 +40,10 @@ use tokio::sync::Semaphore;
 pub const MAX_BODY: u64 = 1 << 20;
 /// The most matches one report may carry.
 pub const MAX_MATCHES: usize = 1000;
-/// Reports worked on at once (signature checks and store writes); more get 503 at once.
-const CONCURRENT: usize = 2;
+/// Reports read and worked on at once (bodies of at most [`MAX_BODY`] buffered, signature checks, store
+/// writes): memory for bodies stays under 16 MiB whatever unauthenticated callers send; more get 503
+/// with `Retry-After` at once.
+const CONCURRENT: usize = 16;
 /// The reporter's name of the partner endpoint's reports (the actor `leak:github`).
 pub const GITHUB: &str = "github";
 
@@ -216,20 +218,22 @@ impl Door for Leaks {
         (!signed).then(|| self.unauthorized())
     }
 
+    fn admit(&self) -> Result<DoorPermit, DoorAnswer> {
+        match self.busy.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Box::new(permit)),
+            Err(_) => {
+                let mut a =
+                    DoorAnswer::error(503, "overloaded", "too many reports at once; retry shortly");
+                a.retry_after = Some(1);
+                Err(a)
+            }
+        }
+    }
+
     async fn handle(self: Arc<Self>, req: DoorRequest) -> DoorAnswer {
-        let Ok(permit) = self.busy.clone().try_acquire_owned() else {
-            let mut a =
-                DoorAnswer::error(503, "overloaded", "too many reports at once; retry shortly");
-            a.retry_after = Some(1);
-            return a;
-        };
-        tokio::task::spawn_blocking(move || {
-            let answer = self.process(&req);
-            drop(permit);
-            answer
-        })
-        .await
-        .unwrap_or_else(|_| DoorAnswer::error(500, "internal_error", "the report failed"))
+        tokio::task::spawn_blocking(move || self.process(&req))
+            .await
+            .unwrap_or_else(|_| DoorAnswer::error(500, "internal_error", "the report failed"))
     }
 }
 
