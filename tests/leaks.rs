@@ -921,3 +921,37 @@ fn slow_bodies_hold_a_bounded_number_of_slots_and_expect_continue_is_answered() 
     s.read_to_string(&mut rest).unwrap();
     assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
 }
+
+#[test]
+fn what_a_report_says_cannot_forge_log_lines_or_grow_events() {
+    let up = Upstream::start("api");
+    let github = Signer::new("key-1");
+    let gw = gateway(&up, &[&github], &[]);
+    let (id, token) = gw.create_token("alice", "hive-7");
+    gw.wait_status("/api/x", &token, 200);
+    let long = "a".repeat(5000);
+    let body = serde_json::to_vec(&json!([{
+        "token": token,
+        "type": format!("t\r\n{long}"),
+        "url": format!("https://x/\r\n[ERROR] forged line {long}"),
+        "source": "content\nforged",
+    }]))
+    .unwrap();
+    let r = send_signed(gw.addr(), &github, &body);
+    assert_eq!(r.status, 200, "{r}");
+    assert!(r.json()[0]["token_type"].as_str().unwrap().len() <= 64);
+    let events = events_of(&gw, id);
+    let detail = events.iter().find(|e| e["event"] == "revoked").unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !detail.contains('\n') && !detail.contains('\r'),
+        "{detail:?}"
+    );
+    assert!(detail.len() < 1200, "{} bytes", detail.len());
+    assert!(
+        !gw.logs().lines().any(|l| l.starts_with("[ERROR] forged")),
+        "a forged log line"
+    );
+}
