@@ -289,6 +289,7 @@ fn header_benches(c: &mut Criterion) {
                 https: false,
                 at: 0,
             },
+            in_flight: None,
         };
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -358,6 +359,7 @@ fn limit_benches(c: &mut Criterion) {
     let gate = Gate {
         index,
         throttle: Throttle::new(20, 60, 1000),
+        max_in_flight_per_token: u32::MAX,
     };
     let request = |target: &'static str, auth: &'static str| Request {
         method: b"GET",

@@ -1,13 +1,10 @@
 //! The command line: `serve`, `check-config` and the `token` commands. `main.rs` only parses and calls
 //! [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
 
-use crate::config::Rate;
 use crate::config::{self, Config};
-use crate::tokens::fields::Quota;
-use crate::tokens::fields::{
-    cert_thumbprint, check_label, check_scopes, check_user, expiry, grace_until, parse_grace,
-};
-use crate::tokens::store::{self, Location, NewToken, Store, TokenPatch, TokenRecord};
+use crate::tokens::fields::{cert_thumbprint, expiry, grace_until, parse_grace};
+use crate::tokens::input::{self, NewInput, PatchInput};
+use crate::tokens::store::{self, Location, Store, TokenRecord};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -142,7 +139,8 @@ pub enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token at once (running gateways honour it within their sync interval).
+    /// Revoke a token at once (gateways on this host have applied it when the command returns, at most
+    /// 1 s later; gateways elsewhere within their sync interval).
     Revoke { id: i64 },
     /// Report leaked tokens (a JSON array of {token, type, url, source}, as GitHub sends; `-`: stdin):
     /// ours are revoked (or only recorded with [leaks] action = "report"), as by the partner endpoint.
@@ -338,7 +336,7 @@ fn token_command(
             label,
             expires_in,
             expires_at,
-            mut scopes,
+            scopes,
             roles: wanted_roles,
             bind_cert,
             bind_cert_sha256,
@@ -346,58 +344,38 @@ fn token_command(
             quota,
             json,
         } => {
-            check_user(&user).map_err(anyhow::Error::msg)?;
-            check_label(&label).map_err(anyhow::Error::msg)?;
-            check_scopes(&scopes).map_err(anyhow::Error::msg)?;
-            for r in &wanted_roles {
-                if !roles.contains_key(r) {
-                    let defined: Vec<&str> = roles.keys().map(String::as_str).collect();
-                    anyhow::bail!(
-                        "--role {r:?}: no such role in the configuration's [roles] (defined: {})",
-                        if defined.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            defined.join(", ")
-                        }
-                    );
-                }
-            }
-            scopes.extend(
-                wanted_roles
-                    .iter()
-                    .map(|r| crate::tokens::fields::role_grant(r)),
-            );
-            let expires_at =
-                expiry(expires_in.as_deref(), expires_at.as_deref()).map_err(anyhow::Error::msg)?;
-            let bound_cert = match (bind_cert, bind_cert_sha256) {
-                (Some(file), _) => {
-                    let pem = std::fs::read(&file)
+            // A certificate file is read here (the API takes the thumbprint only); every field is
+            // checked by the one validation the admin API also uses.
+            let bound_cert = match &bind_cert {
+                Some(file) => {
+                    let pem = std::fs::read(file)
                         .with_context(|| format!("--bind-cert: cannot read {}", file.display()))?;
                     Some(
                         cert_thumbprint(&pem)
                             .map_err(|e| anyhow::anyhow!("--bind-cert {}: {e}", file.display()))?,
                     )
                 }
-                (None, Some(hex)) => Some(
-                    store::parse_sha256_hex(&hex)
-                        .map_err(|e| anyhow::anyhow!("--bind-cert-sha256: {e}"))?,
-                ),
-                (None, None) => None,
+                None => None,
             };
-            let rate_limit = flag_arg(rate_limit.as_deref(), Rate::parse, "--rate-limit")?;
-            let quota = flag_arg(quota.as_deref(), Quota::parse, "--quota")?;
-            let (record, token) = store.create(
-                &NewToken {
+            let mut new = input::new_token(
+                NewInput {
                     user,
                     label,
-                    scopes,
+                    expires_in,
                     expires_at,
-                    bound_cert,
+                    scopes,
+                    roles: wanted_roles,
+                    bound_cert_sha256: bind_cert_sha256,
                     rate_limit,
                     quota,
                 },
-                CLI_ACTOR,
-            )?;
+                roles,
+            )
+            .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
+            if bound_cert.is_some() {
+                new.bound_cert = bound_cert;
+            }
+            let (record, token) = store.create(&new, CLI_ACTOR)?;
             print_secret(&record, token.as_str(), json, now)
         }
         TokenCommand::List { user, json } => {
@@ -440,19 +418,17 @@ fn token_command(
             quota,
             json,
         } => {
-            if let Some(l) = &label {
-                check_label(l).map_err(anyhow::Error::msg)?;
-            }
-            let patch = TokenPatch {
+            // `never` and `none` are the CLI's spelling of a removal.
+            let removable = |v: Option<String>, none: &str| v.map(|v| (v != none).then_some(v));
+            let never = expires_in.as_deref() == Some("never");
+            let patch = input::token_patch(PatchInput {
                 label,
-                expires_at: match expires_in.as_deref() {
-                    None => None,
-                    Some("never") => Some(None),
-                    Some(d) => Some(expiry(Some(d), None).map_err(anyhow::Error::msg)?),
-                },
-                rate_limit: limit_arg(rate_limit.as_deref(), Rate::parse, "--rate-limit")?,
-                quota: limit_arg(quota.as_deref(), Quota::parse, "--quota")?,
-            };
+                expires_in: expires_in.filter(|_| !never),
+                expires_at: never.then_some(None),
+                rate_limit: removable(rate_limit, "none"),
+                quota: removable(quota, "none"),
+            })
+            .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
             if patch.is_empty() {
                 anyhow::bail!(
                     "nothing to change: give --label, --expires-in, --rate-limit or --quota"
@@ -521,30 +497,6 @@ fn new_expiry_arg(text: &str) -> Result<String, String> {
 /// `--grace` of `token rotate`: a duration that ends by 9999-12-31T23:59:59Z.
 fn grace_arg(text: &str) -> Result<Duration, String> {
     parse_grace(text)
-}
-
-/// `--rate-limit`/`--quota` of `token set`: absent (no change), `none` (clear) or a value.
-fn limit_arg<T>(
-    value: Option<&str>,
-    parse: fn(&str) -> Result<T, String>,
-    flag: &str,
-) -> anyhow::Result<Option<Option<T>>> {
-    match value {
-        Some("none") => Ok(Some(None)),
-        v => flag_arg(v, parse, flag).map(|x| x.map(Some)),
-    }
-}
-
-/// An optional flag's value parsed by `parse`; the error names the flag.
-fn flag_arg<T>(
-    value: Option<&str>,
-    parse: fn(&str) -> Result<T, String>,
-    flag: &str,
-) -> anyhow::Result<Option<T>> {
-    value
-        .map(parse)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
 fn print_secret(record: &TokenRecord, token: &str, json: bool, now: i64) -> anyhow::Result<()> {

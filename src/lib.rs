@@ -15,10 +15,13 @@
 //! - [`config`]: the TOML schema, defaults and validation (file/key/problem errors).
 //! - [`clock`]: the coarse clock read on the request path; [`limiter`]: rate bucket and quota counter
 //!   primitives (no policy).
+//! - [`crypto`]: the rustls set-up shared by the edge, the https upstreams and the PostgreSQL client
+//!   (provider, PEM reading, trust roots, client configs); uses no other room.
 
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod gateway;
 pub mod limiter;
 pub mod logging;

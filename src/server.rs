@@ -18,7 +18,8 @@ use crate::telemetry::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
 use crate::tokens::sync::{self, Stop};
-use crate::transport::{tls, Engine, Table, TlsListener};
+use crate::transport::addresses::PerAddress;
+use crate::transport::{tls, Engine, Load, Table, TlsListener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -166,6 +167,23 @@ pub fn reload(
             new.gateway.work_stealing != current.gateway.work_stealing,
         ),
         ("leaks", new.leaks != current.leaks),
+        (
+            "gateway bounds (max_connections, max_connections_per_address, max_in_flight, \
+             max_in_flight_per_token, max_head_bytes, header_timeout, keepalive_timeout, body_timeout, \
+             min_body_rate)",
+            {
+                let (a, b) = (&new.gateway, &current.gateway);
+                a.max_connections != b.max_connections
+                    || a.max_connections_per_address != b.max_connections_per_address
+                    || a.max_in_flight != b.max_in_flight
+                    || a.max_in_flight_per_token != b.max_in_flight_per_token
+                    || a.max_head_bytes != b.max_head_bytes
+                    || a.header_timeout != b.header_timeout
+                    || a.keepalive_timeout != b.keepalive_timeout
+                    || a.body_timeout != b.body_timeout
+                    || a.min_body_rate != b.min_body_rate
+            },
+        ),
     ]
     .into_iter()
     .filter_map(|(k, changed)| changed.then_some(k))
@@ -321,6 +339,14 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         &state.metrics.registry,
         stop.clone(),
     )?;
+    let load = Load {
+        connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        max_connections: cfg.gateway.max_connections,
+        in_flight: cfg
+            .gateway
+            .max_in_flight
+            .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
+    };
     let engine = Engine {
         gate: Gate {
             index: state.index.clone(),
@@ -329,18 +355,19 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 cfg.throttle.window.as_secs(),
                 cfg.throttle.max_clients,
             ),
+            max_in_flight_per_token: cfg.gateway.max_in_flight_per_token,
         },
         table: state.table.clone(),
         unrouted: state.metrics.route("none"),
         access_log,
         keepalive_timeout: cfg.gateway.keepalive_timeout,
         header_timeout: cfg.gateway.header_timeout,
-        in_flight: cfg
-            .gateway
-            .max_in_flight
-            .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
-        connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        max_connections: cfg.gateway.max_connections,
+        max_head_bytes: cfg.gateway.max_head_bytes,
+        body_timeout: cfg.gateway.body_timeout,
+        min_body_rate: cfg.gateway.min_body_rate,
+        in_flight: load.in_flight.clone(),
+        connections: load.connections.clone(),
+        max_connections: load.max_connections,
         tls: match (&cfg.tls, &state.tls) {
             (Some(t), Some(config)) => Some(TlsListener {
                 addr: t.listen.parse().context("tls.listen")?,
@@ -349,8 +376,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             _ => None,
         },
         tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
-        connections_refused: ["plain", "tls"]
-            .map(|l| state.metrics.connections_refused.with_label_values(&[l])),
+        per_address: PerAddress::new(cfg.gateway.max_connections_per_address),
+        connection_metrics: state.metrics.connections.clone(),
         draining,
         door: leaks.door.clone(),
     };
@@ -377,6 +404,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     )
     .with_routes(state.table.clone())
     .with_leaks(leaks.taker.clone())
+    .with_load(load)
     .with_access(cfg.admin.clone())
     .with_throttle(Throttle::new(
         cfg.throttle.max_failures,

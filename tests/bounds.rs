@@ -67,6 +67,7 @@ fn send_all(gw: SocketAddr, requests: usize, request: &[u8]) -> Vec<u16> {
 fn a_60_kb_path_is_logged_cut_to_1_kib_with_its_real_length() {
     let up = Upstream::start("iot");
     let gw = GatewayBuilder::new()
+        .gateway("max_head_bytes", "65536")
         .section("log", "access", "\"json\"")
         .section("log", "access_path", "\"access.log\"")
         .route("iot", "/iot", up.addr())
@@ -123,6 +124,7 @@ fn a_60_kb_path_is_logged_cut_to_1_kib_with_its_real_length() {
 fn a_stalled_access_log_costs_bounded_memory_drops_and_counts_and_the_gateway_keeps_answering() {
     let up = Upstream::start("iot");
     let mut gw = GatewayBuilder::new()
+        .gateway("max_head_bytes", "65536")
         .section("log", "access", "\"json\"")
         .section("log", "access_path", "\"access.fifo\"")
         .route("iot", "/iot", up.addr())
@@ -369,7 +371,9 @@ fn burst(gw: SocketAddr, token: &str, n: usize) -> Vec<u16> {
 #[test]
 fn a_burst_leaves_no_upstream_connection_open_after_idle_timeout() {
     let up = CountingUpstream::start(Duration::from_millis(500), None);
+    // 64 at once from one token: over the default max_in_flight_per_token (32, tests/slots.rs).
     let mut gw = GatewayBuilder::new()
+        .gateway("max_in_flight_per_token", "64")
         .route_with("iot", "/iot", up.addr, &[("idle_timeout", "\"1s\"")])
         .build();
     let (_, token) = gw.create_token("alice", "burst");

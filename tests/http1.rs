@@ -1672,7 +1672,16 @@ fn oversized_and_invalid_heads_are_refused_before_any_upstream() {
     let up = Scripted::start(None, |req| {
         Reply::ok(&format!("{} fields", req.headers.len()))
     });
-    let (gw, tokens) = start_gateway(route(GatewayBuilder::new(), "r", "/r", up.addr), &["alice"]);
+    // The largest head configurable (the default, 32 KiB, is tested in tests/slots.rs).
+    let (gw, tokens) = start_gateway(
+        route(
+            GatewayBuilder::new().gateway("max_head_bytes", "65536"),
+            "r",
+            "/r",
+            up.addr,
+        ),
+        &["alice"],
+    );
     let auth = bearer(&tokens[0]);
     let with_fields = |n: usize, value: &str| {
         let mut req = format!("GET /r/fields HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n");

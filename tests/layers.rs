@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 /// Lowest first: a room may use the rooms before it, never one after it.
 const LAYERS: &[&str] = &[
     "clock",
+    // The rustls provider, PEM reading, trust roots and client configs: shared by `tokens` (the
+    // PostgreSQL client) and `transport` (edge, upstreams), so below both; it uses no other room.
+    "crypto",
     "config",
     "limiter",
     "tokens",

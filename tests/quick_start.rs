@@ -6,22 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::examples_dir;
+use std::path::Path;
 use std::process::Command;
-
-/// The examples' binaries: built by `cargo build --examples` into the target directory of this test.
-fn examples_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/quick_start-<hash> → target/<profile>/examples
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--examples", "--quiet"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build --examples");
-    assert!(status.success(), "cargo build --examples failed");
-    dir
-}
 
 /// The `sh` block following `heading` in README.md.
 fn readme_block(heading: &str) -> String {

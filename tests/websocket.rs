@@ -1137,6 +1137,49 @@ fn a_tunnel_over_tls_relays_large_messages_and_closes_on_a_revoke() {
 }
 
 #[test]
+fn open_tunnels_count_against_the_token_s_in_flight_slots() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = ws_server(&rt);
+    let plain = Upstream::start("plain");
+    let gw = GatewayBuilder::new()
+        .gateway("max_in_flight_per_token", "2")
+        .route_with("ws", "/ws", ws.addr, &[("websocket", "true")])
+        .route("plain", "/plain", plain.addr())
+        .start();
+    let (_, token) = gw.create_token("alice", "camera");
+    let (_, other) = gw.create_token("bob", "camera");
+    gw.wait_status("/plain/x", &token, 200);
+    rt.block_on(async {
+        // Two tunnels hold both of the token's slots, for as long as they are open.
+        let (mut first, _) = open(&gw, "/ws/a", Some(&token)).await.unwrap();
+        let (second, _) = open(&gw, "/ws/b", Some(&token)).await.unwrap();
+        assert_eq!(
+            open(&gw, "/ws/c", Some(&token)).await.err().as_deref(),
+            Some("HTTP 429"),
+            "a third tunnel"
+        );
+        let r = gw.get_with_token("/plain/x", &token);
+        assert_eq!(r.status, 429, "{r}");
+        assert_eq!(r.json_error(), "concurrency_limited", "{r}");
+        // Another token is not held up.
+        assert_eq!(gw.get_with_token("/plain/x", &other).status, 200);
+        first.send(Message::text("ping")).await.unwrap();
+        assert_eq!(
+            first.next().await.unwrap().unwrap(),
+            Message::text("echo:ping")
+        );
+        // A tunnel that ends gives its slot back.
+        drop(second);
+        let mut status = 0;
+        poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            status = gw.get_with_token("/plain/x", &token).status;
+            status == 200
+        });
+        assert_eq!(status, 200);
+    });
+}
+
+#[test]
 fn a_token_reported_leaked_by_a_signed_report_closes_its_open_tunnel() {
     use common::leaks::{report_match, send_signed, start_with_keys, with_leaks, Signer};
     let rt = tokio::runtime::Runtime::new().unwrap();

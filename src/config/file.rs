@@ -78,6 +78,11 @@ pub(super) struct FileGateway {
     pub(super) max_in_flight: Option<usize>,
     pub(super) header_timeout: Option<String>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_in_flight_per_token: Option<u32>,
+    pub(super) max_connections_per_address: Option<usize>,
+    pub(super) body_timeout: Option<String>,
+    pub(super) min_body_rate: Option<u64>,
+    pub(super) max_head_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]

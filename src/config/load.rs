@@ -204,6 +204,31 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
             "must be at least 1 (leave it out for no limit)",
         ));
     }
+    let max_in_flight_per_token = g
+        .max_in_flight_per_token
+        .unwrap_or(super::model::DEFAULT_MAX_IN_FLIGHT_PER_TOKEN);
+    if max_in_flight_per_token == 0 {
+        return Err(cx.err("gateway.max_in_flight_per_token", "must be at least 1"));
+    }
+    let max_connections_per_address = g
+        .max_connections_per_address
+        .unwrap_or(super::model::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS);
+    if max_connections_per_address == 0 {
+        return Err(cx.err("gateway.max_connections_per_address", "must be at least 1"));
+    }
+    let max_head_bytes = g
+        .max_head_bytes
+        .unwrap_or(super::model::DEFAULT_MAX_HEAD_BYTES);
+    if !(4096..=65536).contains(&max_head_bytes) {
+        return Err(cx.err("gateway.max_head_bytes", "must be between 4096 and 65536"));
+    }
+    let body_timeout = cx.duration_within(
+        "gateway.body_timeout",
+        &g.body_timeout,
+        super::model::DEFAULT_BODY_TIMEOUT,
+        (Duration::from_secs(1), Duration::from_secs(3600)),
+        "between 1s and 1h",
+    )?;
     Ok(GatewayConfig {
         listen,
         user_id_header,
@@ -220,6 +245,13 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         max_in_flight: g.max_in_flight,
         header_timeout,
         max_connections,
+        max_in_flight_per_token,
+        max_connections_per_address,
+        max_head_bytes,
+        body_timeout,
+        min_body_rate: g
+            .min_body_rate
+            .unwrap_or(super::model::DEFAULT_MIN_BODY_RATE),
     })
 }
 

@@ -189,7 +189,32 @@ pub struct GatewayConfig {
     pub header_timeout: Duration,
     /// Client connections open at once at most; more get 503 and are closed.
     pub max_connections: usize,
+    /// `max_in_flight_per_token`: requests and tunnels one token may have open at once (429 beyond).
+    pub max_in_flight_per_token: u32,
+    /// `max_connections_per_address`: client connections open at once from one address (an IPv6 /64);
+    /// addresses in `trusted_proxies` are not limited.
+    pub max_connections_per_address: usize,
+    /// `max_head_bytes`: the largest request head, request line and fields (431 beyond).
+    pub max_head_bytes: usize,
+    /// `body_timeout`: the longest wait for the next bytes of a request body (408 beyond).
+    pub body_timeout: Duration,
+    /// `min_body_rate`: bytes per second a request body must keep up, on average, once its first
+    /// [`BODY_RATE_GRACE`] are over (408 beyond; 0: no minimum).
+    pub min_body_rate: u64,
 }
+
+/// `[gateway]` bounds by default (see README "Hardening").
+pub const DEFAULT_MAX_IN_FLIGHT_PER_TOKEN: u32 = 32;
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// 32 KiB, what nginx accepts by default (`large_client_header_buffers 4 8k`): a connection stalled
+/// mid-head holds no more than nginx's would. Up to 64 KiB when configured.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 32 * 1024;
+/// 240 bytes a second after a 5 s grace: Kestrel's `MinRequestBodyDataRate`, which cuts a trickle and
+/// leaves any real link (a 2G modem sends ~5 KB/s) alone.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 240;
+/// The start of a body that is not held to `min_body_rate` (a device's radio may need to wake up).
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 
 /// `[store]`: where the tokens live.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use super::routes::{Route, RouteTable};
 use super::throttle::Throttle;
 use crate::config::AuthMode;
 use crate::tokens::format::Digest;
-use crate::tokens::index::{Entry, Index};
+use crate::tokens::index::{Entry, InFlight, Index};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,6 +56,10 @@ pub struct TlsPeer {
 pub struct Gate {
     pub index: Arc<Index>,
     pub throttle: Throttle,
+    /// `[gateway] max_in_flight_per_token`: requests and tunnels one token may have open at once on
+    /// this node (beyond, 429 `concurrency_limited`), so one leaked or looping device cannot hold every
+    /// slot of `max_in_flight` or `max_connections` for everyone else.
+    pub max_in_flight_per_token: u32,
 }
 
 /// What to do with a request.
@@ -77,6 +81,9 @@ pub struct Forward<'a> {
     /// `RateLimit` for the response, when the route asks for it (`rate_limit_headers`).
     pub rate_limit: Option<RateLimitField>,
     pub rewrite: Rewrite<'a>,
+    /// The token's slot among its `max_in_flight_per_token`: hold it until the exchange (or the
+    /// tunnel) ends.
+    pub in_flight: Option<InFlight>,
 }
 
 /// How the forwarded head differs from the client's, apart from what every forwarded head loses
@@ -262,7 +269,13 @@ impl Gate {
             }
         }
         let mut rate_limit = None;
+        let mut in_flight = None;
         if let Some(entry) = &principal {
+            // Before the rate limits: a request refused here has not spent the token's rate or quota.
+            match entry.enter(self.max_in_flight_per_token) {
+                Some(slot) => in_flight = Some(slot),
+                None => return refuse(too_many_in_flight(route, self.max_in_flight_per_token)),
+            }
             if entry.limits.is_some() || route.limits.any() {
                 let mono = crate::clock::mono_nanos();
                 match limits::check(
@@ -296,6 +309,7 @@ impl Gate {
                 https: req.tls.is_some(),
                 at: now,
             },
+            in_flight,
         })
     }
 
@@ -357,6 +371,19 @@ fn limited(route: &Route, over: Over) -> Refusal {
     r.limit = Some(over.kind);
     r.headers.push(("ratelimit-policy", over.policy));
     r.headers.push(("ratelimit", over.remaining));
+    r
+}
+
+/// The 429 for a token that already has `max` requests or tunnels in flight: the connection stays (a
+/// device should wait and retry, not reconnect).
+fn too_many_in_flight(route: &Route, max: u32) -> Refusal {
+    let detail = format!(
+        "this token already has {max} requests or streams in flight; retry when one has ended"
+    );
+    let mut r = Refusal::new(429, "concurrency_limited", detail).on(route);
+    r.retry_after = Some(1);
+    r.outcome = Outcome::RateLimited;
+    r.limit = Some(LimitKind::InFlight);
     r
 }
 
@@ -482,6 +509,7 @@ rate_limit_headers = true
             gate: Gate {
                 index: Arc::new(index),
                 throttle: Throttle::new(max_failures, 60, 1000),
+                max_in_flight_per_token: 2,
             },
             table,
             token,
@@ -539,6 +567,46 @@ rate_limit_headers = true
             w.gate.index.take_usage()[0].uses,
             1,
             "a forwarded request is a use"
+        );
+    }
+
+    #[test]
+    fn a_token_over_its_in_flight_slots_is_refused_until_one_ends() {
+        let w = world(20);
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let req = get("/iot/hive", Some(&bearer));
+        let first = forward(w.gate.decide(&w.table, &req, NOW));
+        let second = forward(w.gate.decide(&w.table, &req, NOW));
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!(
+            (r.status, r.error, r.reusable, r.retry_after),
+            (429, "concurrency_limited", true, Some(1))
+        );
+        assert_eq!(r.limit, Some(LimitKind::InFlight));
+        assert_eq!(r.outcome, Outcome::RateLimited);
+        assert_eq!(
+            w.gate.index.take_usage()[0].uses,
+            2,
+            "a request refused for concurrency is not a use"
+        );
+        // Another token has its own slots.
+        let other = format!("Bearer {}", w.device.as_str());
+        drop(forward(w.gate.decide(
+            &w.table,
+            &get("/iot/x", Some(&other)),
+            NOW,
+        )));
+        // A slot is given back when the exchange ends, whichever way.
+        drop(first);
+        let third = forward(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!(third.principal.as_ref().unwrap().in_flight(), 2);
+        drop((second, third));
+        assert_eq!(
+            w.gate
+                .index
+                .get(&w.token.digest())
+                .map(|s| s.entry.in_flight()),
+            Some(0)
         );
     }
 

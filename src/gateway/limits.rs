@@ -42,16 +42,24 @@ pub enum LimitKind {
     /// The route's per-user rate limit.
     UserRate,
     Quota,
+    /// `max_in_flight_per_token`: the token's requests and tunnels open at once.
+    InFlight,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 3] = [LimitKind::Rate, LimitKind::UserRate, LimitKind::Quota];
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::Rate,
+        LimitKind::UserRate,
+        LimitKind::Quota,
+        LimitKind::InFlight,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::Rate => "rate",
             LimitKind::UserRate => "user_rate",
             LimitKind::Quota => "quota",
+            LimitKind::InFlight => "in_flight",
         }
     }
 }

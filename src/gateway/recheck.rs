@@ -157,6 +157,7 @@ websocket = true
         Gate {
             index: Arc::new(Index::new()),
             throttle: Throttle::new(0, 60, 1000),
+            max_in_flight_per_token: 32,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::gateway::throttle::Throttle;
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
-use crate::transport::Table;
+use crate::transport::{Load, Table};
 use access::Caller;
 use api::ApiError;
 use arc_swap::ArcSwap;
@@ -62,6 +62,8 @@ pub struct Admin {
     budget: bounds::WriteBudget,
     /// What `POST /api/leaks` does with a report (see [`leaks_api`]).
     leaks: Option<Arc<crate::ops::leaks::Taker>>,
+    /// How full the gateway's listeners are (for `/healthz`), when serving.
+    load: Option<Load>,
 }
 
 type Reply = Response<Vec<u8>>;
@@ -125,6 +127,7 @@ impl Admin {
             throttle: Throttle::new(0, 60, 1),
             budget: bounds::WriteBudget::new(AdminConfig::DEFAULT_SELF_SERVICE_RATE),
             leaks: None,
+            load: None,
         }
     }
 
@@ -229,6 +232,12 @@ impl Admin {
         )
     }
 
+    /// Reports the gateway's connections and requests in flight against their limits in `/healthz`.
+    pub fn with_load(mut self, load: Load) -> Admin {
+        self.load = Some(load);
+        self
+    }
+
     /// Shows `table`'s routes and servers at `/api/routes` and their health in `/healthz`.
     pub fn with_routes(mut self, table: Arc<ArcSwap<Table>>) -> Admin {
         self.routes = Some(table);
@@ -296,10 +305,15 @@ impl Admin {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let routes_down = self.routes_down();
-        let status = if sync_error.is_some() || flush_error.is_some() || !routes_down.is_empty() {
-            "degraded"
+        let saturated = self.load.as_ref().map(Load::saturated).unwrap_or_default();
+        // Saturated: new clients are being turned away (503), so a load balancer should send them
+        // elsewhere until it drains; degraded: still serving, with a fault to look at.
+        let (code, status) = if !saturated.is_empty() {
+            (StatusCode::SERVICE_UNAVAILABLE, "saturated")
+        } else if sync_error.is_some() || flush_error.is_some() || !routes_down.is_empty() {
+            (StatusCode::OK, "degraded")
         } else {
-            "ok"
+            (StatusCode::OK, "ok")
         };
         let now = crate::clock::now() as i64;
         let age = |t: i64| {
@@ -309,9 +323,7 @@ impl Admin {
                 (now - t).max(0).into()
             }
         };
-        json(
-            StatusCode::OK,
-            &serde_json::json!({
+        let mut body = serde_json::json!({
                 "status": status,
                 "tokens_indexed": self.index.len(),
                 "seconds_since_sync": age(h.last_sync.load(Ordering::Relaxed)),
@@ -319,8 +331,13 @@ impl Admin {
                 "sync_error": sync_error,
                 "usage_flush_error": flush_error,
                 "routes_without_healthy_upstream": routes_down,
-            }),
-        )
+        });
+        if let Some(load) = &self.load {
+            let mut l = load.to_json();
+            l["saturated"] = saturated.into();
+            body["load"] = l;
+        }
+        json(code, &body)
     }
 }
 

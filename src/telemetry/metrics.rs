@@ -95,9 +95,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// Access log lines dropped because the log's queue was full (its target did not keep up).
     pub access_log_dropped: IntCounter,
-    /// Connections refused over `max_connections`, by listener (`plain`: a 503; `tls`: closed before
-    /// the handshake).
-    pub connections_refused: IntCounterVec,
+    /// Client connections: open, refused at accept, closed by reason.
+    pub connections: super::connections::ConnectionMetrics,
 }
 
 /// One route's collectors, resolved once.
@@ -191,7 +190,7 @@ impl Metrics {
         let limited = IntCounterVec::new(
             Opts::new(
                 "tokengate_limited_total",
-                "Requests refused with 429 by a rate limit or quota, by route and kind (rate, user_rate, quota).",
+                "Requests refused with 429 by a rate limit or quota, by route and kind (rate, user_rate, quota, in_flight).",
             ),
             &["route", "kind"],
         )
@@ -298,17 +297,6 @@ impl Metrics {
             "Access log lines dropped because the log's queue (8 MiB) was full: its target did not keep up.",
         )
         .expect("metric");
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
-                "tokengate_connections_refused_total",
-                "Client connections refused because max_connections were open, by listener (plain: \
-                 answered 503; tls: closed before the handshake).",
-            ),
-            &["listener"],
-        )
-        .expect("metric");
-        connections_refused.with_label_values(&["plain"]);
-        connections_refused.with_label_values(&["tls"]);
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
         let build = IntGauge::with_opts(
@@ -340,11 +328,11 @@ impl Metrics {
             Box::new(health_checks.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(access_log_dropped.clone()),
-            Box::new(connections_refused.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("register metric");
         }
+        let connections = super::connections::ConnectionMetrics::register(&registry);
         Arc::new(Metrics {
             registry,
             requests,
@@ -366,7 +354,7 @@ impl Metrics {
             health_checks,
             tls_handshake_failures,
             access_log_dropped,
-            connections_refused,
+            connections,
         })
     }
 

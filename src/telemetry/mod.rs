@@ -3,7 +3,9 @@
 //!
 //! - [`metrics`]: the Prometheus registry and per-route collectors (and the upstream failure kinds they
 //!   count).
+//! - [`connections`]: client connections open, refused at accept (by limit) and closed (by reason).
 //! - [`access_log`]: the non-blocking access log, bounded in bytes (8 MiB queued; long paths cut).
 
 pub mod access_log;
+pub mod connections;
 pub mod metrics;

@@ -1,7 +1,8 @@
-//! Checks of the fields people give a token (user id, label, scopes, expiry), shared by the CLI and the
-//! admin API so that both refuse exactly the same input with the same words.
+//! Checks of the fields people give a token (user id, label, scopes, roles, expiry), shared by the CLI
+//! and the admin API (through [`super::input`]) so that both refuse exactly the same input with the same
+//! words.
 
-use crate::config::{check_scope, parse_duration};
+use crate::config::{check_scope, parse_duration, Roles};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Quotas are limiter primitives; they are named here too, where token fields are parsed.
@@ -101,6 +102,21 @@ pub fn check_label(label: &str) -> Result<(), String> {
 /// Checks every scope of a token (RFC 6750 scope-token syntax).
 pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
     scopes.iter().try_for_each(|s| check_scope(s))
+}
+
+/// Checks that every role name is one of the configuration's `[roles]`.
+pub fn check_roles(names: &[String], roles: &Roles) -> Result<(), String> {
+    match names.iter().find(|r| !roles.contains_key(*r)) {
+        None => Ok(()),
+        Some(r) => Err(format!(
+            "unknown role {r:?} (the [roles] of the configuration define: {})",
+            if roles.is_empty() {
+                "none".to_owned()
+            } else {
+                roles.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        )),
+    }
 }
 
 /// The thumbprint a token is bound to: SHA-256 of the DER of the first certificate in a PEM file (the

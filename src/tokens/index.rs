@@ -54,6 +54,8 @@ pub struct Entry {
     uses: AtomicU32,
     /// Unix seconds of the latest use (0: none since start; 32 bits last until 2106).
     last_used: AtomicU32,
+    /// Requests and tunnels of this token in flight on this node (see [`Entry::enter`]).
+    in_flight: AtomicU32,
 }
 
 impl Entry {
@@ -77,6 +79,7 @@ impl Entry {
             rev: AtomicI64::new(row.rev),
             uses: AtomicU32::new(0),
             last_used: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
         })
     }
 
@@ -173,6 +176,20 @@ impl Entry {
         Some(all)
     }
 
+    /// Takes one of the token's `max` slots for a request or tunnel in flight; `None` when all are
+    /// taken. The slot is given back when the returned guard drops, whatever way the exchange ends.
+    #[inline]
+    pub fn enter(self: &Arc<Self>, max: u32) -> Option<InFlight> {
+        let taken = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.clone());
+        (taken < max).then_some(guard)
+    }
+
+    /// Requests and tunnels of this token in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Records one use: relaxed atomic writes, no I/O.
     #[inline]
     pub fn record_use(&self, now: u64) {
@@ -181,6 +198,16 @@ impl Entry {
         if self.last_used.load(Ordering::Relaxed) != now {
             self.last_used.store(now, Ordering::Relaxed);
         }
+    }
+}
+
+/// One request or tunnel of a token in flight ([`Entry::enter`]): gives its slot back when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Entry>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

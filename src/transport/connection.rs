@@ -18,6 +18,7 @@ use crate::gateway::limits::LimitKind;
 use crate::gateway::paths::origin_form;
 use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
 use crate::telemetry::access_log::Record;
+use crate::telemetry::connections::{Closed, Refused};
 use crate::tokens::format::Digest;
 use crate::tokens::index::Entry;
 use std::io;
@@ -31,6 +32,13 @@ pub(super) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest single wait for the next request: an idle connection notices a shutdown within this.
 const IDLE_SLICE: Duration = Duration::from_secs(1);
+
+/// The first read of an idle connection, whose buffer was given back, goes to the stack.
+const FIRST_READ: usize = 1024;
+
+/// Capacity of the scratch buffer for outgoing heads; given back to this size between requests when a
+/// large head or body piece grew it.
+const OUT_BYTES: usize = 1024;
 
 /// The stream of a client connection: plain TCP or decrypted TLS.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -95,6 +103,8 @@ pub struct Client<'a, S> {
     /// When the connection was accepted: the first request's `header_timeout` counts from here (for
     /// TLS, the handshake included).
     accepted: Instant,
+    /// Why the connection is closing, when an exchange knows better than "done" (metrics).
+    pub(super) closing: Option<Closed>,
 }
 
 impl<'a, S: ClientStream> Client<'a, S> {
@@ -107,9 +117,9 @@ impl<'a, S: ClientStream> Client<'a, S> {
         Client {
             engine,
             io,
-            buf: Buffer::new(),
+            buf: Buffer::with_limit(engine.max_head_bytes),
             head: RequestHead::default(),
-            out: Vec::with_capacity(2048),
+            out: Vec::new(),
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
             tls,
@@ -117,6 +127,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             body_pending: false,
             request_id: RequestId::fresh(),
             accepted: Instant::now(),
+            closing: None,
         }
     }
 
@@ -126,19 +137,19 @@ impl<'a, S: ClientStream> Client<'a, S> {
         self
     }
 
-    /// Serves exchanges until the connection ends.
-    pub async fn run(&mut self) {
+    /// Serves exchanges until the connection ends, and says why it ended.
+    pub async fn run(&mut self) -> Closed {
         loop {
             let head = self.read_head().await;
             self.request_id = RequestId::fresh();
             match head {
-                Ok(true) => {}
-                Ok(false) => return,
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return why,
                 Err(e) => {
                     if self.respond_error(e.status(), e.describe()).await.is_ok() {
                         self.linger().await;
                     }
-                    return;
+                    return Closed::BadRequest;
                 }
             }
             self.body_pending = self.head.framing.has_body();
@@ -148,12 +159,16 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 if self.body_pending {
                     self.linger().await;
                 }
-                return;
+                return self.closing.take().unwrap_or(Closed::Done);
             }
             if self.engine.is_draining() {
-                return;
+                return Closed::Shutdown;
             }
+            // Memory between requests: the buffers go back to their small sizes.
             self.buf.shrink_if_idle();
+            if self.out.capacity() > 4 * OUT_BYTES {
+                self.out = Vec::with_capacity(OUT_BYTES);
+            }
         }
     }
 
@@ -179,28 +194,44 @@ impl<'a, S: ClientStream> Client<'a, S> {
         }
     }
 
-    /// Over `max_connections`: a 503 for whatever the client sends first, then close.
-    pub async fn refuse_connection(&mut self) {
+    /// Over `max_connections` (503) or `max_connections_per_address` (429): the answer to whatever the
+    /// client sends first, then close.
+    pub async fn refuse_connection(&mut self, limit: Refused) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.read(self.buf.spare())).await;
-        let mut r = Refusal::new(
-            503,
-            "overloaded",
-            "the gateway has as many connections open as it is allowed to; retry shortly",
-        )
+        let mut r = match limit {
+            Refused::MaxConnections => Refusal::new(
+                503,
+                "overloaded",
+                "the gateway has as many connections open as it is allowed to; retry shortly",
+            ),
+            Refused::PerAddress => Refusal::new(
+                429,
+                "too_many_connections",
+                "this address has as many connections open as it is allowed to; reuse one",
+            ),
+        }
         .closing();
         r.retry_after = Some(1);
         let _ = self.answer(&r, false, false).await;
     }
 
-    /// Waits for the next complete request head in the buffer. `Ok(false)`: the client closed, stayed idle
-    /// past `keepalive_timeout`, or the server is shutting down — nothing to answer.
-    async fn read_head(&mut self) -> Result<bool, HeadError> {
+    /// Waits for the next complete request head in the buffer. `Ok(Err(why))`: the client closed, stayed
+    /// idle past `keepalive_timeout`, took longer than `header_timeout`, or the server is shutting down
+    /// — nothing (more) to answer.
+    async fn read_head(&mut self) -> Result<Result<(), Closed>, HeadError> {
         let mut deadline: Option<Instant> = None;
         let mut idle_deadline: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
+                let limit = self.buf.limit();
                 if self.head.parse(self.buf.filled())? {
-                    return Ok(true);
+                    if self.head.len > limit {
+                        return Err(HeadError::TooLarge);
+                    }
+                    return Ok(Ok(()));
+                }
+                if self.buf.len() >= limit {
+                    return Err(HeadError::TooLarge);
                 }
                 deadline.get_or_insert_with(|| Instant::now() + self.engine.header_timeout);
             }
@@ -218,15 +249,38 @@ impl<'a, S: ClientStream> Client<'a, S> {
                     idle_until.saturating_duration_since(now).min(IDLE_SLICE)
                 }
             };
-            match timed(wait, self.io.read(self.buf.spare())).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Ok(false),
+            let read = if self.buf.is_released() {
+                // An idle connection holds no buffer: its next bytes land on the stack first.
+                let mut first = [0u8; FIRST_READ];
+                let r = timed(wait, self.io.read(&mut first)).await;
+                if let Ok(Ok(n)) = r {
+                    self.buf.spare()[..n].copy_from_slice(&first[..n]);
+                }
+                r
+            } else {
+                timed(wait, self.io.read(self.buf.spare())).await
+            };
+            match read {
+                Ok(Ok(0)) => return Ok(Err(Closed::Done)),
+                Ok(Err(_)) => return Ok(Err(Closed::ClientGone)),
                 Ok(Ok(n)) => self.buf.filled_by(n),
                 // Idle: close at the keep-alive (or first-request) timeout or on shutdown, else wait on.
                 Err(_) if idle => {
-                    let expired = idle_deadline.is_some_and(|d| Instant::now() >= d);
-                    if expired || self.engine.is_draining() {
-                        return Ok(false);
+                    if self.engine.is_draining() {
+                        return Ok(Err(Closed::Shutdown));
                     }
+                    if idle_deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(Err(if served == 0 {
+                            Closed::HeaderTimeout
+                        } else {
+                            Closed::IdleTimeout
+                        }));
+                    }
+                    // Idle for a while: give the buffers back (a busy connection keeps them, so
+                    // requests in a row allocate nothing).
+                    self.buf.release();
+                    self.out = Vec::new();
+                    self.head.fields = Vec::new();
                 }
                 Err(_) => {
                     let r = Refusal::new(
@@ -236,7 +290,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                     )
                     .closing();
                     let _ = self.answer(&r, false, false).await;
-                    return Ok(false);
+                    return Ok(Err(Closed::HeaderTimeout));
                 }
             }
         }
@@ -355,6 +409,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
         let host = &io.pool.members[server.unwrap_or(0)].upstream.host;
         let head_bytes = &self.buf.filled()[..self.head.len];
         self.out.clear();
+        self.out.reserve(OUT_BYTES);
         let upgrade = self.head.upgrade_websocket && forward.route.websocket;
         write_upstream_head(
             &mut self.out,
@@ -370,6 +425,8 @@ impl<'a, S: ClientStream> Client<'a, S> {
         facts.entry = forward.principal;
         facts.digest = forward.digest;
         facts.rate_limit = forward.rate_limit;
+        // The token's in-flight slot is held until the exchange (or the tunnel it opens) ends.
+        let _token_slot = forward.in_flight;
         let method = self.head.method.get(head_bytes);
         let req = Req {
             framing: self.head.framing,
@@ -425,6 +482,10 @@ impl<'a, S: ClientStream> Client<'a, S> {
             self.buf.consume(n);
             facts.bytes_in = n as u64;
         }
+        if !r.reusable || body_in_buffer.is_none() {
+            // Closed by the gateway's choice, not the client's (`Connection: close`).
+            self.closing.get_or_insert(Closed::Refused);
+        }
         facts.status = r.status;
         facts.outcome = r.outcome;
         facts.limit = r.limit;
@@ -459,6 +520,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
     ) -> io::Result<u64> {
         let body = r.body(Some(self.request_id.as_str()));
         self.out.clear();
+        self.out.reserve(OUT_BYTES);
         write_error_head(
             &mut self.out,
             r,

@@ -6,7 +6,7 @@
 //! Only a request that is safe to repeat and has no body is ever sent twice, and only when a reused
 //! connection turns out closed before a byte of an answer arrived.
 
-use super::body::{BodyError, BodyState};
+use super::body::{BodyError, BodyLimits, BodyState};
 use super::connection::{ClientStream, Facts, Req};
 use super::http1::{self, Buffer, Chunk, ChunkedDecoder, Framing, ResponseHead};
 use super::rewrite::write_response_head;
@@ -15,6 +15,7 @@ use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
 use crate::gateway::auth::Denial;
 use crate::gateway::{Admitted, Lapse, Refusal};
+use crate::telemetry::connections::Closed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -242,7 +243,13 @@ impl<S: ClientStream> Client<'_, S> {
             websocket: false,
         };
         let (mut up_read, mut up_write) = tokio::io::split(&mut conn.stream);
-        let deadline = io.route.request_timeout.map(|t| facts.start + t);
+        let limits = BodyLimits {
+            write_timeout,
+            read_timeout: engine.body_timeout,
+            deadline: io.route.request_timeout.map(|t| facts.start + t),
+            max: io.route.max_body_bytes,
+            min_rate: engine.min_body_rate,
+        };
         let (head_result, sent) = {
             let (client, buf, out) = (&mut self.io, &mut self.buf, &mut self.out);
             let send = async {
@@ -262,17 +269,7 @@ impl<S: ClientStream> Client<'_, S> {
                         )))
                     }
                 }
-                Ok(body
-                    .pump(
-                        client,
-                        buf,
-                        out,
-                        &mut up_write,
-                        write_timeout,
-                        deadline,
-                        io.route.max_body_bytes,
-                    )
-                    .await)
+                Ok(body.pump(client, buf, out, &mut up_write, &limits).await)
             };
             let head = read_response_head(&mut up_read, &mut conn.buf, resp, req.is_head, false);
             tokio::pin!(send, head);
@@ -493,6 +490,7 @@ impl<S: ClientStream> Client<'_, S> {
         f: UpstreamFailure,
         req: Req,
     ) -> bool {
+        self.closing.get_or_insert(Closed::Upstream);
         let status = f.status();
         log::warn!(
             "route {}: upstream failed: {} ({})",
@@ -544,6 +542,7 @@ impl<S: ClientStream> Client<'_, S> {
         req: Req,
         lapse: Lapse,
     ) -> bool {
+        self.closing.get_or_insert(Closed::Refused);
         log::info!(
             "route {}: an upload of token {} was cut: {}",
             io.route.name,
@@ -596,11 +595,19 @@ impl<S: ClientStream> Client<'_, S> {
         req: Req,
     ) -> bool {
         let (status, error, detail): (u16, &'static str, std::borrow::Cow<'static, str>) = match e {
-            BodyError::ClientGone => return false,
+            BodyError::ClientGone => {
+                self.closing = Some(Closed::ClientGone);
+                return false;
+            }
             BodyError::Timeout => (
                 408,
                 "request_timeout",
                 "the request body was not received in time".into(),
+            ),
+            BodyError::TooSlow(rate) => (
+                408,
+                "request_timeout",
+                format!("the request body arrived slower than {rate} bytes a second").into(),
             ),
             BodyError::Malformed => (
                 400,
@@ -617,6 +624,11 @@ impl<S: ClientStream> Client<'_, S> {
                 return self.upstream_failed(io, facts, f, req).await;
             }
         };
+        self.closing = Some(if status == 408 {
+            Closed::BodyTimeout
+        } else {
+            Closed::Refused
+        });
         facts.status = status;
         let refusal = Refusal::new(status, error, detail).closing();
         if let Ok(sent) = self.answer(&refusal, false, req.is_head).await {
@@ -732,6 +744,7 @@ async fn read_response_head<R: AsyncRead + Unpin>(
 /// Reads more of a response body into the connection's buffer. A clean close is reported with
 /// `nothing_received` set (the end of a close-delimited body).
 async fn fill(conn: &mut Conn, read_timeout: Duration) -> Result<(), UpstreamFailure> {
+    conn.buf.reserve_body();
     match timed(|| read_timeout, conn.stream.read(conn.buf.spare())).await {
         Ok(Ok(0)) => {
             let mut f = UpstreamFailure::new(

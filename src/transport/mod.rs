@@ -4,6 +4,7 @@
 //! The wire code never decides policy.
 //!
 //! - [`Engine`] (this file): the pingora `ServerApp` — per connection, the connection limit, then the loop.
+//! - [`addresses`]: connections open per client address (`max_connections_per_address`).
 //! - [`connection`]: the per-connection loop — heads, timeouts, the decision, refusals, metrics, log.
 //! - [`forward`]: sending an allowed request upstream, streaming bodies both ways, relaying the answer.
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
@@ -29,6 +30,7 @@
 //! head, and upstream connections are shared by all client connections through each server's lock-free
 //! idle queue (see [`upstream`]).
 
+pub mod addresses;
 pub mod body;
 pub mod connection;
 pub mod door;
@@ -49,6 +51,7 @@ use crate::config::Config;
 use crate::gateway::routes::{Route, RouteTable};
 use crate::gateway::{Gate, TlsPeer};
 use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::connections::{Closed, ConnectionMetrics, Refused};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -222,6 +225,13 @@ pub struct Engine {
     /// Time a client has to send a whole request head, from its first byte (or from the connection's
     /// start for the first request).
     pub header_timeout: Duration,
+    /// `[gateway] max_head_bytes`: the largest request head (431 beyond); the read buffer grows to it
+    /// only while such a head arrives.
+    pub max_head_bytes: usize,
+    /// `[gateway] body_timeout`: the longest wait for the next bytes of a request body.
+    pub body_timeout: Duration,
+    /// `[gateway] min_body_rate`: bytes a second a request body must keep up (0: none).
+    pub min_body_rate: u64,
     /// Requests in flight, when `max_in_flight` is set (an atomic shared by all workers, so it is only
     /// counted when a limit is configured).
     pub in_flight: Option<(Arc<AtomicUsize>, usize)>,
@@ -231,10 +241,13 @@ pub struct Engine {
     pub max_connections: usize,
     /// The TLS listener, when `[tls]` is configured.
     pub tls: Option<TlsListener>,
+    /// Connections open per client address and their limit (`max_connections_per_address`; trusted
+    /// proxies are not counted).
+    pub per_address: addresses::PerAddress,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: prometheus::IntCounter,
-    /// Connections refused over `max_connections`: on the plain listener, on the TLS listener.
-    pub connections_refused: [prometheus::IntCounter; 2],
+    /// Connections open, refused at accept and closed, by listener and reason.
+    pub connection_metrics: ConnectionMetrics,
     /// Set when the server starts to shut down or hand over: exchanges end with `Connection: close` and
     /// idle connections close within a second. A plain flag read with a relaxed load: pingora's shutdown
     /// watch would cost a shared lock per idle wait.
@@ -246,6 +259,43 @@ pub struct Engine {
 impl Engine {
     fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// How full the gateway's listeners are, for `/healthz`: the counters the engine keeps (shared, not
+/// copied) and their limits.
+#[derive(Clone)]
+pub struct Load {
+    pub connections: Arc<AtomicUsize>,
+    pub max_connections: usize,
+    pub in_flight: Option<(Arc<AtomicUsize>, usize)>,
+}
+
+impl Load {
+    /// The limits that are reached now (`max_connections`, `max_in_flight`): new clients get 503.
+    pub fn saturated(&self) -> Vec<&'static str> {
+        let mut full = Vec::new();
+        if self.connections.load(Ordering::Relaxed) >= self.max_connections {
+            full.push("max_connections");
+        }
+        if let Some((n, max)) = &self.in_flight {
+            if n.load(Ordering::Relaxed) >= *max {
+                full.push("max_in_flight");
+            }
+        }
+        full
+    }
+
+    /// `{"connections": {"open", "max"}, "in_flight": {"open", "max"} | null}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let open = |n: &AtomicUsize, max: usize| {
+            // A refused connection holds its count for an instant: never show more than the limit.
+            serde_json::json!({ "open": n.load(Ordering::Relaxed).min(max), "max": max })
+        };
+        serde_json::json!({
+            "connections": open(&self.connections, self.max_connections),
+            "in_flight": self.in_flight.as_ref().map(|(n, max)| open(n, *max)),
+        })
     }
 }
 
@@ -284,14 +334,34 @@ impl ServerApp for Engine {
             .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let is_tls = self.tls.as_ref().is_some_and(|t| t.accepted(local));
         let slot = take_slot(&self.connections, self.max_connections);
-        match &self.tls {
-            Some(tls) if tls.accepted(local) => {
-                let Some(slot) = slot else {
-                    self.connections_refused[1].inc();
-                    log::debug!("TLS connection from {peer:?} closed: max_connections reached");
-                    return None; // dropping the stream closes the socket
-                };
+        // One address may hold at most `max_connections_per_address` of the slots (trusted proxies
+        // carry many clients and are not counted).
+        let trusted = self.table.load().routes.trusts(peer);
+        let (address_slot, refused) = match (&slot, peer) {
+            (None, _) => (None, Some(Refused::MaxConnections)),
+            (Some(_), Some(ip)) if !trusted => match self.per_address.take(ip) {
+                Some(a) => (Some(a), None),
+                None => (None, Some(Refused::PerAddress)),
+            },
+            _ => (None, None),
+        };
+        if let Some(limit) = refused {
+            self.connection_metrics.refused(is_tls, limit);
+            drop(slot);
+            if is_tls {
+                log::debug!("TLS connection from {peer:?} closed: {}", limit.as_str());
+                return None; // dropping the stream closes the socket
+            }
+            Client::new(self, io, peer, None)
+                .refuse_connection(limit)
+                .await;
+            return None;
+        }
+        self.connection_metrics.opened(is_tls);
+        let closed = match &self.tls {
+            Some(tls) if is_tls => {
                 // The handshake has `header_timeout` from accept; the first request head's wait counts
                 // from accept too, so a slow handshake does not earn a slow request a second allowance.
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
@@ -303,26 +373,24 @@ impl ServerApp for Engine {
                         Client::new(self, stream, peer, Some(peer_facts))
                             .accepted_at(accepted)
                             .run()
-                            .await;
+                            .await
                     }
                     Err(e) => {
                         self.tls_handshake_failures.inc();
                         log::debug!("TLS handshake from {peer:?} failed: {e}");
+                        Closed::TlsHandshake
                     }
                 }
-                drop(slot);
             }
             _ => {
-                let mut client = Client::new(self, io, peer, None).accepted_at(accepted);
-                match slot {
-                    Some(_slot) => client.run().await,
-                    None => {
-                        self.connections_refused[0].inc();
-                        client.refuse_connection().await;
-                    }
-                }
+                Client::new(self, io, peer, None)
+                    .accepted_at(accepted)
+                    .run()
+                    .await
             }
-        }
+        };
+        self.connection_metrics.closed(is_tls, closed);
+        drop((slot, address_slot));
         None
     }
 }

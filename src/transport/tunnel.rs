@@ -22,6 +22,7 @@ use super::rewrite::write_response_head;
 use super::upstream::Conn;
 use super::{Engine, RouteIo};
 use crate::gateway::{Admitted, Lapse};
+use crate::telemetry::connections::Closed;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -235,6 +236,7 @@ impl<S: ClientStream> Client<'_, S> {
         resp: &ResponseHead,
         facts: &mut Facts,
     ) -> bool {
+        self.closing = Some(Closed::Tunnel);
         self.out.clear();
         write_response_head(
             &mut self.out,

@@ -13,6 +13,7 @@
 
 pub mod leaks;
 pub mod pg;
+pub mod pki;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -1552,6 +1553,20 @@ pub fn assert_success(out: &Output, args: &[&str]) {
         "tokengate {args:?} failed:\n{}",
         describe(out)
     );
+}
+
+/// The examples' binaries: built by `cargo build --examples` into the target directory of this test.
+pub fn examples_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/quick_start-<hash> → target/<profile>/examples
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--examples", "--quiet"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build --examples");
+    assert!(status.success(), "cargo build --examples failed");
+    dir
 }
 
 /// Whether `s` has the token format `tg_[0-9A-Za-z]{49}`.

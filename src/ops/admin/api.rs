@@ -9,10 +9,9 @@
 use super::access::{Caller, GrantError};
 use super::rule::{self, Grants, Write};
 use super::{json, Admin, Reply, DRAIN_LIMIT, MAX_BODY};
-use crate::config::Rate;
-use crate::tokens::fields::{check_label, check_scopes, check_user, expiry, role_grant, Quota};
 use crate::tokens::index::Index;
-use crate::tokens::store::{self, NewToken, Store, StoreError, TokenPatch, TokenRecord};
+use crate::tokens::input::{self, NewInput, PatchInput};
+use crate::tokens::store::{self, Store, StoreError, TokenPatch, TokenRecord};
 use http::{header, Method, StatusCode};
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
@@ -178,31 +177,14 @@ fn with_pending(index: &Index, mut record: TokenRecord) -> TokenRecord {
 
 /// Checks a PATCH body into a store patch.
 fn patch_from(req: PatchRequest) -> Result<TokenPatch, ApiError> {
-    if let Some(l) = &req.label {
-        check_label(l).map_err(ApiError::bad)?;
-    }
-    if req.expires_in.is_some() && req.expires_at.is_some() {
-        return Err(ApiError::bad("give expires_in or expires_at, not both"));
-    }
-    let expires_at = match (req.expires_in.as_deref(), req.expires_at) {
-        (Some(d), _) => Some(expiry(Some(d), None).map_err(ApiError::bad)?),
-        (None, Some(None)) => Some(None),
-        (None, Some(Some(t))) => Some(expiry(None, Some(&t)).map_err(ApiError::bad)?),
-        (None, None) => None,
-    };
-    // Absent: unchanged; null: removed; a value: parsed.
-    fn limit<T>(
-        v: Option<Option<String>>,
-        parse: fn(&str) -> Result<T, String>,
-    ) -> Result<Option<Option<T>>, ApiError> {
-        v.map(|v| parsed(v.as_deref(), parse)).transpose()
-    }
-    Ok(TokenPatch {
+    input::token_patch(PatchInput {
         label: req.label,
-        expires_at,
-        rate_limit: limit(req.rate_limit, Rate::parse)?,
-        quota: limit(req.quota, Quota::parse)?,
+        expires_in: req.expires_in,
+        expires_at: req.expires_at,
+        rate_limit: req.rate_limit,
+        quota: req.quota,
     })
+    .map_err(|e| ApiError::bad(e.for_api()))
 }
 
 fn with_token(record: &TokenRecord, token: &str) -> serde_json::Value {
@@ -384,35 +366,28 @@ impl Admin {
                     },
                 )?;
                 let user = caller.owner_of_new(req.user.as_deref())?;
-                check_user(&user).map_err(ApiError::bad)?;
-                check_label(&req.label).map_err(ApiError::bad)?;
-                check_scopes(&req.scopes).map_err(ApiError::bad)?;
-                if req.expires_in.is_some() && req.expires_at.is_some() {
-                    return Err(ApiError::bad("give expires_in or expires_at, not both"));
-                }
-                let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())
-                    .map_err(ApiError::bad)?;
-                let bound_cert = parsed(req.bound_cert_sha256.as_deref(), store::parse_sha256_hex)?;
-                let rate_limit = parsed(req.rate_limit.as_deref(), Rate::parse)?;
-                let quota = parsed(req.quota.as_deref(), Quota::parse)?;
-                let mut scopes = req.scopes;
-                scopes.extend(req.roles.iter().map(|r| role_grant(r)));
+                let new = input::new_token(
+                    NewInput {
+                        user,
+                        label: req.label,
+                        expires_in: req.expires_in,
+                        expires_at: req.expires_at,
+                        scopes: req.scopes,
+                        roles: req.roles,
+                        bound_cert_sha256: req.bound_cert_sha256,
+                        rate_limit: req.rate_limit,
+                        quota: req.quota,
+                    },
+                    &self.roles(),
+                )
+                .map_err(|e| ApiError::bad(e.for_api()))?;
                 let grants = Grants {
-                    grants: &scopes,
-                    expires_at,
-                    rate_limit,
-                    quota,
+                    grants: &new.scopes,
+                    expires_at: new.expires_at,
+                    rate_limit: new.rate_limit,
+                    quota: new.quota,
                 };
                 rule::permit(&caller, &Write::Create(grants), &self.roles())?;
-                let new = NewToken {
-                    user,
-                    label: req.label,
-                    scopes,
-                    expires_at,
-                    bound_cert,
-                    rate_limit,
-                    quota,
-                };
                 // A self-service caller's user holds at most `max_tokens_per_user` active tokens; counted
                 // and created on the one store connection.
                 let cap = caller
@@ -557,11 +532,6 @@ impl Admin {
             )),
         }
     }
-}
-
-/// An optional request field parsed by `parse`; a parse error is a 400 naming the problem.
-fn parsed<T>(v: Option<&str>, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, ApiError> {
-    v.map(parse).transpose().map_err(ApiError::bad)
 }
 
 #[cfg(test)]

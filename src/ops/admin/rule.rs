@@ -20,7 +20,7 @@
 
 use super::access::{Caller, GrantError};
 use crate::config::{Rate, Roles};
-use crate::tokens::fields::{is_privileged, rfc3339, split_grants, Period, Quota};
+use crate::tokens::fields::{check_roles, is_privileged, rfc3339, split_grants, Period, Quota};
 use crate::tokens::store::{TokenPatch, TokenRecord};
 use std::collections::BTreeSet;
 
@@ -73,12 +73,7 @@ pub enum Write<'a> {
 pub fn permit(caller: &Caller, write: &Write<'_>, roles: &Roles) -> Result<(), GrantError> {
     if let Write::Create(new) = write {
         let (_, role_names) = split_grants(new.grants);
-        if let Some(r) = role_names.iter().find(|r| !roles.contains_key(*r)) {
-            return Err(GrantError::Bad(format!(
-                "unknown role {r:?} (the [roles] of the configuration define: {})",
-                names(roles)
-            )));
-        }
+        check_roles(&role_names, roles).map_err(GrantError::Bad)?;
     }
     let Some(ceiling) = Ceiling::of(caller, roles) else {
         return Ok(()); // an admin
@@ -271,14 +266,6 @@ fn quota_le(a: Quota, b: Quota) -> bool {
     match (a.period, b.period) {
         (Period::Day, Period::Month) => a.count.saturating_mul(31) <= b.count,
         _ => a.count <= b.count,
-    }
-}
-
-fn names(roles: &Roles) -> String {
-    if roles.is_empty() {
-        "none".into()
-    } else {
-        roles.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 }
 

@@ -12,17 +12,18 @@
 use super::{StoreError, BUSY_TIMEOUT};
 use crate::config::redact_url;
 use crate::config::store_url::{conninfo_pairs, form, hide_secrets_of, percent_decode, Form};
+use crate::crypto::{self, Roots};
 use postgres::config::{Host, SslMode};
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -291,70 +292,46 @@ fn hosts(config: &postgres::Config) -> String {
     }
 }
 
-/// The rustls connector for an `sslmode` other than `disable` (ring provider, TLS 1.2 and 1.3).
+/// The rustls connector for an `sslmode` other than `disable`, built by [`crate::crypto`] like every
+/// client config of the crate (its provider, TLS 1.2 and 1.3, its roots: `sslrootcert`, or the system's
+/// for none or `system`).
 fn tls_connector(policy: SslPolicy, root: Option<&str>) -> Result<MakeRustlsConnect, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algs = provider.signature_verification_algorithms;
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+    const KEY: &str = "sslrootcert";
+    let algs = crypto::provider().signature_verification_algorithms;
     let checks_chain =
         matches!(policy, SslPolicy::VerifyCa | SslPolicy::VerifyFull) || root.is_some();
+    let roots = || {
+        let roots = match root {
+            None | Some("system") => Roots::System,
+            Some(path) => Roots::File(Path::new(path)),
+        };
+        crypto::root_store(KEY, roots).map_err(|e| e.to_string())
+    };
     let config = if !checks_chain {
         let verifier = Verifier { chain: None, algs };
-        builder
+        crypto::client_builder(KEY)
+            .map_err(|e| e.to_string())?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth()
+    } else if policy == SslPolicy::VerifyFull {
+        crypto::verifying_client(KEY, roots()?).map_err(|e| e.to_string())?
     } else {
-        let roots = Arc::new(root_store(root)?);
-        if policy == SslPolicy::VerifyFull {
-            builder.with_root_certificates(roots)
-        } else {
-            let chain = WebPkiServerVerifier::builder_with_provider(roots, provider)
+        let chain =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots()?), crypto::provider())
                 .build()
                 .map_err(|e| e.to_string())?;
-            let verifier = Verifier {
-                chain: Some(chain),
-                algs,
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-        }
+        let verifier = Verifier {
+            chain: Some(chain),
+            algs,
+        };
+        crypto::client_builder(KEY)
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth()
     };
-    Ok(MakeRustlsConnect::new(config.with_no_client_auth()))
-}
-
-/// Roots from `sslrootcert` (a PEM file), or the system's for none or `system`.
-fn root_store(root: Option<&str>) -> Result<RootCertStore, String> {
-    let mut store = RootCertStore::empty();
-    match root {
-        None | Some("system") => {
-            let found = rustls_native_certs::load_native_certs();
-            store.add_parsable_certificates(found.certs);
-        }
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("sslrootcert {path}: {e}"))?;
-                store
-                    .add(cert)
-                    .map_err(|e| format!("sslrootcert {path}: {e}"))?;
-            }
-        }
-    }
-    match store.is_empty() {
-        true => Err(match root {
-            None | Some("system") => {
-                "no root certificates in the system store to check the server's \
-                certificate with: give the CA that signed it with sslrootcert=PATH"
-                    .to_string()
-            }
-            Some(path) => format!("no root certificates in {path}"),
-        }),
-        false => Ok(store),
-    }
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// Checks the server's certificate for `prefer`, `require` and `verify-ca`: no check at all (`chain: None`,
