@@ -79,6 +79,7 @@ fn row(id: i64, digest: Digest) -> IndexRow {
         quota: None,
         quota_used: 0,
         quota_period: None,
+        leaked: false,
     }
 }
 

@@ -246,6 +246,7 @@ fn measure_index(n: usize) {
             quota: Some(quota),
             quota_used: 0,
             quota_period: Some(start),
+            leaked: false,
         });
     }
     let totals: Vec<QuotaTotal> = (1..=n as i64)

@@ -142,6 +142,14 @@ pub enum TokenCommand {
     /// Revoke a token at once (gateways on this host have applied it when the command returns, at most
     /// 1 s later; gateways elsewhere within their sync interval).
     Revoke { id: i64 },
+    /// Report leaked tokens (a JSON array of {token, type, url, source}, as GitHub sends; `-`: stdin):
+    /// ours are revoked (or only recorded with [leaks] action = "report"), as by the partner endpoint.
+    Leaked {
+        #[arg(long)]
+        from_file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Give a token a new secret; with --grace the old one keeps working that long.
     Rotate {
         id: i64,
@@ -210,6 +218,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 command,
                 TokenCommand::List { .. } | TokenCommand::Show { .. }
             );
+            if let TokenCommand::Leaked { from_file, json } = &command {
+                let feedback = crate::ops::leaks::from_file::take_file(&config, from_file)?;
+                print_leak_feedback(&feedback, *json);
+                wait_for_gateways(&store);
+                return Ok(());
+            }
             token_command(&mut store, &config.roles, command)?;
             if changes {
                 wait_for_gateways(&store);
@@ -233,6 +247,17 @@ fn warnings(config: &Config, location: Option<&Location>) -> Vec<String> {
         out.push(format!("{from}: {w}"));
     }
     out
+}
+
+/// The feedback of `token leaked`: per match its SHA-256 and label (never the token).
+fn print_leak_feedback(feedback: &[crate::ops::leaks::Feedback], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(feedback).expect("json"));
+        return;
+    }
+    for f in feedback {
+        println!("{}  {}  {}", f.token_hash, f.label, f.token_type);
+    }
 }
 
 /// After a change on SQLite: waits (at most a second) until every gateway running on this host has
@@ -421,6 +446,10 @@ fn token_command(
                 println!("token {} already had these settings", record.id);
             }
             Ok(())
+        }
+        // Needs the configuration as well as the store: taken in `run` before this.
+        TokenCommand::Leaked { .. } => {
+            anyhow::bail!("token leaked is taken with the configuration")
         }
         TokenCommand::Revoke { id } => {
             let (record, changed) = store.revoke(id, CLI_ACTOR)?;

@@ -166,6 +166,7 @@ pub fn reload(
             "gateway.work_stealing",
             new.gateway.work_stealing != current.gateway.work_stealing,
         ),
+        ("leaks", new.leaks != current.leaks),
         (
             "gateway bounds (max_connections, max_connections_per_address, max_in_flight, \
              max_in_flight_per_token, max_head_bytes, header_timeout, keepalive_timeout, body_timeout, \
@@ -330,6 +331,14 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let (access_log, log_writer) =
         AccessLog::start(&cfg.log, state.metrics.access_log_dropped.clone())
             .context("opening the access log")?;
+    // `[leaks]`: the secret-scanning endpoint on the listeners, `POST /api/leaks`, owner notifications.
+    let leaks = crate::ops::leaks::start(
+        cfg.leaks.as_ref(),
+        state.index.clone(),
+        state.location.clone(),
+        &state.metrics.registry,
+        stop.clone(),
+    )?;
     let load = Load {
         connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         max_connections: cfg.gateway.max_connections,
@@ -370,6 +379,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         per_address: PerAddress::new(cfg.gateway.max_connections_per_address),
         connection_metrics: state.metrics.connections.clone(),
         draining,
+        door: leaks.door.clone(),
     };
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
@@ -393,6 +403,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         state.location.clone(),
     )
     .with_routes(state.table.clone())
+    .with_leaks(leaks.taker.clone())
     .with_load(load)
     .with_access(cfg.admin.clone())
     .with_throttle(Throttle::new(

@@ -44,6 +44,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/api/tokens/{id}/rotate"),
     ("GET", "/api/routes"),
     ("GET", "/api/whoami"),
+    ("POST", "/api/leaks"),
+    ("GET", "/api/leaks"),
 ];
 
 /// The fields of a token in `token list --json` and in the API.
@@ -1447,6 +1449,9 @@ fn openapi_every_documented_operation_reaches_its_handler() {
         let op = &doc["paths"][template.as_str()][method.to_ascii_lowercase()];
         let body = match (op.pointer("/requestBody/required"), method.as_str()) {
             (Some(Value::Bool(true)), "PATCH") => Some(json!({"label": "happy path"})),
+            (Some(Value::Bool(true)), _) if template == "/api/leaks" => {
+                Some(json!([{"token": "tg_not_one_of_ours", "type": "happy path"}]))
+            }
             (Some(Value::Bool(true)), _) => Some(json!({"user": "openapi", "label": "happy path"})),
             _ => None,
         };
@@ -1828,4 +1833,41 @@ fn page_is_served_under_a_strict_content_security_policy() {
     // The page's own assets need no credential, but the API behind them does.
     let r = env.send("GET", "/api/tokens", None, None, b"");
     assert_eq!(r.status, 401, "{r}");
+}
+
+#[test]
+fn leak_reports_are_taken_and_listed_as_documented() {
+    let env = start();
+    let report = json!([{"token": env.full, "type": "found_in_logs", "url": "https://tickets.example/1", "source": "support"}]);
+    let r = env.api("POST", "/api/leaks", Some(&report));
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json()[0]["label"], "true_positive");
+    assert!(!r.text().contains(&env.full));
+    let r = env.api("GET", "/api/leaks", None);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json()[0]["token_id"], env.full_id);
+    let r = env.api(
+        "GET",
+        &format!("/api/leaks?token_id={}", env.scoped_id),
+        None,
+    );
+    assert_eq!(r.json(), json!([]));
+    // Not the shape: 400, quoting nothing of the body.
+    let r = env.api("POST", "/api/leaks", Some(&json!({"token": env.scoped})));
+    assert_error(
+        &r,
+        400,
+        Some("invalid_request"),
+        "POST /api/leaks with an object",
+    );
+    assert!(!r.text().contains(&env.scoped));
+    // Without admin: refused.
+    let r = env.api_raw(
+        "POST",
+        "/api/leaks",
+        Some(&env.scoped),
+        Some("application/json"),
+        report.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{r}");
 }

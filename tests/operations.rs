@@ -764,6 +764,9 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
         ("result", vec!["ok", "error", "failed"]),
         ("direction", vec!["to_upstream", "to_client"]),
         ("listener", vec!["plain", "tls"]),
+        // Leak reports (`[leaks]`): a match's label and what was done, never a token, hash or url.
+        ("label", vec!["true_positive", "false_positive"]),
+        ("action", vec!["revoked", "reported", "none"]),
         // Servers are named as configured: the routes' upstream addresses, nothing a client sent.
         ("server", vec![up_label.as_str(), dead_label.as_str()]),
         ("version", vec![env!("CARGO_PKG_VERSION")]),

@@ -1178,3 +1178,43 @@ fn open_tunnels_count_against_the_token_s_in_flight_slots() {
         assert_eq!(status, 200);
     });
 }
+
+#[test]
+fn a_token_reported_leaked_by_a_signed_report_closes_its_open_tunnel() {
+    use common::leaks::{report_match, send_signed, start_with_keys, with_leaks, Signer};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = ws_server(&rt);
+    let github = Signer::new("key-1");
+    let gw = start_with_keys(
+        with_leaks(
+            GatewayBuilder::new()
+                .gateway("sync_interval", "\"50ms\"")
+                .route_with("ws", "/ws", ws.addr, &[("websocket", "true")]),
+            &[],
+        ),
+        &[&github],
+    );
+    let (_, token) = gw.create_token("alice", "camera");
+    let (_, other) = gw.create_token("bob", "camera");
+    rt.block_on(async {
+        // Wait until the gateway knows both tokens.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while open(&gw, "/ws/live", Some(&other)).await.is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (mut theirs, _) = open(&gw, "/ws/live", Some(&other)).await.unwrap();
+        let body = serde_json::to_vec(&vec![report_match(&token)]).unwrap();
+        let took = tunnel_closes_after(&gw, "/ws/live", &token, || {
+            let r = send_signed(gw.addr(), &github, &body);
+            assert_eq!(r.status, 200, "{r}");
+        })
+        .await;
+        assert!(took < CLOSE_BOUND, "{took:?}");
+        // A new tunnel is refused; someone else's is untouched.
+        assert_eq!(
+            open(&gw, "/ws/live", Some(&token)).await.err().as_deref(),
+            Some("HTTP 401")
+        );
+        echoes(&mut theirs, "still here").await;
+    });
+}

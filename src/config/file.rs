@@ -17,6 +17,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) throttle: FileThrottle,
     pub(super) tls: Option<FileTls>,
+    /// `[leaks]`: the secret-scanning endpoint (see `super::leaks`).
+    pub(super) leaks: Option<super::leaks::FileLeaks>,
     /// Role name → scopes.
     #[serde(default)]
     pub(super) roles: std::collections::BTreeMap<String, Vec<String>>,

@@ -106,6 +106,7 @@ impl Config {
             },
             throttle,
             tls,
+            leaks: raw.leaks.map(|l| super::leaks::leaks(&cx, l)).transpose()?,
             routes,
         })
     }

@@ -9,11 +9,13 @@
 //! - [`access`]: who may do what — `[roles]` and the admin listener's trusted account header.
 //! - [`values`]: parsers for single values (durations, scopes, header names, addresses).
 //! - [`warnings`]: valid settings that open a door (`trusted_proxies` wider than one network).
+//! - [`leaks`]: the `[leaks]` table (the secret-scanning endpoint).
 //! - [`store_url`]: the PostgreSQL connection string's two forms and the redaction of its password.
 
 mod access;
 mod context;
 mod file;
+pub mod leaks;
 mod load;
 pub mod model;
 mod pool;

@@ -30,6 +30,8 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     /// The TLS listener, when `[tls]` is present.
     pub tls: Option<TlsConfig>,
+    /// The secret-scanning endpoint, when `[leaks]` is present.
+    pub leaks: Option<super::leaks::LeaksConfig>,
     /// `[roles]`: role name → the scopes it grants.
     pub roles: Roles,
     pub routes: Vec<RouteConfig>,

@@ -26,6 +26,8 @@ pub enum Denial {
     /// Well-formed but not in the index, or a rotated-out secret whose grace period ended.
     Unknown,
     Revoked,
+    /// Revoked because it was reported leaked (`[leaks]`).
+    Leaked,
     Expired,
     /// Valid token without the route's required scope.
     InsufficientScope(String),
@@ -87,7 +89,7 @@ impl Denial {
     pub fn outcome(&self) -> Outcome {
         match self {
             Denial::Missing => Outcome::Missing,
-            Denial::Revoked => Outcome::Revoked,
+            Denial::Revoked | Denial::Leaked => Outcome::Revoked,
             Denial::Expired => Outcome::Expired,
             Denial::InsufficientScope(_) => Outcome::InsufficientScope,
             Denial::CertificateMismatch => Outcome::CertMismatch,
@@ -114,6 +116,7 @@ impl Denial {
             Denial::BadFormat(e) => e.to_string(),
             Denial::Unknown => "the token is not valid".into(),
             Denial::Revoked => "the token has been revoked".into(),
+            Denial::Leaked => "revoked: reported leaked".into(),
             Denial::Expired => "the token has expired".into(),
             Denial::InsufficientScope(s) => format!("this route requires the scope {s}"),
             Denial::CertificateMismatch => {
@@ -263,7 +266,11 @@ pub fn authorize_digest(
     let slot = index.get(digest).ok_or(Denial::Unknown)?;
     let entry = slot.entry;
     if entry.is_revoked() {
-        return Err(Denial::Revoked);
+        return Err(if entry.is_leaked() {
+            Denial::Leaked
+        } else {
+            Denial::Revoked
+        });
     }
     if now >= slot.valid_until {
         return Err(Denial::Unknown);
@@ -388,6 +395,7 @@ mod tests {
             quota: None,
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         };
         index.apply(&row(1, t.digest(), Some(1000), false, 1));
         assert_eq!(

@@ -493,6 +493,7 @@ rate_limit_headers = true
             quota: None,
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         };
         let (token, device, revoked, expired) = (
             Token::generate(),

@@ -332,6 +332,7 @@ mod tests {
             quota: quota.map(|q| Quota::parse(q).unwrap()),
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         });
         index.get(&t.digest()).unwrap().entry
     }

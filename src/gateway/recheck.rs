@@ -149,6 +149,7 @@ websocket = true
             quota: None,
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         }
     }
 

@@ -7,6 +7,7 @@
 mod access;
 mod api;
 mod bounds;
+mod leaks_api;
 mod listener;
 mod rule;
 
@@ -59,6 +60,8 @@ pub struct Admin {
     throttle: Throttle,
     /// Self-service writes per user (`[admin] self_service_rate`).
     budget: bounds::WriteBudget,
+    /// What `POST /api/leaks` does with a report (see [`leaks_api`]).
+    leaks: Option<Arc<crate::ops::leaks::Taker>>,
     /// How full the gateway's listeners are (for `/healthz`), when serving.
     load: Option<Load>,
 }
@@ -123,8 +126,15 @@ impl Admin {
             access: AdminConfig::on(""),
             throttle: Throttle::new(0, 60, 1),
             budget: bounds::WriteBudget::new(AdminConfig::DEFAULT_SELF_SERVICE_RATE),
+            leaks: None,
             load: None,
         }
+    }
+
+    /// Takes leak reports at `POST /api/leaks` with `taker`.
+    pub fn with_leaks(mut self, taker: Arc<crate::ops::leaks::Taker>) -> Admin {
+        self.leaks = Some(taker);
+        self
     }
 
     /// Throttles failed authentications per address with `throttle` (the `[throttle]` settings).
@@ -404,6 +414,13 @@ impl ServeHttp for Admin {
                         "method_not_allowed",
                         "use GET",
                     ),
+                },
+            },
+            "/api/leaks" => match self.caller(session) {
+                Err(refused) => *refused,
+                Ok(c) => match (!get).then(|| self.guard_write(&c, session)).flatten() {
+                    Some(refused) => refused,
+                    None => self.leaks_api(session, c, &method).await,
                 },
             },
             p if p == "/api/tokens" || p.starts_with("/api/tokens/") => {

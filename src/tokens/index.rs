@@ -46,6 +46,8 @@ pub struct Entry {
     /// The token's own rate limit and quota (boxed: most tokens have none; about 64 bytes when set).
     pub limits: Option<Box<TokenLimits>>,
     revoked: AtomicBool,
+    /// Revoked because it was reported leaked (read only when `revoked` is set).
+    leaked: AtomicBool,
     /// Store revision of the state applied; older rows are ignored (two loaders may race).
     rev: AtomicI64,
     /// Uses not yet flushed (32 bits: a flush every few seconds empties it long before it could wrap).
@@ -73,6 +75,7 @@ impl Entry {
             bound_cert: row.bound_cert.map(Box::new),
             limits: TokenLimits::new(row).map(Box::new),
             revoked: AtomicBool::new(row.revoked),
+            leaked: AtomicBool::new(row.leaked),
             rev: AtomicI64::new(row.rev),
             uses: AtomicU32::new(0),
             last_used: AtomicU32::new(0),
@@ -118,6 +121,11 @@ impl Entry {
 
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Whether it was revoked because it was reported leaked.
+    pub fn is_leaked(&self) -> bool {
+        self.leaked.load(Ordering::Acquire)
     }
 
     /// Whether this token may use a route that requires `scope`, given the roles that grant it
@@ -563,6 +571,7 @@ impl Index {
             },
         };
         entry.rev.store(row.rev, Ordering::Release);
+        entry.leaked.store(row.leaked, Ordering::Release);
         entry.revoked.store(row.revoked, Ordering::Release);
         let revoked_seen = match (&old, row.revoked) {
             (_, false) => 0,
@@ -810,6 +819,7 @@ mod tests {
             quota: None,
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         }
     }
 
@@ -988,6 +998,7 @@ mod tests {
             quota: Some(quota),
             quota_used: used,
             quota_period: Some(quota.period.start_of(quota.period.index(now))),
+            leaked: false,
             ..row(id, digest, rev)
         }
     }

@@ -387,6 +387,11 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 path,
             ));
         }
+        // The side door (`[leaks]`), before routing and without a bearer token: see super::door.
+        if let Some(keep) = self.door(facts).await {
+            return keep;
+        }
+        let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
         let now = clock::now();
         let forward = match engine.gate.decide(&table.routes, &req, now) {
             Verdict::Refuse(r) => return self.refuse(facts, r).await,

@@ -13,6 +13,7 @@
 //! - [`rewrite`]: the heads the gateway writes (the forwarded request, the relayed response, its own answers).
 //! - [`tunnel`]: WebSocket tunnels after a 101 that completes the handshake, re-checked every tick
 //!   ([`crate::gateway::Gate::recheck`]), relayed without a write ever holding the check up.
+//! - [`door`]: one exact path answered by a handler from above (the secret-scanning endpoint), not routed.
 //! - [`handshake`]: the WebSocket opening handshake check (`Sec-WebSocket-Accept` against the key).
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
@@ -35,6 +36,7 @@
 pub mod addresses;
 pub mod body;
 pub mod connection;
+pub mod door;
 pub mod failure;
 pub mod forward;
 pub mod handshake;
@@ -255,6 +257,8 @@ pub struct Engine {
     /// idle connections close within a second. A plain flag read with a relaxed load: pingora's shutdown
     /// watch would cost a shared lock per idle wait.
     pub draining: Arc<AtomicBool>,
+    /// The side door (`[leaks]`'s endpoint), answered before routing; `None` when not configured.
+    pub door: Option<Arc<dyn door::Door>>,
 }
 
 impl Engine {

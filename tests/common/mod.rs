@@ -11,6 +11,7 @@
 //! Each test file uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod leaks;
 pub mod pg;
 pub mod pki;
 pub mod tls;

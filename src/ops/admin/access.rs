@@ -240,6 +240,7 @@ mod tests {
             quota: None,
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         });
         index.get(&t.digest()).unwrap().entry
     }

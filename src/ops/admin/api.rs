@@ -65,10 +65,14 @@ struct RotateRequest {
 }
 
 /// An API failure, turned into the JSON error shape.
-pub(super) struct ApiError(StatusCode, &'static str, String);
+pub(super) struct ApiError(
+    pub(super) StatusCode,
+    pub(super) &'static str,
+    pub(super) String,
+);
 
 impl ApiError {
-    fn bad(detail: impl Into<String>) -> ApiError {
+    pub(super) fn bad(detail: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, "invalid_request", detail.into())
     }
     pub(super) fn into_reply(self) -> Reply {
@@ -142,7 +146,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn query_param(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn query_param(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k == key {
@@ -191,7 +195,7 @@ fn with_token(record: &TokenRecord, token: &str) -> serde_json::Value {
 
 impl Admin {
     /// Runs a store operation on a blocking thread, then brings the index up to date.
-    async fn with_store<T: Send + 'static>(
+    pub(super) async fn with_store<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -256,7 +260,7 @@ impl Admin {
         .map_err(ApiError::from)
     }
 
-    async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    pub(super) async fn read_json<T: serde::de::DeserializeOwned + Default>(
         session: &mut ServerSession,
         empty_ok: bool,
     ) -> Result<T, ApiError> {

@@ -302,6 +302,7 @@ mod tests {
             quota: (!limits.1.is_empty()).then(|| Quota::parse(limits.1).unwrap()),
             quota_used: 0,
             quota_period: None,
+            leaked: false,
         });
         index.get(&t.digest()).unwrap().entry
     }

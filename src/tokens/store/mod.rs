@@ -9,6 +9,7 @@
 //! that changes shared quota counts appends them to the quota feed ([`quota_feed`]), whose entries also
 //! become visible in commit order.
 
+pub mod leaks;
 pub mod pg;
 mod pg_sql;
 pub mod pg_url;
@@ -23,6 +24,9 @@ pub use pg_url::PgUrl;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The revoke reason of a token reported leaked (`tokens.revoked_reason`).
+pub const LEAKED: &str = "leaked";
 
 /// How long a command waits for another writer before giving up with [`StoreError::Busy`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,6 +232,8 @@ pub struct IndexRow {
     /// The shared quota count, in the period starting at `quota_period`.
     pub quota_used: i64,
     pub quota_period: Option<i64>,
+    /// Revoked because it was reported leaked (the refusal says so).
+    pub leaked: bool,
 }
 
 /// What a new token is made of.
@@ -560,6 +566,18 @@ impl Store {
     /// Revokes a token at once. Returns the record and whether this call changed it.
     pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
         each!(self, s => s.revoke(id, actor))
+    }
+
+    /// [`Self::revoke`] with a detail on the `revoked` event (a leak report's source and URL) and a
+    /// reason the index keeps ([`LEAKED`]: the token answers "revoked: reported leaked").
+    pub fn revoke_with(
+        &mut self,
+        id: i64,
+        actor: &str,
+        detail: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(TokenRecord, bool), StoreError> {
+        each!(self, s => s.revoke_with(id, actor, detail, reason))
     }
 
     /// Gives a token a new secret (old one valid for `grace`, or stopped at once).

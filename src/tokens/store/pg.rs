@@ -410,6 +410,18 @@ impl PgStore {
     /// Revokes a token at once. Returns the record and whether this call changed it (false: already
     /// revoked; then no revision and no event).
     pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
+        self.revoke_with(id, actor, None, None)
+    }
+
+    /// [`Self::revoke`], with a detail on the `revoked` event (a leak report's source and URL) and a
+    /// reason the index keeps (`leaked`).
+    pub fn revoke_with(
+        &mut self,
+        id: i64,
+        actor: &str,
+        detail: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(TokenRecord, bool), StoreError> {
         let now = unix_now();
         let (lock, take_revs, revoke) = (
             self.prepare(LOCK)?,
@@ -429,7 +441,7 @@ impl PgStore {
         }
         let rev: i64 = tx.query_one(&take_revs, &[&1i64]).map_err(err)?.get(0);
         let row = tx
-            .query_one(&revoke, &[&id, &now, &rev, &actor])
+            .query_one(&revoke, &[&id, &now, &rev, &actor, &detail, &reason])
             .map_err(err)?;
         let revoked = record(&row).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -562,6 +574,10 @@ impl PgStore {
                     quota: parse_limit(r.try_get(11).map_err(err)?, Quota::parse),
                     quota_used: r.try_get(12).map_err(err)?,
                     quota_period: r.try_get(13).map_err(err)?,
+                    leaked: r
+                        .try_get::<_, Option<bool>>(14)
+                        .map_err(err)?
+                        .unwrap_or(false),
                 });
             }
             if rows.len() < CHANGE_BATCH as usize {

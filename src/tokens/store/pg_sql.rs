@@ -61,6 +61,31 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota_period BIGINT;",
     // 3: the quota feed (SQLite's migration 5; see quota_feed.rs).
     QUOTA_FEED_MIGRATION,
+    // 4: leaked tokens (SQLite's migration 6): why a token was revoked, leak reports, owner
+    // notifications waiting to be delivered.
+    "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT;
+    CREATE TABLE leak_reports (
+        id         BIGSERIAL PRIMARY KEY,
+        at         BIGINT NOT NULL,
+        reporter   TEXT NOT NULL,
+        token_id   BIGINT NOT NULL,
+        label      TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        token_type TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        url        TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX leak_reports_once ON leak_reports (token_id, reporter, source, url);
+    CREATE TABLE leak_notifications (
+        id           BIGSERIAL PRIMARY KEY,
+        report_id    BIGINT NOT NULL UNIQUE,
+        body         TEXT NOT NULL,
+        created_at   BIGINT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      BIGINT NOT NULL,
+        delivered_at BIGINT
+    );
+    CREATE INDEX leak_notifications_due ON leak_notifications (next_at) WHERE delivered_at IS NULL;",
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
@@ -121,11 +146,12 @@ pub(super) const EVENTS: &str =
 
 pub(super) const REVOKE: &str = concat!(
     "WITH t AS (
-        UPDATE tokens SET revoked_at = $2, rev = $3, prev_digest = NULL, prev_valid_until = NULL
+        UPDATE tokens SET revoked_at = $2, rev = $3, prev_digest = NULL, prev_valid_until = NULL,
+            revoked_reason = $6
         WHERE id = $1 RETURNING ",
     record_columns!(),
     "), e AS (
-        INSERT INTO token_events (token_id, at, event, actor, detail) SELECT id, $2, 'revoked', $4, NULL FROM t
+        INSERT INTO token_events (token_id, at, event, actor, detail) SELECT id, $2, 'revoked', $4, $5 FROM t
     )
     SELECT * FROM t"
 );
@@ -146,7 +172,8 @@ pub(super) const ROTATE: &str = concat!(
 
 pub(super) const CHANGES: &str =
     "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at,
-        revoked_at IS NOT NULL, rev, bound_cert_sha256, rate_limit, quota, quota_used, quota_period
+        revoked_at IS NOT NULL, rev, bound_cert_sha256, rate_limit, quota, quota_used, quota_period,
+        revoked_at IS NOT NULL AND revoked_reason = 'leaked'
     FROM tokens WHERE rev > $1 ORDER BY rev";
 
 /// Adds usage in one statement. Deltas for one id are summed first (an index hands in a replaced entry's

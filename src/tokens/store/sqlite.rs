@@ -10,6 +10,7 @@
 use super::{
     created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
     IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch, BUSY_TIMEOUT,
+    LEAKED,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
@@ -68,7 +69,34 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN quota_period INTEGER;",
     // 5: the quota feed (see quota_feed.rs).
     QUOTA_FEED_MIGRATION,
+    // 6: leaked tokens: why a token was revoked (`leaked`: reported leaked), the reports of leaks, and
+    // the owner notifications waiting to be delivered (see ops/leaks).
+    LEAKS_MIGRATION,
 ];
+
+const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT;
+    CREATE TABLE leak_reports (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        reporter   TEXT NOT NULL,
+        token_id   INTEGER NOT NULL,
+        label      TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        token_type TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        url        TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX leak_reports_once ON leak_reports (token_id, reporter, source, url);
+    CREATE TABLE leak_notifications (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        report_id    INTEGER NOT NULL UNIQUE,
+        body         TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    CREATE INDEX leak_notifications_due ON leak_notifications (next_at) WHERE delivered_at IS NULL;";
 
 /// One connection to the token database. Open one per thread that needs it.
 pub struct SqliteStore {
@@ -442,6 +470,18 @@ impl SqliteStore {
 
     /// Revokes a token at once. Returns the record and whether this call changed it (false: already revoked).
     pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
+        self.revoke_with(id, actor, None, None)
+    }
+
+    /// [`Self::revoke`], with a detail on the `revoked` event (a leak report's source and URL) and a
+    /// reason the index keeps (`leaked`).
+    pub fn revoke_with(
+        &mut self,
+        id: i64,
+        actor: &str,
+        detail: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(TokenRecord, bool), StoreError> {
         let err = |e| to_err(&self.path, e);
         let now = unix_now();
         let tx = self
@@ -460,12 +500,12 @@ impl SqliteStore {
             Some(None) => {
                 let rev = next_rev(&tx).map_err(err)?;
                 tx.execute(
-                    "UPDATE tokens SET revoked_at = ?1, rev = ?2, prev_digest = NULL, prev_valid_until = NULL
-                     WHERE id = ?3",
-                    params![now, rev, id],
+                    "UPDATE tokens SET revoked_at = ?1, rev = ?2, prev_digest = NULL, prev_valid_until = NULL,
+                     revoked_reason = ?4 WHERE id = ?3",
+                    params![now, rev, id, reason],
                 )
                 .map_err(err)?;
-                add_event(&tx, id, now, "revoked", actor, None).map_err(err)?;
+                add_event(&tx, id, now, "revoked", actor, detail).map_err(err)?;
                 true
             }
         };
@@ -566,7 +606,7 @@ impl SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev,
-                        bound_cert_sha256, rate_limit, quota, quota_used, quota_period
+                        bound_cert_sha256, rate_limit, quota, quota_used, quota_period, revoked_reason
                  FROM tokens WHERE rev > ?1 ORDER BY rev",
             )
             .map_err(err)?;
@@ -614,6 +654,8 @@ impl SqliteStore {
                 ),
                 quota_used: r.get(12).map_err(err)?,
                 quota_period: r.get(13).map_err(err)?,
+                leaked: revoked_at.is_some()
+                    && r.get::<_, Option<String>>(14).map_err(err)?.as_deref() == Some(LEAKED),
             });
         }
         Ok(())

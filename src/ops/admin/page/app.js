@@ -74,6 +74,8 @@ const state = {
   tokens: new Map(),
   /** Incremented per list request so an older, slower answer never overwrites a newer one. */
   listSeq: 0,
+  /** Ids of tokens with a leak report (`GET /api/leaks`, admins only): shown with a "leaked" badge. */
+  leaked: new Set(),
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -211,6 +213,16 @@ function tokenRow(token) {
   });
   if (token.status === "revoked" && token.revoked_at) badge.title = `revoked ${token.revoked_at}`;
   statusCell.append(badge);
+  if (state.leaked.has(token.id)) {
+    statusCell.append(
+      " ",
+      el("span", {
+        cls: "badge badge-leaked",
+        text: "leaked",
+        attrs: { "data-testid": "leaked", title: "reported leaked: see the history" },
+      }),
+    );
+  }
   tr.append(statusCell);
 
   tr.append(el("td", { cls: "num", text: token.use_count ?? 0, attrs: { "data-testid": "uses" } }));
@@ -298,6 +310,21 @@ function currentFilter() {
   return $("filter-user").value.trim();
 }
 
+/** The ids of tokens reported leaked (an admin's view; empty for other callers or on any error). */
+async function leakedTokenIds() {
+  if (state.caller.mode !== "admin") return new Set();
+  try {
+    const reports = await api("GET", "/api/leaks");
+    return new Set(
+      (Array.isArray(reports) ? reports : [])
+        .filter((r) => r.action === "revoked" || r.action === "reported")
+        .map((r) => r.token_id),
+    );
+  } catch {
+    return new Set();
+  }
+}
+
 /** Loads the list from the API (honouring the user filter) and redraws the table. */
 async function loadTokens() {
   const seq = ++state.listSeq;
@@ -306,6 +333,8 @@ async function loadTokens() {
   try {
     const tokens = await api("GET", path);
     if (seq !== state.listSeq) return; // a newer request is under way
+    state.leaked = await leakedTokenIds();
+    if (seq !== state.listSeq) return;
     state.tokens = new Map((Array.isArray(tokens) ? tokens : []).map((t) => [t.id, t]));
     setError($("list-error"), "");
     renderTable();
