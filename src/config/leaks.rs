@@ -4,9 +4,9 @@
 
 use super::context::Ctx;
 use super::model::ConfigError;
+pub use super::model::{KeySource, LeakAction, LeaksConfig};
 use serde::Deserialize;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 /// The path GitHub is told to POST to, when `listen_path` is not set.
 pub const DEFAULT_LISTEN_PATH: &str = "/.well-known/tokengate/secret-scanning";
@@ -21,45 +21,6 @@ pub(super) struct FileLeaks {
     action: Option<String>,
     notify_url: Option<String>,
     notify_secret_file: Option<String>,
-}
-
-/// What a confirmed leak of an active token does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeakAction {
-    /// Revoke the token at once (the default).
-    Revoke,
-    /// Record and notify; the token keeps working.
-    Report,
-}
-
-impl LeakAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeakAction::Revoke => "revoke",
-            LeakAction::Report => "report",
-        }
-    }
-}
-
-/// Where the partner's signature keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// A key document on disk (`public_keys_file`).
-    File(PathBuf),
-    /// A key document fetched over `https://` (or `http://` to a loopback address).
-    Url(String),
-}
-
-/// The validated `[leaks]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaksConfig {
-    /// Exact path of the endpoint on the gateway's listeners (no query, no fragment).
-    pub listen_path: String,
-    pub keys: KeySource,
-    pub action: LeakAction,
-    /// The owner-notification webhook and the file with its HMAC key.
-    pub notify_url: Option<String>,
-    pub notify_secret_file: Option<PathBuf>,
 }
 
 /// Validates `[leaks]`.

@@ -31,7 +31,7 @@ pub struct Config {
     /// The TLS listener, when `[tls]` is present.
     pub tls: Option<TlsConfig>,
     /// The secret-scanning endpoint, when `[leaks]` is present.
-    pub leaks: Option<super::leaks::LeaksConfig>,
+    pub leaks: Option<LeaksConfig>,
     /// `[roles]`: role name → the scopes it grants.
     pub roles: Roles,
     pub routes: Vec<RouteConfig>,
@@ -385,4 +385,44 @@ impl std::fmt::Display for IpNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
+}
+
+/// `[leaks]`, validated in [`super::leaks`].
+/// What a confirmed leak of an active token does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakAction {
+    /// Revoke the token at once (the default).
+    Revoke,
+    /// Record and notify; the token keeps working.
+    Report,
+}
+
+impl LeakAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeakAction::Revoke => "revoke",
+            LeakAction::Report => "report",
+        }
+    }
+}
+
+/// Where the partner's signature keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A key document on disk (`public_keys_file`).
+    File(PathBuf),
+    /// A key document fetched over `https://` (or `http://` to a loopback address).
+    Url(String),
+}
+
+/// The validated `[leaks]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaksConfig {
+    /// Exact path of the endpoint on the gateway's listeners (no query, no fragment).
+    pub listen_path: String,
+    pub keys: KeySource,
+    pub action: LeakAction,
+    /// The owner-notification webhook and the file with its HMAC key.
+    pub notify_url: Option<String>,
+    pub notify_secret_file: Option<PathBuf>,
 }
