@@ -13,6 +13,7 @@
 //!   signing.
 //! - [`tokens`]: the token format, field checks, the store, the in-memory index and its sync.
 //! - [`config`]: the TOML schema, defaults and validation (file/key/problem errors).
+//! - [`shutdown`]: the background threads' stop signal.
 //! - [`clock`]: the coarse clock read on the request path; [`limiter`]: rate bucket and quota counter
 //!   primitives (no policy).
 //! - [`crypto`]: the rustls set-up shared by the edge, the https upstreams and the PostgreSQL client
@@ -27,6 +28,7 @@ pub mod limiter;
 pub mod logging;
 pub mod ops;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tokens;
 pub mod transport;

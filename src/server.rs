@@ -13,11 +13,12 @@ use crate::config::Config;
 use crate::gateway::throttle::Throttle;
 use crate::gateway::Gate;
 use crate::ops::admin::{Admin, AdminListener};
+use crate::shutdown::Shutdown;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
-use crate::tokens::sync::{self, Stop};
+use crate::tokens::sync;
 use crate::transport::addresses::PerAddress;
 use crate::transport::{tls, Engine, Load, Table, TlsListener};
 use anyhow::Context;
@@ -221,7 +222,7 @@ impl ShutdownSignalWatch for EarlySignals {
 /// handles them on one thread: SIGTERM, SIGINT and SIGQUIT go to pingora's main loop; SIGHUP reloads.
 fn spawn_signal_thread(
     state: &State,
-    stop: Arc<Stop>,
+    stop: Arc<Shutdown>,
     draining: Arc<AtomicBool>,
     fast: Arc<OnceLock<Instant>>,
 ) -> anyhow::Result<(EarlySignals, std::thread::JoinHandle<()>)> {
@@ -316,7 +317,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         upgrade_sock: cfg.gateway.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let stop = Arc::new(Stop::default());
+    let stop = Arc::new(Shutdown::default());
     let draining = Arc::new(AtomicBool::new(false));
     let fast = Arc::new(OnceLock::new());
     let (signals, signal_thread) =

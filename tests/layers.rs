@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 /// Lowest first: a room may use the rooms before it, never one after it.
 const LAYERS: &[&str] = &[
     "clock",
+    // The background threads' stop signal: used by tokens (sync, flush), transport (health checks), ops.
+    "shutdown",
     // The rustls provider, PEM reading, trust roots and client configs: shared by `tokens` (the
     // PostgreSQL client) and `transport` (edge, upstreams), so below both; it uses no other room.
     "crypto",

@@ -1,4 +1,4 @@
-//! The background loops that keep the index in step with the store, plus the [`Stop`] signal that wakes
+//! The background loops that keep the index in step with the store, plus the [`Shutdown`] signal that wakes
 //! them at once on shutdown:
 //!
 //! - the **sync loop** loads every change with `rev > last applied`, then the quota feed's entries after its
@@ -17,66 +17,19 @@
 use super::index::Index;
 use super::store::{Location, Store, StoreError, UsageBatch, UsageDelta};
 use crate::clock;
+pub use crate::shutdown::Shutdown;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A stop signal that wakes sleeping background threads at once; it also carries "pokes" (a change
-/// was noticed) that wake the sync loop early.
-#[derive(Default)]
-pub struct Stop {
-    state: Mutex<(bool, u64)>,
-    cv: Condvar,
-    flag: AtomicBool,
-}
-
-impl Stop {
-    pub fn stop(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
-        self.flag.store(true, Ordering::Release);
-        self.cv.notify_all();
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Sleeps up to `d`; returns true if stopped.
-    pub fn wait(&self, d: Duration) -> bool {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, _) = self
-            .cv
-            .wait_timeout_while(g, d, |s| !s.0)
-            .unwrap_or_else(|p| p.into_inner());
-        g.0
-    }
-
-    /// Wakes [`Self::wait_poke`] (a change notification arrived).
-    pub fn poke(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
-        self.cv.notify_all();
-    }
-
-    /// Sleeps up to `d` or until poked (after `*seen`); returns true if stopped.
-    fn wait_poke(&self, d: Duration, seen: &mut u64) -> bool {
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, _) = self
-            .cv
-            .wait_timeout_while(g, d, |s| !s.0 && s.1 == *seen)
-            .unwrap_or_else(|p| p.into_inner());
-        *seen = g.1;
-        g.0
-    }
-}
-
 /// Records the outcome of one sync attempt in the index's health, logging once per state change.
-struct Health<'a> {
+struct Reporter<'a> {
     index: &'a Index,
     last_logged: Option<String>,
 }
 
-impl Health<'_> {
+impl Reporter<'_> {
     fn ok(&mut self) {
         self.index
             .health
@@ -110,7 +63,7 @@ impl Health<'_> {
 }
 
 /// Runs the sync loop until stopped.
-pub fn run_sync(index: Arc<Index>, location: Location, interval: Duration, stop: Arc<Stop>) {
+pub fn run_sync(index: Arc<Index>, location: Location, interval: Duration, stop: Arc<Shutdown>) {
     match location {
         Location::Sqlite(path) => sync_sqlite(&index, &path, interval, &stop),
         Location::Postgres(_) => sync_postgres(&index, &location, interval, &stop),
@@ -128,7 +81,7 @@ fn purge(index: &Index, last: &mut Instant) {
 
 /// Watches the database's folder for writes to the database or its WAL (another process committed) and
 /// pokes `stop`. `None` when the watch cannot be set up: the poll still catches every change.
-fn watch_sqlite(path: &Path, stop: &Arc<Stop>) -> Option<notify::INotifyWatcher> {
+fn watch_sqlite(path: &Path, stop: &Arc<Shutdown>) -> Option<notify::INotifyWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let dir = path
         .parent()
@@ -166,7 +119,7 @@ fn watch_sqlite(path: &Path, stop: &Arc<Stop>) -> Option<notify::INotifyWatcher>
 
 /// SQLite: woken by inotify or every `interval`, checks `PRAGMA data_version` (cheap) and, when another
 /// connection committed, loads the changed rows.
-fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>) {
+fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Shutdown>) {
     use std::os::unix::fs::MetadataExt;
     let _watcher = watch_sqlite(path, stop);
     // What this process has applied, for CLI changes on this host to wait for (see super::applied).
@@ -175,7 +128,7 @@ fn sync_sqlite(index: &Index, path: &Path, interval: Duration, stop: &Arc<Stop>)
     let mut header: Option<(std::fs::File, u64)> = None;
     let mut seen_version: Option<i64> = None;
     let mut last_purge = Instant::now();
-    let mut health = Health {
+    let mut health = Reporter {
         index,
         last_logged: None,
     };
@@ -270,12 +223,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// PostgreSQL: a listening connection sleeps until `NOTIFY tokengate_changes` or `interval`; then the
 /// changed rows are loaded (`rev > last applied`), so a notification lost while disconnected is caught up
 /// by the revision. Connection failures back off from `interval` to [`MAX_BACKOFF`].
-fn sync_postgres(index: &Index, location: &Location, interval: Duration, stop: &Arc<Stop>) {
+fn sync_postgres(index: &Index, location: &Location, interval: Duration, stop: &Arc<Shutdown>) {
     let Location::Postgres(url) = location else {
         unreachable!("called for PostgreSQL")
     };
     let mut conn: Option<(Store, super::store::pg::Listener)> = None;
-    let mut health = Health {
+    let mut health = Reporter {
         index,
         last_logged: None,
     };
@@ -387,7 +340,12 @@ impl Flusher {
 /// Runs the usage flush loop until stopped, then flushes once more. A store that is missing (SQLite
 /// file deleted or replaced) or unreachable is reopened (never created) on the next try; the counts
 /// wait in memory meanwhile.
-pub fn run_usage_flush(index: Arc<Index>, location: Location, interval: Duration, stop: Arc<Stop>) {
+pub fn run_usage_flush(
+    index: Arc<Index>,
+    location: Location,
+    interval: Duration,
+    stop: Arc<Shutdown>,
+) {
     use std::os::unix::fs::MetadataExt;
     let mut store: Option<(Store, u64)> = None;
     let mut flusher = Flusher::new(&index);

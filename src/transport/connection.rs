@@ -11,7 +11,7 @@ use super::http1::{Buffer, Framing, HeadError, RequestHead};
 use super::request_id::{self, RequestId};
 use super::rewrite::{write_error_head, write_upstream_head, HeadExtras};
 use super::timed::timed;
-use super::{take_slot, Engine, RouteIo, Table};
+use super::{take_permit, Engine, RouteIo, Table};
 use crate::clock;
 use crate::gateway::auth::Outcome;
 use crate::gateway::limits::LimitKind;
@@ -348,7 +348,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
     async fn decide_and_forward(&mut self, table: &Table, facts: &mut Facts) -> bool {
         let engine = self.engine;
         let _in_flight = match &engine.in_flight {
-            Some((count, max)) => match take_slot(count, *max) {
+            Some((count, max)) => match take_permit(count, *max) {
                 Some(slot) => Some(slot),
                 None => {
                     let mut r = Refusal::new(

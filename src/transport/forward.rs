@@ -115,7 +115,7 @@ impl<S: ClientStream> Client<'_, S> {
             self.send_once_more_if_safe(io, user, req, &mut at, &mut resp)
                 .await
                 .map(|()| true)
-                .map_err(Stop::Upstream)
+                .map_err(Abort::Upstream)
         } else {
             // An upload is re-checked while it streams, as a tunnel is.
             self.stream_body(&mut at.conn, &mut body, &mut resp, io, req, facts)
@@ -131,9 +131,9 @@ impl<S: ClientStream> Client<'_, S> {
         self.body_pending = !body.done();
         let body_sent = match result {
             Ok(sent) => sent,
-            Err(Stop::Upstream(f)) => return self.upstream_failed(io, facts, f, req).await,
-            Err(Stop::Body(e)) => return self.body_failed(io, facts, e, req).await,
-            Err(Stop::Lapsed(lapse)) => return self.lapsed_midway(io, facts, req, lapse).await,
+            Err(Abort::Upstream(f)) => return self.upstream_failed(io, facts, f, req).await,
+            Err(Abort::Body(e)) => return self.body_failed(io, facts, e, req).await,
+            Err(Abort::Lapsed(lapse)) => return self.lapsed_midway(io, facts, req, lapse).await,
         };
         if req.upgrade && resp.status == 101 {
             drop(in_flight);
@@ -213,7 +213,7 @@ impl<S: ClientStream> Client<'_, S> {
         io: &RouteIo,
         req: Req,
         facts: &Facts,
-    ) -> Result<bool, Stop> {
+    ) -> Result<bool, Abort> {
         let write_timeout = io.timeouts.write;
         let engine = self.engine;
         let admitted = Admitted {
@@ -237,13 +237,13 @@ impl<S: ClientStream> Client<'_, S> {
                 match timed(|| write_timeout, up_write.write_all(out)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        return Err(Stop::Upstream(UpstreamFailure::new(
+                        return Err(Abort::Upstream(UpstreamFailure::new(
                             UpstreamError::Reset,
                             format!("write: {e}"),
                         )))
                     }
                     Err(_) => {
-                        return Err(Stop::Upstream(UpstreamFailure::new(
+                        return Err(Abort::Upstream(UpstreamFailure::new(
                             UpstreamError::WriteTimeout,
                             "write timed out",
                         )))
@@ -270,7 +270,7 @@ impl<S: ClientStream> Client<'_, S> {
                                 log::debug!("route {}: upstream stopped taking the body: {e}", io.route.name);
                                 sent = Some(Err(BodyError::Upstream(kind, e)));
                             }
-                            Err(e) => return Err(Stop::Body(e)),
+                            Err(e) => return Err(Abort::Body(e)),
                         }
                         timer.as_mut().reset(tokio::time::Instant::now() + io.timeouts.read);
                     }
@@ -279,7 +279,7 @@ impl<S: ClientStream> Client<'_, S> {
                     }
                     _ = check.tick(), if sent.is_none() => {
                         if let Some(lapse) = super::tunnel::lapsed(engine, &admitted) {
-                            return Err(Stop::Lapsed(lapse));
+                            return Err(Abort::Lapsed(lapse));
                         }
                     }
                 }
@@ -290,9 +290,9 @@ impl<S: ClientStream> Client<'_, S> {
         match (head_result, sent) {
             (Ok(()), _) => Ok(body_done),
             (Err(f), Some(Err(BodyError::Upstream(kind, e)))) if f.nothing_received => Err(
-                Stop::Upstream(UpstreamFailure::new(kind, format!("write: {e}"))),
+                Abort::Upstream(UpstreamFailure::new(kind, format!("write: {e}"))),
             ),
-            (Err(f), _) => Err(Stop::Upstream(f)),
+            (Err(f), _) => Err(Abort::Upstream(f)),
         }
     }
 
@@ -462,7 +462,7 @@ struct Attempt<'a> {
 }
 
 /// Why forwarding stopped before a response head arrived.
-enum Stop {
+enum Abort {
     Upstream(UpstreamFailure),
     Body(BodyError),
     /// The request stopped being allowed while its upload streamed (see [`Gate::recheck`]).

@@ -13,7 +13,7 @@ use super::pool::{reap_interval, Pool};
 use super::upstream::{Upstream, UpstreamStream};
 use super::Table;
 use crate::config::HealthCheckConfig;
-use crate::tokens::sync::Stop;
+use crate::shutdown::Shutdown;
 use arc_swap::ArcSwap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -27,7 +27,7 @@ const TICK: Duration = Duration::from_millis(10);
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Runs the checks and resolutions of whatever table is current until `stop`.
-pub fn run(table: Arc<ArcSwap<Table>>, stop: Arc<Stop>) {
+pub fn run(table: Arc<ArcSwap<Table>>, stop: Arc<Shutdown>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -69,7 +69,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use upstream::{Timeouts, Upstream, UpstreamTls};
+use upstream::{ServerTls, Timeouts, Upstream};
 
 /// The bytes-moving side of one route: its servers (addresses, timeouts, idle connections, health) and
 /// its metric collectors, next to the route's policy.
@@ -141,7 +141,7 @@ impl Table {
                     Some(u) => u,
                     None => {
                         let tls = match (&connector, tls_name) {
-                            (Some(connector), Some(name)) => Some(UpstreamTls {
+                            (Some(connector), Some(name)) => Some(ServerTls {
                                 connector: connector.clone(),
                                 server_name: tls::server_name(&name).map_err(|problem| {
                                     tls::TlsError::Config {
@@ -304,18 +304,19 @@ impl Load {
     }
 }
 
-/// Gives a counted slot back when dropped, whatever path the request or connection ended on.
-pub(crate) struct Slot(Arc<AtomicUsize>);
+/// One unit of a counted limit (`max_connections`, `max_in_flight`), given back when dropped, whatever
+/// path the request or connection ended on.
+pub(crate) struct Permit(Arc<AtomicUsize>);
 
-impl Drop for Slot {
+impl Drop for Permit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Takes a slot of `count` unless `max` are taken.
-pub(crate) fn take_slot(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-    let slot = Slot(count.clone());
+/// Takes a permit of `count` unless `max` are taken.
+pub(crate) fn take_permit(count: &Arc<AtomicUsize>, max: usize) -> Option<Permit> {
+    let slot = Permit(count.clone());
     (count.fetch_add(1, Ordering::Relaxed) < max).then_some(slot)
 }
 
@@ -340,7 +341,7 @@ impl ServerApp for Engine {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let local = digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         let is_tls = self.tls.as_ref().is_some_and(|t| t.accepted(local));
-        let slot = take_slot(&self.connections, self.max_connections);
+        let slot = take_permit(&self.connections, self.max_connections);
         // One address may hold at most `max_connections_per_address` of the slots (trusted proxies
         // carry many clients and are not counted).
         let trusted = self.table.load().routes.trusts(peer);

@@ -123,7 +123,7 @@ impl Conn {
 }
 
 /// TLS to an upstream: the verifying client configuration and the name to verify.
-pub struct UpstreamTls {
+pub struct ServerTls {
     pub connector: tokio_rustls::TlsConnector,
     pub server_name: rustls_pki_types::ServerName<'static>,
     /// `server_name` as text (to compare configurations on reload).
@@ -150,7 +150,7 @@ pub struct Upstream {
     /// The address connections go to; swapped when a re-resolution finds another one.
     addr: ArcSwap<SocketAddr>,
     /// Set for an `https://` upstream.
-    pub tls: Option<UpstreamTls>,
+    pub tls: Option<ServerTls>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
@@ -181,7 +181,7 @@ impl Upstream {
         label: &str,
         host: &str,
         addr: SocketAddr,
-        tls: Option<UpstreamTls>,
+        tls: Option<ServerTls>,
         timeouts: &Timeouts,
     ) -> Upstream {
         Upstream {

@@ -252,7 +252,7 @@ pub fn start(
     index: Arc<crate::tokens::index::Index>,
     location: crate::tokens::store::Location,
     registry: &Registry,
-    stop: Arc<crate::tokens::sync::Stop>,
+    stop: Arc<crate::shutdown::Shutdown>,
 ) -> anyhow::Result<Wiring> {
     let hook = match config {
         Some(c) => notify::Hook::from_config(c)?,

@@ -10,8 +10,8 @@
 
 use super::client::{self, Url};
 use crate::config::leaks::LeaksConfig;
+use crate::shutdown::Shutdown;
 use crate::tokens::store::{unix_now, Location, Store};
-use crate::tokens::sync::Stop;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -92,7 +92,7 @@ fn backoff(attempts: i64) -> i64 {
 }
 
 /// Delivers queued notifications until `stop`.
-pub fn run(hook: Arc<Hook>, location: Location, stop: Arc<Stop>) {
+pub fn run(hook: Arc<Hook>, location: Location, stop: Arc<Shutdown>) {
     let mut store: Option<Store> = None;
     while !stop.wait(POLL) {
         let s = match store.as_mut() {
