@@ -328,8 +328,6 @@ impl Admin {
             })?),
             None => None,
         };
-        let actor = caller.actor();
-        let now = store::unix_now();
         // Another user's token is, to a self-service caller, a token that does not exist.
         if let (Some(id), Some(_)) = (id, caller.user()) {
             let owner = self.with_store(move |s| s.get(id).map(|r| r.user)).await?;
@@ -343,181 +341,12 @@ impl Admin {
             segments.get(1).copied(),
             segments.len(),
         ) {
-            ("GET", None, _, 0) => {
-                // A self-service caller sees its own user's tokens, whatever it asks for.
-                let user = match caller.user() {
-                    Some(own) => Some(own.to_owned()),
-                    None => query_param(session.req_header().uri.query(), "user")?,
-                };
-                let records = self.with_store(move |s| s.list(user.as_deref())).await?;
-                let views: Vec<_> = records
-                    .into_iter()
-                    .map(|r| with_pending(&self.index, r).view(now))
-                    .collect();
-                Ok(json(
-                    StatusCode::OK,
-                    &serde_json::to_value(views).expect("json"),
-                ))
-            }
-            ("POST", None, _, 0) => {
-                let req: CreateRequest = Self::read_json(session, false).await.and_then(
-                    |r: Option<CreateRequest>| {
-                        r.ok_or_else(|| ApiError::bad("a JSON object with a label is required"))
-                    },
-                )?;
-                let user = caller.owner_of_new(req.user.as_deref())?;
-                let new = input::new_token(
-                    NewInput {
-                        user,
-                        label: req.label,
-                        expires_in: req.expires_in,
-                        expires_at: req.expires_at,
-                        scopes: req.scopes,
-                        roles: req.roles,
-                        bound_cert_sha256: req.bound_cert_sha256,
-                        rate_limit: req.rate_limit,
-                        quota: req.quota,
-                    },
-                    &self.roles(),
-                )
-                .map_err(|e| ApiError::bad(e.for_api()))?;
-                let grants = Grants {
-                    grants: &new.scopes,
-                    expires_at: new.expires_at,
-                    rate_limit: new.rate_limit,
-                    quota: new.quota,
-                };
-                rule::permit(&caller, &Write::Create(grants), &self.roles())?;
-                // A self-service caller's user holds at most `max_tokens_per_user` active tokens; counted
-                // and created on the one store connection.
-                let cap = caller
-                    .user()
-                    .map(|_| self.access.max_tokens_per_user as usize);
-                let (record, token) = self
-                    .with_store(move |s| {
-                        if let Some(cap) = cap {
-                            let now = store::unix_now();
-                            let active = s
-                                .list(Some(&new.user))?
-                                .iter()
-                                .filter(|r| r.status(now) == store::Status::Active)
-                                .count();
-                            if active >= cap {
-                                return Ok(Err(ApiError(
-                                    StatusCode::FORBIDDEN,
-                                    "forbidden",
-                                    format!(
-                                        "{} already holds {active} active tokens, the most a self-service caller may \
-                                         hold (admin.max_tokens_per_user): revoke some first",
-                                        new.user
-                                    ),
-                                )));
-                            }
-                        }
-                        s.create(&new, &actor).map(Ok)
-                    })
-                    .await??;
-                Ok(json(
-                    StatusCode::CREATED,
-                    &with_token(&record, token.as_str()),
-                ))
-            }
-            ("GET", Some(id), None, 1) => {
-                let (record, events) = self
-                    .with_store(move |s| Ok((s.get(id)?, s.events(id)?)))
-                    .await?;
-                let mut v = serde_json::to_value(with_pending(&self.index, record).view(now))
-                    .expect("json");
-                v["events"] = serde_json::to_value(events).expect("json");
-                Ok(json(StatusCode::OK, &v))
-            }
-            ("DELETE", Some(id), None, 1) => {
-                let (record, _changed) = self
-                    .guarded(
-                        &caller,
-                        id,
-                        |target, caller, roles| {
-                            rule::permit(caller, &Write::Revoke { target }, roles)
-                        },
-                        move |s| s.revoke(id, &actor),
-                    )
-                    .await?;
-                Ok(json(
-                    StatusCode::OK,
-                    &serde_json::to_value(record.view(now)).expect("json"),
-                ))
-            }
-            ("PATCH", Some(id), None, 1) => {
-                let req: PatchRequest = Self::read_json::<Option<PatchRequest>>(session, false)
-                    .await?
-                    .unwrap_or_default();
-                let patch = patch_from(req)?;
-                if patch.is_empty() {
-                    return Err(ApiError::bad(
-                        "give at least one of label, expires_in, expires_at, rate_limit, quota",
-                    ));
-                }
-                let check = patch.clone();
-                let (record, _) = self
-                    .guarded(
-                        &caller,
-                        id,
-                        move |target, caller, roles| {
-                            let patch = &check;
-                            rule::permit(caller, &Write::Patch { target, patch }, roles)
-                        },
-                        move |s| s.update(id, &patch, &actor),
-                    )
-                    .await?;
-                Ok(json(
-                    StatusCode::OK,
-                    &serde_json::to_value(with_pending(&self.index, record).view(now))
-                        .expect("json"),
-                ))
-            }
-            ("POST", Some(id), Some("rotate"), 2) => {
-                let req: RotateRequest = Self::read_json::<Option<RotateRequest>>(session, true)
-                    .await?
-                    .unwrap_or_default();
-                let grace = req
-                    .grace
-                    .as_deref()
-                    .map(crate::tokens::fields::parse_grace)
-                    .transpose()
-                    .map_err(ApiError::bad)?;
-                let (record, token) = self
-                    .guarded(
-                        &caller,
-                        id,
-                        move |target, caller, roles| {
-                            // Counted from a second on: the store stamps the grace with its own clock
-                            // right after this check.
-                            let grace_until = grace
-                                .map(|g| {
-                                    i64::try_from(g.as_secs())
-                                        .ok()
-                                        .and_then(|g| {
-                                            store::unix_now().checked_add(g)?.checked_add(1)
-                                        })
-                                        .ok_or_else(|| {
-                                            GrantError::Bad("the grace is too long".into())
-                                        })
-                                })
-                                .transpose()?;
-                            rule::permit(
-                                caller,
-                                &Write::Rotate {
-                                    target,
-                                    grace_until,
-                                },
-                                roles,
-                            )
-                        },
-                        move |s| s.rotate(id, grace, &actor),
-                    )
-                    .await?;
-                Ok(json(StatusCode::OK, &with_token(&record, token.as_str())))
-            }
+            ("GET", None, _, 0) => self.list(session, &caller).await,
+            ("POST", None, _, 0) => self.create(session, &caller).await,
+            ("GET", Some(id), None, 1) => self.show(id).await,
+            ("DELETE", Some(id), None, 1) => self.revoke(&caller, id).await,
+            ("PATCH", Some(id), None, 1) => self.patch(session, &caller, id).await,
+            ("POST", Some(id), Some("rotate"), 2) => self.rotate(session, &caller, id).await,
             (_, None, _, 0) | (_, Some(_), None, 1) | (_, Some(_), Some("rotate"), 2) => {
                 Err(ApiError(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -531,6 +360,209 @@ impl Admin {
                 "no such API endpoint".into(),
             )),
         }
+    }
+
+    /// `GET /api/tokens[?user=U]`: the tokens a caller may see (a self-service caller: its own user's).
+    async fn list(&self, session: &mut ServerSession, caller: &Caller) -> Result<Reply, ApiError> {
+        let now = store::unix_now();
+        // A self-service caller sees its own user's tokens, whatever it asks for.
+        let user = match caller.user() {
+            Some(own) => Some(own.to_owned()),
+            None => query_param(session.req_header().uri.query(), "user")?,
+        };
+        let records = self.with_store(move |s| s.list(user.as_deref())).await?;
+        let views: Vec<_> = records
+            .into_iter()
+            .map(|r| with_pending(&self.index, r).view(now))
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::to_value(views).expect("json"),
+        ))
+    }
+
+    /// `POST /api/tokens`: a new token within the caller's rights (and, for self-service, its user's cap).
+    async fn create(
+        &self,
+        session: &mut ServerSession,
+        caller: &Caller,
+    ) -> Result<Reply, ApiError> {
+        let actor = caller.actor();
+        let req: CreateRequest =
+            Self::read_json(session, false)
+                .await
+                .and_then(|r: Option<CreateRequest>| {
+                    r.ok_or_else(|| ApiError::bad("a JSON object with a label is required"))
+                })?;
+        let user = caller.owner_of_new(req.user.as_deref())?;
+        let new = input::new_token(
+            NewInput {
+                user,
+                label: req.label,
+                expires_in: req.expires_in,
+                expires_at: req.expires_at,
+                scopes: req.scopes,
+                roles: req.roles,
+                bound_cert_sha256: req.bound_cert_sha256,
+                rate_limit: req.rate_limit,
+                quota: req.quota,
+            },
+            &self.roles(),
+        )
+        .map_err(|e| ApiError::bad(e.for_api()))?;
+        let grants = Grants {
+            grants: &new.scopes,
+            expires_at: new.expires_at,
+            rate_limit: new.rate_limit,
+            quota: new.quota,
+        };
+        rule::permit(caller, &Write::Create(grants), &self.roles())?;
+        // A self-service caller's user holds at most `max_tokens_per_user` active tokens; counted
+        // and created on the one store connection.
+        let cap = caller
+            .user()
+            .map(|_| self.access.max_tokens_per_user as usize);
+        let (record, token) = self
+            .with_store(move |s| {
+                if let Some(cap) = cap {
+                    let now = store::unix_now();
+                    let active = s
+                        .list(Some(&new.user))?
+                        .iter()
+                        .filter(|r| r.status(now) == store::Status::Active)
+                        .count();
+                    if active >= cap {
+                        return Ok(Err(ApiError(
+                            StatusCode::FORBIDDEN,
+                            "forbidden",
+                            format!(
+                                "{} already holds {active} active tokens, the most a self-service caller may \
+                                 hold (admin.max_tokens_per_user): revoke some first",
+                                new.user
+                            ),
+                        )));
+                    }
+                }
+                s.create(&new, &actor).map(Ok)
+            })
+            .await??;
+        Ok(json(
+            StatusCode::CREATED,
+            &with_token(&record, token.as_str()),
+        ))
+    }
+
+    /// `GET /api/tokens/{id}`: one token with its events.
+    async fn show(&self, id: i64) -> Result<Reply, ApiError> {
+        let now = store::unix_now();
+        let (record, events) = self
+            .with_store(move |s| Ok((s.get(id)?, s.events(id)?)))
+            .await?;
+        let mut v =
+            serde_json::to_value(with_pending(&self.index, record).view(now)).expect("json");
+        v["events"] = serde_json::to_value(events).expect("json");
+        Ok(json(StatusCode::OK, &v))
+    }
+
+    /// `DELETE /api/tokens/{id}`.
+    async fn revoke(&self, caller: &Caller, id: i64) -> Result<Reply, ApiError> {
+        let actor = caller.actor();
+        let now = store::unix_now();
+        let (record, _changed) = self
+            .guarded(
+                caller,
+                id,
+                |target, caller, roles| rule::permit(caller, &Write::Revoke { target }, roles),
+                move |s| s.revoke(id, &actor),
+            )
+            .await?;
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::to_value(record.view(now)).expect("json"),
+        ))
+    }
+
+    /// `PATCH /api/tokens/{id}`: label, expiry and limits, only ever within the caller's rights.
+    async fn patch(
+        &self,
+        session: &mut ServerSession,
+        caller: &Caller,
+        id: i64,
+    ) -> Result<Reply, ApiError> {
+        let actor = caller.actor();
+        let now = store::unix_now();
+        let req: PatchRequest = Self::read_json::<Option<PatchRequest>>(session, false)
+            .await?
+            .unwrap_or_default();
+        let patch = patch_from(req)?;
+        if patch.is_empty() {
+            return Err(ApiError::bad(
+                "give at least one of label, expires_in, expires_at, rate_limit, quota",
+            ));
+        }
+        let check = patch.clone();
+        let (record, _) = self
+            .guarded(
+                caller,
+                id,
+                move |target, caller, roles| {
+                    let patch = &check;
+                    rule::permit(caller, &Write::Patch { target, patch }, roles)
+                },
+                move |s| s.update(id, &patch, &actor),
+            )
+            .await?;
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::to_value(with_pending(&self.index, record).view(now)).expect("json"),
+        ))
+    }
+
+    /// `POST /api/tokens/{id}/rotate`: a new secret, the old one kept for `grace`.
+    async fn rotate(
+        &self,
+        session: &mut ServerSession,
+        caller: &Caller,
+        id: i64,
+    ) -> Result<Reply, ApiError> {
+        let actor = caller.actor();
+        let req: RotateRequest = Self::read_json::<Option<RotateRequest>>(session, true)
+            .await?
+            .unwrap_or_default();
+        let grace = req
+            .grace
+            .as_deref()
+            .map(crate::tokens::fields::parse_grace)
+            .transpose()
+            .map_err(ApiError::bad)?;
+        let (record, token) = self
+            .guarded(
+                caller,
+                id,
+                move |target, caller, roles| {
+                    // Counted from a second on: the store stamps the grace with its own clock
+                    // right after this check.
+                    let grace_until = grace
+                        .map(|g| {
+                            i64::try_from(g.as_secs())
+                                .ok()
+                                .and_then(|g| store::unix_now().checked_add(g)?.checked_add(1))
+                                .ok_or_else(|| GrantError::Bad("the grace is too long".into()))
+                        })
+                        .transpose()?;
+                    rule::permit(
+                        caller,
+                        &Write::Rotate {
+                            target,
+                            grace_until,
+                        },
+                        roles,
+                    )
+                },
+                move |s| s.rotate(id, grace, &actor),
+            )
+            .await?;
+        Ok(json(StatusCode::OK, &with_token(&record, token.as_str())))
     }
 }
 
