@@ -346,17 +346,7 @@ fn token_command(
         } => {
             // A certificate file is read here (the API takes the thumbprint only); every field is
             // checked by the one validation the admin API also uses.
-            let bound_cert = match &bind_cert {
-                Some(file) => {
-                    let pem = std::fs::read(file)
-                        .with_context(|| format!("--bind-cert: cannot read {}", file.display()))?;
-                    Some(
-                        cert_thumbprint(&pem)
-                            .map_err(|e| anyhow::anyhow!("--bind-cert {}: {e}", file.display()))?,
-                    )
-                }
-                None => None,
-            };
+            let bound_cert = bind_cert.as_deref().map(read_bound_cert).transpose()?;
             let mut new = input::new_token(
                 NewInput {
                     user,
@@ -389,26 +379,7 @@ fn token_command(
             Ok(())
         }
         TokenCommand::Show { id, json } => {
-            let record = store.get(id)?;
-            let events = store.events(id)?;
-            if json {
-                let mut v = serde_json::to_value(record.view(now))?;
-                v["events"] = serde_json::to_value(&events)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", table(std::slice::from_ref(&record), now));
-                println!("\nEVENTS");
-                for e in events {
-                    println!(
-                        "  {}  {:<8} by {}  {}",
-                        store::rfc3339(e.at),
-                        e.event,
-                        e.actor,
-                        e.detail.unwrap_or_default()
-                    );
-                }
-            }
-            Ok(())
+            print_token(&store.get(id)?, store.events(id)?, json, now)
         }
         TokenCommand::Set {
             id,
@@ -418,22 +389,7 @@ fn token_command(
             quota,
             json,
         } => {
-            // `never` and `none` are the CLI's spelling of a removal.
-            let removable = |v: Option<String>, none: &str| v.map(|v| (v != none).then_some(v));
-            let never = expires_in.as_deref() == Some("never");
-            let patch = input::token_patch(PatchInput {
-                label,
-                expires_in: expires_in.filter(|_| !never),
-                expires_at: never.then_some(None),
-                rate_limit: removable(rate_limit, "none"),
-                quota: removable(quota, "none"),
-            })
-            .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
-            if patch.is_empty() {
-                anyhow::bail!(
-                    "nothing to change: give --label, --expires-in, --rate-limit or --quota"
-                );
-            }
+            let patch = cli_patch(label, expires_in, rate_limit, quota)?;
             let (record, changed) = store.update(id, &patch, CLI_ACTOR)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&record.view(now))?);
@@ -473,6 +429,65 @@ fn token_command(
             print_secret(&record, token.as_str(), json, now)
         }
     }
+}
+
+/// The thumbprint of the certificate in the PEM file given to `--bind-cert` (the API takes the
+/// thumbprint only).
+fn read_bound_cert(file: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    let pem = std::fs::read(file)
+        .with_context(|| format!("--bind-cert: cannot read {}", file.display()))?;
+    cert_thumbprint(&pem).map_err(|e| anyhow::anyhow!("--bind-cert {}: {e}", file.display()))
+}
+
+/// `token show`: the token's row and its events, as a table or JSON.
+fn print_token(
+    record: &store::TokenRecord,
+    events: Vec<store::Event>,
+    json: bool,
+    now: i64,
+) -> anyhow::Result<()> {
+    if json {
+        let mut v = serde_json::to_value(record.view(now))?;
+        v["events"] = serde_json::to_value(&events)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", table(std::slice::from_ref(record), now));
+    println!("\nEVENTS");
+    for e in events {
+        println!(
+            "  {}  {:<8} by {}  {}",
+            store::rfc3339(e.at),
+            e.event,
+            e.actor,
+            e.detail.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `token set`'s flags as a change, checked by the validation the admin API also uses (`never` and
+/// `none` are the CLI's spelling of a removal). Nothing to change is an error.
+fn cli_patch(
+    label: Option<String>,
+    expires_in: Option<String>,
+    rate_limit: Option<String>,
+    quota: Option<String>,
+) -> anyhow::Result<store::TokenPatch> {
+    let removable = |v: Option<String>, none: &str| v.map(|v| (v != none).then_some(v));
+    let never = expires_in.as_deref() == Some("never");
+    let patch = input::token_patch(PatchInput {
+        label,
+        expires_in: expires_in.filter(|_| !never),
+        expires_at: never.then_some(None),
+        rate_limit: removable(rate_limit, "none"),
+        quota: removable(quota, "none"),
+    })
+    .map_err(|e| anyhow::anyhow!(e.for_cli()))?;
+    if patch.is_empty() {
+        anyhow::bail!("nothing to change: give --label, --expires-in, --rate-limit or --quota");
+    }
+    Ok(patch)
 }
 
 /// `--expires-in` of `token create`: refused as a usage error (exit 2, no store opened) when it is not a
