@@ -14,8 +14,10 @@
 use super::http1::{self, Framing, RequestHead, ResponseHead};
 use super::names::{self, Folded};
 use crate::gateway::limits::RateLimitField;
+use crate::gateway::routes::Route;
 use crate::gateway::signing;
 use crate::gateway::{Forward, Refusal};
+use crate::tokens::index::Entry;
 
 /// Appends the query with every `key` parameter removed (and the `?` too when nothing is left).
 pub fn push_query_without(out: &mut Vec<u8>, query: &str, key: &str) {
@@ -66,15 +68,54 @@ pub fn write_upstream_head(
     extras: HeadExtras<'_>,
 ) {
     let route = forward.route;
-    let (path, query) = (forward.rewrite.path, forward.rewrite.query);
     let trusted = forward.rewrite.trusted_peer;
-    let entry = forward.principal.as_deref();
     let method = head.method.get(bytes);
+    let target = push_request_line(out, method, forward);
+    let (host, client_proto) = push_client_fields(out, head, bytes, route, trusted);
+    push_forwarded_for(out, head, bytes, trusted, peer);
+    if !client_proto {
+        out.extend_from_slice(if forward.rewrite.https {
+            b"X-Forwarded-Proto: https\r\n"
+        } else {
+            b"X-Forwarded-Proto: http\r\n"
+        });
+    }
+    if !host {
+        http1::push_field(out, b"Host", upstream_host.as_bytes());
+    }
+    http1::push_field(out, b"x-request-id", extras.request_id);
+    if extras.upgrade {
+        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    }
+    match head.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            http1::push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+    if let Some(entry) = forward.principal.as_deref() {
+        push_identity(out, entry, forward, method, target);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request line as forwarded: the method, the matched path and the query (without a legacy token
+/// parameter). Returns where the target is in `out` (it is signed).
+#[inline]
+fn push_request_line(
+    out: &mut Vec<u8>,
+    method: &[u8],
+    forward: &Forward<'_>,
+) -> std::ops::Range<usize> {
+    let (path, query) = (forward.rewrite.path, forward.rewrite.query);
     out.extend_from_slice(method);
     out.push(b' ');
     let target_start = out.len();
     out.extend_from_slice(path.as_bytes());
-    match (query, &route.query_token_param) {
+    match (query, &forward.route.query_token_param) {
         (Some(q), Some(param)) => push_query_without(out, q, param),
         (Some(q), None) => {
             out.push(b'?');
@@ -84,7 +125,21 @@ pub fn write_upstream_head(
     }
     let target = target_start..out.len();
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    target
+}
 
+/// The client's fields that may go on: never the credential, hop-by-hop fields, client copies of
+/// identity fields or the route's stripped ones; proxy fields only from a trusted proxy (its
+/// `X-Forwarded-For` is written by [`push_forwarded_for`]). Returns whether a `Host` and an
+/// `X-Forwarded-Proto` went out.
+#[inline]
+fn push_client_fields(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    bytes: &[u8],
+    route: &Route,
+    trusted: bool,
+) -> (bool, bool) {
     let mut host = false;
     let mut client_proto = false;
     for f in &head.fields {
@@ -95,7 +150,7 @@ pub fn write_upstream_head(
             continue;
         }
         if names::proxy_field(&folded) {
-            // X-Forwarded-For is written below (the trusted chain, then the peer); X-Forwarded-Proto
+            // X-Forwarded-For is written apart (the trusted chain, then the peer); X-Forwarded-Proto
             // once; the others as the trusted proxy sent them.
             if !trusted
                 || !names::plain_proxy_spelling(name)
@@ -117,7 +172,18 @@ pub fn write_upstream_head(
         }
         http1::push_field(out, name, value);
     }
-    // X-Forwarded-For: one field, the trusted proxy's chain (all its copies, in order) and then the peer.
+    (host, client_proto)
+}
+
+/// X-Forwarded-For: one field, the trusted proxy's chain (all its copies, in order) and then the peer.
+#[inline]
+fn push_forwarded_for(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    bytes: &[u8],
+    trusted: bool,
+    peer: &str,
+) {
     let xff_start = out.len();
     out.extend_from_slice(b"X-Forwarded-For: ");
     let mut empty = true;
@@ -149,59 +215,46 @@ pub fn write_upstream_head(
     } else {
         out.extend_from_slice(b"\r\n");
     }
-    if !client_proto {
-        out.extend_from_slice(if forward.rewrite.https {
-            b"X-Forwarded-Proto: https\r\n"
-        } else {
-            b"X-Forwarded-Proto: http\r\n"
-        });
-    }
-    if !host {
-        http1::push_field(out, b"Host", upstream_host.as_bytes());
-    }
-    http1::push_field(out, b"x-request-id", extras.request_id);
-    if extras.upgrade {
-        out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
-    }
-    match head.framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            http1::push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None | Framing::Close => {}
-    }
-    if let Some(entry) = entry {
-        let user = push_value_span(
-            out,
-            route.user_id_header.as_str().as_bytes(),
-            entry.user().as_bytes(),
-        );
-        let token_id = route
-            .token_id_header
-            .as_ref()
-            .map(|h| push_value_span(out, h.as_str().as_bytes(), entry.token_id_text()));
-        let (scopes, roles) = if route.forward_scopes {
-            write_scopes(out, entry, &route.roles)
-        } else {
-            (None, None)
+}
+
+/// The identity fields of the token holder (user id, token id, scopes and roles when the route forwards
+/// them) and, on a route with `sign_secret`, the signature over them as written.
+#[inline]
+fn push_identity(
+    out: &mut Vec<u8>,
+    entry: &Entry,
+    forward: &Forward<'_>,
+    method: &[u8],
+    target: std::ops::Range<usize>,
+) {
+    let route = forward.route;
+    let user = push_value_span(
+        out,
+        route.user_id_header.as_str().as_bytes(),
+        entry.user().as_bytes(),
+    );
+    let token_id = route
+        .token_id_header
+        .as_ref()
+        .map(|h| push_value_span(out, h.as_str().as_bytes(), entry.token_id_text()));
+    let (scopes, roles) = if route.forward_scopes {
+        write_scopes(out, entry, &route.roles)
+    } else {
+        (None, None)
+    };
+    if let Some(secret) = &route.sign_secret {
+        // Each identity field's value as just written; an empty one for a field not sent.
+        let signed = signing::Signed {
+            user: &out[user],
+            token_id: &out[token_id.unwrap_or_default()],
+            scopes: &out[scopes.unwrap_or_default()],
+            roles: &out[roles.unwrap_or_default()],
+            method,
+            path_and_query: &out[target],
         };
-        if let Some(secret) = &route.sign_secret {
-            // Each identity field's value as just written; an empty one for a field not sent.
-            let signed = signing::Signed {
-                user: &out[user],
-                token_id: &out[token_id.unwrap_or_default()],
-                scopes: &out[scopes.unwrap_or_default()],
-                roles: &out[roles.unwrap_or_default()],
-                method,
-                path_and_query: &out[target],
-            };
-            let value = signing::value(secret, &signed, forward.rewrite.at);
-            http1::push_field(out, signing::SIGNATURE_HEADER.as_bytes(), value.as_bytes());
-        }
+        let value = signing::value(secret, &signed, forward.rewrite.at);
+        http1::push_field(out, signing::SIGNATURE_HEADER.as_bytes(), value.as_bytes());
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `name: value\r\n` and returns where the value is in `out`.
