@@ -143,14 +143,17 @@ impl Denial {
 
     /// The JSON body: `{"error": ..., "detail": ...}` (plus `scope` for 403).
     pub fn body(&self) -> Vec<u8> {
-        let mut v = serde_json::json!({
-            "error": self.error_code().unwrap_or("unauthorized"),
-            "detail": self.description(),
-        });
-        if let Denial::InsufficientScope(s) = self {
-            v["scope"] = serde_json::Value::String(s.clone());
+        super::answer::ErrorBody {
+            scope: match self {
+                Denial::InsufficientScope(s) => Some(s),
+                _ => None,
+            },
+            ..super::answer::ErrorBody::new(
+                self.error_code().unwrap_or("unauthorized"),
+                &self.description(),
+            )
         }
-        serde_json::to_vec(&v).expect("json")
+        .to_vec()
     }
 }
 

@@ -179,14 +179,13 @@ impl Refusal {
 
     /// The JSON body: `{"error", "detail"}` (plus `scope` for 403, and the request's id when given).
     pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
-        let mut v = serde_json::json!({ "error": self.error, "detail": self.detail });
-        if let Some(id) = request_id {
-            v["request_id"] = serde_json::Value::String(id.to_owned());
+        super::answer::ErrorBody {
+            error: self.error,
+            detail: &self.detail,
+            scope: self.scope.as_deref(),
+            request_id,
         }
-        if let Some(s) = &self.scope {
-            v["scope"] = serde_json::Value::String(s.clone());
-        }
-        serde_json::to_vec(&v).expect("json")
+        .to_vec()
     }
 }
 

@@ -91,9 +91,10 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
 
 /// The `{"error", "detail"}` error shape.
 pub fn json_error(status: StatusCode, error: &str, detail: &str) -> Reply {
-    json(
+    reply(
         status,
-        &serde_json::json!({ "error": error, "detail": detail }),
+        "application/json",
+        crate::gateway::answer::error_body(error, detail),
     )
 }
 

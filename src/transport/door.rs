@@ -44,8 +44,7 @@ impl DoorAnswer {
     pub fn error(status: u16, error: &str, detail: &str) -> DoorAnswer {
         DoorAnswer {
             status,
-            body: serde_json::to_vec(&serde_json::json!({ "error": error, "detail": detail }))
-                .expect("json"),
+            body: crate::gateway::answer::error_body(error, detail),
             retry_after: None,
         }
     }

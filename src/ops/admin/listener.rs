@@ -57,7 +57,11 @@ impl Drop for Counted<'_> {
 
 /// The answer past `max_connections`.
 fn busy() -> Vec<u8> {
-    let body = r#"{"error":"overloaded","detail":"too many open admin connections; retry later"}"#;
+    let body = crate::gateway::answer::error_body(
+        "overloaded",
+        "too many open admin connections; retry later",
+    );
+    let body = String::from_utf8(body).expect("JSON is UTF-8");
     format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Retry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
