@@ -348,40 +348,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .max_in_flight
             .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
     };
-    let engine = Engine {
-        gate: Gate {
-            index: state.index.clone(),
-            throttle: Throttle::new(
-                cfg.throttle.max_failures,
-                cfg.throttle.window.as_secs(),
-                cfg.throttle.max_clients,
-            ),
-            max_in_flight_per_token: cfg.gateway.max_in_flight_per_token,
-        },
-        table: state.table.clone(),
-        unrouted: state.metrics.route("none"),
-        access_log,
-        keepalive_timeout: cfg.gateway.keepalive_timeout,
-        header_timeout: cfg.gateway.header_timeout,
-        max_head_bytes: cfg.gateway.max_head_bytes,
-        body_timeout: cfg.gateway.body_timeout,
-        min_body_rate: cfg.gateway.min_body_rate,
-        in_flight: load.in_flight.clone(),
-        connections: load.connections.clone(),
-        max_connections: load.max_connections,
-        tls: match (&cfg.tls, &state.tls) {
-            (Some(t), Some(config)) => Some(TlsListener {
-                addr: t.listen.parse().context("tls.listen")?,
-                config: config.clone(),
-            }),
-            _ => None,
-        },
-        tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
-        per_address: PerAddress::new(cfg.gateway.max_connections_per_address),
-        connection_metrics: state.metrics.connections.clone(),
-        draining,
-        door: leaks.door.clone(),
-    };
+    let engine = engine(&state, &load, access_log, draining, leaks.door.clone())?;
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
     // wraps every accepted stream in a 64 KiB read buffer (and a 1460-byte write buffer): a second copy of
@@ -398,6 +365,58 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     }
     server.add_service(proxy);
 
+    server.add_service(admin_service(&state, load, &leaks));
+
+    let background = spawn_background(&state, &stop)?;
+
+    log::info!(
+        "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
+        env!("CARGO_PKG_VERSION"),
+        cfg.gateway
+            .listen
+            .as_deref()
+            .unwrap_or("(no plain listener)"),
+        cfg.tls
+            .as_ref()
+            .map(|t| format!(", TLS on {}", t.listen))
+            .unwrap_or_default(),
+        cfg.admin.listen,
+        cfg.routes.len(),
+        cfg.gateway.threads
+    );
+    // Pingora runs on its own thread so that a fast shutdown can never hang the exit: pingora 0.9 with
+    // one runtime per thread (`work_stealing = false`) sometimes spins forever in an accept loop whose
+    // listener belonged to a runtime that was shut down first (3 of 10 SIGINTs with 2 threads). After a
+    // SIGINT it gets FAST_EXIT; then usage is flushed and the process exits without it.
+    run_server(server, signals, &fast)?;
+
+    // The proxy has stopped: stop the background threads; the usage thread flushes once more on its way
+    // out, and the access log writer drains its queue once the proxy (its sender) is gone.
+    stop.stop();
+    for thread in background {
+        let _ = thread.join();
+    }
+    let _ = signal_thread.join();
+    if let Some(w) = log_writer {
+        // The writer ends when the proxy service (owning the sender) is dropped with its runtime; give
+        // it a moment to write its queue, but never hang the exit on it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while !w.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    log::info!("tokengate stopped; usage flushed");
+    Ok(())
+}
+
+/// The admin listener's service: `/healthz` (with the gateway's `load`), `/metrics`, the token API and
+/// page, `/api/leaks`, behind its connection cap and head bounds.
+fn admin_service(
+    state: &State,
+    load: Load,
+    leaks: &crate::ops::leaks::Wiring,
+) -> Service<AdminListener> {
+    let cfg = &state.config;
     let admin = Admin::new(
         state.index.clone(),
         state.metrics.clone(),
@@ -415,8 +434,16 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let admin = AdminListener::new(admin, cfg.admin.max_connections, cfg.gateway.header_timeout);
     let mut admin_service = Service::new("tokengate admin".to_string(), admin);
     admin_service.add_tcp(&cfg.admin.listen);
-    server.add_service(admin_service);
+    admin_service
+}
 
+/// The background threads: index sync, usage flush, the rate-limit sweep, health checks; all end on
+/// `stop`.
+fn spawn_background(
+    state: &State,
+    stop: &Arc<Shutdown>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let cfg = &state.config;
     let sync = {
         let (index, path, every, stop) = (
             state.index.clone(),
@@ -460,25 +487,15 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             .spawn(move || crate::transport::health::run(table, stop))?
     };
 
-    log::info!(
-        "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
-        env!("CARGO_PKG_VERSION"),
-        cfg.gateway
-            .listen
-            .as_deref()
-            .unwrap_or("(no plain listener)"),
-        cfg.tls
-            .as_ref()
-            .map(|t| format!(", TLS on {}", t.listen))
-            .unwrap_or_default(),
-        cfg.admin.listen,
-        cfg.routes.len(),
-        cfg.gateway.threads
-    );
-    // Pingora runs on its own thread so that a fast shutdown can never hang the exit: pingora 0.9 with
-    // one runtime per thread (`work_stealing = false`) sometimes spins forever in an accept loop whose
-    // listener belonged to a runtime that was shut down first (3 of 10 SIGINTs with 2 threads). After a
-    // SIGINT it gets FAST_EXIT; then usage is flushed and the process exits without it.
+    Ok(vec![sync, flush, sweep, health])
+}
+
+/// Runs pingora until its shutdown, or until a fast shutdown has waited [`FAST_EXIT`].
+fn run_server(
+    server: Server,
+    signals: EarlySignals,
+    fast: &OnceLock<Instant>,
+) -> anyhow::Result<()> {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("tokengate-server".into())
@@ -501,22 +518,51 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         }
     }
 
-    // The proxy has stopped: stop the background threads; the usage thread flushes once more on its way
-    // out, and the access log writer drains its queue once the proxy (its sender) is gone.
-    stop.stop();
-    let _ = sync.join();
-    let _ = flush.join();
-    let _ = sweep.join();
-    let _ = health.join();
-    let _ = signal_thread.join();
-    if let Some(w) = log_writer {
-        // The writer ends when the proxy service (owning the sender) is dropped with its runtime; give
-        // it a moment to write its queue, but never hang the exit on it.
-        let deadline = Instant::now() + std::time::Duration::from_secs(2);
-        while !w.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-    log::info!("tokengate stopped; usage flushed");
     Ok(())
+}
+
+/// The forwarding engine on the loaded state: the decision's gate, the route table, the access log,
+/// every `[gateway]` bound, the TLS listener, the counters `/healthz` reads (`load`) and the side door.
+fn engine(
+    state: &State,
+    load: &Load,
+    access_log: AccessLog,
+    draining: Arc<AtomicBool>,
+    door: Option<Arc<dyn crate::transport::door::Door>>,
+) -> anyhow::Result<Engine> {
+    let cfg = &state.config;
+    Ok(Engine {
+        gate: Gate {
+            index: state.index.clone(),
+            throttle: Throttle::new(
+                cfg.throttle.max_failures,
+                cfg.throttle.window.as_secs(),
+                cfg.throttle.max_clients,
+            ),
+            max_in_flight_per_token: cfg.gateway.max_in_flight_per_token,
+        },
+        table: state.table.clone(),
+        unrouted: state.metrics.route("none"),
+        access_log,
+        keepalive_timeout: cfg.gateway.keepalive_timeout,
+        header_timeout: cfg.gateway.header_timeout,
+        max_head_bytes: cfg.gateway.max_head_bytes,
+        body_timeout: cfg.gateway.body_timeout,
+        min_body_rate: cfg.gateway.min_body_rate,
+        in_flight: load.in_flight.clone(),
+        connections: load.connections.clone(),
+        max_connections: load.max_connections,
+        tls: match (&cfg.tls, &state.tls) {
+            (Some(t), Some(config)) => Some(TlsListener {
+                addr: t.listen.parse().context("tls.listen")?,
+                config: config.clone(),
+            }),
+            _ => None,
+        },
+        tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
+        per_address: PerAddress::new(cfg.gateway.max_connections_per_address),
+        connection_metrics: state.metrics.connections.clone(),
+        draining,
+        door,
+    })
 }
