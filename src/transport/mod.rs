@@ -45,6 +45,11 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
 use crate::config::Config;
 use crate::gateway::routes::{Route, RouteTable};
 use crate::gateway::throttle::Throttle;
