@@ -147,3 +147,42 @@ async fn an_upstream_connection_close_is_not_reused_but_the_client_connection_is
     drop(client);
     assert_eq!(ended(task).await, Closed::Done);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_gateway_ends_the_exchange_with_connection_close() {
+    let rig = Rig::new("", "").await;
+    let (_, token) = rig.token(&[]);
+    let (mut client, task) = rig.connect();
+    client.send(get("/one", &token)).await;
+    let mut up = rig.accept().await;
+    up.request().await.expect("request");
+    rig.engine
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    up.send(ok("last")).await;
+    let a = client.response(false).await;
+    assert_eq!((a.status(), a.body_text().as_str()), (200, "last"));
+    assert_eq!(a.field("connection"), Some("close"));
+    assert!(client.closed().await);
+    assert_eq!(ended(task).await, Closed::Done);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_over_the_per_address_limit_gets_429_and_is_closed() {
+    let rig = Rig::new("", "").await;
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let mut client = crate::transport::testing::Wire::new(near);
+    client.send("GET / HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    crate::transport::connection::Client::new(&rig.engine, far, None, None)
+        .refuse_connection(crate::telemetry::connections::Refused::PerAddress)
+        .await;
+    let a = client.response(false).await;
+    assert_eq!(a.status(), 429);
+    assert!(
+        a.body_text().contains("too_many_connections"),
+        "{}",
+        a.body_text()
+    );
+    assert_eq!(a.field("connection"), Some("close"));
+    assert_eq!(a.field("retry-after"), Some("1"));
+}

@@ -77,7 +77,8 @@ async fn a_tunnel_whose_upstream_stopped_reading_still_closes_on_revoke() {
     up.request().await.expect("upgrade request");
     up.send(switching(ACCEPT)).await;
     assert_eq!(client.response(false).await.status(), 101);
-    // The client floods while the upstream reads nothing: the gateway's write to it gets stuck.
+    // The client floods (16 MiB, more than loopback socket buffers hold) while the upstream reads
+    // nothing: the gateway's write to it gets stuck, and the tick must still run.
     let flood = vec![b'x'; 16 << 20];
     let writer = tokio::spawn(async move {
         let _ = client.io.write_all(&flood).await;
