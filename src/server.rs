@@ -11,7 +11,6 @@
 use crate::clock;
 use crate::config::Config;
 use crate::gateway::throttle::Throttle;
-use crate::gateway::Gate;
 use crate::ops::admin::{Admin, AdminListener};
 use crate::shutdown::Shutdown;
 use crate::telemetry::access_log::AccessLog;
@@ -19,7 +18,6 @@ use crate::telemetry::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
 use crate::tokens::sync;
-use crate::transport::addresses::PerAddress;
 use crate::transport::{tls, Engine, Load, Table, TlsListener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -340,15 +338,24 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         &state.metrics.registry,
         stop.clone(),
     )?;
-    let load = Load {
-        connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-        max_connections: cfg.gateway.max_connections,
-        in_flight: cfg
-            .gateway
-            .max_in_flight
-            .map(|max| (Arc::new(std::sync::atomic::AtomicUsize::new(0)), max)),
+    let tls_listener = match (&cfg.tls, &state.tls) {
+        (Some(t), Some(config)) => Some(TlsListener {
+            addr: t.listen.parse().context("tls.listen")?,
+            config: config.clone(),
+        }),
+        _ => None,
     };
-    let engine = engine(&state, &load, access_log, draining, leaks.door.clone())?;
+    let engine = Engine::new(
+        cfg,
+        state.index.clone(),
+        state.table.clone(),
+        &state.metrics,
+        access_log,
+        tls_listener,
+        draining,
+    )
+    .with_door(leaks.door.clone());
+    let load = engine.load();
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
     // wraps every accepted stream in a 64 KiB read buffer (and a 1460-byte write buffer): a second copy of
@@ -519,50 +526,4 @@ fn run_server(
     }
 
     Ok(())
-}
-
-/// The forwarding engine on the loaded state: the decision's gate, the route table, the access log,
-/// every `[gateway]` bound, the TLS listener, the counters `/healthz` reads (`load`) and the side door.
-fn engine(
-    state: &State,
-    load: &Load,
-    access_log: AccessLog,
-    draining: Arc<AtomicBool>,
-    door: Option<Arc<dyn crate::transport::door::Door>>,
-) -> anyhow::Result<Engine> {
-    let cfg = &state.config;
-    Ok(Engine {
-        gate: Gate {
-            index: state.index.clone(),
-            throttle: Throttle::new(
-                cfg.throttle.max_failures,
-                cfg.throttle.window.as_secs(),
-                cfg.throttle.max_clients,
-            ),
-            max_in_flight_per_token: cfg.gateway.max_in_flight_per_token,
-        },
-        table: state.table.clone(),
-        unrouted: state.metrics.route("none"),
-        access_log,
-        keepalive_timeout: cfg.gateway.keepalive_timeout,
-        header_timeout: cfg.gateway.header_timeout,
-        max_head_bytes: cfg.gateway.max_head_bytes,
-        body_timeout: cfg.gateway.body_timeout,
-        min_body_rate: cfg.gateway.min_body_rate,
-        in_flight: load.in_flight.clone(),
-        connections: load.connections.clone(),
-        max_connections: load.max_connections,
-        tls: match (&cfg.tls, &state.tls) {
-            (Some(t), Some(config)) => Some(TlsListener {
-                addr: t.listen.parse().context("tls.listen")?,
-                config: config.clone(),
-            }),
-            _ => None,
-        },
-        tls_handshake_failures: state.metrics.tls_handshake_failures.clone(),
-        per_address: PerAddress::new(cfg.gateway.max_connections_per_address),
-        connection_metrics: state.metrics.connections.clone(),
-        draining,
-        door,
-    })
 }

@@ -52,12 +52,19 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
 use crate::config::Config;
 use crate::gateway::routes::{Route, RouteTable};
+use crate::gateway::throttle::Throttle;
 use crate::gateway::{Gate, TlsPeer};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::connections::{Closed, ConnectionMetrics, Refused};
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
+use crate::tokens::index::Index;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use connection::Client;
@@ -262,6 +269,63 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The engine for a validated configuration: the decision over `index`, the `[gateway]` limits and
+    /// timeouts, fresh connection and in-flight counters ([`Engine::load`] shares them with `/healthz`).
+    /// `serve` and the in-process tests build it alike.
+    pub fn new(
+        config: &Config,
+        index: Arc<Index>,
+        table: Arc<ArcSwap<Table>>,
+        metrics: &Metrics,
+        access_log: AccessLog,
+        tls: Option<TlsListener>,
+        draining: Arc<AtomicBool>,
+    ) -> Engine {
+        let g = &config.gateway;
+        let t = &config.throttle;
+        Engine {
+            gate: Gate {
+                index,
+                throttle: Throttle::new(t.max_failures, t.window.as_secs(), t.max_clients),
+                max_in_flight_per_token: g.max_in_flight_per_token,
+            },
+            table,
+            unrouted: metrics.route("none"),
+            access_log,
+            keepalive_timeout: g.keepalive_timeout,
+            header_timeout: g.header_timeout,
+            max_head_bytes: g.max_head_bytes,
+            body_timeout: g.body_timeout,
+            min_body_rate: g.min_body_rate,
+            in_flight: g
+                .max_in_flight
+                .map(|max| (Arc::new(AtomicUsize::new(0)), max)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            max_connections: g.max_connections,
+            tls,
+            per_address: addresses::PerAddress::new(g.max_connections_per_address),
+            tls_handshake_failures: metrics.tls_handshake_failures.clone(),
+            connection_metrics: metrics.connections.clone(),
+            draining,
+            door: None,
+        }
+    }
+
+    /// Answers `door`'s exact path on the listeners before routing (the `[leaks]` endpoint).
+    pub fn with_door(mut self, door: Option<Arc<dyn door::Door>>) -> Engine {
+        self.door = door;
+        self
+    }
+
+    /// The counters `/healthz` reads (shared with the engine, not copied) and their limits.
+    pub fn load(&self) -> Load {
+        Load {
+            connections: self.connections.clone(),
+            max_connections: self.max_connections,
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
