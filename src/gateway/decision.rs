@@ -610,6 +610,42 @@ rate_limit_headers = true
     }
 
     #[test]
+    fn an_edit_of_the_token_does_not_give_it_fresh_in_flight_slots() {
+        // A self-service token may edit itself (a tighter rate limit): the edit replaces its index
+        // entry, and the requests still open on the old entry must keep counting.
+        let w = world(20);
+        let bearer = format!("Bearer {}", w.token.as_str());
+        let req = get("/iot/hive", Some(&bearer));
+        let first = forward(w.gate.decide(&w.table, &req, NOW));
+        let before = w.gate.index.get(&w.token.digest()).unwrap().entry.clone();
+        w.gate.index.apply(&IndexRow {
+            id: 1,
+            user: "user1".into(),
+            digest: w.token.digest(),
+            prev_digest: None,
+            prev_valid_until: None,
+            scopes: Vec::new(),
+            expires_at: None,
+            revoked: false,
+            leaked: false,
+            rev: 100,
+            bound_cert: None,
+            rate_limit: Some(crate::config::Rate::parse("1000/s").unwrap()),
+            quota: None,
+            quota_used: 0,
+            quota_period: None,
+        });
+        let after = w.gate.index.get(&w.token.digest()).unwrap().entry.clone();
+        assert!(!Arc::ptr_eq(&before, &after), "the edit made a new entry");
+        let second = forward(w.gate.decide(&w.table, &req, NOW));
+        let r = refusal(w.gate.decide(&w.table, &req, NOW));
+        assert_eq!((r.status, r.error), (429, "concurrency_limited"));
+        drop((first, second));
+        assert_eq!(after.in_flight(), 0);
+        drop(forward(w.gate.decide(&w.table, &req, NOW)));
+    }
+
+    #[test]
     fn trusted_peer_and_absolute_form() {
         let w = world(20);
         let bearer = format!("Bearer {}", w.token.as_str());

@@ -54,8 +54,10 @@ pub struct Entry {
     uses: AtomicU32,
     /// Unix seconds of the latest use (0: none since start; 32 bits last until 2106).
     last_used: AtomicU32,
-    /// Requests and tunnels of this token in flight on this node (see [`Entry::enter`]).
-    in_flight: AtomicU32,
+    /// Requests and tunnels of this token in flight on this node (see [`Entry::enter`]): made at the
+    /// token's first request, and handed to the entry that replaces this one when the token is edited,
+    /// so an edit never gives a token fresh slots while its old requests are still open.
+    in_flight: std::sync::OnceLock<Arc<AtomicU32>>,
 }
 
 impl Entry {
@@ -79,7 +81,7 @@ impl Entry {
             rev: AtomicI64::new(row.rev),
             uses: AtomicU32::new(0),
             last_used: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
+            in_flight: std::sync::OnceLock::new(),
         })
     }
 
@@ -179,15 +181,22 @@ impl Entry {
     /// Takes one of the token's `max` slots for a request or tunnel in flight; `None` when all are
     /// taken. The slot is given back when the returned guard drops, whatever way the exchange ends.
     #[inline]
-    pub fn enter(self: &Arc<Self>, max: u32) -> Option<InFlight> {
-        let taken = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(self.clone());
+    pub fn enter(&self, max: u32) -> Option<InFlight> {
+        let counter = self.in_flight_counter();
+        let taken = counter.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(counter.clone());
         (taken < max).then_some(guard)
     }
 
     /// Requests and tunnels of this token in flight now.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight
+            .get()
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn in_flight_counter(&self) -> &Arc<AtomicU32> {
+        self.in_flight.get_or_init(Default::default)
     }
 
     /// Records one use: relaxed atomic writes, no I/O.
@@ -203,11 +212,11 @@ impl Entry {
 
 /// One request or tunnel of a token in flight ([`Entry::enter`]): gives its slot back when dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<Entry>);
+pub struct InFlight(Arc<AtomicU32>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -557,7 +566,13 @@ impl Index {
         let entry = match &old {
             Some(k) if k.entry.same_identity(row) => k.entry.clone(),
             _ => match Entry::new(row) {
-                Some(e) => Arc::new(e),
+                Some(e) => {
+                    // An edit keeps the token's requests in flight counted against it.
+                    if let Some(k) = &old {
+                        let _ = e.in_flight.set(k.entry.in_flight_counter().clone());
+                    }
+                    Arc::new(e)
+                }
                 None => {
                     // Cannot be sent as a header: fail closed by not indexing it at all.
                     log::error!("token {} has a user id that is not a valid header value; it is not accepted", row.id);
