@@ -185,19 +185,10 @@ fn a_stalled_access_log_costs_bounded_memory_drops_and_counts_and_the_gateway_ke
 // 2. The failed-authentication throttle
 // ---------------------------------------------------------------------------------------------------------
 
-/// One request with a wrong token from source address `from` (any 127.0.0.0/8 address works on Linux
-/// loopback), on its own connection; returns the status.
-fn guess_from(rt: &tokio::runtime::Runtime, from: Ipv4Addr, gw: SocketAddr) -> u16 {
-    let tcp = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((from, 0)))?;
-            socket.connect(gw).await
-        })
-        .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
-    let tcp = tcp.into_std().expect("std socket");
-    tcp.set_nonblocking(false).expect("blocking");
-    let mut conn = Conn::over(Wired::plain(tcp).expect("clone socket"));
+/// One request with a wrong token from source address `from` (see [`connect_from`]), on its own
+/// connection; returns the status.
+fn guess_from(from: Ipv4Addr, gw: SocketAddr) -> u16 {
+    let mut conn = Conn::over(Wired::plain(connect_from(from, gw)).expect("clone socket"));
     let request = build_request(
         "GET",
         "/iot/x",
@@ -218,41 +209,37 @@ fn a_client_rotating_addresses_cannot_reset_its_own_throttle() {
         .section("throttle", "max_clients", "64")
         .route("iot", "/iot", up.addr())
         .start();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let gw_addr = gw.addr();
     let attacker = Ipv4Addr::new(127, 0, 0, 2);
-    assert_eq!(guess_from(&rt, attacker, gw_addr), 401);
-    assert_eq!(guess_from(&rt, attacker, gw_addr), 429, "throttled");
+    assert_eq!(guess_from(attacker, gw_addr), 401);
+    assert_eq!(guess_from(attacker, gw_addr), 429, "throttled");
     // 63 other clients with one failure each: the table (64) is full.
     for i in 1..=63 {
-        assert_eq!(guess_from(&rt, Ipv4Addr::new(127, 0, 1, i), gw_addr), 401);
+        assert_eq!(guess_from(Ipv4Addr::new(127, 0, 1, i), gw_addr), 401);
     }
     // The attacker moves through 300 fresh addresses: each is tracked (evicting a client that is not
     // throttled), none frees the throttled one.
     for i in 0..300u16 {
         let fresh = Ipv4Addr::new(127, 0, 2 + (i / 250) as u8, 1 + (i % 250) as u8);
-        assert_eq!(guess_from(&rt, fresh, gw_addr), 401, "{fresh}");
+        assert_eq!(guess_from(fresh, gw_addr), 401, "{fresh}");
         if i % 50 == 0 {
             assert_eq!(
-                guess_from(&rt, attacker, gw_addr),
+                guess_from(attacker, gw_addr),
                 429,
                 "after {i} fresh addresses"
             );
         }
     }
     assert_eq!(
-        guess_from(&rt, attacker, gw_addr),
+        guess_from(attacker, gw_addr),
         429,
         "still throttled after 300 fresh addresses"
     );
     // A newcomer is still counted: its second failure is throttled.
     let newcomer = Ipv4Addr::new(127, 0, 9, 9);
-    assert_eq!(guess_from(&rt, newcomer, gw_addr), 401);
-    assert_eq!(guess_from(&rt, newcomer, gw_addr), 429);
-    assert_eq!(guess_from(&rt, attacker, gw_addr), 429);
+    assert_eq!(guess_from(newcomer, gw_addr), 401);
+    assert_eq!(guess_from(newcomer, gw_addr), 429);
+    assert_eq!(guess_from(attacker, gw_addr), 429);
     assert_eq!(up.hits(), 0, "no guess reached the upstream");
 }
 

@@ -11,24 +11,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// A connection from source address `from` (any 127.0.0.0/8 address works on Linux loopback).
-fn connect_from(from: Ipv4Addr, gw: SocketAddr) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let tcp = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((from, 0)))?;
-            socket.connect(gw).await
-        })
-        .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
-    let tcp = tcp.into_std().expect("std socket");
-    tcp.set_nonblocking(false).expect("blocking");
-    tcp
-}
-
 /// Starts an upload of `len` bytes with `token` and sends only its head and `sent` bytes of the body.
 fn start_upload(gw: SocketAddr, token: &str, path: &str, len: usize, sent: usize) -> TcpStream {
     let mut s = TcpStream::connect(gw).expect("connect");

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1638,4 +1638,22 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// A connection from source address `from` (any 127.0.0.0/8 address works on Linux loopback).
+pub fn connect_from(from: Ipv4Addr, gw: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tcp = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((from, 0)))?;
+            socket.connect(gw).await
+        })
+        .unwrap_or_else(|e| panic!("connect from {from}: {e}"));
+    let tcp = tcp.into_std().expect("std socket");
+    tcp.set_nonblocking(false).expect("blocking");
+    tcp
 }
