@@ -116,7 +116,7 @@ seeded_db() {
 
 # gateway_config FILE LISTEN ADMIN DB UPSTREAM THREADS: writes a bench configuration with a bearer route
 # (/bearer) and a public route (/public, auth = "none") to the same upstream. ACCESS_LOG (off | plain |
-# json, default off) sets `[log] access`, written next to FILE; a tree whose configuration has no `[log]`
+# json, default plain: the shipped default) sets `[log] access`, written next to FILE; a tree whose configuration has no `[log]`
 # table gets the file without it (and a warning).
 gateway_config() {
     cat >"$1" <<CONF
@@ -147,7 +147,7 @@ CONF
     cat >>"$1" <<CONF
 
 [log]
-access = "${ACCESS_LOG:-off}"
+access = "${ACCESS_LOG:-plain}"
 access_path = "${1%.toml}-access.log"
 CONF
     if ! "$TG_BIN" check-config -c "$1" >/dev/null 2>"$1.check"; then

@@ -27,7 +27,10 @@
 # Other knobs: CONNS (32), WRK_TOKENS (1024), SERVER_CPU, WRK_CPU, UPSTREAM_CPU, BASE_PORT (18080),
 #              BENCH_DIR (/tmp/tokengate-bench; seeded databases are cached there), FRESH=1 (re-seed),
 #              WRITE_MD=0 (do not touch BENCHMARKS.md), NOTE="..." (a remark stored with the results),
-#              ACCESS_LOG=off|plain|json (default off: neither nginx nor tokengate logs requests).
+#              ACCESS_LOG=off|plain|json (default plain, tokengate's shipped default: tokengate logs each request
+#              to a file, nginx-auth writes its buffered `combined` log; off: neither logs),
+#              LOG_AB=1 (adds nginx-nolog, tg-nolog and tg-json: the same proxies with the log off, and
+#              tokengate's JSON log, measured in the same interleaved rounds; see benches/access_log.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -43,10 +46,13 @@ UPSTREAM_CPU=${UPSTREAM_CPU:-$SERVER_CPU}
 BASE_PORT=${BASE_PORT:-18080}
 WRITE_MD=${WRITE_MD:-1}
 NOTE=${NOTE:-}
-ACCESS_LOG=${ACCESS_LOG:-off}
+ACCESS_LOG=${ACCESS_LOG:-plain}
+export ACCESS_LOG
+LOG_AB=${LOG_AB:-0}
 
 UPSTREAM_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
+NGINX_NOLOG_PORT=$((BASE_PORT + 3))
 TG_PORT=$((BASE_PORT + 10))   # admin on +1
 TG1_PORT=$((BASE_PORT + 12))  # admin on +1
 TGBIG_PORT=$((BASE_PORT + 14)) # admin on +1
@@ -150,13 +156,23 @@ CONF
 spawn "$RUN/nginx-auth.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-auth" -c "$RUN/nginx-auth/nginx.conf" -e "$RUN/nginx-auth.error.log"
 NGINX_PID=$SPAWNED
 wait_http "http://127.0.0.1:$NGINX_PORT/" 120 "$NGINX_PID" || die "nginx-auth did not start ($RUN/nginx-auth.error.log)"
+if [ "$LOG_AB" = 1 ]; then
+    # The same nginx with its access log off (LOG_AB): what the log costs nginx.
+    mkdir -p "$RUN/nginx-nolog"
+    sed -e "s|^    access_log .*|    access_log off;|" -e "s|listen 127.0.0.1:$NGINX_PORT;|listen 127.0.0.1:$NGINX_NOLOG_PORT;|" \
+        -e "s|$RUN/nginx-auth.pid|$RUN/nginx-nolog.pid|" -e "s|$RUN/nginx-auth.error.log|$RUN/nginx-nolog.error.log|" \
+        "$RUN/nginx-auth/nginx.conf" >"$RUN/nginx-nolog/nginx.conf"
+    spawn "$RUN/nginx-nolog.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-nolog" -c "$RUN/nginx-nolog/nginx.conf" -e "$RUN/nginx-nolog.error.log"
+    wait_http "http://127.0.0.1:$NGINX_NOLOG_PORT/" 120 "$SPAWNED" || die "nginx-nolog did not start ($RUN/nginx-nolog.error.log)"
+fi
 
 # ---- tokengate instances ---------------------------------------------------------------------------------
 # start_gateway NAME PORT DB: one worker thread, pinned to SERVER_CPU (its sync/usage/clock threads too).
 # With a fourth argument "limited", the gateway also gets a /limited route with a per-token rate limit.
+# A sixth argument sets its access log format instead of ACCESS_LOG.
 start_gateway() {
     local name=$1 port=$2 db=$3
-    gateway_config "$RUN/$name.toml" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" "$db" "127.0.0.1:$UPSTREAM_PORT" 1
+    ACCESS_LOG=${6:-$ACCESS_LOG} gateway_config "$RUN/$name.toml" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" "$db" "127.0.0.1:$UPSTREAM_PORT" 1
     if [ "${4:-}" = limited ]; then
         cat >>"$RUN/$name.toml" <<CONF
 
@@ -184,6 +200,12 @@ if [ "$BIG_TOKENS" -gt 0 ]; then start_gateway tgbig "$TGBIG_PORT" "$DB_BIG"; fi
 TGSTEAL_PORT=$((BASE_PORT + 16)) TGBEFORE_PORT=$((BASE_PORT + 18))
 if [ "${TG_STEAL:-0}" = 1 ]; then start_gateway tgsteal "$TGSTEAL_PORT" "$DB_MAIN" steal; fi
 if [ -n "${TG_BEFORE:-}" ]; then start_gateway tgbefore "$TGBEFORE_PORT" "$DB_MAIN" "" "$TG_BEFORE"; fi
+# LOG_AB=1: the same gateway with its access log off, and with the JSON log.
+TGNOLOG_PORT=$((BASE_PORT + 20)) TGJSON_PORT=$((BASE_PORT + 22))
+if [ "$LOG_AB" = 1 ]; then
+    start_gateway tgnolog "$TGNOLOG_PORT" "$DB_MAIN" "" "$TG_BIN" off
+    start_gateway tgjson "$TGJSON_PORT" "$DB_MAIN" "" "$TG_BIN" json
+fi
 
 # ---- contenders: name|url|tokens file|description -------------------------------------------------------
 CONTENDERS=(
@@ -199,6 +221,13 @@ if [ "${TG_STEAL:-0}" = 1 ]; then
 fi
 if [ -n "${TG_BEFORE:-}" ]; then
     CONTENDERS+=("tg-before|http://127.0.0.1:$TGBEFORE_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, build $TG_BEFORE")
+fi
+if [ "$LOG_AB" = 1 ]; then
+    CONTENDERS+=(
+        "nginx-nolog|http://127.0.0.1:$NGINX_NOLOG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|nginx-auth with access_log off"
+        "tg-nolog|http://127.0.0.1:$TGNOLOG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, bearer, access log off"
+        "tg-json|http://127.0.0.1:$TGJSON_PORT/bearer/hives/7|$BENCH_DIR/tokens-$TOKENS.txt|tokengate threads=1, bearer, access log json"
+    )
 fi
 if [ "$BIG_TOKENS" -gt 0 ]; then
     CONTENDERS+=("tg-big|http://127.0.0.1:$TGBIG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$BIG_TOKENS.txt|tokengate threads=1, bearer, $BIG_TOKENS tokens")
@@ -319,6 +348,16 @@ TABLE="$RUN/table.md"
         "p99.9 $(lat tg-bearer 7 nginx-auth)"
     if has direct; then
         echo "- tokengate / direct: $(ratio tg-bearer direct); nginx / direct: $(ratio nginx-auth direct)"
+    fi
+    if has tg-nolog && has nginx-nolog; then
+        echo "- the access log's cost (requests/s with the log / without, same rounds): tokengate $ACCESS_LOG" \
+            "**$(ratio tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(ratio tg-json tg-nolog)**");" \
+            "nginx buffered combined **$(ratio nginx-auth nginx-nolog)**; p99 with / without: tokengate" \
+            "$(lat tg-bearer 5 tg-nolog), nginx $(lat nginx-auth 5 nginx-nolog)"
+    fi
+    if has tg-json; then
+        echo "- tokengate json / nginx (both logging): $(ratio tg-json nginx-auth) × the requests/s; p99 $(lat tg-json 5 nginx-auth)," \
+            "p99.9 $(lat tg-json 7 nginx-auth)"
     fi
     for ab in tg-steal tg-before; do
         if has "$ab"; then

@@ -325,20 +325,21 @@ impl<'a, S: ClientStream> Client<'a, S> {
         m.bytes_in.inc_by(facts.bytes_in);
         m.bytes_out.inc_by(facts.bytes_out);
         if let Some((method, path)) = facts.log.take() {
-            engine.access_log.log(Record {
+            let user = facts.entry.as_ref().map(|e| e.user_value());
+            engine.access_log.log(&Record {
                 at: SystemTime::now(),
                 client: self.peer,
-                method,
-                path,
-                route: io.map(|io| io.route.name.clone()),
+                method: method.as_str(),
+                path: &path,
+                route: io.map(|io| &*io.route.name),
                 status: facts.status,
                 auth: facts.outcome.as_str(),
                 duration: facts.start.elapsed(),
                 bytes_in: facts.bytes_in,
                 bytes_out: facts.bytes_out,
                 token_id: facts.entry.as_ref().map(|e| e.token_id),
-                user: facts.entry.as_ref().map(|e| e.user_value()),
-                request_id: self.request_id.as_str().to_owned(),
+                user: user.as_ref().map(|u| u.as_bytes()),
+                request_id: self.request_id.as_str(),
             });
         }
         keep

@@ -1,0 +1,288 @@
+//! The access log's formats, bounds and writer.
+
+use super::*;
+use std::sync::mpsc;
+
+fn record() -> Record<'static> {
+    Record {
+        at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_386_600),
+        client: Some("127.0.0.1".parse().unwrap()),
+        method: "POST",
+        path: "/iot/a \"b\"",
+        route: Some("telemetry"),
+        status: 200,
+        auth: "ok",
+        duration: Duration::from_micros(1234),
+        bytes_in: 10,
+        bytes_out: 20,
+        token_id: Some(7),
+        user: Some(b"alice"),
+        request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+    }
+}
+
+fn line(r: &Record, format: AccessLogFormat) -> String {
+    let mut l = Vec::new();
+    format_record(r, format, &mut l);
+    String::from_utf8(l).expect("a line is UTF-8")
+}
+
+#[test]
+fn plain_line() {
+    assert_eq!(
+        line(&record(), AccessLogFormat::Plain),
+        "2026-11-22T22:30:00.000Z 127.0.0.1 \"POST /iot/a__b_\" 200 route=telemetry auth=ok token=7 user=alice \
+         in=10 out=20 ms=1.234 id=4bf92f3577b34da6a3ce929d0e0e4736\n"
+    );
+    let mut r = record();
+    (r.client, r.route, r.token_id, r.user) = (None, None, None, None);
+    r.path = "/a\tb\u{85}é";
+    assert_eq!(
+        line(&r, AccessLogFormat::Plain),
+        "2026-11-22T22:30:00.000Z - \"POST /a_b_é\" 200 route=- auth=ok token=- user=- in=10 out=20 ms=1.234 \
+         id=4bf92f3577b34da6a3ce929d0e0e4736\n"
+    );
+}
+
+#[test]
+fn json_line() {
+    let l = line(&record(), AccessLogFormat::Json);
+    assert!(l.ends_with("}\n") && l.lines().count() == 1, "{l}");
+    let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+    assert_eq!(v["time"], "2026-11-22T22:30:00.000Z");
+    assert_eq!(v["client"], "127.0.0.1");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["route"], "telemetry");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["auth"], "ok");
+    assert_eq!(v["user_id"], "alice");
+    assert_eq!(v["token_id"], 7);
+    assert_eq!(v["bytes_in"], 10);
+    assert_eq!(v["bytes_out"], 20);
+    assert_eq!(v["path"], "/iot/a \"b\"");
+    assert_eq!(v["duration_ms"], 1.234);
+    assert_eq!(v["request_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let mut r = record();
+    (r.client, r.route, r.token_id, r.user) = (None, None, None, None);
+    r.path = "/a\u{1}\\\n";
+    let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
+    assert_eq!(v["path"], "/a\u{1}\\\n");
+    for k in ["client", "route", "token_id", "user_id"] {
+        assert!(v[k].is_null(), "{k}: {v}");
+    }
+}
+
+#[test]
+fn a_long_path_is_cut_and_names_its_length() {
+    let long = format!("/{}", "é".repeat(30_000)); // 60,001 bytes, 2-byte characters
+    let mut r = record();
+    r.path = &long;
+    let json = line(&r, AccessLogFormat::Json);
+    assert!(json.len() < 2048, "{}", json.len());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let path = v["path"].as_str().unwrap();
+    assert!(path.starts_with("/éé"));
+    assert!(path.ends_with("…(truncated, 60001 bytes)"), "{path}");
+    assert!(path.len() <= MAX_PATH + 40, "{}", path.len());
+    let plain = line(&r, AccessLogFormat::Plain);
+    assert!(plain.contains("…(truncated,_60001_bytes)\""), "{plain}");
+    // A path at the bound is kept whole.
+    let at_bound = "a".repeat(MAX_PATH);
+    r.path = &at_bound;
+    let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
+    assert_eq!(v["path"], at_bound);
+}
+
+#[test]
+fn a_long_method_is_cut() {
+    let long = "X".repeat(50_000);
+    let mut r = record();
+    r.method = &long;
+    let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
+    assert_eq!(v["method"], format!("{}...", "X".repeat(MAX_METHOD)));
+    assert!(
+        line(&r, AccessLogFormat::Plain).contains(&format!("\"{}... /iot", "X".repeat(MAX_METHOD)))
+    );
+    r.method = "PROPFIND";
+    assert!(line(&r, AccessLogFormat::Plain).contains("\"PROPFIND /iot"));
+}
+
+/// A log target that takes what it is given and lets the test read it.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn lines(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    }
+
+    /// The request ids of the JSON lines written, each parsed whole (and once).
+    fn ids(&self) -> std::collections::HashSet<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        let mut ids = std::collections::HashSet::new();
+        for l in text.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            assert!(
+                ids.insert(v["request_id"].as_str().unwrap().to_owned()),
+                "twice: {l}"
+            );
+        }
+        ids
+    }
+}
+
+fn counter() -> IntCounter {
+    IntCounter::new("d", "d").unwrap()
+}
+
+#[test]
+fn every_line_from_every_thread_is_written_whole_by_shutdown() {
+    let sink = Sink::default();
+    let (log, writer) =
+        AccessLog::with_writer(AccessLogFormat::Json, counter(), Box::new(sink.clone())).unwrap();
+    let log = Arc::new(log);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                // 3,000 lines of about 260 bytes fit in one ring, however late the writer runs.
+                for i in 0..3_000 {
+                    let id = format!("{t}-{i}");
+                    let mut r = record();
+                    r.request_id = &id;
+                    log.log(&r);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(log.dropped(), 0);
+    drop(Arc::into_inner(log).expect("the last holder"));
+    writer.join().unwrap();
+    assert_eq!(sink.ids().len(), 12_000, "every line, once, whole");
+}
+
+#[test]
+fn lines_that_wrap_around_the_ring_stay_whole() {
+    let sink = Sink::default();
+    let (log, writer) =
+        AccessLog::with_writer(AccessLogFormat::Json, counter(), Box::new(sink.clone())).unwrap();
+    // Three rounds of 3,000 lines on one thread: its ring (about 4,000 lines) wraps in the second.
+    for round in 0..3 {
+        for i in 0..3_000 {
+            let id = format!("{round}-{i}");
+            let mut r = record();
+            r.request_id = &id;
+            log.log(&r);
+        }
+        let started = Instant::now();
+        while sink.lines() < (round + 1) * 3_000 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_eq!(log.dropped(), 0);
+    drop(log);
+    writer.join().unwrap();
+    assert_eq!(sink.ids().len(), 9_000, "every line, once, whole");
+}
+
+#[test]
+fn a_line_reaches_the_target_without_shutdown_within_a_second() {
+    let sink = Sink::default();
+    let (log, _writer) =
+        AccessLog::with_writer(AccessLogFormat::Plain, counter(), Box::new(sink.clone())).unwrap();
+    log.log(&record());
+    let started = Instant::now();
+    while sink.lines() == 0 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The writer looks every 100 ms; a second is ten of those.
+    assert_eq!(sink.lines(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A target whose writes block until the test lets them go: a full disk, a pipe nobody reads.
+struct Stalled(Mutex<mpsc::Receiver<()>>);
+
+impl Write for Stalled {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.lock().unwrap().recv();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_stalled_target_drops_and_counts_lines_and_never_blocks_the_logger() {
+    let (release, stalled) = mpsc::channel();
+    let (log, writer) = AccessLog::with_writer(
+        AccessLogFormat::Plain,
+        counter(),
+        Box::new(Stalled(Mutex::new(stalled))),
+    )
+    .unwrap();
+    let long = format!("/{}", "p".repeat(60_000));
+    let mut r = record();
+    r.path = &long;
+    let one = line(&r, AccessLogFormat::Plain).len();
+    let n = 20_000;
+    // Returns although the target takes nothing (a blocking logger would hang here).
+    for _ in 0..n {
+        log.log(&r);
+    }
+    let dropped = log.dropped() as usize;
+    // At most a ring of this thread's lines, plus what the writer holds in its buffer, was kept.
+    let kept_most = (RING_BYTES + 2 * WAKE_BYTES) / one + 1;
+    assert!(
+        dropped > 0 && n - dropped <= kept_most,
+        "dropped {dropped} of {n}"
+    );
+    drop(release);
+    drop(log);
+    writer.join().unwrap();
+}
+
+#[test]
+fn an_ended_thread_s_lines_are_still_written() {
+    let sink = Sink::default();
+    let (log, writer) =
+        AccessLog::with_writer(AccessLogFormat::Plain, counter(), Box::new(sink.clone())).unwrap();
+    let log = Arc::new(log);
+    for _ in 0..3 {
+        let log = log.clone();
+        std::thread::spawn(move || log.log(&record()))
+            .join()
+            .unwrap();
+    }
+    let started = Instant::now();
+    while sink.lines() < 3 && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sink.lines(), 3);
+    drop(Arc::into_inner(log).expect("the last holder"));
+    writer.join().unwrap();
+}
