@@ -13,7 +13,9 @@
 //!   rate limit and quota (1024 tokens round-robin, as in the load bench); and the primitives alone
 //!   (`Gcra::take`, `QuotaCount::take`);
 //! - `header_rewrite/*`: `transport::rewrite::write_upstream_head`, the forwarded head written from the parsed one
-//!   (credential, hop-by-hop and spoofed identity fields dropped; X-Forwarded-*, identity added).
+//!   (credential, hop-by-hop and spoofed identity fields dropped; X-Forwarded-*, identity added);
+//! - `access_log/format_{plain,json}`: one access log line formatted into a reused buffer, as the worker
+//!   does for every request.
 //!
 //! Run: `cargo bench --bench hot_path` (about 1.5 minutes; building the 1M index takes a few seconds).
 //! Filter: `cargo bench --bench hot_path -- decision/1M`. Results are summarised in BENCHMARKS.md.
@@ -415,6 +417,42 @@ fn limit_benches(c: &mut Criterion) {
     g.finish();
 }
 
+fn access_log_benches(c: &mut Criterion) {
+    use tokengate::config::AccessLogFormat;
+    use tokengate::telemetry::access_log::{format_record, Record};
+    let mut g = c.benchmark_group("access_log");
+    g.throughput(Throughput::Elements(1));
+    let record = Record {
+        at: std::time::SystemTime::now(),
+        client: Some("192.0.2.44".parse().unwrap()),
+        method: "POST",
+        path: "/bearer/hives/7/telemetry",
+        route: Some("telemetry"),
+        status: 200,
+        auth: "ok",
+        duration: Duration::from_micros(412),
+        bytes_in: 180,
+        bytes_out: 3,
+        token_id: Some(48_213),
+        user: Some(b"user417"),
+        request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+    };
+    let mut line = Vec::with_capacity(512);
+    for (name, format) in [
+        ("format_plain", AccessLogFormat::Plain),
+        ("format_json", AccessLogFormat::Json),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                line.clear();
+                format_record(black_box(&record), format, &mut line);
+                line.len()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short runs: the whole bench finishes in about 1.5 minutes (see BENCHMARKS.md for the numbers).
     Criterion::default()
@@ -426,6 +464,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = token_benches, index_and_decision_benches, route_benches, limit_benches, header_benches
+    targets = token_benches, index_and_decision_benches, route_benches, limit_benches, header_benches,
+        access_log_benches
 }
 criterion_main!(benches);

@@ -321,6 +321,18 @@ elif [ "$OHA" = 1 ]; then
     log "oha is not installed (cargo install oha): the corrected latency table is skipped"
 fi
 
+# ---- access log lines dropped (a logging gateway must keep every line at the bench's rate) ----------------
+DROPPED=""
+if [ "$ACCESS_LOG" != off ] || [ "$LOG_AB" = 1 ]; then
+    for g in "tg-bearer:$TG_PORT" "tg-json:$TGJSON_PORT" "tg-before:$TGBEFORE_PORT"; do
+        name=${g%%:*} port=${g##*:}
+        d=$(curl -s --max-time 5 "http://127.0.0.1:$((port + 1))/metrics" 2>/dev/null |
+            awk '/^tokengate_access_log_dropped_total / { print $2 }')
+        [ -n "$d" ] && DROPPED="$DROPPED${DROPPED:+, }$name $d"
+    done
+    log "access log lines dropped: ${DROPPED:-none measured}"
+fi
+
 # ---- summary ---------------------------------------------------------------------------------------------
 has() { local c; for c in "${CONTENDERS[@]}"; do [ "${c%%|*}" = "$1" ] && return 0; done; return 1; }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -358,6 +370,9 @@ TABLE="$RUN/table.md"
     if has tg-json; then
         echo "- tokengate json / nginx (both logging): $(ratio tg-json nginx-auth) × the requests/s; p99 $(lat tg-json 5 nginx-auth)," \
             "p99.9 $(lat tg-json 7 nginx-auth)"
+    fi
+    if [ -n "$DROPPED" ]; then
+        echo "- access log lines dropped over the whole run (\`tokengate_access_log_dropped_total\`): $DROPPED"
     fi
     for ab in tg-steal tg-before; do
         if has "$ab"; then

@@ -88,12 +88,21 @@ wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$SPAWNED" || die "upstream ngin
 spawn "$RUN/echo.log" $(pin "$SERVER_CPU") "$REPO/target/release/examples/echo_upstream" --listen "127.0.0.1:$ECHO_PORT" --name upload
 wait_http "http://127.0.0.1:$ECHO_PORT/" 10 "$SPAWNED" || die "echo upstream did not start"
 
+# ACCESS_LOG (plain by default, as shipped): tokengate logs each request to a file, nginx writes its buffered
+# `combined` log; off: neither logs.
+ACCESS_LOG=${ACCESS_LOG:-plain}
+export ACCESS_LOG
+if [ "$ACCESS_LOG" = off ]; then
+    NGINX_ACCESS_LOG="access_log off;"
+else
+    NGINX_ACCESS_LOG="access_log $RUN/nginx-tls-access.log combined buffer=64k flush=200ms;"
+fi
 awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$TOKENS_FILE" >"$RUN/nginx-tls/tokens.map"
 {
     nginx_common nginx-tls
     cat <<CONF
 http {
-    access_log off;
+    $NGINX_ACCESS_LOG
     keepalive_requests 1000000;
     client_max_body_size 0;
     map_hash_bucket_size 1024;
@@ -257,7 +266,7 @@ if [ "$WRITE_MD" = 1 ]; then
         echo
         echo "Settings: ROUNDS=$ROUNDS × DURATION=${DURATION}s, interleaved; one ECDSA P-256 certificate for both;" \
             "servers and upstream on CPU $SERVER_CPU, wrk/curl on CPU $WRK_CPU; $TOKENS tokens; tokengate with rustls" \
-            "(ring), nginx with $(openssl version | awk '{print $1, $2}')."
+            "(ring), nginx with $(openssl version | awk '{print $1, $2}'); access logs: $ACCESS_LOG."
         echo
         cat "$TABLE"
     } >"$SECTION"

@@ -317,17 +317,61 @@ fn put_json(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+thread_local! {
+    /// The last second this thread formatted a time in, and that time up to its millisecond digits
+    /// (`2026-11-22T22:30:00.`): lines of the same second reuse it.
+    static SECOND: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
+}
+
+/// Writes `at` as RFC 3339 UTC with milliseconds (`2026-11-22T22:30:00.000Z`).
+fn put_time(out: &mut Vec<u8>, at: SystemTime) {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let mut prefix = Vec::with_capacity(32);
+            let _ = write!(
+                prefix,
+                "{}",
+                humantime::format_rfc3339_seconds(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+                )
+            );
+            // `2026-11-22T22:30:00Z`: keep up to the seconds, then the decimal point.
+            if prefix.len() != 20 {
+                // Years past 9999 are not logged faster; they are logged right.
+                let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
+                return;
+            }
+            second.1[..19].copy_from_slice(&prefix[..19]);
+            second.1[19] = b'.';
+            second.0 = secs;
+        }
+        out.extend_from_slice(&second.1);
+        let _ = write!(out, "{:03}Z", since.subsec_millis());
+    });
+}
+
+/// Writes a duration as milliseconds with three decimals (`1.234`), rounded to the microsecond.
+fn put_ms(out: &mut Vec<u8>, d: Duration) {
+    let micros = (d.as_nanos() + 500) / 1000;
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+}
+
 /// Formats one record as a line (with trailing newline), cutting the path and the method to their
 /// bounds. Allocates nothing once `line` has room.
 pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
-    let at = humantime::format_rfc3339_millis(r.at);
     let user = r.user.and_then(|u| std::str::from_utf8(u).ok());
     let (path, path_cut) = cut(r.path, MAX_PATH);
     let (method, method_cut) = cut(r.method, MAX_METHOD);
-    let ms = r.duration.as_secs_f64() * 1e3;
     match format {
         AccessLogFormat::Json => {
-            let _ = write!(line, "{{\"time\":\"{at}\",\"client\":");
+            line.extend_from_slice(b"{\"time\":\"");
+            put_time(line, r.at);
+            line.extend_from_slice(b"\",\"client\":");
             match r.client {
                 Some(c) => {
                     let _ = write!(line, "\"{c}\"");
@@ -357,7 +401,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             let _ = write!(line, ",\"status\":{},\"auth\":", r.status);
             put_json(line, r.auth);
             line.extend_from_slice(b",\"duration_ms\":");
-            let _ = serde_json::to_writer(&mut *line, &((ms * 1e3).round() / 1e3));
+            put_ms(line, r.duration);
             let _ = write!(
                 line,
                 ",\"bytes_in\":{},\"bytes_out\":{},\"token_id\":",
@@ -379,7 +423,8 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             line.extend_from_slice(b"}\n");
         }
         AccessLogFormat::Plain | AccessLogFormat::Off => {
-            let _ = write!(line, "{at} ");
+            put_time(line, r.at);
+            line.push(b' ');
             match r.client {
                 Some(c) => {
                     let _ = write!(line, "{c}");
@@ -414,11 +459,9 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
                 Some(u) => put_clean(line, u),
                 None => line.push(b'-'),
             }
-            let _ = write!(
-                line,
-                " in={} out={} ms={ms:.3} id=",
-                r.bytes_in, r.bytes_out
-            );
+            let _ = write!(line, " in={} out={} ms=", r.bytes_in, r.bytes_out);
+            put_ms(line, r.duration);
+            line.extend_from_slice(b" id=");
             put_clean(line, r.request_id);
             line.push(b'\n');
         }

@@ -294,7 +294,7 @@ impl Metrics {
         .expect("metric");
         let access_log_dropped = IntCounter::new(
             "tokengate_access_log_dropped_total",
-            "Access log lines dropped because the log's queue (8 MiB) was full: its target did not keep up.",
+            "Access log lines dropped because a worker's log buffer (1 MiB) was full: its target did not keep up.",
         )
         .expect("metric");
         reloads.with_label_values(&["ok"]);

@@ -4,7 +4,8 @@
 //! - [`metrics`]: the Prometheus registry and per-route collectors (and the upstream failure kinds they
 //!   count).
 //! - [`connections`]: client connections open, refused at accept (by limit) and closed (by reason).
-//! - [`access_log`]: the non-blocking access log, bounded in bytes (8 MiB queued; long paths cut).
+//! - [`access_log`]: the access log: lines formatted by each worker into its own 1 MiB ring, written by a
+//!   writer thread (long paths cut; a full ring drops and counts).
 
 pub mod access_log;
 pub mod connections;

@@ -286,3 +286,34 @@ fn an_ended_thread_s_lines_are_still_written() {
     drop(Arc::into_inner(log).expect("the last holder"));
     writer.join().unwrap();
 }
+
+#[test]
+fn times_and_durations_are_written_as_before() {
+    let mut out = Vec::new();
+    for at in [
+        SystemTime::UNIX_EPOCH,
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_386_600_007),
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_386_600_999),
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_386_601_000),
+        SystemTime::now(),
+    ] {
+        out.clear();
+        put_time(&mut out, at);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            humantime::format_rfc3339_millis(at).to_string()
+        );
+    }
+    for (d, want) in [
+        (Duration::ZERO, "0.000"),
+        (Duration::from_nanos(499), "0.000"),
+        (Duration::from_nanos(500), "0.001"),
+        (Duration::from_micros(1234), "1.234"),
+        (Duration::from_nanos(1_234_567), "1.235"),
+        (Duration::from_secs(61), "61000.000"),
+    ] {
+        out.clear();
+        put_ms(&mut out, d);
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), want, "{d:?}");
+    }
+}
