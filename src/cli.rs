@@ -186,7 +186,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(t) = &c.tls {
                 let certs = crate::transport::tls::load_certificates(&t.certificates)
                     .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-                crate::transport::tls::edge_config(t, None)
+                crate::transport::tls::edge_config(t, None, None)
                     .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
                 for w in crate::transport::tls::warnings(
                     &t.certificates,

@@ -18,6 +18,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::tokens::index::Index;
 use crate::tokens::store::{Location, Store};
 use crate::tokens::sync;
+use crate::transport::tls::tickets::TicketKeys;
 use crate::transport::{tls, Engine, Load, Table, TlsListener};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -43,6 +44,8 @@ pub struct State {
     pub table: Arc<ArcSwap<Table>>,
     /// The TLS listener's configuration (certificates, versions, client CA), swapped on reload.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// The session ticket keys shared through the store (`[tls] session_tickets`).
+    pub ticket_keys: Option<Arc<TicketKeys>>,
 }
 
 impl State {
@@ -88,8 +91,28 @@ impl State {
         }
         let metrics = Metrics::new();
         let table = Arc::new(ArcSwap::from_pointee(Table::new(&config, &metrics, None)?));
+        let ticket_keys = match &config.tls {
+            Some(t) if t.session_tickets => {
+                let keys = TicketKeys::new(t.ticket_lifetime);
+                // The first key now (made by the first node that needs one), so the first
+                // handshakes get tickets; a failure is not fatal (full handshakes until the
+                // background refresh succeeds).
+                let loaded = Store::open(&location)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut store| tls::tickets::rotate_once(&keys, &mut store));
+                if let Err(e) = loaded {
+                    log::warn!("TLS ticket keys: {e}; resumption starts once they load");
+                }
+                Some(keys)
+            }
+            _ => None,
+        };
         let tls = match &config.tls {
-            Some(t) => Some(Arc::new(ArcSwap::from(tls::edge_config(t, None)?))),
+            Some(t) => Some(Arc::new(ArcSwap::from(tls::edge_config(
+                t,
+                None,
+                ticket_keys.as_ref(),
+            )?))),
             None => None,
         };
         Ok(State {
@@ -99,6 +122,7 @@ impl State {
             metrics,
             table,
             tls,
+            ticket_keys,
         })
     }
 }
@@ -113,6 +137,7 @@ pub fn reload(
     current: &Config,
     table: &ArcSwap<Table>,
     edge: Option<&ArcSwap<rustls::ServerConfig>>,
+    ticket_keys: Option<&Arc<TicketKeys>>,
     metrics: &Metrics,
     index: &Index,
 ) -> anyhow::Result<Config> {
@@ -138,7 +163,10 @@ pub fn reload(
     // Servers that stay (same route, address and settings) keep their connections and health.
     let new_table = Table::new(&new, metrics, Some(&table.load()))?;
     let new_edge = match (edge, &new.tls) {
-        (Some(current), Some(t)) => Some((current, tls::edge_config(t, Some(&current.load()))?)),
+        (Some(current), Some(t)) => Some((
+            current,
+            tls::edge_config(t, Some(&current.load()), ticket_keys)?,
+        )),
         _ => None,
     };
     let restart_needed: Vec<&str> = [
@@ -157,6 +185,14 @@ pub fn reload(
                 || new.admin.trusted_proxies != current.admin.trusted_proxies,
         ),
         ("store", new.store != current.store),
+        (
+            "tls.session_tickets / tls.ticket_lifetime",
+            new.tls.as_ref().map(|t| (t.session_tickets, t.ticket_lifetime))
+                != current
+                    .tls
+                    .as_ref()
+                    .map(|t| (t.session_tickets, t.ticket_lifetime)),
+        ),
         (
             "gateway.threads",
             new.gateway.threads != current.gateway.threads,
@@ -233,6 +269,7 @@ fn spawn_signal_thread(
         state.index.clone(),
     );
     let edge = state.tls.clone();
+    let ticket_keys = state.ticket_keys.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -262,7 +299,7 @@ fn spawn_signal_thread(
                         draining.store(true, Ordering::Relaxed);
                         let _ = tx.send(ShutdownSignal::GracefulUpgrade);
                     }
-                    _ = hup.recv() => match reload(&path, &current, &table, edge.as_deref(), &metrics, &index) {
+                    _ = hup.recv() => match reload(&path, &current, &table, edge.as_deref(), ticket_keys.as_ref(), &metrics, &index) {
                         Ok(new) => {
                             log::info!("reload: {} applied ({} routes)", path.display(), new.routes.len());
                             metrics.reloads(true);
@@ -494,7 +531,19 @@ fn spawn_background(
             .spawn(move || crate::transport::health::run(table, stop))?
     };
 
-    Ok(vec![sync, flush, sweep, health])
+    let mut threads = vec![sync, flush, sweep, health];
+    // The TLS session ticket keys: rotated in the store and loaded, every few seconds.
+    if let Some(keys) = &state.ticket_keys {
+        let (keys, location, stop) = (keys.clone(), state.location.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("tokengate-ticket-keys".into())
+                .spawn(move || {
+                    crate::transport::tls::tickets::keep_current(keys, location, stop)
+                })?,
+        );
+    }
+    Ok(threads)
 }
 
 /// Runs pingora until its shutdown, or until a fast shutdown has waited [`FAST_EXIT`].

@@ -35,6 +35,10 @@ pub(super) struct FileTls {
     pub(super) client_auth: Option<ClientAuth>,
     #[serde(default)]
     pub(super) certificates: Vec<FileCert>,
+    pub(super) session_tickets: Option<bool>,
+    pub(super) ticket_lifetime: Option<String>,
+    pub(super) max_fragment_size: Option<usize>,
+    pub(super) early_data: Option<bool>,
 }
 
 #[derive(Deserialize)]

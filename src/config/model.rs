@@ -73,7 +73,17 @@ pub struct TlsConfig {
     /// Ask clients for a certificate signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// Session resumption (TLS 1.2 tickets and session ids, TLS 1.3 tickets), with ticket keys shared
+    /// through the store.
+    pub session_tickets: bool,
+    /// How long a ticket resumes; keys rotate every half of it and are deleted after two.
+    pub ticket_lifetime: Duration,
+    /// The largest record plaintext the gateway sends (`None`: the TLS maximum, 16 KiB).
+    pub max_fragment_size: Option<usize>,
 }
+
+/// The most a ticket may be valid (RFC 8446 section 4.6.1: seven days).
+pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// TLS to a route's servers (`https://...`): always verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,14 @@
 //! The `[tls]` table checked into a [`TlsConfig`]: the listener, the lowest version, the certificates
 //! (paths resolved against the config file's folder) and client authentication. The files themselves are
-//! read by the transport's TLS set-up (`transport::tls`), which names problems by the same keys.
+//! read by the transport's TLS set-up (`transport::tls`), which names problems by the same keys. Also
+//! resumption (`session_tickets`, `ticket_lifetime`), the record size (`max_fragment_size`) and the
+//! refusal of `early_data` (0-RTT can be replayed).
 
 use super::context::Ctx;
 use super::file::FileTls;
 use super::model::*;
-use super::values::check_listen;
+use super::values::{check_listen, parse_duration};
+use std::time::Duration;
 
 pub(super) fn tls(cx: &Ctx, t: FileTls) -> Result<TlsConfig, ConfigError> {
     check_listen(&t.listen).map_err(|p| cx.err("tls.listen", p))?;
@@ -48,11 +51,44 @@ pub(super) fn tls(cx: &Ctx, t: FileTls) -> Result<TlsConfig, ConfigError> {
             "needs tls.client_ca: the CA that signs the client certificates",
         ));
     }
+    let ticket_lifetime = match t.ticket_lifetime.as_deref() {
+        None => Duration::from_secs(24 * 3600),
+        Some(v) => {
+            let d = parse_duration(v).map_err(|p| cx.err("tls.ticket_lifetime", p))?;
+            if d < Duration::from_secs(1) || d > MAX_TICKET_LIFETIME {
+                return Err(cx.err(
+                    "tls.ticket_lifetime",
+                    format!(
+                        "{v:?} is not between 1s and 7d (RFC 8446 allows tickets at most 7 days)"
+                    ),
+                ));
+            }
+            d
+        }
+    };
+    if let Some(n) = t.max_fragment_size {
+        if !(512..=16384).contains(&n) {
+            return Err(cx.err(
+                "tls.max_fragment_size",
+                format!("{n} is not between 512 and 16384 bytes (the TLS record maximum)"),
+            ));
+        }
+    }
+    if t.early_data == Some(true) {
+        return Err(cx.err(
+            "tls.early_data",
+            "0-RTT is not offered: early data can be replayed by anyone who saw it, and a replayed \
+             request (an upload, a command to a device) would be decided and forwarded twice",
+        ));
+    }
     Ok(TlsConfig {
         listen: t.listen,
         min_version,
         certificates,
         client_ca,
         client_auth: t.client_auth.unwrap_or(ClientAuth::Optional),
+        session_tickets: t.session_tickets.unwrap_or(true),
+        ticket_lifetime,
+        max_fragment_size: t.max_fragment_size,
     })
 }

@@ -15,6 +15,7 @@ mod pg_sql;
 pub mod pg_url;
 pub mod quota_feed;
 pub mod sqlite;
+pub mod ticket_keys;
 
 use super::fields::Quota;
 pub use super::fields::{parse_rfc3339, rfc3339, unix_now};

@@ -86,6 +86,13 @@ pub const MIGRATIONS: &[&str] = &[
         delivered_at BIGINT
     );
     CREATE INDEX leak_notifications_due ON leak_notifications (next_at) WHERE delivered_at IS NULL;",
+    // 5: the TLS session ticket keys every gateway on this store shares (SQLite's migration 7; see
+    // ticket_keys.rs).
+    "CREATE TABLE tls_ticket_keys (
+        id         BIGSERIAL PRIMARY KEY,
+        secret     BYTEA  NOT NULL,
+        created_at BIGINT NOT NULL
+    );",
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in

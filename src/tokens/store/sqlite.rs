@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[&str] = &[
     // 6: leaked tokens: why a token was revoked (`leaked`: reported leaked), the reports of leaks, and
     // the owner notifications waiting to be delivered (see ops/leaks).
     LEAKS_MIGRATION,
+    // 7: the TLS session ticket keys every gateway on this store shares (see ticket_keys.rs).
+    "CREATE TABLE tls_ticket_keys (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        secret     BLOB    NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT;

@@ -10,7 +10,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::{ServerConfig, ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::{
+    NoServerSessionStorage, ServerConfig, ServerSessionMemoryCache, WebPkiClientVerifier,
+};
 use rustls::SupportedProtocolVersion;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,6 +20,7 @@ use tokio_rustls::{server, TlsAcceptor};
 
 use super::certs::load_certificates;
 use super::sni::SniResolver;
+use super::tickets::{NoTickets, TicketKeys};
 use crate::config::{ClientAuth, TlsConfig, TlsVersion};
 use crate::crypto::{backend, provider, root_store, Roots, TlsError};
 
@@ -55,15 +58,31 @@ const SESSION_CACHE_SIZE: usize = 4096;
 /// handshake at once, unless `client_ca` is set. Then they are not: a resumed session skips
 /// client-certificate verification, so a session from before the reload would outlive a change of
 /// the trusted CA.
+///
+/// With `fleet` (the gateway's ticket keys, shared through the store), tickets are sealed with those
+/// keys and bound to the `client_ca` file's bytes (see [`super::tickets`]): they resume on every node,
+/// across reloads, and stop resuming when the CA set changes. `session_tickets = false` turns
+/// resumption off (no tickets, no session cache); `max_fragment_size` caps the records sent.
 pub fn edge_config(
     cfg: &TlsConfig,
     previous: Option<&ServerConfig>,
+    fleet: Option<&Arc<TicketKeys>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certificates(&cfg.certificates)?;
     let mut config = build_server_config(cfg, Arc::new(SniResolver::new(&certs)))?;
-    if let (Some(old), None) = (previous, &cfg.client_ca) {
+    if let (Some(old), None, true) = (previous, &cfg.client_ca, cfg.session_tickets) {
         config.ticketer = old.ticketer.clone();
         config.session_storage = old.session_storage.clone();
+    }
+    if let (Some(keys), true) = (fleet, cfg.session_tickets) {
+        let ca = match &cfg.client_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| TlsError::Config {
+                key: "tls.client_ca".into(),
+                problem: format!("{}: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        config.ticketer = keys.ticketer(ca.as_deref());
     }
     Ok(Arc::new(config))
 }
@@ -120,10 +139,18 @@ fn build_server_config(
 
     let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-    config.ticketer = backend::Ticketer::new().map_err(|e| config_error("tls", &e))?;
-    // 0-RTT stays off (the default): early data can be replayed, and every request here is a
-    // decision.
+    if cfg.session_tickets {
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+        config.ticketer = backend::Ticketer::new().map_err(|e| config_error("tls", &e))?;
+    } else {
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+        config.ticketer = Arc::new(NoTickets);
+        config.send_tls13_tickets = 0;
+    }
+    config.max_fragment_size = cfg.max_fragment_size;
+    // 0-RTT stays off (`max_early_data_size` 0, the default; `early_data = true` is refused by the
+    // config): early data can be replayed, and every request here is a decision.
+    config.max_early_data_size = 0;
     Ok(config)
 }
 
@@ -678,17 +705,17 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_reload_keeps_resumption_unless_client_certificates_are_checked() {
         let mut s = setup();
-        let current = Arc::new(ArcSwap::from(edge_config(&s.cfg, None).unwrap()));
+        let current = Arc::new(ArcSwap::from(edge_config(&s.cfg, None, None).unwrap()));
         let addr = serve_swappable(current.clone()).await;
         let connector = TlsConnector::from(Client::new(&[&s.ca]).config());
         assert!(!resumes(&connector, addr).await);
         assert!(resumes(&connector, addr).await);
 
         // Reload without client_ca: tickets from before still work.
-        current.store(edge_config(&s.cfg, Some(&current.load())).unwrap());
+        current.store(edge_config(&s.cfg, Some(&current.load()), None).unwrap());
         assert!(resumes(&connector, addr).await, "resumed across the reload");
         // A fresh start (no previous) does not know them.
-        current.store(edge_config(&s.cfg, None).unwrap());
+        current.store(edge_config(&s.cfg, None, None).unwrap());
         assert!(!resumes(&connector, addr).await);
 
         // With client_ca, a reload never carries sessions over.
@@ -699,17 +726,17 @@ pub(super) mod tests {
             &Pki::new("device CA").ca_pem,
             0o644,
         ));
-        current.store(edge_config(&s.cfg, Some(&current.load())).unwrap());
+        current.store(edge_config(&s.cfg, Some(&current.load()), None).unwrap());
         assert!(!resumes(&connector, addr).await);
         assert!(resumes(&connector, addr).await);
-        current.store(edge_config(&s.cfg, Some(&current.load())).unwrap());
+        current.store(edge_config(&s.cfg, Some(&current.load()), None).unwrap());
         assert!(
             !resumes(&connector, addr).await,
             "no session outlives a client_ca reload"
         );
 
         s.cfg.certificates[1].key = s.cfg.certificates[0].key.clone();
-        let err = edge_config(&s.cfg, Some(&current.load()))
+        let err = edge_config(&s.cfg, Some(&current.load()), None)
             .unwrap_err()
             .to_string();
         assert!(

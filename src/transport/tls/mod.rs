@@ -20,6 +20,7 @@
 pub mod certs;
 pub mod edge;
 pub mod sni;
+pub mod tickets;
 pub mod upstream;
 
 pub use crate::crypto::{provider, TlsError};

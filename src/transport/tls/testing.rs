@@ -42,6 +42,9 @@ pub fn tls_config(certificates: Vec<CertFiles>) -> TlsConfig {
         certificates,
         client_ca: None,
         client_auth: ClientAuth::Optional,
+        session_tickets: true,
+        ticket_lifetime: std::time::Duration::from_secs(24 * 3600),
+        max_fragment_size: None,
     }
 }
 

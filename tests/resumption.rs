@@ -1,0 +1,281 @@
+//! TLS for battery devices (`[tls] session_tickets`, `ticket_lifetime`, `max_fragment_size`), through the
+//! real binary and real TLS clients: a session ticket one gateway issued resumes on another gateway
+//! sharing the store (`openssl s_client -sess_out` / `-sess_in`, TLS 1.2 and 1.3), still after a key
+//! rotation, no longer after two lifetimes (a full handshake, no error); no 0-RTT; records no larger than
+//! `max_fragment_size` (read raw off the socket).
+
+mod common;
+
+use common::tls::{ClientOptions, Pki};
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Two gateways on one SQLite store, with the same certificate, each with `tls_keys`.
+fn two_nodes(tls_keys: &[(&str, &str)]) -> (Gateway, Gateway, Arc<Pki>) {
+    two_nodes_on(None, tls_keys)
+}
+
+/// [`two_nodes`] on the PostgreSQL database at `pg` (`None`: on the first one's SQLite file).
+fn two_nodes_on(pg: Option<&str>, tls_keys: &[(&str, &str)]) -> (Gateway, Gateway, Arc<Pki>) {
+    let store = |b: GatewayBuilder| match pg {
+        Some(url) => b.store_url(url),
+        None => b,
+    };
+    let mut a = store(GatewayBuilder::new())
+        .route("iot", "/iot", refused_addr())
+        .tls();
+    let pki = a.pki();
+    let leaf = pki.leaf(&["localhost", "127.0.0.1"]);
+    a = a.tls_certificates(vec![leaf.clone()]);
+    for (k, v) in tls_keys {
+        a = a.tls_key(k, v);
+    }
+    let a = a.start();
+    let b = match pg {
+        Some(url) => GatewayBuilder::new().store_url(url),
+        None => GatewayBuilder::new().store_path(&a.db_path()),
+    };
+    let mut b = b
+        .route("iot", "/iot", refused_addr())
+        .tls_certificates(vec![leaf]);
+    for (k, v) in tls_keys {
+        b = b.tls_key(k, v);
+    }
+    (a, b.start(), pki)
+}
+
+/// One `openssl s_client` connection to `gw`'s TLS listener sending one request; returns its output.
+/// `sess_out`/`sess_in`: where to save the session, which one to resume.
+fn s_client(
+    gw: &Gateway,
+    version: &str,
+    sess_out: Option<&Path>,
+    sess_in: Option<&Path>,
+) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect"])
+        .arg(gw.tls_addr().to_string())
+        .args(["-servername", "localhost", version, "-ign_eof"]);
+    if let Some(p) = sess_out {
+        cmd.arg("-sess_out").arg(p);
+    }
+    if let Some(p) = sess_in {
+        cmd.arg("-sess_in").arg(p);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().expect("s_client output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("HTTP/1.1 404"),
+        "the request was answered over TLS:\n{text}"
+    );
+    text
+}
+
+fn reused(out: &str) -> bool {
+    out.lines().any(|l| l.starts_with("Reused,"))
+}
+
+#[test]
+fn a_ticket_from_one_node_resumes_on_another_sharing_the_store() {
+    let (a, b, _pki) = two_nodes(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("sess{version}.pem"));
+        let first = s_client(&a, version, Some(&sess), None);
+        assert!(!reused(&first), "the first handshake is full:\n{first}");
+        let on_b = s_client(&b, version, None, Some(&sess));
+        assert!(reused(&on_b), "{version}: A's ticket resumes on B:\n{on_b}");
+        let on_a = s_client(&a, version, None, Some(&sess));
+        assert!(reused(&on_a), "{version}: and on A:\n{on_a}");
+        // 0-RTT is never accepted.
+        assert!(!on_b.contains("Early data was accepted"), "{on_b}");
+    }
+    // A gateway on another store has other keys: a full handshake, no error.
+    let other = GatewayBuilder::new()
+        .route("iot", "/iot", refused_addr())
+        .tls()
+        .start();
+    let sess = dir.path().join("sess-other.pem");
+    s_client(&a, "-tls1_3", Some(&sess), None);
+    let elsewhere = s_client(&other, "-tls1_3", None, Some(&sess));
+    assert!(!reused(&elsewhere), "{elsewhere}");
+}
+
+#[test]
+fn a_ticket_from_one_node_resumes_on_another_on_postgresql() {
+    let Some(db) = common::pg::admin_url().map(|u| common::pg::fresh_database(&u)) else {
+        return;
+    };
+    let (a, b, _pki) = two_nodes_on(Some(db.url()), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("sess{version}.pem"));
+        s_client(&a, version, Some(&sess), None);
+        let on_b = s_client(&b, version, None, Some(&sess));
+        assert!(reused(&on_b), "{version}: A's ticket resumes on B:\n{on_b}");
+    }
+}
+
+#[test]
+fn a_ticket_survives_a_key_rotation_and_dies_after_two_lifetimes() {
+    // A 4 s lifetime: a new key every 2 s, keys deleted after 8 s.
+    let (a, b, _pki) = two_nodes(&[("ticket_lifetime", "\"4s\"")]);
+    let dir = tempfile::tempdir().unwrap();
+    let sess = dir.path().join("sess.pem");
+    let issued = Instant::now();
+    s_client(&a, "-tls1_3", Some(&sess), None);
+    // Past a rotation: B holds a newer key, and still the one the ticket was sealed with.
+    std::thread::sleep(Duration::from_millis(3_000));
+    let rotated = s_client(&b, "-tls1_3", None, Some(&sess));
+    assert!(
+        issued.elapsed() < Duration::from_secs(4) && reused(&rotated),
+        "resumed after a rotation ({:?}):\n{rotated}",
+        issued.elapsed()
+    );
+    // Two lifetimes after the ticket's key was made: no longer resumed, and no error either.
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(issued.elapsed()));
+    let expired = s_client(&b, "-tls1_3", None, Some(&sess));
+    assert!(
+        !reused(&expired),
+        "an old ticket is not resumed:\n{expired}"
+    );
+}
+
+#[test]
+fn without_session_tickets_nothing_resumes() {
+    let (a, _b, _pki) = two_nodes(&[("session_tickets", "false")]);
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("sess{version}.pem"));
+        let first = s_client(&a, version, Some(&sess), None);
+        if !sess.exists() {
+            // No ticket and no session id at all: s_client has nothing to save.
+            assert!(!first.contains("TLS session ticket:"), "{first}");
+            continue;
+        }
+        let again = s_client(&a, version, None, Some(&sess));
+        assert!(!reused(&again), "{version}:\n{again}");
+    }
+}
+
+/// A socket that keeps a copy of every byte read, to look at the TLS records themselves.
+struct Recording {
+    tcp: TcpStream,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Read for Recording {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.seen.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Downloads `bytes` through `gw` over TLS 1.3 and returns the largest application-data record's
+/// payload length (ciphertext: plaintext + content type + 16-byte tag).
+fn largest_record(gw: &Gateway, token: &str, bytes: u64) -> usize {
+    let options = ClientOptions {
+        versions: Some(vec![&rustls::version::TLS13]),
+        ..Default::default()
+    };
+    let config = gw.tls_client(&options);
+    let tcp = TcpStream::connect(gw.tls_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sock = Recording {
+        tcp,
+        seen: seen.clone(),
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let request = format!(
+        "GET /big/x HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n{DOWNLOAD_HEADER}: {bytes}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).unwrap();
+    let mut body = Vec::new();
+    let _ = tls.read_to_end(&mut body);
+    assert!(
+        body.len() as u64 > bytes,
+        "the whole download arrived: {} bytes",
+        body.len()
+    );
+    let raw = seen.lock().unwrap().clone();
+    let (mut at, mut largest) = (0, 0);
+    while at + 5 <= raw.len() {
+        let len = u16::from_be_bytes([raw[at + 3], raw[at + 4]]) as usize;
+        if raw[at] == 23 {
+            largest = largest.max(len);
+        }
+        at += 5 + len;
+    }
+    largest
+}
+
+#[test]
+fn max_fragment_size_caps_every_record_the_gateway_sends() {
+    let up = Upstream::start("big");
+    let mut capped = GatewayBuilder::new()
+        .tls_key("max_fragment_size", "4096")
+        .route("big", "/big", up.addr())
+        .build();
+    let (_, token) = capped.create_token("alice", "d");
+    capped.start();
+    let largest = largest_record(&capped, &token, 1 << 20);
+    assert!(
+        largest <= 4096 + 17,
+        "a record of {largest} bytes (at most 4096 plaintext + type + tag)"
+    );
+    // Without the cap the same download uses 16 KiB records: the test can tell.
+    let mut full = GatewayBuilder::new()
+        .tls()
+        .route("big", "/big", up.addr())
+        .build();
+    let (_, token) = full.create_token("alice", "d");
+    full.start();
+    assert!(largest_record(&full, &token, 1 << 20) > 8192);
+}
+
+#[test]
+fn early_data_and_out_of_range_settings_are_config_errors() {
+    for (key, value, says) in [
+        ("early_data", "true", "tls.early_data"),
+        ("ticket_lifetime", "\"8d\"", "tls.ticket_lifetime"),
+        ("max_fragment_size", "100", "tls.max_fragment_size"),
+    ] {
+        let gw = GatewayBuilder::new().tls_key(key, value).build();
+        let out = gw.cli(&["check-config"]);
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{key} = {value} accepted: {text}");
+        assert!(text.contains(says), "{text}");
+    }
+}
