@@ -436,6 +436,7 @@ fn access_log_benches(c: &mut Criterion) {
         token_id: Some(48_213),
         user: Some(b"user417"),
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+        tls: Some("1.3r"),
     };
     let mut line = Vec::with_capacity(512);
     for (name, format) in [

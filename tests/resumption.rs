@@ -57,10 +57,30 @@ fn s_client(
     sess_out: Option<&Path>,
     sess_in: Option<&Path>,
 ) -> String {
+    let out = openssl(gw, version, sess_out, sess_in, &[], "GET /nowhere", None);
+    assert!(
+        out.contains("HTTP/1.1 404"),
+        "the request was answered over TLS:\n{out}"
+    );
+    out
+}
+
+/// `openssl s_client` to `gw` with `extra` arguments (a client certificate), sending `request_line`
+/// with `token`; returns what it printed.
+fn openssl(
+    gw: &Gateway,
+    version: &str,
+    sess_out: Option<&Path>,
+    sess_in: Option<&Path>,
+    extra: &[&str],
+    request_line: &str,
+    token: Option<&str>,
+) -> String {
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-connect"])
         .arg(gw.tls_addr().to_string())
-        .args(["-servername", "localhost", version, "-ign_eof"]);
+        .args(["-servername", "localhost", version, "-ign_eof"])
+        .args(extra);
     if let Some(p) = sess_out {
         cmd.arg("-sess_out").arg(p);
     }
@@ -73,20 +93,17 @@ fn s_client(
         .stderr(Stdio::piped())
         .spawn()
         .expect("run openssl s_client");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("{request_line} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(request.as_bytes())
         .unwrap();
     let out = child.wait_with_output().expect("s_client output");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        text.contains("HTTP/1.1 404"),
-        "the request was answered over TLS:\n{text}"
-    );
-    text
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn reused(out: &str) -> bool {
@@ -108,6 +125,36 @@ fn a_ticket_from_one_node_resumes_on_another_sharing_the_store() {
         // 0-RTT is never accepted.
         assert!(!on_b.contains("Early data was accepted"), "{on_b}");
     }
+    // Operators see it: handshakes by kind and version, and the access log's marker.
+    let metrics = b.metrics();
+    for (kind, version) in [("resumed", "1.3"), ("resumed", "1.2")] {
+        let n = metric_sum(
+            &metrics,
+            "tokengate_tls_handshakes_total",
+            &[
+                &format!("kind=\"{kind}\""),
+                &format!("version=\"{version}\""),
+            ],
+        );
+        assert_eq!(n, 1.0, "{kind} {version}: {metrics}");
+    }
+    let full = |gw: &Gateway| {
+        metric_sum(
+            &gw.metrics(),
+            "tokengate_tls_handshakes_total",
+            &["kind=\"full\""],
+        )
+    };
+    assert_eq!(full(&b), 0.0, "B only ever resumed");
+    assert_eq!(full(&a), 2.0, "A made the two sessions");
+    assert!(
+        poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            let logs = b.logs();
+            logs.contains("tls=1.3r") && logs.contains("tls=1.2r")
+        }),
+        "the access log marks resumed sessions: {}",
+        b.logs()
+    );
     // A gateway on another store has other keys: a full handshake, no error.
     let other = GatewayBuilder::new()
         .route("iot", "/iot", refused_addr())
@@ -278,4 +325,124 @@ fn early_data_and_out_of_range_settings_are_config_errors() {
         assert!(!out.status.success(), "{key} = {value} accepted: {text}");
         assert!(text.contains(says), "{text}");
     }
+}
+
+#[test]
+fn a_resumed_session_keeps_its_certificate_binding_and_a_new_client_ca_ends_it() {
+    let up = Upstream::start("api");
+    let devices = Pki::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        common::tls::write_pem(dir.path(), name, pem)
+            .display()
+            .to_string()
+    };
+    let ca = write("devices-ca.pem", &devices.ca_pem);
+    let other_ca = write("other-ca.pem", &Pki::new("another device CA").ca_pem);
+    let (hive7, hive8) = (devices.leaf(&["hive-7"]), devices.leaf(&["hive-8"]));
+    let (cert7, key7) = (
+        write("7.crt", &hive7.cert_pem),
+        write("7.key", &hive7.key_pem),
+    );
+    let (cert8, key8) = (
+        write("8.crt", &hive8.cert_pem),
+        write("8.key", &hive8.key_pem),
+    );
+    let node = |ca: &str, store: Option<&Path>| {
+        let b = GatewayBuilder::new()
+            .tls_key("client_ca", &format!("{ca:?}"))
+            .route("api", "/api", up.addr());
+        match store {
+            Some(db) => b.store_path(db),
+            None => b,
+        }
+    };
+    let mut a = node(&ca, None).build();
+    let (_, bound) = a.create_token_with("beekeeper", "hive 7", &["--bind-cert", &cert7]);
+    a.start();
+    let b = node(&ca, Some(&a.db_path())).start();
+    let c = node(&other_ca, Some(&a.db_path())).start();
+    // The response, wherever s_client's printing of tickets put it.
+    let status = |out: &str| {
+        out.find("HTTP/1.1 ")
+            .map(|at| out[at + 9..at + 12].to_owned())
+            .unwrap_or_else(|| format!("no response:\n{out}"))
+    };
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (s7, s8) = (
+            dir.path().join(format!("7{version}")),
+            dir.path().join(format!("8{version}")),
+        );
+        let with7 = ["-cert", cert7.as_str(), "-key", key7.as_str()];
+        let full = openssl(
+            &a,
+            version,
+            Some(&s7),
+            None,
+            &with7,
+            "GET /api/x",
+            Some(&bound),
+        );
+        assert_eq!(status(&full), "200", "{full}");
+        // On B, resumed, with no certificate sent: the session's certificate still binds.
+        let resumed = openssl(
+            &b,
+            version,
+            None,
+            Some(&s7),
+            &[],
+            "GET /api/x",
+            Some(&bound),
+        );
+        assert!(reused(&resumed), "{resumed}");
+        assert_eq!(status(&resumed), "200", "{version}: {resumed}");
+        // Another device's session does not carry hive 7's binding.
+        let with8 = ["-cert", cert8.as_str(), "-key", key8.as_str()];
+        openssl(&a, version, Some(&s8), None, &with8, "GET /api/x", None);
+        let other = openssl(
+            &b,
+            version,
+            None,
+            Some(&s8),
+            &[],
+            "GET /api/x",
+            Some(&bound),
+        );
+        assert!(reused(&other), "{other}");
+        assert_eq!(status(&other), "401", "{version}: {other}");
+        // A node trusting another device CA (a changed client_ca) does not resume the session.
+        let changed = openssl(
+            &c,
+            version,
+            None,
+            Some(&s7),
+            &[],
+            "GET /api/x",
+            Some(&bound),
+        );
+        assert!(!reused(&changed), "{version}: {changed}");
+        assert_ne!(status(&changed), "200", "{changed}");
+    }
+}
+
+#[test]
+fn handshake_failures_are_counted_by_reason() {
+    let gw = GatewayBuilder::new()
+        .tls()
+        .route("iot", "/iot", refused_addr())
+        .start();
+    let mut plain = TcpStream::connect(gw.tls_addr()).unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = plain.read_to_end(&mut rest);
+    let counted = poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        metric_sum(
+            &gw.metrics(),
+            "tokengate_tls_handshake_failed_total",
+            &["reason=\"malformed\""],
+        ) == 1.0
+    });
+    assert!(counted, "{}", gw.metrics());
 }

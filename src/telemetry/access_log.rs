@@ -60,6 +60,8 @@ pub struct Record<'a> {
     pub user: Option<&'a [u8]>,
     /// The request's `x-request-id`.
     pub request_id: &'a str,
+    /// The TLS version, `r` when the session was resumed (`1.3r`); `None` on the plain listener.
+    pub tls: Option<&'a str>,
 }
 
 /// The sending side, held by the transport's engine.
@@ -420,6 +422,11 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             }
             line.extend_from_slice(b",\"request_id\":");
             put_json(line, r.request_id);
+            line.extend_from_slice(b",\"tls\":");
+            match r.tls {
+                Some(t) => put_json(line, t),
+                None => line.extend_from_slice(b"null"),
+            }
             line.extend_from_slice(b"}\n");
         }
         AccessLogFormat::Plain | AccessLogFormat::Off => {
@@ -463,6 +470,11 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             put_ms(line, r.duration);
             line.extend_from_slice(b" id=");
             put_clean(line, r.request_id);
+            line.extend_from_slice(b" tls=");
+            match r.tls {
+                Some(t) => put_clean(line, t),
+                None => line.push(b'-'),
+            }
             line.push(b'\n');
         }
     }

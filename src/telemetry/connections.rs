@@ -1,6 +1,7 @@
 //! Counters of client connections on the gateway's listeners: how many are open now, how many were
-//! refused at accept (and by which limit), and why each one closed. Resolved once; the connection loop
-//! bumps them once per connection, never per request.
+//! refused at accept (and by which limit), why each one closed, and the TLS listener's handshakes (full
+//! or resumed, by version; failures by reason). Resolved once; the connection loop bumps them once per
+//! connection, never per request.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -88,12 +89,61 @@ impl Closed {
     }
 }
 
-/// The connection collectors, resolved once (indexes: [`LISTENERS`], [`Refused::ALL`], [`Closed::ALL`]).
+/// TLS versions, as the `version` label of `tokengate_tls_handshakes_total`.
+pub const TLS_VERSIONS: [&str; 2] = ["1.2", "1.3"];
+
+/// Why a TLS handshake failed (the `reason` label of `tokengate_tls_handshake_failed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not finished within `header_timeout` (including: nothing sent).
+    Timeout,
+    /// No common version or cipher suite, or an extension the server refuses.
+    Incompatible,
+    /// A client certificate that did not verify against `client_ca`, or none where one is required.
+    ClientCertificate,
+    /// Not a TLS handshake (plain HTTP on the TLS port, garbage).
+    Malformed,
+    /// The client sent an alert (for instance: it does not trust our certificate).
+    Alert,
+    /// The client closed the connection, or the socket failed, mid-handshake.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 7] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Incompatible,
+        HandshakeFailure::ClientCertificate,
+        HandshakeFailure::Malformed,
+        HandshakeFailure::Alert,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::ClientCertificate => "client_certificate",
+            HandshakeFailure::Malformed => "malformed",
+            HandshakeFailure::Alert => "alert",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Other => "other",
+        }
+    }
+}
+
+/// The connection collectors, resolved once (indexes: [`LISTENERS`], [`Refused::ALL`], [`Closed::ALL`],
+/// `[full, resumed]` × [`TLS_VERSIONS`], [`HandshakeFailure::ALL`]).
 #[derive(Clone)]
 pub struct ConnectionMetrics {
     open: [IntGauge; 2],
     refused: [[IntCounter; 2]; 2],
     closed: Vec<IntCounter>,
+    handshakes: [[IntCounter; 2]; 2],
+    handshake_failed: Vec<IntCounter>,
 }
 
 impl ConnectionMetrics {
@@ -124,10 +174,30 @@ impl ConnectionMetrics {
             &["reason"],
         )
         .expect("metric");
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "tokengate_tls_handshakes_total",
+                "TLS handshakes completed on the TLS listener, by kind (full, resumed: a session ticket \
+                 or id was accepted) and version (1.2, 1.3).",
+            ),
+            &["kind", "version"],
+        )
+        .expect("metric");
+        let handshake_failed = IntCounterVec::new(
+            Opts::new(
+                "tokengate_tls_handshake_failed_total",
+                "TLS handshakes on the TLS listener that failed, by reason (timeout, incompatible, \
+                 client_certificate, malformed, alert, closed, other).",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
         for c in [
             Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refused.clone()),
             Box::new(closed.clone()),
+            Box::new(handshakes.clone()),
+            Box::new(handshake_failed.clone()),
         ] {
             registry.register(c).expect("register metric");
         }
@@ -139,7 +209,23 @@ impl ConnectionMetrics {
                 .iter()
                 .map(|c| closed.with_label_values(&[c.as_str()]))
                 .collect(),
+            handshakes: ["full", "resumed"]
+                .map(|k| TLS_VERSIONS.map(|v| handshakes.with_label_values(&[k, v]))),
+            handshake_failed: HandshakeFailure::ALL
+                .iter()
+                .map(|r| handshake_failed.with_label_values(&[r.as_str()]))
+                .collect(),
         }
+    }
+
+    /// A TLS handshake completed: `tls13` (false: 1.2), `resumed` (false: full).
+    pub fn handshake(&self, tls13: bool, resumed: bool) {
+        self.handshakes[resumed as usize][tls13 as usize].inc();
+    }
+
+    /// A TLS handshake failed for `why`.
+    pub fn handshake_failed(&self, why: HandshakeFailure) {
+        self.handshake_failed[why as usize].inc();
     }
 
     /// A connection was accepted on listener `tls` (false: plain) and is counted open until

@@ -94,6 +94,8 @@ pub struct Client<'a, S> {
     peer_text: String,
     /// What the TLS handshake established (`None` on the plain listener).
     pub(super) tls: Option<TlsPeer>,
+    /// The TLS version and whether the session was resumed, as the access log names it (`1.3r`).
+    tls_marker: Option<&'static str>,
     served: u64,
     /// The current request's body has not been read to its end (a close then lingers, see
     /// [`Self::linger`]).
@@ -123,6 +125,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             peer,
             peer_text: peer.map(|ip| ip.to_string()).unwrap_or_default(),
             tls,
+            tls_marker: None,
             served: 0,
             body_pending: false,
             request_id: RequestId::fresh(),
@@ -134,6 +137,12 @@ impl<'a, S: ClientStream> Client<'a, S> {
     /// The connection was accepted at `at` (before a TLS handshake), not when the loop was made.
     pub fn accepted_at(mut self, at: Instant) -> Self {
         self.accepted = at;
+        self
+    }
+
+    /// The connection's TLS handshake, as the access log names it (`1.3`, `1.2r`, ...).
+    pub fn tls_marker(mut self, marker: &'static str) -> Self {
+        self.tls_marker = Some(marker);
         self
     }
 
@@ -340,6 +349,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 token_id: facts.entry.as_ref().map(|e| e.token_id),
                 user: user.as_ref().map(|u| u.as_bytes()),
                 request_id: self.request_id.as_str(),
+                tls: self.tls_marker,
             });
         }
         keep

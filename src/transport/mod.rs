@@ -437,16 +437,20 @@ impl ServerApp for Engine {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.load_full());
                 match tls::accept(&acceptor, io, self.header_timeout).await {
                     Ok((stream, facts)) => {
+                        self.connection_metrics
+                            .handshake(facts.version == "TLSv1.3", facts.resumed);
                         let peer_facts = TlsPeer {
                             client_cert_sha256: facts.client_cert_sha256,
                         };
                         Client::new(self, stream, peer, Some(peer_facts))
                             .accepted_at(accepted)
+                            .tls_marker(facts.marker())
                             .run()
                             .await
                     }
                     Err(e) => {
                         self.tls_handshake_failures.inc();
+                        self.connection_metrics.handshake_failed(e.reason());
                         log::debug!("TLS handshake from {peer:?} failed: {e}");
                         Closed::TlsHandshake
                     }

@@ -18,6 +18,7 @@ fn record() -> Record<'static> {
         token_id: Some(7),
         user: Some(b"alice"),
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+        tls: Some("1.3r"),
     }
 }
 
@@ -32,15 +33,15 @@ fn plain_line() {
     assert_eq!(
         line(&record(), AccessLogFormat::Plain),
         "2026-11-22T22:30:00.000Z 127.0.0.1 \"POST /iot/a__b_\" 200 route=telemetry auth=ok token=7 user=alice \
-         in=10 out=20 ms=1.234 id=4bf92f3577b34da6a3ce929d0e0e4736\n"
+         in=10 out=20 ms=1.234 id=4bf92f3577b34da6a3ce929d0e0e4736 tls=1.3r\n"
     );
     let mut r = record();
-    (r.client, r.route, r.token_id, r.user) = (None, None, None, None);
+    (r.client, r.route, r.token_id, r.user, r.tls) = (None, None, None, None, None);
     r.path = "/a\tb\u{85}é";
     assert_eq!(
         line(&r, AccessLogFormat::Plain),
         "2026-11-22T22:30:00.000Z - \"POST /a_b_é\" 200 route=- auth=ok token=- user=- in=10 out=20 ms=1.234 \
-         id=4bf92f3577b34da6a3ce929d0e0e4736\n"
+         id=4bf92f3577b34da6a3ce929d0e0e4736 tls=-\n"
     );
 }
 
@@ -62,12 +63,13 @@ fn json_line() {
     assert_eq!(v["path"], "/iot/a \"b\"");
     assert_eq!(v["duration_ms"], 1.234);
     assert_eq!(v["request_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(v["tls"], "1.3r");
     let mut r = record();
-    (r.client, r.route, r.token_id, r.user) = (None, None, None, None);
+    (r.client, r.route, r.token_id, r.user, r.tls) = (None, None, None, None, None);
     r.path = "/a\u{1}\\\n";
     let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
     assert_eq!(v["path"], "/a\u{1}\\\n");
-    for k in ["client", "route", "token_id", "user_id"] {
+    for k in ["client", "route", "token_id", "user_id", "tls"] {
         assert!(v[k].is_null(), "{k}: {v}");
     }
 }

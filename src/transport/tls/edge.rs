@@ -23,6 +23,7 @@ use super::sni::SniResolver;
 use super::tickets::{NoTickets, TicketKeys};
 use crate::config::{ClientAuth, TlsConfig, TlsVersion};
 use crate::crypto::{backend, provider, root_store, Roots, TlsError};
+use crate::telemetry::connections::HandshakeFailure;
 
 /// Why a handshake did not produce a stream. Either way the caller closes the connection.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,49 @@ pub struct TlsFacts {
     pub client_cert_sha256: Option<[u8; 32]>,
     /// `"TLSv1.2"` or `"TLSv1.3"`.
     pub version: &'static str,
+    /// The session was resumed (a ticket or session id was accepted): no certificate was sent or
+    /// verified in this handshake; the client certificate is the one the session was made with.
+    pub resumed: bool,
+}
+
+impl TlsFacts {
+    /// How the access log names this connection: `1.3`, `1.2`, with `r` when resumed.
+    pub fn marker(&self) -> &'static str {
+        match (self.version, self.resumed) {
+            ("TLSv1.3", false) => "1.3",
+            ("TLSv1.3", true) => "1.3r",
+            ("TLSv1.2", false) => "1.2",
+            ("TLSv1.2", true) => "1.2r",
+            _ => "?",
+        }
+    }
+}
+
+impl AcceptError {
+    /// The reason label of a failed handshake.
+    pub fn reason(&self) -> HandshakeFailure {
+        let e = match self {
+            AcceptError::Timeout(_) => return HandshakeFailure::Timeout,
+            AcceptError::Handshake(e) => e,
+        };
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::PeerIncompatible(_)) => HandshakeFailure::Incompatible,
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+                HandshakeFailure::ClientCertificate
+            }
+            Some(
+                rustls::Error::InvalidMessage(_)
+                | rustls::Error::InappropriateHandshakeMessage { .. }
+                | rustls::Error::InappropriateMessage { .. },
+            ) => HandshakeFailure::Malformed,
+            Some(rustls::Error::AlertReceived(_)) => HandshakeFailure::Alert,
+            Some(_) => HandshakeFailure::Other,
+            None => HandshakeFailure::Closed,
+        }
+    }
 }
 
 /// How many TLS 1.2 session-ID resumptions the server remembers (TLS 1.3 and 1.2 ticket resumption
@@ -177,6 +221,7 @@ where
             .and_then(|chain| chain.first())
             .map(|leaf| Sha256::digest(leaf).into()),
         version: version_name(conn.protocol_version()),
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     };
     Ok((tls, facts))
 }
@@ -392,7 +437,8 @@ pub(super) mod tests {
                 TlsFacts {
                     sni: Some("a.example.com".into()),
                     client_cert_sha256: None,
-                    version: name
+                    version: name,
+                    resumed: false,
                 }
             );
         }
