@@ -195,6 +195,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ) {
                     eprintln!("warning: {file}: {w}");
                 }
+                if t.client_ca.is_some() {
+                    for w in crate::transport::tls::device_warnings(&certs) {
+                        eprintln!("warning: {file}: {w}");
+                    }
+                }
+                for cert in certs.iter() {
+                    println!("{file}: {}", cert.summary());
+                }
             }
             println!(
                 "{file}: ok ({} routes, store {}{})",

@@ -446,3 +446,18 @@ fn handshake_failures_are_counted_by_reason() {
     });
     assert!(counted, "{}", gw.metrics());
 }
+
+#[test]
+fn check_config_prints_each_chain_s_size_and_key_type() {
+    let gw = GatewayBuilder::new()
+        .tls()
+        .route("iot", "/iot", refused_addr())
+        .build();
+    let out = gw.cli(&["check-config"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("tls.certificates[0]: ECDSA key, chain of 1 certificate(s), "),
+        "{text}"
+    );
+}

@@ -30,6 +30,68 @@ pub struct LoadedCert {
     pub(super) key: Arc<CertifiedKey>,
 }
 
+impl LoadedCert {
+    /// The bytes of the certificate chain the server sends in a full handshake (the DER of each
+    /// certificate; the handshake's own framing adds a few bytes per certificate).
+    pub fn chain_bytes(&self) -> usize {
+        self.key.cert.iter().map(|c| c.len()).sum()
+    }
+
+    /// How many certificates the chain has.
+    pub fn chain_len(&self) -> usize {
+        self.key.cert.len()
+    }
+
+    /// The private key's type: `ECDSA`, `RSA`, `Ed25519`, ...
+    pub fn key_type(&self) -> String {
+        match self.key.key.algorithm() {
+            rustls::SignatureAlgorithm::ECDSA => "ECDSA".into(),
+            rustls::SignatureAlgorithm::RSA => "RSA".into(),
+            rustls::SignatureAlgorithm::ED25519 => "Ed25519".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// What `check-config` prints about it.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} key, chain of {} certificate(s), {} bytes",
+            self.entry,
+            self.key_type(),
+            self.chain_len(),
+            self.chain_bytes()
+        )
+    }
+}
+
+/// The largest chain a listener for devices (one with `client_ca`) should send: a full handshake's
+/// certificates are most of the bytes a battery device receives.
+pub const DEVICE_CHAIN_BYTES: usize = 4096;
+
+/// Warnings for a listener that serves devices (`client_ca` set): RSA keys (slow to verify and large on
+/// an ESP32) and chains over [`DEVICE_CHAIN_BYTES`].
+pub fn device_warnings(certs: &LoadedCerts) -> Vec<String> {
+    let mut out = Vec::new();
+    for cert in certs.iter() {
+        if cert.key_type() == "RSA" {
+            out.push(format!(
+                "{}.key: an RSA key on a listener for devices (client_ca): a device verifies an ECDSA \
+                 P-256 certificate faster and receives fewer bytes",
+                cert.entry
+            ));
+        }
+        if cert.chain_bytes() > DEVICE_CHAIN_BYTES {
+            out.push(format!(
+                "{}.cert: the chain is {} bytes, over {DEVICE_CHAIN_BYTES} for a listener for devices \
+                 (client_ca): every full handshake sends it",
+                cert.entry,
+                cert.chain_bytes()
+            ));
+        }
+    }
+    out
+}
+
 impl fmt::Debug for LoadedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadedCert")
@@ -381,6 +443,47 @@ mod tests {
         assert_eq!(
             certs.iter().next().unwrap().not_after,
             UNIX_EPOCH + Duration::from_secs(1_609_459_200)
+        );
+    }
+
+    #[test]
+    fn device_listeners_are_warned_about_rsa_keys_and_large_chains() {
+        let ca = Pki::new("edge test CA");
+        let dir = tempfile::tempdir().unwrap();
+        let small = ca.leaf(&["ec.example.com"]);
+        let rsa =
+            KeyPair::from_pem_and_sign_algo(RSA_PKCS1_KEY_PKCS8, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let rsa = ca.leaf_with_key(&["rsa.example.com"], rsa, |_| {});
+        let names: Vec<String> = (0..300).map(|i| format!("host-{i}.example.com")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let large = ca.leaf(&names);
+        let certs = load_certificates(&[
+            pair(dir.path(), "s", &small),
+            pair(dir.path(), "r", &rsa),
+            pair(dir.path(), "l", &large),
+        ])
+        .unwrap();
+        let all: Vec<&LoadedCert> = certs.iter().collect();
+        assert_eq!(all[0].key_type(), "ECDSA");
+        assert_eq!(all[1].key_type(), "RSA");
+        assert_eq!(all[0].chain_bytes(), small.der.len());
+        assert!(all[2].chain_bytes() > DEVICE_CHAIN_BYTES);
+        assert!(
+            all[0]
+                .summary()
+                .starts_with("tls.certificates[0]: ECDSA key, chain of 1 certificate(s), "),
+            "{}",
+            all[0].summary()
+        );
+        let w = device_warnings(&certs);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].starts_with("tls.certificates[1].key: an RSA key"),
+            "{w:#?}"
+        );
+        assert!(
+            w[1].starts_with("tls.certificates[2].cert: the chain is "),
+            "{w:#?}"
         );
     }
 }

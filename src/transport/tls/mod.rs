@@ -24,7 +24,7 @@ pub mod tickets;
 pub mod upstream;
 
 pub use crate::crypto::{provider, TlsError};
-pub use certs::{load_certificates, warnings, LoadedCert, LoadedCerts};
+pub use certs::{device_warnings, load_certificates, warnings, LoadedCert, LoadedCerts};
 pub use edge::{accept, edge_config, server_config, AcceptError, TlsFacts};
 pub use sni::SniResolver;
 pub use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
