@@ -14,7 +14,9 @@
 
 use super::fields::{is_privileged, ROLE_MARK};
 use super::format::Digest;
-use super::store::{IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, UsageDelta};
+use super::store::{
+    IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, TokenStore, UsageDelta,
+};
 use crate::clock;
 use crate::config::Rate;
 use crate::limiter::QuotaCount;
@@ -447,7 +449,7 @@ impl Index {
 
     /// Applies the quota feed's entries after [`Index::quota_feed_position`]: the shared counts other
     /// nodes' flushes left. Returns how many counts were applied.
-    pub fn sync_quotas_from(&self, store: &mut Store) -> Result<usize, StoreError> {
+    pub fn sync_quotas_from(&self, store: &mut dyn TokenStore) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
             let after = self.quota_feed_position();
@@ -488,10 +490,10 @@ impl Index {
     }
 
     /// Loads every change after [`Index::last_rev`] from the store.
-    pub fn sync_from(&self, store: &mut Store) -> Result<usize, StoreError> {
+    pub fn sync_from(&self, store: &mut dyn TokenStore) -> Result<usize, StoreError> {
         let mut n = 0;
         let from = self.last_rev();
-        store.for_each_change(from, |row| {
+        store.for_each_change(from, &mut |row| {
             self.apply(&row);
             n += 1;
         })?;
@@ -516,7 +518,7 @@ impl Index {
                 let mut store = Store::open_existing(&location)?;
                 let feed = store.quota_feed_head()?;
                 let mut batch = Vec::with_capacity(BATCH);
-                store.for_each_change(from, |row| {
+                store.for_each_change(from, &mut |row| {
                     batch.push(row);
                     if batch.len() == BATCH {
                         // A closed channel means the loader stopped; the rest is not needed.

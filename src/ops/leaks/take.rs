@@ -179,7 +179,7 @@ impl Taker {
         if changed {
             if let Some(store) = guard.as_mut() {
                 // Applied here before the answer (also after a later failure: what was revoked is).
-                if let Err(e) = self.index.sync_from(store) {
+                if let Err(e) = self.index.sync_from(store.backend()) {
                     *guard = None;
                     return Err(e);
                 }
