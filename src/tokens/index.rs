@@ -324,6 +324,20 @@ impl Writer {
     }
 }
 
+/// Moves the usage counted by `from` (uses, last use, quota count) onto `to`, which replaces it.
+fn carry_usage(from: &Entry, to: &Entry) {
+    to.uses
+        .fetch_add(from.uses.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+    to.last_used
+        .fetch_max(from.last_used.load(Ordering::Acquire), Ordering::AcqRel);
+    if let (Some(new), Some(old)) = (
+        to.limits.as_ref().and_then(|l| l.quota.as_ref()),
+        from.limits.as_ref().and_then(|l| l.quota.as_ref()),
+    ) {
+        new.absorb(old);
+    }
+}
+
 /// How the index's sync is doing, for `/healthz` and metrics.
 #[derive(Debug, Default)]
 pub struct SyncHealth {
@@ -598,18 +612,7 @@ impl Index {
         if let Some(k) = &old {
             if !Arc::ptr_eq(&k.entry, &entry) {
                 // Identity changed (a restored or hand-edited database): carry the pending usage over.
-                entry
-                    .uses
-                    .fetch_add(k.entry.uses.swap(0, Ordering::AcqRel), Ordering::AcqRel);
-                entry
-                    .last_used
-                    .fetch_max(k.entry.last_used.load(Ordering::Acquire), Ordering::AcqRel);
-                if let (Some(new), Some(old)) = (
-                    entry.limits.as_ref().and_then(|l| l.quota.as_ref()),
-                    k.entry.limits.as_ref().and_then(|l| l.quota.as_ref()),
-                ) {
-                    new.absorb(old);
-                }
+                carry_usage(&k.entry, &entry);
                 w.retired.push(k.entry.clone());
             }
         }
