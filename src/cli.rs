@@ -399,17 +399,7 @@ fn token_command(
         } => {
             let patch = cli_patch(label, expires_in, rate_limit, quota)?;
             let (record, changed) = store.update(id, &patch, CLI_ACTOR)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&record.view(now))?);
-            } else if changed {
-                println!(
-                    "updated token {} ({}, user {})",
-                    record.id, record.label, record.user
-                );
-            } else {
-                println!("token {} already had these settings", record.id);
-            }
-            Ok(())
+            print_update(&record, changed, json, now)
         }
         // Needs the configuration as well as the store: taken in `run` before this.
         TokenCommand::Leaked { .. } => {
@@ -437,6 +427,21 @@ fn token_command(
             print_secret(&record, token.as_str(), json, now)
         }
     }
+}
+
+/// What `token set` prints: the token (`--json`), or whether it changed.
+fn print_update(record: &TokenRecord, changed: bool, json: bool, now: i64) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record.view(now))?);
+    } else if changed {
+        println!(
+            "updated token {} ({}, user {})",
+            record.id, record.label, record.user
+        );
+    } else {
+        println!("token {} already had these settings", record.id);
+    }
+    Ok(())
 }
 
 /// The thumbprint of the certificate in the PEM file given to `--bind-cert` (the API takes the

@@ -321,37 +321,12 @@ fn spawn_signal_thread(
 /// Runs the gateway until it is told to stop.
 pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     if !upgrade {
-        // Pingora retries a taken port forever in the background; fail at once with a clear message.
-        let tls_listen = config.tls.as_ref().map(|t| &t.listen);
-        for (key, addr) in [
-            ("gateway.listen", config.gateway.listen.as_ref()),
-            ("tls.listen", tls_listen),
-            ("admin.listen", Some(&config.admin.listen)),
-        ] {
-            let Some(addr) = addr else { continue };
-            std::net::TcpListener::bind(addr.as_str()).with_context(|| {
-                format!("{}: {key}: cannot listen on {addr}", config.file.display())
-            })?;
-        }
+        check_ports(&config)?;
     }
     let state = State::load(config)?;
     let cfg = &state.config;
 
-    let conf = ServerConf {
-        threads: cfg.gateway.threads,
-        // Without stealing, each worker thread runs its own runtime whose run queue is first in, first
-        // out: with a thousand busy connections none waits behind the others for long. The stealing
-        // runtime (tokio 1.54) overflows its 256-slot local queue into a global queue it takes one task
-        // from per ~200 µs of work, so connections that land there wait far longer than the rest: the
-        // 2x-nginx p99 at 1,000 connections (BENCHMARKS.md "Latency tail").
-        work_stealing: cfg.gateway.work_stealing,
-        // Pingora sleeps this long on SIGTERM whatever is in flight; keep it short and configurable.
-        grace_period_seconds: Some(cfg.gateway.grace_period.as_secs_f64().ceil() as u64),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: 1024,
-        upgrade_sock: cfg.gateway.upgrade_sock.display().to_string(),
-        ..ServerConf::default()
-    };
+    let conf = server_conf(cfg);
     let stop = Arc::new(Shutdown::default());
     let draining = Arc::new(AtomicBool::new(false));
     let fast = Arc::new(OnceLock::new());
@@ -413,21 +388,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
 
     let background = spawn_background(&state, &stop)?;
 
-    log::info!(
-        "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
-        env!("CARGO_PKG_VERSION"),
-        cfg.gateway
-            .listen
-            .as_deref()
-            .unwrap_or("(no plain listener)"),
-        cfg.tls
-            .as_ref()
-            .map(|t| format!(", TLS on {}", t.listen))
-            .unwrap_or_default(),
-        cfg.admin.listen,
-        cfg.routes.len(),
-        cfg.gateway.threads
-    );
+    log_serving(cfg);
     // Pingora runs on its own thread so that a fast shutdown can never hang the exit: pingora 0.9 with
     // one runtime per thread (`work_stealing = false`) sometimes spins forever in an accept loop whose
     // listener belonged to a runtime that was shut down first (3 of 10 SIGINTs with 2 threads). After a
@@ -451,6 +412,61 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     }
     log::info!("tokengate stopped; usage flushed");
     Ok(())
+}
+
+/// Binds each configured port once: pingora retries a taken port forever in the background; this fails
+/// at once with a clear message.
+fn check_ports(config: &Config) -> anyhow::Result<()> {
+    let tls_listen = config.tls.as_ref().map(|t| &t.listen);
+    for (key, addr) in [
+        ("gateway.listen", config.gateway.listen.as_ref()),
+        ("tls.listen", tls_listen),
+        ("admin.listen", Some(&config.admin.listen)),
+    ] {
+        let Some(addr) = addr else { continue };
+        std::net::TcpListener::bind(addr.as_str()).with_context(|| {
+            format!("{}: {key}: cannot listen on {addr}", config.file.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// Pingora's server settings.
+fn server_conf(cfg: &Config) -> ServerConf {
+    ServerConf {
+        threads: cfg.gateway.threads,
+        // Without stealing, each worker thread runs its own runtime whose run queue is first in, first
+        // out: with a thousand busy connections none waits behind the others for long. The stealing
+        // runtime (tokio 1.54) overflows its 256-slot local queue into a global queue it takes one task
+        // from per ~200 µs of work, so connections that land there wait far longer than the rest: the
+        // 2x-nginx p99 at 1,000 connections (BENCHMARKS.md "Latency tail").
+        work_stealing: cfg.gateway.work_stealing,
+        // Pingora sleeps this long on SIGTERM whatever is in flight; keep it short and configurable.
+        grace_period_seconds: Some(cfg.gateway.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 1024,
+        upgrade_sock: cfg.gateway.upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    }
+}
+
+/// The line that says the gateway is up, and where.
+fn log_serving(cfg: &Config) {
+    log::info!(
+        "tokengate {} serving on {}{} (admin on {}), {} routes, {} worker threads",
+        env!("CARGO_PKG_VERSION"),
+        cfg.gateway
+            .listen
+            .as_deref()
+            .unwrap_or("(no plain listener)"),
+        cfg.tls
+            .as_ref()
+            .map(|t| format!(", TLS on {}", t.listen))
+            .unwrap_or_default(),
+        cfg.admin.listen,
+        cfg.routes.len(),
+        cfg.gateway.threads
+    );
 }
 
 /// The admin listener's service: `/healthz` (with the gateway's `load`), `/metrics`, the token API and

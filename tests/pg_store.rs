@@ -12,7 +12,7 @@ use common::pg::{
 use std::thread;
 use std::time::{Duration, Instant};
 use tokengate::tokens::store::pg::{Listener, PgStore};
-use tokengate::tokens::store::{NewToken, PgUrl, StoreError, UsageBatch, UsageDelta};
+use tokengate::tokens::store::{NewToken, PgUrl, StoreError, TokenStore, UsageBatch, UsageDelta};
 
 fn new(user: &str) -> NewToken {
     NewToken {

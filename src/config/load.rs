@@ -118,39 +118,19 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         "" => None,
         l => {
             check_listen(l).map_err(|p| cx.err("gateway.listen", p))?;
-            Some(g.listen)
+            Some(g.listen.clone())
         }
     };
     let user_id_header = header_name(g.user_id_header.as_deref().unwrap_or("x-user-id"))
         .map_err(|p| cx.err("gateway.user_id_header", p))?;
-    let token_id_header = match g.token_id_header.as_deref() {
-        None => Some(HeaderName::from_static("x-token-id")),
-        Some("") => None,
-        Some(s) => Some(header_name(s).map_err(|p| cx.err("gateway.token_id_header", p))?),
-    };
-    let threads = g.threads.unwrap_or_else(default_threads);
-    if threads == 0 || threads > 1024 {
-        return Err(cx.err(
-            "gateway.threads",
-            format!("{threads} is not between 1 and 1024"),
-        ));
-    }
+    let token_id_header = token_id_header(cx, &g)?;
+    let threads = threads(cx, &g)?;
     let grace_period = cx.duration(
         "gateway.grace_period",
         &g.grace_period,
         Duration::from_secs(3),
     )?;
-    let revoked_retention = cx.duration(
-        "gateway.revoked_retention",
-        &g.revoked_retention,
-        super::DEFAULT_REVOKED_RETENTION,
-    )?;
-    if revoked_retention < Duration::from_secs(1) {
-        return Err(cx.err(
-            "gateway.revoked_retention",
-            "must be at least 1s (a revoked token must be seen revoked before it is forgotten)",
-        ));
-    }
+    let revoked_retention = revoked_retention(cx, &g)?;
     let sync_interval = cx.duration_within(
         "gateway.sync_interval",
         &g.sync_interval,
@@ -165,16 +145,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         (Duration::from_millis(10), Duration::MAX),
         "at least 10ms",
     )?;
-    let mut trusted_proxies = Vec::new();
-    for (i, p) in g.trusted_proxies.iter().enumerate() {
-        let net = IpNet::parse(p).ok_or_else(|| {
-            cx.err(
-                &format!("gateway.trusted_proxies[{i}]"),
-                format!("{p:?} is not an IP address or CIDR"),
-            )
-        })?;
-        trusted_proxies.push(net);
-    }
+    let trusted_proxies = trusted_proxies(cx, &g)?;
     let keepalive_timeout = cx.duration_within(
         "gateway.keepalive_timeout",
         &g.keepalive_timeout,
@@ -189,39 +160,26 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         (Duration::from_millis(100), Duration::from_secs(300)),
         "between 100ms and 300s",
     )?;
-    let max_connections = g.max_connections.unwrap_or(10_000);
-    if max_connections == 0 {
-        return Err(cx.err("gateway.max_connections", "must be at least 1"));
-    }
-    let upgrade_sock = match g.upgrade_sock.as_deref() {
-        Some("") => return Err(cx.err("gateway.upgrade_sock", "must not be empty")),
-        Some(p) => cx.path(p),
-        None => std::env::temp_dir().join("tokengate-upgrade.sock"),
-    };
-    if g.max_in_flight == Some(0) {
-        return Err(cx.err(
-            "gateway.max_in_flight",
-            "must be at least 1 (leave it out for no limit)",
-        ));
-    }
-    let max_in_flight_per_token = g
-        .max_in_flight_per_token
-        .unwrap_or(super::model::DEFAULT_MAX_IN_FLIGHT_PER_TOKEN);
-    if max_in_flight_per_token == 0 {
-        return Err(cx.err("gateway.max_in_flight_per_token", "must be at least 1"));
-    }
-    let max_connections_per_address = g
-        .max_connections_per_address
-        .unwrap_or(super::model::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS);
-    if max_connections_per_address == 0 {
-        return Err(cx.err("gateway.max_connections_per_address", "must be at least 1"));
-    }
-    let max_head_bytes = g
-        .max_head_bytes
-        .unwrap_or(super::model::DEFAULT_MAX_HEAD_BYTES);
-    if !(4096..=65536).contains(&max_head_bytes) {
-        return Err(cx.err("gateway.max_head_bytes", "must be between 4096 and 65536"));
-    }
+    let max_connections = at_least_one(
+        cx,
+        "gateway.max_connections",
+        g.max_connections.unwrap_or(10_000),
+    )?;
+    let upgrade_sock = upgrade_sock(cx, &g)?;
+    let max_in_flight = max_in_flight(cx, &g)?;
+    let max_in_flight_per_token = at_least_one(
+        cx,
+        "gateway.max_in_flight_per_token",
+        g.max_in_flight_per_token
+            .unwrap_or(super::model::DEFAULT_MAX_IN_FLIGHT_PER_TOKEN),
+    )?;
+    let max_connections_per_address = at_least_one(
+        cx,
+        "gateway.max_connections_per_address",
+        g.max_connections_per_address
+            .unwrap_or(super::model::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+    )?;
+    let max_head_bytes = max_head_bytes(cx, &g)?;
     let body_timeout = cx.duration_within(
         "gateway.body_timeout",
         &g.body_timeout,
@@ -242,7 +200,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         trusted_proxies,
         keepalive_timeout,
         upgrade_sock,
-        max_in_flight: g.max_in_flight,
+        max_in_flight,
         header_timeout,
         max_connections,
         max_in_flight_per_token,
@@ -253,6 +211,100 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
             .min_body_rate
             .unwrap_or(super::model::DEFAULT_MIN_BODY_RATE),
     })
+}
+
+/// `gateway.token_id_header`: `x-token-id` by default, none when empty.
+fn token_id_header(
+    cx: &Ctx,
+    g: &super::file::FileGateway,
+) -> Result<Option<HeaderName>, ConfigError> {
+    Ok(match g.token_id_header.as_deref() {
+        None => Some(HeaderName::from_static("x-token-id")),
+        Some("") => None,
+        Some(s) => Some(header_name(s).map_err(|p| cx.err("gateway.token_id_header", p))?),
+    })
+}
+
+/// `gateway.threads`: 1 to 1024, the machine's cores by default.
+fn threads(cx: &Ctx, g: &super::file::FileGateway) -> Result<usize, ConfigError> {
+    let threads = g.threads.unwrap_or_else(default_threads);
+    if threads == 0 || threads > 1024 {
+        return Err(cx.err(
+            "gateway.threads",
+            format!("{threads} is not between 1 and 1024"),
+        ));
+    }
+    Ok(threads)
+}
+
+/// `gateway.revoked_retention`: at least a second.
+fn revoked_retention(cx: &Ctx, g: &super::file::FileGateway) -> Result<Duration, ConfigError> {
+    let revoked_retention = cx.duration(
+        "gateway.revoked_retention",
+        &g.revoked_retention,
+        super::DEFAULT_REVOKED_RETENTION,
+    )?;
+    if revoked_retention < Duration::from_secs(1) {
+        return Err(cx.err(
+            "gateway.revoked_retention",
+            "must be at least 1s (a revoked token must be seen revoked before it is forgotten)",
+        ));
+    }
+    Ok(revoked_retention)
+}
+
+/// `gateway.trusted_proxies`: addresses or CIDR blocks.
+fn trusted_proxies(cx: &Ctx, g: &super::file::FileGateway) -> Result<Vec<IpNet>, ConfigError> {
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in g.trusted_proxies.iter().enumerate() {
+        let net = IpNet::parse(p).ok_or_else(|| {
+            cx.err(
+                &format!("gateway.trusted_proxies[{i}]"),
+                format!("{p:?} is not an IP address or CIDR"),
+            )
+        })?;
+        trusted_proxies.push(net);
+    }
+    Ok(trusted_proxies)
+}
+
+/// `gateway.upgrade_sock`: not empty; in the temporary folder by default.
+fn upgrade_sock(cx: &Ctx, g: &super::file::FileGateway) -> Result<std::path::PathBuf, ConfigError> {
+    Ok(match g.upgrade_sock.as_deref() {
+        Some("") => return Err(cx.err("gateway.upgrade_sock", "must not be empty")),
+        Some(p) => cx.path(p),
+        None => std::env::temp_dir().join("tokengate-upgrade.sock"),
+    })
+}
+
+/// `gateway.max_in_flight`: at least 1, or no limit.
+fn max_in_flight(cx: &Ctx, g: &super::file::FileGateway) -> Result<Option<usize>, ConfigError> {
+    if g.max_in_flight == Some(0) {
+        return Err(cx.err(
+            "gateway.max_in_flight",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+    Ok(g.max_in_flight)
+}
+
+/// `gateway.max_head_bytes`: 4 to 64 KiB.
+fn max_head_bytes(cx: &Ctx, g: &super::file::FileGateway) -> Result<usize, ConfigError> {
+    let max_head_bytes = g
+        .max_head_bytes
+        .unwrap_or(super::model::DEFAULT_MAX_HEAD_BYTES);
+    if !(4096..=65536).contains(&max_head_bytes) {
+        return Err(cx.err("gateway.max_head_bytes", "must be between 4096 and 65536"));
+    }
+    Ok(max_head_bytes)
+}
+
+/// A count that must be at least 1.
+fn at_least_one<N: PartialEq + From<u8>>(cx: &Ctx, key: &str, n: N) -> Result<N, ConfigError> {
+    if n == N::from(0) {
+        return Err(cx.err(key, "must be at least 1"));
+    }
+    Ok(n)
 }
 
 /// Whether two listen addresses (already checked) share a port.

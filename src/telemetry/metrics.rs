@@ -80,17 +80,11 @@ pub struct Metrics {
     limited: IntCounterVec,
     bytes_in: IntCounterVec,
     bytes_out: IntCounterVec,
-    index_tokens: IntGauge,
-    since_sync: prometheus::Gauge,
-    since_flush: prometheus::Gauge,
-    sync_ok: IntGauge,
+    index: IndexGauges,
     reloads: IntCounterVec,
-    server_up: IntGaugeVec,
+    servers: ServerFamilies,
     tunnels_open: IntGaugeVec,
     tunnel_bytes: IntCounterVec,
-    server_requests: IntCounterVec,
-    server_failures: IntCounterVec,
-    health_checks: IntCounterVec,
     /// TLS handshakes on the TLS listener that failed or timed out.
     pub tls_handshake_failures: IntCounter,
     /// Access log lines dropped because the log's queue was full (its target did not keep up).
@@ -157,16 +151,19 @@ impl RouteMetrics {
 }
 
 impl Metrics {
+    /// Every collector, registered in a new registry.
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tokengate_requests_total",
-                "Requests answered, by route, status class and auth outcome.",
-            ),
-            &["route", "status_class", "auth"],
-        )
-        .expect("metric");
+        let r = &registry;
+        register_build_info(r);
+        let reloads = counter_vec(
+            r,
+            "tokengate_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result.",
+            &["result"],
+        );
+        reloads.with_label_values(&["ok"]);
+        reloads.with_label_values(&["error"]);
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "tokengate_request_duration_seconds",
@@ -179,182 +176,70 @@ impl Metrics {
             &["route"],
         )
         .expect("metric");
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
+        Arc::new(Metrics {
+            requests: counter_vec(
+                r,
+                "tokengate_requests_total",
+                "Requests answered, by route, status class and auth outcome.",
+                &["route", "status_class", "auth"],
+            ),
+            duration: register(r, duration),
+            upstream_errors: counter_vec(
+                r,
                 "tokengate_upstream_errors_total",
                 "Failures talking to an upstream, by route and kind.",
+                &["route", "kind"],
             ),
-            &["route", "kind"],
-        )
-        .expect("metric");
-        let limited = IntCounterVec::new(
-            Opts::new(
+            limited: counter_vec(
+                r,
                 "tokengate_limited_total",
                 "Requests refused with 429 by a rate limit or quota, by route and kind (rate, user_rate, quota, in_flight).",
+                &["route", "kind"],
             ),
-            &["route", "kind"],
-        )
-        .expect("metric");
-        let bytes_in = IntCounterVec::new(
-            Opts::new(
+            bytes_in: counter_vec(
+                r,
                 "tokengate_request_body_bytes_total",
                 "Request body bytes received from clients, by route.",
+                &["route"],
             ),
-            &["route"],
-        )
-        .expect("metric");
-        let bytes_out = IntCounterVec::new(
-            Opts::new(
+            bytes_out: counter_vec(
+                r,
                 "tokengate_response_body_bytes_total",
                 "Response body bytes sent to clients, by route.",
+                &["route"],
             ),
-            &["route"],
-        )
-        .expect("metric");
-        let index_tokens = IntGauge::new(
-            "tokengate_index_tokens",
-            "Token digests held in the in-memory index.",
-        )
-        .expect("metric");
-        let since_sync = prometheus::Gauge::new(
-            "tokengate_seconds_since_last_sync",
-            "Seconds since the index last checked the database successfully.",
-        )
-        .expect("metric");
-        let since_flush = prometheus::Gauge::new(
-            "tokengate_seconds_since_last_usage_flush",
-            "Seconds since usage counters were last written to the database.",
-        )
-        .expect("metric");
-        let sync_ok = IntGauge::new(
-            "tokengate_store_healthy",
-            "1 when the last database sync succeeded, else 0.",
-        )
-        .expect("metric");
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "tokengate_config_reloads_total",
-                "Configuration reloads (SIGHUP), by result.",
+            index: IndexGauges::register(r),
+            reloads,
+            servers: ServerFamilies::register(r),
+            tunnels_open: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokengate_websocket_tunnels_open",
+                        "WebSocket tunnels open now, by route.",
+                    ),
+                    &["route"],
+                )
+                .expect("metric"),
             ),
-            &["result"],
-        )
-        .expect("metric");
-        let tunnels_open = IntGaugeVec::new(
-            Opts::new(
-                "tokengate_websocket_tunnels_open",
-                "WebSocket tunnels open now, by route.",
-            ),
-            &["route"],
-        )
-        .expect("metric");
-        let tunnel_bytes = IntCounterVec::new(
-            Opts::new(
+            tunnel_bytes: counter_vec(
+                r,
                 "tokengate_websocket_bytes_total",
                 "Bytes relayed through closed WebSocket tunnels, by route and direction (to_upstream, to_client).",
+                &["route", "direction"],
             ),
-            &["route", "direction"],
-        )
-        .expect("metric");
-        let server_up = IntGaugeVec::new(
-            Opts::new(
-                "tokengate_upstream_server_up",
-                "1 while a route's server is in rotation, 0 while health checks or failures keep it out.",
+            tls_handshake_failures: counter(
+                r,
+                "tokengate_tls_handshake_failures_total",
+                "TLS handshakes on the TLS listener that failed or did not finish within header_timeout.",
             ),
-            &["route", "server"],
-        )
-        .expect("metric");
-        let server_requests = IntCounterVec::new(
-            Opts::new(
-                "tokengate_upstream_server_requests_total",
-                "Requests sent to each server of a route.",
+            access_log_dropped: counter(
+                r,
+                "tokengate_access_log_dropped_total",
+                "Access log lines dropped because a worker's log buffer (1 MiB) was full: its target did not keep up.",
             ),
-            &["route", "server"],
-        )
-        .expect("metric");
-        let server_failures = IntCounterVec::new(
-            Opts::new(
-                "tokengate_upstream_server_failures_total",
-                "Connections a route's server refused, reset or let time out before a request went out.",
-            ),
-            &["route", "server"],
-        )
-        .expect("metric");
-        let health_checks = IntCounterVec::new(
-            Opts::new(
-                "tokengate_upstream_health_checks_total",
-                "Active health checks of each server of a route, by result (ok, failed).",
-            ),
-            &["route", "server", "result"],
-        )
-        .expect("metric");
-        let tls_handshake_failures = IntCounter::new(
-            "tokengate_tls_handshake_failures_total",
-            "TLS handshakes on the TLS listener that failed or did not finish within header_timeout.",
-        )
-        .expect("metric");
-        let access_log_dropped = IntCounter::new(
-            "tokengate_access_log_dropped_total",
-            "Access log lines dropped because a worker's log buffer (1 MiB) was full: its target did not keep up.",
-        )
-        .expect("metric");
-        reloads.with_label_values(&["ok"]);
-        reloads.with_label_values(&["error"]);
-        let build = IntGauge::with_opts(
-            Opts::new(
-                "tokengate_build_info",
-                "Build information; the value is always 1.",
-            )
-            .const_label("version", env!("CARGO_PKG_VERSION")),
-        )
-        .expect("metric");
-        build.set(1);
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(duration.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(limited.clone()),
-            Box::new(bytes_in.clone()),
-            Box::new(bytes_out.clone()),
-            Box::new(index_tokens.clone()),
-            Box::new(since_sync.clone()),
-            Box::new(since_flush.clone()),
-            Box::new(sync_ok.clone()),
-            Box::new(reloads.clone()),
-            Box::new(server_up.clone()),
-            Box::new(tunnels_open.clone()),
-            Box::new(tunnel_bytes.clone()),
-            Box::new(server_requests.clone()),
-            Box::new(server_failures.clone()),
-            Box::new(health_checks.clone()),
-            Box::new(tls_handshake_failures.clone()),
-            Box::new(access_log_dropped.clone()),
-            Box::new(build),
-        ] {
-            registry.register(c).expect("register metric");
-        }
-        let connections = super::connections::ConnectionMetrics::register(&registry);
-        Arc::new(Metrics {
+            connections: super::connections::ConnectionMetrics::register(r),
             registry,
-            requests,
-            duration,
-            upstream_errors,
-            limited,
-            bytes_in,
-            bytes_out,
-            index_tokens,
-            since_sync,
-            since_flush,
-            sync_ok,
-            reloads,
-            server_up,
-            tunnels_open,
-            tunnel_bytes,
-            server_requests,
-            server_failures,
-            health_checks,
-            tls_handshake_failures,
-            access_log_dropped,
-            connections,
         })
     }
 
@@ -389,11 +274,15 @@ impl Metrics {
     pub fn server(&self, route: &str, server: &str) -> ServerMetrics {
         let labels = [route, server];
         ServerMetrics {
-            up: self.server_up.with_label_values(&labels),
-            requests: self.server_requests.with_label_values(&labels),
-            failures: self.server_failures.with_label_values(&labels),
-            checks_ok: self.health_checks.with_label_values(&[route, server, "ok"]),
+            up: self.servers.up.with_label_values(&labels),
+            requests: self.servers.requests.with_label_values(&labels),
+            failures: self.servers.failures.with_label_values(&labels),
+            checks_ok: self
+                .servers
+                .health_checks
+                .with_label_values(&[route, server, "ok"]),
             checks_failed: self
+                .servers
                 .health_checks
                 .with_label_values(&[route, server, "failed"]),
         }
@@ -402,11 +291,12 @@ impl Metrics {
     /// Drops the series of a server a reload removed (a stale `up` would mislead).
     pub fn forget_server(&self, route: &str, server: &str) {
         let labels = [route, server];
-        let _ = self.server_up.remove_label_values(&labels);
-        let _ = self.server_requests.remove_label_values(&labels);
-        let _ = self.server_failures.remove_label_values(&labels);
+        let _ = self.servers.up.remove_label_values(&labels);
+        let _ = self.servers.requests.remove_label_values(&labels);
+        let _ = self.servers.failures.remove_label_values(&labels);
         for result in ["ok", "failed"] {
             let _ = self
+                .servers
                 .health_checks
                 .remove_label_values(&[route, server, result]);
         }
@@ -421,8 +311,65 @@ impl Metrics {
 
     /// Renders the Prometheus text format, refreshing the gauges read from the index first.
     pub fn render(&self, index: &Index) -> Vec<u8> {
+        self.index.refresh(index);
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
+        out
+    }
+}
+
+/// The gauges read from the index when the metrics are rendered.
+struct IndexGauges {
+    tokens: IntGauge,
+    since_sync: prometheus::Gauge,
+    since_flush: prometheus::Gauge,
+    sync_ok: IntGauge,
+}
+
+impl IndexGauges {
+    fn register(r: &Registry) -> IndexGauges {
+        IndexGauges {
+            tokens: register(
+                r,
+                IntGauge::new(
+                    "tokengate_index_tokens",
+                    "Token digests held in the in-memory index.",
+                )
+                .expect("metric"),
+            ),
+            since_sync: register(
+                r,
+                prometheus::Gauge::new(
+                    "tokengate_seconds_since_last_sync",
+                    "Seconds since the index last checked the database successfully.",
+                )
+                .expect("metric"),
+            ),
+            since_flush: register(
+                r,
+                prometheus::Gauge::new(
+                    "tokengate_seconds_since_last_usage_flush",
+                    "Seconds since usage counters were last written to the database.",
+                )
+                .expect("metric"),
+            ),
+            sync_ok: register(
+                r,
+                IntGauge::new(
+                    "tokengate_store_healthy",
+                    "1 when the last database sync succeeded, else 0.",
+                )
+                .expect("metric"),
+            ),
+        }
+    }
+
+    /// Sets the gauges from the index as it is now.
+    fn refresh(&self, index: &Index) {
         let now = crate::clock::now() as i64;
-        self.index_tokens.set(index.len() as i64);
+        self.tokens.set(index.len() as i64);
         let age = |t: i64| {
             if t == 0 {
                 f64::NAN
@@ -441,12 +388,84 @@ impl Metrics {
             .map(|e| e.is_none())
             .unwrap_or(false);
         self.sync_ok.set(healthy as i64);
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encode metrics");
-        out
     }
+}
+
+/// The families of every route's servers (labels `route`, `server`).
+struct ServerFamilies {
+    up: IntGaugeVec,
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    health_checks: IntCounterVec,
+}
+
+impl ServerFamilies {
+    fn register(r: &Registry) -> ServerFamilies {
+        ServerFamilies {
+            up: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokengate_upstream_server_up",
+                        "1 while a route's server is in rotation, 0 while health checks or failures keep it out.",
+                    ),
+                    &["route", "server"],
+                )
+                .expect("metric"),
+            ),
+            requests: counter_vec(
+                r,
+                "tokengate_upstream_server_requests_total",
+                "Requests sent to each server of a route.",
+                &["route", "server"],
+            ),
+            failures: counter_vec(
+                r,
+                "tokengate_upstream_server_failures_total",
+                "Connections a route's server refused, reset or let time out before a request went out.",
+                &["route", "server"],
+            ),
+            health_checks: counter_vec(
+                r,
+                "tokengate_upstream_health_checks_total",
+                "Active health checks of each server of a route, by result (ok, failed).",
+                &["route", "server", "result"],
+            ),
+        }
+    }
+}
+
+/// `tokengate_build_info{version}`, always 1.
+fn register_build_info(r: &Registry) {
+    let build = IntGauge::with_opts(
+        Opts::new(
+            "tokengate_build_info",
+            "Build information; the value is always 1.",
+        )
+        .const_label("version", env!("CARGO_PKG_VERSION")),
+    )
+    .expect("metric");
+    build.set(1);
+    register(r, build);
+}
+
+/// Registers `c` in `r` and returns it (a collector is a handle: the clone counts into the same series).
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("register metric");
+    c
+}
+
+/// A counter family, registered.
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("metric"),
+    )
+}
+
+/// A counter, registered.
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("metric"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@
 
 use super::fields::{is_privileged, ROLE_MARK};
 use super::format::Digest;
-use super::store::{IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, UsageDelta};
+use super::store::{
+    IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, TokenStore, UsageDelta,
+};
 use crate::clock;
 use crate::config::Rate;
 use crate::limiter::QuotaCount;
@@ -322,6 +324,20 @@ impl Writer {
     }
 }
 
+/// Moves the usage counted by `from` (uses, last use, quota count) onto `to`, which replaces it.
+fn carry_usage(from: &Entry, to: &Entry) {
+    to.uses
+        .fetch_add(from.uses.swap(0, Ordering::AcqRel), Ordering::AcqRel);
+    to.last_used
+        .fetch_max(from.last_used.load(Ordering::Acquire), Ordering::AcqRel);
+    if let (Some(new), Some(old)) = (
+        to.limits.as_ref().and_then(|l| l.quota.as_ref()),
+        from.limits.as_ref().and_then(|l| l.quota.as_ref()),
+    ) {
+        new.absorb(old);
+    }
+}
+
 /// How the index's sync is doing, for `/healthz` and metrics.
 #[derive(Debug, Default)]
 pub struct SyncHealth {
@@ -447,7 +463,7 @@ impl Index {
 
     /// Applies the quota feed's entries after [`Index::quota_feed_position`]: the shared counts other
     /// nodes' flushes left. Returns how many counts were applied.
-    pub fn sync_quotas_from(&self, store: &mut Store) -> Result<usize, StoreError> {
+    pub fn sync_quotas_from(&self, store: &mut dyn TokenStore) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
             let after = self.quota_feed_position();
@@ -488,10 +504,10 @@ impl Index {
     }
 
     /// Loads every change after [`Index::last_rev`] from the store.
-    pub fn sync_from(&self, store: &mut Store) -> Result<usize, StoreError> {
+    pub fn sync_from(&self, store: &mut dyn TokenStore) -> Result<usize, StoreError> {
         let mut n = 0;
         let from = self.last_rev();
-        store.for_each_change(from, |row| {
+        store.for_each_change(from, &mut |row| {
             self.apply(&row);
             n += 1;
         })?;
@@ -516,7 +532,7 @@ impl Index {
                 let mut store = Store::open_existing(&location)?;
                 let feed = store.quota_feed_head()?;
                 let mut batch = Vec::with_capacity(BATCH);
-                store.for_each_change(from, |row| {
+                store.for_each_change(from, &mut |row| {
                     batch.push(row);
                     if batch.len() == BATCH {
                         // A closed channel means the loader stopped; the rest is not needed.
@@ -596,18 +612,7 @@ impl Index {
         if let Some(k) = &old {
             if !Arc::ptr_eq(&k.entry, &entry) {
                 // Identity changed (a restored or hand-edited database): carry the pending usage over.
-                entry
-                    .uses
-                    .fetch_add(k.entry.uses.swap(0, Ordering::AcqRel), Ordering::AcqRel);
-                entry
-                    .last_used
-                    .fetch_max(k.entry.last_used.load(Ordering::Acquire), Ordering::AcqRel);
-                if let (Some(new), Some(old)) = (
-                    entry.limits.as_ref().and_then(|l| l.quota.as_ref()),
-                    k.entry.limits.as_ref().and_then(|l| l.quota.as_ref()),
-                ) {
-                    new.absorb(old);
-                }
+                carry_usage(&k.entry, &entry);
                 w.retired.push(k.entry.clone());
             }
         }

@@ -375,28 +375,11 @@ impl<'a, S: ClientStream> Client<'a, S> {
             None => None,
         };
         if table.routes.trusts(self.peer) {
-            // A trusted proxy's own id is kept (when it is a sane one).
-            let head = &self.buf.filled()[..self.head.len];
-            let mut ids = self.head.fields.iter().filter(|f| {
-                super::http1::same_field(f.name.get(head), request_id::HEADER.as_bytes())
-            });
-            if let (Some(f), None) = (ids.next(), ids.next()) {
-                if let Some(id) = RequestId::from_client(f.value.get(head)) {
-                    self.request_id = id;
-                }
-            }
+            self.adopt_request_id();
         }
-        let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
         if engine.access_log.enabled() {
-            // The path as forwarded (origin form), never the query.
-            let path = match origin_form(req.target) {
-                Some((p, _)) => p.to_owned(),
-                None => String::from_utf8_lossy(req.target).into_owned(),
-            };
-            facts.log = Some((
-                http::Method::from_bytes(req.method).unwrap_or(http::Method::GET),
-                path,
-            ));
+            let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
+            facts.log = Some(logged_request(&req));
         }
         // The side door (`[leaks]`), before routing and without a bearer token: see super::door.
         if let Some(keep) = self.door(facts).await {
@@ -438,8 +421,38 @@ impl<'a, S: ClientStream> Client<'a, S> {
         facts.rate_limit = forward.rate_limit;
         // The token's in-flight slot is held until the exchange (or the tunnel it opens) ends.
         let _token_slot = forward.in_flight;
+        let req = self.forwarded_request(upgrade);
+        let expect_continue = self.head.expect_continue;
+        self.buf.consume(self.head.len);
+        if expect_continue && req.framing.has_body() && self.buf.is_empty() {
+            // The gateway answers the expectation itself (the upstream never sees `Expect`).
+            if !self.answer_continue().await {
+                return false;
+            }
+        }
+        self.forward(io, server, user, req, facts).await
+    }
+
+    /// Keeps a trusted proxy's own request id, when it sent exactly one and a sane one.
+    fn adopt_request_id(&mut self) {
+        let head = &self.buf.filled()[..self.head.len];
+        let mut ids =
+            self.head.fields.iter().filter(|f| {
+                super::http1::same_field(f.name.get(head), request_id::HEADER.as_bytes())
+            });
+        if let (Some(f), None) = (ids.next(), ids.next()) {
+            if let Some(id) = RequestId::from_client(f.value.get(head)) {
+                self.request_id = id;
+            }
+        }
+    }
+
+    /// What the forwarding needs to know of the request in the buffer: its framing, whether it may be
+    /// retried on another server, the client's version and keep-alive, the WebSocket upgrade.
+    fn forwarded_request(&self, upgrade: bool) -> Req {
+        let head_bytes = &self.buf.filled()[..self.head.len];
         let method = self.head.method.get(head_bytes);
-        let req = Req {
+        Req {
             framing: self.head.framing,
             is_head: method == b"HEAD",
             retryable: !self.head.framing.has_body()
@@ -455,22 +468,16 @@ impl<'a, S: ClientStream> Client<'a, S> {
             } else {
                 None
             },
-        };
-        let expect_continue = self.head.expect_continue;
-        self.buf.consume(self.head.len);
-        if expect_continue && req.framing.has_body() && self.buf.is_empty() {
-            // The gateway answers the expectation itself (the upstream never sees `Expect`).
-            if self
-                .io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-                || self.io.flush().await.is_err()
-            {
-                return false;
-            }
         }
-        self.forward(io, server, user, req, facts).await
+    }
+
+    /// Writes `100 Continue`; false when the client is gone.
+    async fn answer_continue(&mut self) -> bool {
+        self.io
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_ok()
+            && self.io.flush().await.is_ok()
     }
 
     /// Answers the request from the gateway itself. The connection stays open only when the refusal is
@@ -598,4 +605,17 @@ fn request<'b>(
         peer,
         tls,
     }
+}
+
+/// What the access log records of a request: its method, and the path as forwarded (origin form), never
+/// the query.
+fn logged_request(req: &Request<'_>) -> (http::Method, String) {
+    let path = match origin_form(req.target) {
+        Some((p, _)) => p.to_owned(),
+        None => String::from_utf8_lossy(req.target).into_owned(),
+    };
+    (
+        http::Method::from_bytes(req.method).unwrap_or(http::Method::GET),
+        path,
+    )
 }

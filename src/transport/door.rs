@@ -87,22 +87,8 @@ impl<S: ClientStream> Client<'_, S> {
             r.headers.push(("allow", "POST".into()));
             return Some(self.door_refuse(facts, r, is_head).await);
         }
-        let fields =
-            door.fields()
-                .iter()
-                .map(|name| {
-                    let mut found =
-                        self.head.fields.iter().filter(|f| {
-                            f.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes())
-                        });
-                    match (found.next(), found.next()) {
-                        (Some(f), None) => Some(f.value.get(head_bytes).to_vec()),
-                        _ => None,
-                    }
-                })
-                .collect();
         let mut req = DoorRequest {
-            fields,
+            fields: self.door_fields(door.fields()),
             body: Vec::new(),
             tls: self.tls.is_some(),
         };
@@ -130,10 +116,40 @@ impl<S: ClientStream> Client<'_, S> {
             Ok(p) => p,
             Err(a) => return Some(self.door_answer(facts, a, false).await),
         };
+        let Some(body) = self.door_body(facts, length as usize).await else {
+            return Some(false);
+        };
+        req.body = body;
+        let answer = door.handle(req).await;
+        drop(permit);
+        Some(self.door_answer(facts, answer, true).await)
+    }
+
+    /// The values of the fields the door asks for, each when it was sent exactly once.
+    fn door_fields(&self, names: &[&str]) -> Vec<Option<Vec<u8>>> {
+        let head_bytes = &self.buf.filled()[..self.head.len];
+        names
+            .iter()
+            .map(|name| {
+                let mut found = self
+                    .head
+                    .fields
+                    .iter()
+                    .filter(|f| f.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()));
+                match (found.next(), found.next()) {
+                    (Some(f), None) => Some(f.value.get(head_bytes).to_vec()),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Reads the body of `length` bytes (what the buffer holds past the head, then from the client, within
+    /// [`BODY_DEADLINE`]), answering `100 Continue` when asked. `None`: the connection is done (the client
+    /// went away, or was answered 408).
+    async fn door_body(&mut self, facts: &mut Facts, length: usize) -> Option<Vec<u8>> {
         let expect_continue = self.head.expect_continue;
-        // The body: what the buffer holds past the head, then reads until `length`.
         self.buf.consume(self.head.len);
-        let length = length as usize;
         // Grown as bytes arrive: memory follows what was sent, not what was announced.
         let mut body = Vec::with_capacity(length.min(64 * 1024));
         let take = self.buf.len().min(length);
@@ -144,7 +160,7 @@ impl<S: ClientStream> Client<'_, S> {
             self.out.clear();
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             if self.write_out().await.is_err() {
-                return Some(false);
+                return None;
             }
         }
         while body.len() < length {
@@ -158,23 +174,20 @@ impl<S: ClientStream> Client<'_, S> {
                 Ok(Ok(n)) if n > 0 => {
                     body.extend_from_slice(&self.buf.spare()[..n]);
                 }
-                Ok(_) => return Some(false), // the client went away
+                Ok(_) => return None, // the client went away
                 Err(_) => {
                     let r =
                         Refusal::new(408, "request_timeout", "the body was not received in time")
                             .closing();
                     facts.status = r.status;
                     let _ = self.answer(&r, false, false).await;
-                    return Some(false);
+                    return None;
                 }
             }
         }
         self.body_pending = false;
         facts.bytes_in = length as u64;
-        req.body = body;
-        let answer = door.handle(req).await;
-        drop(permit);
-        Some(self.door_answer(facts, answer, true).await)
+        Some(body)
     }
 
     /// A refusal before the body was read: the connection closes unless there is no body.

@@ -185,22 +185,27 @@ impl Table {
             });
         }
         if let Some(previous) = previous {
-            for old in &previous.io {
-                for m in &old.pool.members {
-                    let still = io.iter().any(|n| {
-                        n.route.name == old.route.name
-                            && n.pool
-                                .members
-                                .iter()
-                                .any(|k| k.upstream.label == m.upstream.label)
-                    });
-                    if !still {
-                        metrics.forget_server(&old.route.name, &m.upstream.label);
-                    }
-                }
-            }
+            forget_gone_servers(previous, &io, metrics);
         }
         Ok(Table { routes, io })
+    }
+}
+
+/// Drops the series of the servers of `previous` that the new table's `io` no longer has.
+fn forget_gone_servers(previous: &Table, io: &[RouteIo], metrics: &Metrics) {
+    for old in &previous.io {
+        for m in &old.pool.members {
+            let still = io.iter().any(|n| {
+                n.route.name == old.route.name
+                    && n.pool
+                        .members
+                        .iter()
+                        .any(|k| k.upstream.label == m.upstream.label)
+            });
+            if !still {
+                metrics.forget_server(&old.route.name, &m.upstream.label);
+            }
+        }
     }
 }
 

@@ -221,7 +221,7 @@ impl Admin {
                 return result;
             }
             let out = result?;
-            index.sync_from(guard.as_mut().expect("still open"))?;
+            index.sync_from(guard.as_mut().expect("still open").backend())?;
             Ok(out)
         })
         .await

@@ -77,109 +77,14 @@ impl Taker {
         let mut changed = false;
         let result = (|| {
             for m in matches {
-                let digest = Digest::of(&m.token);
-                let mut feedback = Feedback {
-                    token_hash: hex(&digest.0),
-                    token_type: m
-                        .kind
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(MAX_TYPE)
-                        .collect(),
-                    label: "false_positive",
-                };
-                let slot = check_format(&m.token)
-                    .ok()
-                    .and_then(|()| self.index.get(&digest));
-                let Some(slot) = slot else {
-                    self.metrics
-                        .matches
-                        .with_label_values(&["false_positive", "none"])
-                        .inc();
-                    out.push(feedback);
-                    continue;
-                };
-                feedback.label = "true_positive";
-                let entry = slot.entry;
-                let active =
-                    !entry.is_revoked() && now < slot.valid_until && now < entry.expires_at;
-                let (url, source) = (clean(m.url.as_deref()), clean(m.source.as_deref()));
-                let store = match guard.as_mut() {
-                    Some(s) => s,
-                    None => guard.insert(Store::open_existing(&self.location)?),
-                };
-                let (action, record) = match (active, self.action) {
-                    (false, _) => ("none", None),
-                    (true, LeakAction::Report) => ("reported", None),
-                    (true, LeakAction::Revoke) => {
-                        let detail = format!("reported leaked: source {source}, url {url}");
-                        let (record, did) = store.revoke_with(
-                            entry.token_id,
-                            &actor,
-                            Some(&detail),
-                            Some(LEAKED),
-                        )?;
-                        changed |= did;
-                        (if did { "revoked" } else { "none" }, Some(record))
-                    }
-                };
-                let report = LeakReport {
-                    at: now as i64,
-                    reporter: reporter.to_owned(),
-                    token_id: entry.token_id,
-                    label: feedback.label.to_owned(),
-                    action: action.to_owned(),
-                    token_type: feedback.token_type.clone(),
-                    source: source.clone(),
-                    url: url.clone(),
-                };
-                let note = match (self.notify, action) {
-                    (true, "revoked" | "reported") => {
-                        let label = match record {
-                            Some(r) => r.label,
-                            None => store.get(entry.token_id)?.label,
-                        };
-                        Some(
-                            serde_json::json!({
-                                "event": "token_leaked",
-                                "token_id": entry.token_id,
-                                "user": entry.user(),
-                                "label": label,
-                                "source": source,
-                                "url": url,
-                                "action": action,
-                                "at": rfc3339(now as i64),
-                            })
-                            .to_string(),
-                        )
-                    }
-                    _ => None,
-                };
-                let new = store.record_leak(&report, note.as_deref())?;
-                if new && action != "none" {
-                    log::warn!(
-                        "leaks: token {} (user {}) {} after a report by {reporter} at {url} ({source})",
-                        entry.token_id,
-                        entry.user(),
-                        if action == "revoked" {
-                            "revoked"
-                        } else {
-                            "reported leaked, kept working (action = \"report\")"
-                        }
-                    );
-                }
-                self.metrics
-                    .matches
-                    .with_label_values(&["true_positive", action])
-                    .inc();
-                out.push(feedback);
+                out.push(self.take_one(&mut guard, m, now, reporter, &actor, &mut changed)?);
             }
             Ok(())
         })();
         if changed {
             if let Some(store) = guard.as_mut() {
                 // Applied here before the answer (also after a later failure: what was revoked is).
-                if let Err(e) = self.index.sync_from(store) {
+                if let Err(e) = self.index.sync_from(store.backend()) {
                     *guard = None;
                     return Err(e);
                 }
@@ -191,6 +96,112 @@ impl Taker {
         }
         Ok(out)
     }
+
+    /// One match: its feedback; for one of ours, the report recorded, the token revoked (when active and
+    /// the action is `revoke`) and the owner's notification queued. `changed`: a token was revoked.
+    fn take_one(
+        &self,
+        store: &mut Option<Store>,
+        m: &Match,
+        now: u64,
+        reporter: &str,
+        actor: &str,
+        changed: &mut bool,
+    ) -> Result<Feedback, StoreError> {
+        let digest = Digest::of(&m.token);
+        let mut feedback = Feedback {
+            token_hash: hex(&digest.0),
+            token_type: m
+                .kind
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_TYPE)
+                .collect(),
+            label: "false_positive",
+        };
+        let slot = check_format(&m.token)
+            .ok()
+            .and_then(|()| self.index.get(&digest));
+        let Some(slot) = slot else {
+            self.metrics
+                .matches
+                .with_label_values(&["false_positive", "none"])
+                .inc();
+            return Ok(feedback);
+        };
+        feedback.label = "true_positive";
+        let entry = slot.entry;
+        let active = !entry.is_revoked() && now < slot.valid_until && now < entry.expires_at;
+        let (url, source) = (clean(m.url.as_deref()), clean(m.source.as_deref()));
+        let store = match store.as_mut() {
+            Some(s) => s,
+            None => store.insert(Store::open_existing(&self.location)?),
+        };
+        let (action, record) = match (active, self.action) {
+            (false, _) => ("none", None),
+            (true, LeakAction::Report) => ("reported", None),
+            (true, LeakAction::Revoke) => {
+                let detail = format!("reported leaked: source {source}, url {url}");
+                let (record, did) =
+                    store.revoke_with(entry.token_id, actor, Some(&detail), Some(LEAKED))?;
+                *changed |= did;
+                (if did { "revoked" } else { "none" }, Some(record))
+            }
+        };
+        let report = LeakReport {
+            at: now as i64,
+            reporter: reporter.to_owned(),
+            token_id: entry.token_id,
+            label: feedback.label.to_owned(),
+            action: action.to_owned(),
+            token_type: feedback.token_type.clone(),
+            source: source.clone(),
+            url: url.clone(),
+        };
+        let note = match (self.notify, action) {
+            (true, "revoked" | "reported") => {
+                let label = match record {
+                    Some(r) => r.label,
+                    None => store.get(entry.token_id)?.label,
+                };
+                Some(notification(&report, entry.user(), &label, now))
+            }
+            _ => None,
+        };
+        let new = store.record_leak(&report, note.as_deref())?;
+        if new && action != "none" {
+            log::warn!(
+                "leaks: token {} (user {}) {} after a report by {reporter} at {url} ({source})",
+                entry.token_id,
+                entry.user(),
+                if action == "revoked" {
+                    "revoked"
+                } else {
+                    "reported leaked, kept working (action = \"report\")"
+                }
+            );
+        }
+        self.metrics
+            .matches
+            .with_label_values(&["true_positive", action])
+            .inc();
+        Ok(feedback)
+    }
+}
+
+/// The owner's notification of a report (the webhook's JSON body).
+fn notification(report: &LeakReport, user: &str, label: &str, now: u64) -> String {
+    serde_json::json!({
+        "event": "token_leaked",
+        "token_id": report.token_id,
+        "user": user,
+        "label": label,
+        "source": report.source,
+        "url": report.url,
+        "action": report.action,
+        "at": rfc3339(now as i64),
+    })
+    .to_string()
 }
 
 /// A report's `url` or `source` for an event, a record or a log line: at most [`MAX_TEXT`] characters,

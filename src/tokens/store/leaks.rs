@@ -8,7 +8,7 @@
 use super::pg::PgStore;
 use super::pg_url::to_err as pg_err;
 use super::sqlite::{to_err as sqlite_err, SqliteStore};
-use super::{rfc3339, Store, StoreError};
+use super::{rfc3339, StoreError};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
@@ -83,101 +83,44 @@ const PG_RETRY: &str =
 const SQLITE_RETRY: &str =
     "UPDATE leak_notifications SET next_at = ?2, attempts = attempts + 1 WHERE id = ?1 AND delivered_at IS NULL";
 
-impl Store {
+/// The leak log's part of the store's contract ([`super::TokenStore`]).
+pub trait LeakStore {
     /// Records a report unless the same one (token, reporter, source, url) was recorded before, and then
     /// queues `notification` (a webhook body) with it. Returns whether it was new.
-    pub fn record_leak(
+    fn record_leak(
         &mut self,
         r: &LeakReport,
         notification: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.record_leak(r, notification),
-            Store::Postgres(s) => s.record_leak(r, notification),
-        }
-    }
+    ) -> Result<bool, StoreError>;
 
     /// Reports, newest first, at most `limit`, optionally of one token.
-    pub fn leak_reports(
+    fn leak_reports(
         &mut self,
         token_id: Option<i64>,
         limit: i64,
-    ) -> Result<Vec<LeakView>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.leak_reports(token_id, limit),
-            Store::Postgres(s) => s.leak_reports(token_id, limit),
-        }
-    }
+    ) -> Result<Vec<LeakView>, StoreError>;
 
     /// Claims up to `max` notifications due at `now` for `lease` seconds.
-    pub fn claim_notifications(
+    fn claim_notifications(
         &mut self,
         now: i64,
         lease: i64,
         max: i64,
-    ) -> Result<Vec<Notification>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                let err = |e| sqlite_err(&s.path, e);
-                let mut stmt = s.conn.prepare_cached(SQLITE_CLAIM).map_err(err)?;
-                let rows = stmt
-                    .query_map(params![now, lease, max], |r| {
-                        Ok(Notification {
-                            id: r.get(0)?,
-                            body: r.get(1)?,
-                            attempts: r.get::<_, i64>(2)?,
-                        })
-                    })
-                    .map_err(err)?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(err)
-            }
-            Store::Postgres(s) => {
-                let stmt = s.prepare(PG_CLAIM)?;
-                let rows = s
-                    .client
-                    .query(&stmt, &[&now, &lease, &max])
-                    .map_err(|e| pg_err(&s.url, e))?;
-                Ok(rows
-                    .iter()
-                    .map(|r| Notification {
-                        id: r.get(0),
-                        body: r.get(1),
-                        attempts: i64::from(r.get::<_, i32>(2)),
-                    })
-                    .collect())
-            }
-        }
-    }
+    ) -> Result<Vec<Notification>, StoreError>;
 
     /// A claimed notification was delivered (`Ok`) or is to be tried again at `retry_at`.
-    pub fn notification_result(
-        &mut self,
-        id: i64,
-        result: Result<i64, i64>,
-    ) -> Result<(), StoreError> {
-        let (done, at) = match result {
-            Ok(at) => (true, at),
-            Err(retry_at) => (false, retry_at),
-        };
-        match self {
-            Store::Sqlite(s) => {
-                let sql = if done { SQLITE_DONE } else { SQLITE_RETRY };
-                s.conn
-                    .execute(sql, params![id, at])
-                    .map_err(|e| sqlite_err(&s.path, e))?;
-            }
-            Store::Postgres(s) => {
-                let stmt = s.prepare(if done { PG_DONE } else { PG_RETRY })?;
-                s.client
-                    .execute(&stmt, &[&id, &at])
-                    .map_err(|e| pg_err(&s.url, e))?;
-            }
-        }
-        Ok(())
+    fn notification_result(&mut self, id: i64, result: Result<i64, i64>) -> Result<(), StoreError>;
+}
+
+/// Splits a notification's result into (delivered, the time to record).
+fn outcome(result: Result<i64, i64>) -> (bool, i64) {
+    match result {
+        Ok(at) => (true, at),
+        Err(retry_at) => (false, retry_at),
     }
 }
 
-impl SqliteStore {
+impl LeakStore for SqliteStore {
     fn record_leak(&mut self, r: &LeakReport, note: Option<&str>) -> Result<bool, StoreError> {
         let err = |e| sqlite_err(&self.path, e);
         let tx = self
@@ -209,7 +152,11 @@ impl SqliteStore {
         Ok(id.is_some())
     }
 
-    fn leak_reports(&self, token_id: Option<i64>, limit: i64) -> Result<Vec<LeakView>, StoreError> {
+    fn leak_reports(
+        &mut self,
+        token_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<LeakView>, StoreError> {
         let err = |e| sqlite_err(&self.path, e);
         let mut stmt = self.conn.prepare_cached(SQLITE_LIST).map_err(err)?;
         let rows = stmt
@@ -228,9 +175,37 @@ impl SqliteStore {
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
+    fn claim_notifications(
+        &mut self,
+        now: i64,
+        lease: i64,
+        max: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let err = |e| sqlite_err(&self.path, e);
+        let mut stmt = self.conn.prepare_cached(SQLITE_CLAIM).map_err(err)?;
+        let rows = stmt
+            .query_map(params![now, lease, max], |r| {
+                Ok(Notification {
+                    id: r.get(0)?,
+                    body: r.get(1)?,
+                    attempts: r.get::<_, i64>(2)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn notification_result(&mut self, id: i64, result: Result<i64, i64>) -> Result<(), StoreError> {
+        let (done, at) = outcome(result);
+        let sql = if done { SQLITE_DONE } else { SQLITE_RETRY };
+        self.conn
+            .execute(sql, params![id, at])
+            .map_err(|e| sqlite_err(&self.path, e))?;
+        Ok(())
+    }
 }
 
-impl PgStore {
+impl LeakStore for PgStore {
     fn record_leak(&mut self, r: &LeakReport, note: Option<&str>) -> Result<bool, StoreError> {
         let (insert, queue) = (self.prepare(PG_INSERT)?, self.prepare(PG_QUEUE)?);
         let err = |e| pg_err(&self.url, e);
@@ -281,5 +256,35 @@ impl PgStore {
                 url: r.get(7),
             })
             .collect())
+    }
+
+    fn claim_notifications(
+        &mut self,
+        now: i64,
+        lease: i64,
+        max: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let stmt = self.prepare(PG_CLAIM)?;
+        let rows = self
+            .client
+            .query(&stmt, &[&now, &lease, &max])
+            .map_err(|e| pg_err(&self.url, e))?;
+        Ok(rows
+            .iter()
+            .map(|r| Notification {
+                id: r.get(0),
+                body: r.get(1),
+                attempts: i64::from(r.get::<_, i32>(2)),
+            })
+            .collect())
+    }
+
+    fn notification_result(&mut self, id: i64, result: Result<i64, i64>) -> Result<(), StoreError> {
+        let (done, at) = outcome(result);
+        let stmt = self.prepare(if done { PG_DONE } else { PG_RETRY })?;
+        self.client
+            .execute(&stmt, &[&id, &at])
+            .map_err(|e| pg_err(&self.url, e))?;
+        Ok(())
     }
 }

@@ -21,7 +21,9 @@ use super::fields::Quota;
 pub use super::fields::{parse_rfc3339, rfc3339, unix_now};
 use super::format::{Digest, Token};
 use crate::config::Rate;
+pub use leaks::LeakStore;
 pub use pg_url::PgUrl;
+pub use quota_feed::QuotaFeedStore;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -478,21 +480,128 @@ impl Location {
     }
 }
 
-/// One connection to the store. Open one per thread that needs it; after an error that says the store
-/// is unavailable, drop it and open again later.
+/// The store's contract: what every backend does, with the same semantics, JSON shapes and errors (the
+/// contract suite, `tests/store_contract.rs`, runs unchanged against both). One implementation per
+/// backend: [`sqlite::SqliteStore`] and [`pg::PgStore`]; the quota feed's and the leak log's parts are
+/// implemented beside their SQL ([`quota_feed::QuotaFeedStore`], [`leaks::LeakStore`],
+/// [`ticket_keys::TicketKeyStore`]). How a backend
+/// learns that another process changed the store (inotify, `LISTEN`) is its own: see `tokens::sync`.
+///
+/// Synchronous on purpose: the store is used from the CLI and from background threads, never from the
+/// request path.
+pub trait TokenStore:
+    quota_feed::QuotaFeedStore + leaks::LeakStore + ticket_keys::TicketKeyStore + Send
+{
+    /// Applies the migrations the store lacks (safe when several nodes start at once).
+    fn migrate(&mut self) -> Result<(), StoreError>;
+
+    /// The schema version applied and the newest this build knows.
+    fn schema_version(&mut self) -> Result<(i64, i64), StoreError>;
+
+    /// Creates a token; returns its record and the plaintext, which exists nowhere else.
+    fn create(&mut self, new: &NewToken, actor: &str) -> Result<(TokenRecord, Token), StoreError> {
+        let (id, token) = self
+            .create_many(std::slice::from_ref(new), actor)?
+            .pop()
+            .expect("one token");
+        Ok((self.get(id)?, token))
+    }
+
+    /// Creates tokens in one transaction. Returns each id with its plaintext, in order.
+    fn create_many(
+        &mut self,
+        news: &[NewToken],
+        actor: &str,
+    ) -> Result<Vec<(i64, Token)>, StoreError>;
+
+    /// One token's metadata.
+    fn get(&mut self, id: i64) -> Result<TokenRecord, StoreError>;
+
+    /// All tokens, optionally of one user, oldest first.
+    fn list(&mut self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// A token's lifecycle events, oldest first.
+    fn events(&mut self, id: i64) -> Result<Vec<Event>, StoreError>;
+
+    /// Revokes a token at once. Returns the record and whether this call changed it (false: already
+    /// revoked; then no revision and no event).
+    fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
+        self.revoke_with(id, actor, None, None)
+    }
+
+    /// [`Self::revoke`] with a detail on the `revoked` event (a leak report's source and URL) and a
+    /// reason the index keeps ([`LEAKED`]: the token answers "revoked: reported leaked").
+    fn revoke_with(
+        &mut self,
+        id: i64,
+        actor: &str,
+        detail: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(TokenRecord, bool), StoreError>;
+
+    /// Gives a token a new secret, keeping id, user, label, scopes, expiry and usage. With a grace period
+    /// the old secret keeps working until it ends; without, it stops at once.
+    fn rotate(
+        &mut self,
+        id: i64,
+        grace: Option<Duration>,
+        actor: &str,
+    ) -> Result<(TokenRecord, Token), StoreError>;
+
+    /// Number of tokens and the highest id, to size the index before loading it.
+    fn token_counts(&mut self) -> Result<(usize, i64), StoreError>;
+
+    /// Streams every token changed after revision `rev` to `f`, in revision order, without collecting
+    /// them (the full load at start-up).
+    fn for_each_change(&mut self, rev: i64, f: &mut dyn FnMut(IndexRow)) -> Result<(), StoreError>;
+
+    /// Every token changed after revision `rev`, in revision order. `changes_since(0)` loads everything.
+    fn changes_since(&mut self, rev: i64) -> Result<Vec<IndexRow>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each_change(rev, &mut |row| out.push(row))?;
+        Ok(out)
+    }
+
+    /// Adds usage counted in memory (increments; `last_used_at` only moves forward), at most once per
+    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to, which the
+    /// same transaction appends to the quota feed for the other nodes.
+    fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError>;
+
+    /// Changes a token's label, expiry or limits (a change: new revision, one event). Returns the record
+    /// and whether anything changed. Refused for a revoked token.
+    fn update(
+        &mut self,
+        id: i64,
+        patch: &TokenPatch,
+        actor: &str,
+    ) -> Result<(TokenRecord, bool), StoreError>;
+
+    /// A health query: is the store there and readable?
+    fn check(&mut self) -> Result<(), StoreError>;
+
+    /// Everything a copy moves: every token row (digests included, never plaintexts), every event.
+    fn export(&mut self) -> Result<Export, StoreError>;
+
+    /// Loads an [`Export`] into this store, replacing what is there; `force` allows a non-empty target.
+    fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError>;
+
+    /// Whether what this connection opened was deleted or replaced since (SQLite: the file at its path is
+    /// gone or another inode), so that a loop holding it opens the store again; a server never is.
+    fn replaced(&self) -> bool {
+        false
+    }
+}
+
+/// One connection to the store, of whichever backend the location names. Open one per thread that needs
+/// it; after an error that says the store is unavailable, drop it and open again later.
+///
+/// An enum (not a `Box<dyn TokenStore>`): the backends are two and known, and what only one of them has
+/// (SQLite's `data_version` and head revision for the CLI's wait) stays reachable by a match instead of a
+/// downcast. Every operation of the contract is reached through [`TokenStore`] (`Deref`): the only
+/// `match`es on the backend are in opening and in dereferencing.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
     Postgres(Box<pg::PgStore>),
-}
-
-/// Calls the same method on whichever backend this is.
-macro_rules! each {
-    ($self:expr, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
-        }
-    };
 }
 
 impl Store {
@@ -517,143 +626,28 @@ impl Store {
         })
     }
 
-    /// Applies the migrations the store lacks (safe when several nodes start at once).
-    pub fn migrate(&mut self) -> Result<(), StoreError> {
-        each!(self, s => s.migrate())
+    /// The backend, as the contract.
+    pub fn backend(&mut self) -> &mut (dyn TokenStore + 'static) {
+        match self {
+            Store::Sqlite(s) => s,
+            Store::Postgres(s) => &mut **s,
+        }
     }
+}
 
-    /// The schema version applied and the newest this build knows.
-    pub fn schema_version(&mut self) -> Result<(i64, i64), StoreError> {
-        each!(self, s => s.schema_version())
+impl std::ops::Deref for Store {
+    type Target = dyn TokenStore;
+    fn deref(&self) -> &(dyn TokenStore + 'static) {
+        match self {
+            Store::Sqlite(s) => s,
+            Store::Postgres(s) => &**s,
+        }
     }
+}
 
-    /// Creates a token; returns its record and the plaintext, which exists nowhere else.
-    pub fn create(
-        &mut self,
-        new: &NewToken,
-        actor: &str,
-    ) -> Result<(TokenRecord, Token), StoreError> {
-        let (id, token) = self
-            .create_many(std::slice::from_ref(new), actor)?
-            .pop()
-            .expect("one token");
-        Ok((self.get(id)?, token))
-    }
-
-    /// Creates tokens in one transaction. Returns each id with its plaintext, in order.
-    pub fn create_many(
-        &mut self,
-        news: &[NewToken],
-        actor: &str,
-    ) -> Result<Vec<(i64, Token)>, StoreError> {
-        each!(self, s => s.create_many(news, actor))
-    }
-
-    /// One token's metadata.
-    pub fn get(&mut self, id: i64) -> Result<TokenRecord, StoreError> {
-        each!(self, s => s.get(id))
-    }
-
-    /// All tokens, optionally of one user, oldest first.
-    pub fn list(&mut self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
-        each!(self, s => s.list(user))
-    }
-
-    /// A token's lifecycle events, oldest first.
-    pub fn events(&mut self, id: i64) -> Result<Vec<Event>, StoreError> {
-        each!(self, s => s.events(id))
-    }
-
-    /// Revokes a token at once. Returns the record and whether this call changed it.
-    pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
-        each!(self, s => s.revoke(id, actor))
-    }
-
-    /// [`Self::revoke`] with a detail on the `revoked` event (a leak report's source and URL) and a
-    /// reason the index keeps ([`LEAKED`]: the token answers "revoked: reported leaked").
-    pub fn revoke_with(
-        &mut self,
-        id: i64,
-        actor: &str,
-        detail: Option<&str>,
-        reason: Option<&str>,
-    ) -> Result<(TokenRecord, bool), StoreError> {
-        each!(self, s => s.revoke_with(id, actor, detail, reason))
-    }
-
-    /// Gives a token a new secret (old one valid for `grace`, or stopped at once).
-    pub fn rotate(
-        &mut self,
-        id: i64,
-        grace: Option<Duration>,
-        actor: &str,
-    ) -> Result<(TokenRecord, Token), StoreError> {
-        each!(self, s => s.rotate(id, grace, actor))
-    }
-
-    /// Number of tokens and the highest id, to size the index before loading it.
-    pub fn token_counts(&mut self) -> Result<(usize, i64), StoreError> {
-        each!(self, s => s.token_counts())
-    }
-
-    /// Streams every token changed after revision `rev`, in revision order.
-    pub fn for_each_change(&mut self, rev: i64, f: impl FnMut(IndexRow)) -> Result<(), StoreError> {
-        each!(self, s => s.for_each_change(rev, f))
-    }
-
-    /// Every token changed after revision `rev`, collected.
-    pub fn changes_since(&mut self, rev: i64) -> Result<Vec<IndexRow>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_change(rev, |row| out.push(row))?;
-        Ok(out)
-    }
-
-    /// Adds usage counted in memory (increments; `last_used_at` only moves forward), at most once per
-    /// batch id. Returns the shared quota counts of the tokens whose quota the batch added to, which the
-    /// same transaction appends to the quota feed for the other nodes.
-    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
-        each!(self, s => s.flush_usage(batch))
-    }
-
-    /// The quota feed's position: the number of the newest entry (0: none yet).
-    pub fn quota_feed_head(&mut self) -> Result<i64, StoreError> {
-        each!(self, s => s.quota_feed_head())
-    }
-
-    /// The shared quota counts changed by flushes after feed position `after`, except those of the node
-    /// `own` (it settled them from its flush's answer). See [`quota_feed`].
-    pub fn quota_changes_since(
-        &mut self,
-        after: i64,
-        own: &str,
-    ) -> Result<QuotaChanges, StoreError> {
-        each!(self, s => s.quota_changes_since(after, own))
-    }
-
-    /// Changes a token's label, expiry or limits (a change: new revision, one event). Returns the record
-    /// and whether anything changed. Refused for a revoked token.
-    pub fn update(
-        &mut self,
-        id: i64,
-        patch: &TokenPatch,
-        actor: &str,
-    ) -> Result<(TokenRecord, bool), StoreError> {
-        each!(self, s => s.update(id, patch, actor))
-    }
-
-    /// A health query: is the store there and readable?
-    pub fn check(&mut self) -> Result<(), StoreError> {
-        each!(self, s => s.check())
-    }
-
-    /// Everything a copy moves: every token row (digests included, never plaintexts), every event.
-    pub fn export(&mut self) -> Result<Export, StoreError> {
-        each!(self, s => s.export())
-    }
-
-    /// Loads an [`Export`] into this store, replacing what is there; `force` allows a non-empty target.
-    pub fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError> {
-        each!(self, s => s.import(data, force))
+impl std::ops::DerefMut for Store {
+    fn deref_mut(&mut self) -> &mut (dyn TokenStore + 'static) {
+        self.backend()
     }
 }
 

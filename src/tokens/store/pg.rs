@@ -39,7 +39,8 @@ use super::pg_sql::*;
 use super::pg_url::{to_err, PgUrl};
 use super::{
     created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
-    IndexRow, NewToken, QuotaTotal, QuotaUse, StoreError, TokenPatch, TokenRecord, UsageBatch,
+    IndexRow, NewToken, QuotaTotal, QuotaUse, StoreError, TokenPatch, TokenRecord, TokenStore,
+    UsageBatch,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
@@ -109,9 +110,22 @@ impl PgStore {
         Ok(statement)
     }
 
+    /// The highest revision handed out: the cheap poll that catches a change whose notification was lost
+    /// (PostgreSQL's counterpart of SQLite's `data_version`).
+    pub fn current_rev(&mut self) -> Result<i64, StoreError> {
+        let statement = self.prepare("SELECT rev FROM token_revision")?;
+        let row = self
+            .client
+            .query_one(&statement, &[])
+            .map_err(|e| to_err(&self.url, e))?;
+        Ok(row.get(0))
+    }
+}
+
+impl TokenStore for PgStore {
     /// Applies the migrations this database lacks, each in its own transaction under an advisory lock, so
     /// that nodes starting together apply each exactly once (the others wait, then find it applied).
-    pub fn migrate(&mut self) -> Result<(), StoreError> {
+    fn migrate(&mut self) -> Result<(), StoreError> {
         let err = |e| to_err(&self.url, e);
         let known = MIGRATIONS.len() as i64;
         loop {
@@ -159,7 +173,7 @@ impl PgStore {
     }
 
     /// The schema version applied and the newest this build knows.
-    pub fn schema_version(&mut self) -> Result<(i64, i64), StoreError> {
+    fn schema_version(&mut self) -> Result<(i64, i64), StoreError> {
         let row = self
             .client
             .query_one(
@@ -171,7 +185,7 @@ impl PgStore {
     }
 
     /// Every token row and event, for `store copy` (one read-only snapshot).
-    pub fn export(&mut self) -> Result<Export, StoreError> {
+    fn export(&mut self) -> Result<Export, StoreError> {
         let err = |e| to_err(&self.url, e);
         let mut tx = self
             .client
@@ -224,7 +238,7 @@ impl PgStore {
     /// Replaces this database's tokens and events with `data` (ids, digests, revisions and usage kept), in
     /// one transaction; the id sequence and the revision counter continue after the copied ones. Refused
     /// when the database holds tokens, unless `force`.
-    pub fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError> {
+    fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError> {
         let err = |e| to_err(&self.url, e);
         let mut tx = self.client.transaction().map_err(err)?;
         let existing: i64 = tx
@@ -314,7 +328,7 @@ impl PgStore {
 
     /// Creates tokens in one transaction and one statement (one, or many for seeding and imports). Returns
     /// each id with its plaintext, in the order of `news`.
-    pub fn create_many(
+    fn create_many(
         &mut self,
         news: &[NewToken],
         actor: &str,
@@ -362,7 +376,7 @@ impl PgStore {
     }
 
     /// One token's metadata.
-    pub fn get(&mut self, id: i64) -> Result<TokenRecord, StoreError> {
+    fn get(&mut self, id: i64) -> Result<TokenRecord, StoreError> {
         let statement = self.prepare(GET)?;
         let row = self
             .client
@@ -373,7 +387,7 @@ impl PgStore {
     }
 
     /// All tokens, optionally of one user, oldest first.
-    pub fn list(&mut self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+    fn list(&mut self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
         let rows = match user {
             Some(u) => {
                 let statement = self.prepare(LIST_USER)?;
@@ -392,7 +406,7 @@ impl PgStore {
     }
 
     /// A token's lifecycle events, oldest first.
-    pub fn events(&mut self, id: i64) -> Result<Vec<Event>, StoreError> {
+    fn events(&mut self, id: i64) -> Result<Vec<Event>, StoreError> {
         let statement = self.prepare(EVENTS)?;
         let err = |e| to_err(&self.url, e);
         let rows = self.client.query(&statement, &[&id]).map_err(err)?;
@@ -407,15 +421,9 @@ impl PgStore {
         rows.iter().map(|r| event(r).map_err(err)).collect()
     }
 
-    /// Revokes a token at once. Returns the record and whether this call changed it (false: already
-    /// revoked; then no revision and no event).
-    pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
-        self.revoke_with(id, actor, None, None)
-    }
-
     /// [`Self::revoke`], with a detail on the `revoked` event (a leak report's source and URL) and a
     /// reason the index keeps (`leaked`).
-    pub fn revoke_with(
+    fn revoke_with(
         &mut self,
         id: i64,
         actor: &str,
@@ -451,7 +459,7 @@ impl PgStore {
     /// Gives a token a new secret, keeping id, user, label, scopes, expiry and usage. With a grace period
     /// (whole seconds; less than one is none) the old secret keeps working until it ends; without, it stops
     /// at once. Refused for a revoked token.
-    pub fn rotate(
+    fn rotate(
         &mut self,
         id: i64,
         grace: Option<Duration>,
@@ -501,7 +509,7 @@ impl PgStore {
     }
 
     /// Number of tokens and the highest id, to size the index before loading it.
-    pub fn token_counts(&mut self) -> Result<(usize, i64), StoreError> {
+    fn token_counts(&mut self) -> Result<(usize, i64), StoreError> {
         let row = self
             .client
             .query_one("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM tokens", &[])
@@ -509,32 +517,10 @@ impl PgStore {
         Ok((row.get::<_, i64>(0) as usize, row.get(1)))
     }
 
-    /// The highest revision handed out: the cheap poll that catches a change whose notification was lost
-    /// (PostgreSQL's counterpart of SQLite's `data_version`).
-    pub fn current_rev(&mut self) -> Result<i64, StoreError> {
-        let statement = self.prepare("SELECT rev FROM token_revision")?;
-        let row = self
-            .client
-            .query_one(&statement, &[])
-            .map_err(|e| to_err(&self.url, e))?;
-        Ok(row.get(0))
-    }
-
-    /// Every token changed after revision `rev`, in revision order. `changes_since(0)` loads everything.
-    pub fn changes_since(&mut self, rev: i64) -> Result<Vec<IndexRow>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_change(rev, |row| out.push(row))?;
-        Ok(out)
-    }
-
     /// Streams changed rows to `f` without collecting them (the full load at start-up): a portal in a
     /// read-only transaction, 10 000 rows per round trip, so memory stays flat at any table size
     /// and all rows come from one snapshot.
-    pub fn for_each_change(
-        &mut self,
-        rev: i64,
-        mut f: impl FnMut(IndexRow),
-    ) -> Result<(), StoreError> {
+    fn for_each_change(&mut self, rev: i64, f: &mut dyn FnMut(IndexRow)) -> Result<(), StoreError> {
         let statement = self.prepare(CHANGES)?;
         let err = |e| to_err(&self.url, e);
         let mut tx = self
@@ -593,7 +579,7 @@ impl PgStore {
     ///
     /// Each batch is recorded by its id (`node`, `seq`) in the same transaction: a batch sent again
     /// because its answer was lost (the commit went through, the connection broke) changes nothing.
-    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
+    fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         let deltas = &batch.deltas;
         if deltas.is_empty() {
             return Ok(Vec::new());
@@ -673,7 +659,7 @@ impl PgStore {
     }
 
     /// Changes a token's label, expiry or limits (a new revision and one `updated` event).
-    pub fn update(
+    fn update(
         &mut self,
         id: i64,
         patch: &TokenPatch,
@@ -723,7 +709,7 @@ impl PgStore {
     }
 
     /// Runs a health query: is the server reachable and the schema there?
-    pub fn check(&mut self) -> Result<(), StoreError> {
+    fn check(&mut self) -> Result<(), StoreError> {
         let statement = self.prepare("SELECT COUNT(*) FROM tokengate_migrations")?;
         self.client
             .query_one(&statement, &[])

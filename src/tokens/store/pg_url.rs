@@ -158,18 +158,7 @@ impl PgUrl {
             SslPolicy::Prefer => SslMode::Prefer,
             _ => SslMode::Require,
         });
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("tokengate");
-        }
-        let options = format!(
-            "{} -c lock_timeout={}",
-            config.get_options().unwrap_or(""),
-            BUSY_TIMEOUT.as_millis()
-        );
-        config.options(options.trim_start());
+        set_defaults(&mut config);
         let tls = match policy {
             SslPolicy::Disable => None,
             _ => Some(tls_connector(policy, root.as_deref()).map_err(bad)?),
@@ -448,6 +437,23 @@ pub(super) fn to_err(url: &PgUrl, error: postgres::Error) -> StoreError {
     } else {
         StoreError::Postgres { url, error }
     }
+}
+
+/// What a connection gets unless the text says otherwise: a 10 s connect timeout and
+/// `application_name=tokengate`; and lock waits limited to [`BUSY_TIMEOUT`] whatever it says.
+fn set_defaults(config: &mut postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("tokengate");
+    }
+    let options = format!(
+        "{} -c lock_timeout={}",
+        config.get_options().unwrap_or(""),
+        BUSY_TIMEOUT.as_millis()
+    );
+    config.options(options.trim_start());
 }
 
 #[cfg(test)]

@@ -134,6 +134,16 @@ fn total(id: i64, period_start: i64, used: i64) -> QuotaTotal {
     }
 }
 
+/// The quota feed's part of the store's contract ([`super::TokenStore`]).
+pub trait QuotaFeedStore {
+    /// The quota feed's position: the number of the newest entry (0: none yet).
+    fn quota_feed_head(&mut self) -> Result<i64, StoreError>;
+
+    /// The shared quota counts changed by flushes after feed position `after`, except those of the node
+    /// `own` (it settled them from its flush's answer).
+    fn quota_changes_since(&mut self, after: i64, own: &str) -> Result<QuotaChanges, StoreError>;
+}
+
 impl SqliteStore {
     /// Appends a flush's totals to the feed, in the flush's transaction (whose write lock orders entries
     /// as commits).
@@ -153,16 +163,16 @@ impl SqliteStore {
             .execute(params![now - KEEP, seq])?;
         Ok(())
     }
+}
 
-    /// The feed's position.
-    pub fn quota_feed_head(&self) -> Result<i64, StoreError> {
+impl QuotaFeedStore for SqliteStore {
+    fn quota_feed_head(&mut self) -> Result<i64, StoreError> {
         self.conn
             .query_row(HEAD, [], |r| r.get(0))
             .map_err(|e| sqlite_err(&self.path, e))
     }
 
-    /// The totals after feed position `after`, except node `own`'s.
-    pub fn quota_changes_since(&self, after: i64, own: &str) -> Result<QuotaChanges, StoreError> {
+    fn quota_changes_since(&mut self, after: i64, own: &str) -> Result<QuotaChanges, StoreError> {
         let err = |e| sqlite_err(&self.path, e);
         // One read transaction: the position, the entries and (if needed) every count, one snapshot.
         let tx = self.conn.unchecked_transaction().map_err(err)?;
@@ -229,9 +239,10 @@ impl PgStore {
             prune: self.prepare(PRUNE)?,
         })
     }
+}
 
-    /// The feed's position.
-    pub fn quota_feed_head(&mut self) -> Result<i64, StoreError> {
+impl QuotaFeedStore for PgStore {
+    fn quota_feed_head(&mut self) -> Result<i64, StoreError> {
         let statement = self.prepare(HEAD)?;
         let row = self
             .client
@@ -240,13 +251,9 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    /// The totals after feed position `after`, except node `own`'s. Every count, when needed, is read
-    /// after the position (a later snapshot: it holds at least what the entries up to it held).
-    pub fn quota_changes_since(
-        &mut self,
-        after: i64,
-        own: &str,
-    ) -> Result<QuotaChanges, StoreError> {
+    /// Every count, when needed, is read after the position (a later snapshot: it holds at least what the
+    /// entries up to it held).
+    fn quota_changes_since(&mut self, after: i64, own: &str) -> Result<QuotaChanges, StoreError> {
         use postgres::fallible_iterator::FallibleIterator;
         let (since, whole) = (self.prepare(SINCE)?, self.prepare(WHOLE)?);
         let err = |e| pg_err(&self.url, e);

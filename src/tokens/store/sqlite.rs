@@ -9,8 +9,8 @@
 
 use super::{
     created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
-    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, UsageBatch, BUSY_TIMEOUT,
-    LEAKED,
+    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, TokenStore, UsageBatch,
+    BUSY_TIMEOUT, LEAKED,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
@@ -108,6 +108,8 @@ const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT
 pub struct SqliteStore {
     pub(super) conn: Connection,
     pub(super) path: PathBuf,
+    /// The file's inode when it was opened (0: unknown), to notice it deleted or replaced.
+    ino: u64,
 }
 
 impl SqliteStore {
@@ -143,6 +145,7 @@ impl SqliteStore {
         let mut store = SqliteStore {
             conn,
             path: path.to_path_buf(),
+            ino: inode(path).unwrap_or(0),
         };
         store.init()?;
         Ok(store)
@@ -174,9 +177,61 @@ impl SqliteStore {
             .map_err(err)?;
         self.migrate()
     }
+}
 
+/// The inode of the file at `path` (`None`: there is none).
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino()).ok()
+}
+
+/// Maps a SQLite error to a [`StoreError`], recognising a database locked by another writer.
+pub(super) fn to_err(path: &Path, source: rusqlite::Error) -> StoreError {
+    {
+        let busy = matches!(
+            &source,
+            rusqlite::Error::SqliteFailure(e, _)
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if busy {
+            StoreError::Busy {
+                path: path.display().to_string(),
+                waited: BUSY_TIMEOUT,
+            }
+        } else {
+            StoreError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The highest revision of any token: every committed change is at or below it.
+    pub fn head_rev(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(rev), 0) FROM tokens", [], |r| r.get(0))
+            .map_err(|e| to_err(&self.path, e))
+    }
+
+    /// SQLite's `data_version`: changes whenever another connection commits.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        let err = |e| to_err(&self.path, e);
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(err)
+    }
+}
+
+impl TokenStore for SqliteStore {
     /// Applies the migrations this database lacks, each in its own transaction.
-    pub fn migrate(&mut self) -> Result<(), StoreError> {
+    fn migrate(&mut self) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
         let known = MIGRATIONS.len() as i64;
         loop {
@@ -209,38 +264,9 @@ impl SqliteStore {
             );
         }
     }
-}
-
-/// Maps a SQLite error to a [`StoreError`], recognising a database locked by another writer.
-pub(super) fn to_err(path: &Path, source: rusqlite::Error) -> StoreError {
-    {
-        let busy = matches!(
-            &source,
-            rusqlite::Error::SqliteFailure(e, _)
-                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        );
-        if busy {
-            StoreError::Busy {
-                path: path.display().to_string(),
-                waited: BUSY_TIMEOUT,
-            }
-        } else {
-            StoreError::Sqlite {
-                path: path.display().to_string(),
-                source,
-            }
-        }
-    }
-}
-
-impl SqliteStore {
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 
     /// The schema version applied and the newest this build knows.
-    pub fn schema_version(&self) -> Result<(i64, i64), StoreError> {
+    fn schema_version(&mut self) -> Result<(i64, i64), StoreError> {
         let v: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -249,7 +275,7 @@ impl SqliteStore {
     }
 
     /// Every token row and event, for `store copy`.
-    pub fn export(&self) -> Result<Export, StoreError> {
+    fn export(&mut self) -> Result<Export, StoreError> {
         let err = |e| to_err(&self.path, e);
         let mut tokens = Vec::new();
         let mut stmt = self
@@ -299,7 +325,7 @@ impl SqliteStore {
 
     /// Replaces this database's tokens and events with `data` (ids, digests, revisions and usage kept), in
     /// one transaction. Refused when the database holds tokens, unless `force`.
-    pub fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError> {
+    fn import(&mut self, data: &Export, force: bool) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
         let tx = self
             .conn
@@ -373,7 +399,7 @@ impl SqliteStore {
 
     /// Creates tokens in one transaction (one, or many for seeding and imports). Returns each id with its
     /// plaintext.
-    pub fn create_many(
+    fn create_many(
         &mut self,
         news: &[NewToken],
         actor: &str,
@@ -421,7 +447,7 @@ impl SqliteStore {
     }
 
     /// One token's metadata.
-    pub fn get(&self, id: i64) -> Result<TokenRecord, StoreError> {
+    fn get(&mut self, id: i64) -> Result<TokenRecord, StoreError> {
         let err = |e| to_err(&self.path, e);
         self.conn
             .query_row(
@@ -435,7 +461,7 @@ impl SqliteStore {
     }
 
     /// All tokens, optionally of one user, oldest first.
-    pub fn list(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+    fn list(&mut self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
         let err = |e| to_err(&self.path, e);
         let sql = match user {
             Some(_) => {
@@ -453,7 +479,7 @@ impl SqliteStore {
     }
 
     /// A token's lifecycle events, oldest first.
-    pub fn events(&self, id: i64) -> Result<Vec<Event>, StoreError> {
+    fn events(&mut self, id: i64) -> Result<Vec<Event>, StoreError> {
         let err = |e| to_err(&self.path, e);
         let mut stmt = self
             .conn
@@ -474,14 +500,9 @@ impl SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
 
-    /// Revokes a token at once. Returns the record and whether this call changed it (false: already revoked).
-    pub fn revoke(&mut self, id: i64, actor: &str) -> Result<(TokenRecord, bool), StoreError> {
-        self.revoke_with(id, actor, None, None)
-    }
-
     /// [`Self::revoke`], with a detail on the `revoked` event (a leak report's source and URL) and a
     /// reason the index keeps (`leaked`).
-    pub fn revoke_with(
+    fn revoke_with(
         &mut self,
         id: i64,
         actor: &str,
@@ -521,7 +542,7 @@ impl SqliteStore {
 
     /// Gives a token a new secret, keeping id, user, label, scopes, expiry and usage. With a grace period
     /// the old secret keeps working until it ends; without, it stops at once.
-    pub fn rotate(
+    fn rotate(
         &mut self,
         id: i64,
         grace: Option<Duration>,
@@ -573,7 +594,7 @@ impl SqliteStore {
     }
 
     /// Number of tokens and the highest id, to size the index before loading it.
-    pub fn token_counts(&self) -> Result<(usize, i64), StoreError> {
+    fn token_counts(&mut self) -> Result<(usize, i64), StoreError> {
         self.conn
             .query_row(
                 "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM tokens",
@@ -583,30 +604,8 @@ impl SqliteStore {
             .map_err(|e| to_err(&self.path, e))
     }
 
-    /// SQLite's `data_version`: changes whenever another connection commits.
-    /// The highest revision of any token: every committed change is at or below it.
-    pub fn head_rev(&self) -> Result<i64, StoreError> {
-        self.conn
-            .query_row("SELECT COALESCE(MAX(rev), 0) FROM tokens", [], |r| r.get(0))
-            .map_err(|e| to_err(&self.path, e))
-    }
-
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        let err = |e| to_err(&self.path, e);
-        self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(err)
-    }
-
-    /// Every token changed after revision `rev`, in revision order. `changes_since(0)` loads everything.
-    pub fn changes_since(&self, rev: i64) -> Result<Vec<IndexRow>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_change(rev, |row| out.push(row))?;
-        Ok(out)
-    }
-
     /// Streams changed rows to `f` without collecting them (the full load at start-up).
-    pub fn for_each_change(&self, rev: i64, mut f: impl FnMut(IndexRow)) -> Result<(), StoreError> {
+    fn for_each_change(&mut self, rev: i64, f: &mut dyn FnMut(IndexRow)) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
         let mut stmt = self
             .conn
@@ -673,7 +672,7 @@ impl SqliteStore {
     ///
     /// The batch id is not recorded: a local transaction either commits or reports the failure, so a
     /// retried batch was never written.
-    pub fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
+    fn flush_usage(&mut self, batch: &UsageBatch) -> Result<Vec<QuotaTotal>, StoreError> {
         let deltas = &batch.deltas;
         let err = |e| to_err(&self.path, e);
         if deltas.is_empty() {
@@ -732,7 +731,7 @@ impl SqliteStore {
     }
 
     /// Changes a token's label, expiry or limits (a new revision and one `updated` event).
-    pub fn update(
+    fn update(
         &mut self,
         id: i64,
         patch: &TokenPatch,
@@ -778,8 +777,13 @@ impl SqliteStore {
         Ok((record, true))
     }
 
+    /// The file at the path is gone or is another file than the one opened.
+    fn replaced(&self) -> bool {
+        inode(&self.path) != Some(self.ino)
+    }
+
     /// Runs a health query: is the database file still there and readable?
-    pub fn check(&self) -> Result<(), StoreError> {
+    fn check(&mut self) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
         self.conn
             .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
@@ -880,7 +884,7 @@ mod tests {
     #[test]
     fn file_is_private_and_migrated() {
         use std::os::unix::fs::PermissionsExt;
-        let (dir, s) = store();
+        let (dir, mut s) = store();
         let mode = std::fs::metadata(dir.path().join("sub/t.db"))
             .unwrap()
             .permissions()
@@ -922,7 +926,7 @@ mod tests {
             )
             .unwrap();
         }
-        let s = SqliteStore::open(&path).unwrap();
+        let mut s = SqliteStore::open(&path).unwrap();
         let r = s.list(None).unwrap();
         assert_eq!(r[0].scopes, Vec::<String>::new());
         assert_eq!(r[0].bound_cert, None);

@@ -1,12 +1,13 @@
 //! The TLS session ticket keys every gateway on one store shares (SQLite migration 7, PostgreSQL 5), so
 //! that a ticket one node issued resumes on every node. The store only keeps them and rotates them
-//! ([`Store::rotate_ticket_keys`]: one transaction that other gateways doing the same wait for); what a
+//! ([`TicketKeyStore::rotate_ticket_keys`]: one transaction that other gateways doing the same wait for); what a
 //! key encrypts, and when a new one starts to be used, is the TLS edge's business
 //! (`transport::tls::tickets`). Keys are secrets: [`TicketKey`]'s `Debug` never shows one.
 
+use super::pg::PgStore;
 use super::pg_url::to_err as pg_err;
-use super::sqlite::to_err as sqlite_err;
-use super::{Store, StoreError};
+use super::sqlite::{to_err as sqlite_err, SqliteStore};
+use super::StoreError;
 use rusqlite::{params, OptionalExtension};
 use std::fmt;
 
@@ -39,110 +40,123 @@ fn plan(now: i64, lifetime: i64, newest: Option<i64>) -> (i64, bool) {
     (delete_before, due)
 }
 
-impl Store {
+/// The ticket keys' part of the store contract (see [`super::TokenStore`]).
+pub trait TicketKeyStore {
     /// Brings the ticket keys up to date at `now` (Unix seconds) for tickets valid `lifetime` seconds:
     /// deletes the keys older than two lifetimes and adds `fresh` when a new key is due (see [`plan`]).
     /// Several gateways may call this at once: the transaction serializes them, so one key is added per
     /// rotation. Returns the keys left, newest first.
-    pub fn rotate_ticket_keys(
+    fn rotate_ticket_keys(
+        &mut self,
+        now: i64,
+        lifetime: i64,
+        fresh: &[u8; 32],
+    ) -> Result<Vec<TicketKey>, StoreError>;
+}
+
+/// A stored row as a key (`None`: a secret of the wrong length, which no build of ours writes).
+fn key(id: i64, secret: Vec<u8>, created_at: i64) -> Option<TicketKey> {
+    Some(TicketKey {
+        id,
+        secret: secret.try_into().ok()?,
+        created_at,
+    })
+}
+
+impl TicketKeyStore for SqliteStore {
+    fn rotate_ticket_keys(
         &mut self,
         now: i64,
         lifetime: i64,
         fresh: &[u8; 32],
     ) -> Result<Vec<TicketKey>, StoreError> {
-        let key = |id: i64, secret: Vec<u8>, created_at: i64| -> Option<TicketKey> {
-            Some(TicketKey {
-                id,
-                secret: secret.try_into().ok()?,
-                created_at,
+        let err = |e| sqlite_err(&self.path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let newest: Option<i64> = tx
+            .query_row("SELECT MAX(created_at) FROM tls_ticket_keys", [], |r| {
+                r.get(0)
             })
-        };
-        match self {
-            Store::Sqlite(s) => {
-                let err = |e| sqlite_err(&s.path, e);
-                let tx = s
-                    .conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(err)?;
-                let newest: Option<i64> = tx
-                    .query_row("SELECT MAX(created_at) FROM tls_ticket_keys", [], |r| {
-                        r.get(0)
-                    })
-                    .optional()
-                    .map_err(err)?
-                    .flatten();
-                let (delete_before, due) = plan(now, lifetime, newest);
-                tx.execute(
-                    "DELETE FROM tls_ticket_keys WHERE created_at < ?1",
-                    params![delete_before],
-                )
-                .map_err(err)?;
-                if due {
-                    tx.execute(
-                        "INSERT INTO tls_ticket_keys (secret, created_at) VALUES (?1, ?2)",
-                        params![&fresh[..], now],
-                    )
-                    .map_err(err)?;
-                }
-                let keys = {
-                    let mut stmt = tx
-                        .prepare(
-                            "SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id DESC",
-                        )
-                        .map_err(err)?;
-                    let rows = stmt
-                        .query_map([], |r| Ok(key(r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .map_err(err)?;
-                    rows.collect::<Result<Vec<_>, _>>().map_err(err)?
-                };
-                tx.commit().map_err(err)?;
-                Ok(keys.into_iter().flatten().collect())
-            }
-            Store::Postgres(s) => {
-                let url = s.url.clone();
-                let err = |e| pg_err(&url, e);
-                let mut tx = s.client.transaction().map_err(err)?;
-                // Conflicts with itself: a second gateway rotating at the same moment waits, then
-                // sees the key the first one added.
-                tx.batch_execute("LOCK TABLE tls_ticket_keys IN SHARE ROW EXCLUSIVE MODE")
-                    .map_err(err)?;
-                let newest: Option<i64> = tx
-                    .query_one("SELECT MAX(created_at) FROM tls_ticket_keys", &[])
-                    .map_err(err)?
-                    .get(0);
-                let (delete_before, due) = plan(now, lifetime, newest);
-                tx.execute(
-                    "DELETE FROM tls_ticket_keys WHERE created_at < $1",
-                    &[&delete_before],
-                )
-                .map_err(err)?;
-                if due {
-                    tx.execute(
-                        "INSERT INTO tls_ticket_keys (secret, created_at) VALUES ($1, $2)",
-                        &[&&fresh[..], &now],
-                    )
-                    .map_err(err)?;
-                }
-                let rows = tx
-                    .query(
-                        "SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id DESC",
-                        &[],
-                    )
-                    .map_err(err)?;
-                tx.commit().map_err(err)?;
-                Ok(rows
-                    .iter()
-                    .filter_map(|r| key(r.get(0), r.get(1), r.get(2)))
-                    .collect())
-            }
+            .optional()
+            .map_err(err)?
+            .flatten();
+        let (delete_before, due) = plan(now, lifetime, newest);
+        tx.execute(
+            "DELETE FROM tls_ticket_keys WHERE created_at < ?1",
+            params![delete_before],
+        )
+        .map_err(err)?;
+        if due {
+            tx.execute(
+                "INSERT INTO tls_ticket_keys (secret, created_at) VALUES (?1, ?2)",
+                params![&fresh[..], now],
+            )
+            .map_err(err)?;
         }
+        let keys = {
+            let mut stmt = tx
+                .prepare("SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id DESC")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok(key(r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+        };
+        tx.commit().map_err(err)?;
+        Ok(keys.into_iter().flatten().collect())
+    }
+}
+
+impl TicketKeyStore for PgStore {
+    fn rotate_ticket_keys(
+        &mut self,
+        now: i64,
+        lifetime: i64,
+        fresh: &[u8; 32],
+    ) -> Result<Vec<TicketKey>, StoreError> {
+        let url = self.url.clone();
+        let err = |e| pg_err(&url, e);
+        let mut tx = self.client.transaction().map_err(err)?;
+        // Conflicts with itself: a second gateway rotating at the same moment waits, then sees the key
+        // the first one added.
+        tx.batch_execute("LOCK TABLE tls_ticket_keys IN SHARE ROW EXCLUSIVE MODE")
+            .map_err(err)?;
+        let newest: Option<i64> = tx
+            .query_one("SELECT MAX(created_at) FROM tls_ticket_keys", &[])
+            .map_err(err)?
+            .get(0);
+        let (delete_before, due) = plan(now, lifetime, newest);
+        tx.execute(
+            "DELETE FROM tls_ticket_keys WHERE created_at < $1",
+            &[&delete_before],
+        )
+        .map_err(err)?;
+        if due {
+            tx.execute(
+                "INSERT INTO tls_ticket_keys (secret, created_at) VALUES ($1, $2)",
+                &[&&fresh[..], &now],
+            )
+            .map_err(err)?;
+        }
+        let rows = tx
+            .query(
+                "SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id DESC",
+                &[],
+            )
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| key(r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::tokens::store::Location;
+    use crate::tokens::store::{Location, Store};
 
     #[test]
     fn keys_rotate_every_half_lifetime_and_go_after_two() {
