@@ -740,6 +740,9 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
                 "user_rate",
                 "quota",
                 "in_flight",
+                // TLS handshakes: full or resumed.
+                "full",
+                "resumed",
             ],
         ),
         // Connections: why they were refused at accept, why they closed.
@@ -759,6 +762,14 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
                 "tunnel_closed",
                 "shutdown",
                 "tls_handshake",
+                // TLS handshakes that failed.
+                "timeout",
+                "incompatible",
+                "client_certificate",
+                "malformed",
+                "alert",
+                "closed",
+                "other",
             ],
         ),
         ("result", vec!["ok", "error", "failed"]),
@@ -769,7 +780,8 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
         ("action", vec!["revoked", "reported", "none"]),
         // Servers are named as configured: the routes' upstream addresses, nothing a client sent.
         ("server", vec![up_label.as_str(), dead_label.as_str()]),
-        ("version", vec![env!("CARGO_PKG_VERSION")]),
+        // The build's version, and TLS versions of handshakes.
+        ("version", vec![env!("CARGO_PKG_VERSION"), "1.2", "1.3"]),
     ]
     .into_iter()
     .map(|(k, v)| (k, v.into_iter().collect()))
@@ -1023,11 +1035,12 @@ fn plain_access_log_lines_have_the_documented_shape() {
     );
     assert_no_secrets(&run, &text);
     // <rfc3339> <client> "<METHOD> <path>" <status> route=<r> auth=<a> token=<id|-> user=<u|-> in=<n> out=<n> ms=<f>
-    // id=<request id>
+    // id=<request id> tls=<1.3|1.3r|1.2|1.2r|->
     let mut by_path = BTreeMap::new();
     for line in &lines {
         let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 13, "plain line has 13 fields: {line:?}");
+        assert_eq!(f.len(), 14, "plain line has 14 fields: {line:?}");
+        assert_eq!(f[13], "tls=-", "the plain listener: {line:?}");
         assert!(
             parse_rfc3339_utc(f[0]).is_some_and(|t| (t - unix_now()).abs() < 600),
             "time: {line:?}"

@@ -461,3 +461,78 @@ fn check_config_prints_each_chain_s_size_and_key_type() {
         "{text}"
     );
 }
+
+/// A Python `ssl` client: one connection to `first` (port), then one to `second` resuming its
+/// `SSLSocket.session`; prints `reused`/`full` and the status line.
+const PYTHON_RESUME: &str = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, sys.argv[3])
+def once(port, session=None):
+    t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost",
+                        session=session)
+    t.sendall(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = t.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    out = (t.session_reused, t.session, data.split(b"\r\n")[0].decode())
+    t.close()
+    return out
+_, session, _ = once(int(sys.argv[1]))
+reused, _, status = once(int(sys.argv[2]), session)
+print("reused" if reused else "full", status)
+"#;
+
+#[test]
+fn a_python_ssl_client_resumes_its_session_on_another_node() {
+    let (a, b, _pki) = two_nodes(&[]);
+    for version in ["TLSv1_3", "TLSv1_2"] {
+        let out = Command::new("python3")
+            .args(["-c", PYTHON_RESUME])
+            .arg(a.tls_addr().port().to_string())
+            .arg(b.tls_addr().port().to_string())
+            .arg(version)
+            .output()
+            .expect("run python3");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            text.trim(),
+            "reused HTTP/1.1 404 Not Found",
+            "{version}: {text}"
+        );
+    }
+}
+
+#[test]
+fn store_copy_carries_the_ticket_keys() {
+    let (a, _b, _pki) = two_nodes(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let sess = dir.path().join("sess.pem");
+    s_client(&a, "-tls1_3", Some(&sess), None);
+    let copy = dir.path().join("copy.db");
+    let out = a.cli(&[
+        "store",
+        "copy",
+        "--to",
+        &format!("sqlite:{}", copy.display()),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let moved = GatewayBuilder::new()
+        .route("iot", "/iot", refused_addr())
+        .store_path(&copy)
+        .tls()
+        .start();
+    let resumed = s_client(&moved, "-tls1_3", None, Some(&sess));
+    assert!(
+        reused(&resumed),
+        "a ticket from before the move resumes:\n{resumed}"
+    );
+}

@@ -320,7 +320,12 @@ impl TokenStore for SqliteStore {
                 },
             ));
         }
-        Ok(Export { tokens, events })
+        let ticket_keys = super::ticket_keys::sqlite_export(&self.conn).map_err(err)?;
+        Ok(Export {
+            tokens,
+            events,
+            ticket_keys,
+        })
     }
 
     /// Replaces this database's tokens and events with `data` (ids, digests, revisions and usage kept), in
@@ -394,6 +399,7 @@ impl TokenStore for SqliteStore {
                     .map_err(err)?;
             }
         }
+        super::ticket_keys::sqlite_import(&tx, &data.ticket_keys).map_err(err)?;
         tx.commit().map_err(err)
     }
 

@@ -154,6 +154,65 @@ impl TicketKeyStore for PgStore {
     }
 }
 
+/// `store copy`: the keys of an SQLite store, oldest first.
+pub(super) fn sqlite_export(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<TicketKey>> {
+    let mut stmt =
+        conn.prepare("SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok(key(r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// `store copy`: replaces an SQLite store's keys with `keys` (in the caller's transaction).
+pub(super) fn sqlite_import(
+    conn: &rusqlite::Connection,
+    keys: &[TicketKey],
+) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM tls_ticket_keys", [])?;
+    let mut insert =
+        conn.prepare("INSERT INTO tls_ticket_keys (id, secret, created_at) VALUES (?1, ?2, ?3)")?;
+    for k in keys {
+        insert.execute(params![k.id, &k.secret[..], k.created_at])?;
+    }
+    Ok(())
+}
+
+/// `store copy`: the keys of a PostgreSQL store, oldest first.
+pub(super) fn pg_export(
+    tx: &mut postgres::Transaction<'_>,
+) -> Result<Vec<TicketKey>, postgres::Error> {
+    Ok(tx
+        .query(
+            "SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id",
+            &[],
+        )?
+        .iter()
+        .filter_map(|r| key(r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// `store copy`: replaces a PostgreSQL store's keys with `keys` (in the caller's transaction); the id
+/// sequence continues after the copied ones.
+pub(super) fn pg_import(
+    tx: &mut postgres::Transaction<'_>,
+    keys: &[TicketKey],
+) -> Result<(), postgres::Error> {
+    tx.batch_execute("DELETE FROM tls_ticket_keys")?;
+    for k in keys {
+        tx.execute(
+            "INSERT INTO tls_ticket_keys (id, secret, created_at) VALUES ($1, $2, $3)",
+            &[&k.id, &&k.secret[..], &k.created_at],
+        )?;
+    }
+    tx.batch_execute(
+        "SELECT setval(pg_get_serial_sequence('tls_ticket_keys', 'id'),
+            GREATEST(COALESCE(MAX(id), 0), 1), MAX(id) IS NOT NULL) FROM tls_ticket_keys",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use crate::tokens::store::{Location, Store};
