@@ -64,9 +64,22 @@ pub struct Record<'a> {
     pub tls: Option<&'a str>,
 }
 
-/// The sending side, held by the transport's engine.
+/// The sending side, held by the transport's engines (clones share one writer; it finishes once the
+/// last clone is dropped).
+#[derive(Clone)]
 pub struct AccessLog {
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Open>>,
+}
+
+/// The log while any [`AccessLog`] holds it: dropping the last one closes it (the writer writes what
+/// every ring holds and ends).
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.writer.unpark();
+    }
 }
 
 /// What the workers and the writer share.
@@ -158,7 +171,7 @@ impl AccessLog {
         let _ = tx.send(shared.clone());
         Ok((
             AccessLog {
-                shared: Some(shared),
+                shared: Some(Arc::new(Open(shared))),
             },
             handle,
         ))
@@ -173,7 +186,9 @@ impl AccessLog {
     /// Formats the record into this thread's ring without blocking, or drops and counts it when the
     /// ring is full.
     pub fn log(&self, record: &Record) {
-        let Some(shared) = &self.shared else { return };
+        let Some(Open(shared)) = self.shared.as_deref() else {
+            return;
+        };
         LOCAL.with(|local| {
             let mut local = local.borrow_mut();
             let local = &mut *local;
@@ -208,16 +223,7 @@ impl AccessLog {
 
     /// Lines dropped so far.
     pub fn dropped(&self) -> u64 {
-        self.shared.as_ref().map_or(0, |s| s.dropped.get())
-    }
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.closed.store(true, Ordering::Release);
-            shared.writer.unpark();
-        }
+        self.shared.as_ref().map_or(0, |s| s.0.dropped.get())
     }
 }
 

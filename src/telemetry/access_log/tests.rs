@@ -269,6 +269,22 @@ fn a_stalled_target_drops_and_counts_lines_and_never_blocks_the_logger() {
 }
 
 #[test]
+fn the_log_closes_when_its_last_clone_is_dropped() {
+    let sink = Sink::default();
+    let (log, writer) =
+        AccessLog::with_writer(AccessLogFormat::Plain, counter(), Box::new(sink.clone())).unwrap();
+    let other = log.clone();
+    drop(log);
+    // The clone still logs, and the writer still runs.
+    other.log(&record());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished());
+    drop(other);
+    writer.join().unwrap();
+    assert_eq!(sink.lines(), 1);
+}
+
+#[test]
 fn an_ended_thread_s_lines_are_still_written() {
     let sink = Sink::default();
     let (log, writer) =
