@@ -125,9 +125,28 @@ fn a_ticket_from_one_node_resumes_on_another_sharing_the_store() {
         // 0-RTT is never accepted.
         assert!(!on_b.contains("Early data was accepted"), "{on_b}");
     }
+    // A client that offers 0-RTT data with a resumed session: never accepted.
+    let early = dir.path().join("early.txt");
+    std::fs::write(&early, "GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let sess = dir.path().join("sess-tls1_3.pem");
+    let offered = openssl(
+        &b,
+        "-tls1_3",
+        None,
+        Some(&sess),
+        &["-early_data", early.to_str().unwrap()],
+        "GET /nowhere",
+        None,
+    );
+    assert!(
+        !offered.contains("Early data was accepted")
+            && (offered.contains("Early data was not sent")
+                || offered.contains("Early data was rejected")),
+        "{offered}"
+    );
     // Operators see it: handshakes by kind and version, and the access log's marker.
     let metrics = b.metrics();
-    for (kind, version) in [("resumed", "1.3"), ("resumed", "1.2")] {
+    for (kind, version, want) in [("resumed", "1.3", 2.0), ("resumed", "1.2", 1.0)] {
         let n = metric_sum(
             &metrics,
             "tokengate_tls_handshakes_total",
@@ -136,7 +155,7 @@ fn a_ticket_from_one_node_resumes_on_another_sharing_the_store() {
                 &format!("version=\"{version}\""),
             ],
         );
-        assert_eq!(n, 1.0, "{kind} {version}: {metrics}");
+        assert_eq!(n, want, "{kind} {version}: {metrics}");
     }
     let full = |gw: &Gateway| {
         metric_sum(
