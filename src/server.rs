@@ -167,6 +167,10 @@ pub fn reload(
         ),
         ("leaks", new.leaks != current.leaks),
         (
+            "verify / mqtt",
+            new.verify != current.verify || new.mqtt != current.mqtt,
+        ),
+        (
             "gateway bounds (max_connections, max_connections_per_address, max_in_flight, \
              max_in_flight_per_token, max_head_bytes, header_timeout, keepalive_timeout, body_timeout, \
              min_body_rate)",
@@ -290,6 +294,7 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
             ("gateway.listen", config.gateway.listen.as_ref()),
             ("tls.listen", tls_listen),
             ("admin.listen", Some(&config.admin.listen)),
+            ("verify.listen", config.verify.as_ref().map(|v| &v.listen)),
         ] {
             let Some(addr) = addr else { continue };
             std::net::TcpListener::bind(addr.as_str()).with_context(|| {
@@ -345,6 +350,11 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    // `[verify]`: its own listener and engine, over the same index, routes and limits.
+    let verify_parts = cfg
+        .verify
+        .as_ref()
+        .map(|v| (v, access_log.clone(), draining.clone()));
     let engine = Engine::new(
         cfg,
         state.index.clone(),
@@ -355,6 +365,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         draining,
     )
     .with_door(leaks.door.clone());
+    let verify = verify_parts
+        .map(|(v, log, draining)| verify_service(&state, v, log, draining, engine.gate.clone()));
     let load = engine.load();
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
@@ -371,6 +383,9 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         proxy.add_listener(listener(&t.listen));
     }
     server.add_service(proxy);
+    if let Some(verify) = verify {
+        server.add_service(verify);
+    }
 
     server.add_service(admin_service(&state, load, &leaks));
 
@@ -414,6 +429,43 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     }
     log::info!("tokengate stopped; usage flushed");
     Ok(())
+}
+
+/// The verify listener's service (`[verify]`): an engine that answers forward-auth and MQTT questions
+/// with the same decision, index, route table (so the same rate-limit buckets) and connection bounds as
+/// the gateway's, and forwards nothing.
+fn verify_service(
+    state: &State,
+    v: &crate::config::verify::VerifyConfig,
+    access_log: AccessLog,
+    draining: Arc<AtomicBool>,
+    gate: Arc<crate::gateway::Gate>,
+) -> Service<Engine> {
+    let cfg = &state.config;
+    let verify = crate::transport::verify::Verify {
+        trusted: v.trusted_proxies.clone(),
+        cache_seconds: v.cache_seconds,
+        path_prefix: v.path_prefix.clone(),
+        mqtt: Arc::new(crate::gateway::mqtt::Mqtt::new(
+            &cfg.mqtt,
+            &cfg.roles,
+            state.index.clone(),
+        )),
+        metrics: crate::telemetry::verify::VerifyMetrics::register(&state.metrics.registry),
+    };
+    let engine = Engine::new(
+        cfg,
+        state.index.clone(),
+        state.table.clone(),
+        &state.metrics,
+        access_log,
+        None,
+        draining,
+    )
+    .with_verify(Arc::new(verify), gate);
+    let mut service = Service::new("tokengate verify".to_string(), engine);
+    service.add_listener(ListenerConfig::tcp(&v.listen).l4_buffer(L4BufferSettings::unbuffered()));
+    service
 }
 
 /// The admin listener's service: `/healthz` (with the gateway's `load`), `/metrics`, the token API and

@@ -19,6 +19,11 @@ pub(super) struct FileConfig {
     pub(super) tls: Option<FileTls>,
     /// `[leaks]`: the secret-scanning endpoint (see `super::leaks`).
     pub(super) leaks: Option<super::leaks::FileLeaks>,
+    /// `[verify]`: the verify listener (see `super::verify`).
+    pub(super) verify: Option<super::verify::FileVerify>,
+    /// `[mqtt]`: MQTT usernames and topic rules (see `super::verify`).
+    #[serde(default)]
+    pub(super) mqtt: super::verify::FileMqtt,
     /// Role name → scopes.
     #[serde(default)]
     pub(super) roles: std::collections::BTreeMap<String, Vec<String>>,

@@ -91,7 +91,8 @@ impl Record {
     }
 }
 
-/// The sending side, held by the proxy.
+/// The sending side, held by the proxy (and the verify listener).
+#[derive(Clone)]
 pub struct AccessLog {
     tx: Option<SyncSender<Record>>,
     /// Bytes queued now (see [`Record::cost`]).

@@ -4,8 +4,10 @@
 //! - [`metrics`]: the Prometheus registry and per-route collectors (and the upstream failure kinds they
 //!   count).
 //! - [`connections`]: client connections open, refused at accept (by limit) and closed (by reason).
+//! - [`verify`]: the verify listener's answers by door and outcome.
 //! - [`access_log`]: the non-blocking access log, bounded in bytes (8 MiB queued; long paths cut).
 
 pub mod access_log;
 pub mod connections;
 pub mod metrics;
+pub mod verify;
