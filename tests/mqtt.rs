@@ -25,6 +25,7 @@ fn start(mqtt: &[(&str, &str)]) -> Broker {
             r#"[
   { pattern = "hives/{user_id}/+/telemetry", action = "publish", required_scope = "telemetry:write" },
   { pattern = "commands/{user_id}/#", action = "subscribe" },
+  { pattern = "status/{user_id}/+", action = "subscribe" },
 ]"#,
         )
         .route("iot", "/iot", refused_addr());
@@ -181,6 +182,9 @@ fn topic_rules_never_let_one_user_reach_anothers_topics() {
         ("hives/alice/h1/telemetry/extra", "publish"),
         ("hives/alice/h1/telemetry#", "publish"),
         ("commands/alice/#/x", "subscribe"),
+        ("status/alice/#", "subscribe"),
+        ("status/+", "subscribe"),
+        ("status/bob/x", "subscribe"),
     ] {
         assert_eq!(b.authz("a1", topic, action), "deny", "{topic} {action}");
     }
@@ -189,6 +193,8 @@ fn topic_rules_never_let_one_user_reach_anothers_topics() {
         b.authz("a1", "commands/alice/+/reboot", "subscribe"),
         "allow"
     );
+    assert_eq!(b.authz("a1", "status/alice/+", "subscribe"), "allow");
+    assert_eq!(b.authz("a1", "status/alice/x", "subscribe"), "allow");
     // The client id and the username are never the user: names made of topic syntax change nothing.
     for clientid in ["bob", "a1/../b1", "+", "#", "b1/+"] {
         assert_eq!(

@@ -150,10 +150,11 @@ pub fn original<'a>(asked: &Asked<'a>, path_prefix: Option<&str>) -> Result<Orig
         None => None,
         Some(v) => Some(client_cert_hash(v)?),
     };
-    let https = match f.proto.map(|p| p.to_ascii_lowercase()) {
+    let is = |p: &[u8], names: [&[u8]; 2]| names.iter().any(|n| p.eq_ignore_ascii_case(n));
+    let https = match f.proto {
         None => cert.is_some(),
-        Some(p) if p == b"https" || p == b"wss" => true,
-        Some(p) if p == b"http" || p == b"ws" => {
+        Some(p) if is(p, [b"https", b"wss"]) => true,
+        Some(p) if is(p, [b"http", b"ws"]) => {
             if cert.is_some() {
                 return Err(bad(
                     "a client certificate was forwarded for a request said to be plain HTTP",
@@ -267,7 +268,7 @@ mod tests {
             (0, "POST"),
             (1, "/iot/a?b=1"),
             (3, "gw.example"),
-            (4, "https"),
+            (4, "HTTPS"),
             (5, "203.0.113.9, 198.51.100.7"),
         ]);
         let o = original(&a, None).unwrap();

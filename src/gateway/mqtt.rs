@@ -369,6 +369,11 @@ mod tests {
         assert!(!covers(p, "+", "hives/+/h1/telemetry"));
         assert!(!covers(p, "#", "hives/#"));
         assert!(!covers(p, "", "hives//h1/telemetry"));
+        assert!(
+            !covers("status/{user_id}/+", "alice", "status/alice/#"),
+            "+ is one level, # many"
+        );
+        assert!(covers("status/{user_id}/+", "alice", "status/alice/+"));
         let p = "users/{user_id}/#";
         assert!(covers(p, "alice", "users/alice"));
         assert!(covers(p, "alice", "users/alice/a/b/#"));
