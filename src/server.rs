@@ -366,7 +366,8 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
     )
     .with_door(leaks.door.clone());
     let verify = verify_parts
-        .map(|(v, log, draining)| verify_service(&state, v, log, draining, engine.gate.clone()));
+        .map(|(v, log, draining)| verify_service(&state, v, log, draining, engine.gate.clone()))
+        .transpose()?;
     let load = engine.load();
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
@@ -440,8 +441,18 @@ fn verify_service(
     access_log: AccessLog,
     draining: Arc<AtomicBool>,
     gate: Arc<crate::gateway::Gate>,
-) -> Service<Engine> {
+) -> anyhow::Result<Service<Engine>> {
     let cfg = &state.config;
+    // `[verify.tls]`: the same handshake as the TLS listener's (its certificates are read at start; a
+    // change needs a restart). The asking proxy's certificate is not a device's: the decision reads the
+    // client certificate from XFCC only.
+    let tls = match &v.tls {
+        Some(t) => Some(TlsListener {
+            addr: v.listen.parse().context("verify.listen")?,
+            config: Arc::new(ArcSwap::from(tls::edge_config(t, None)?)),
+        }),
+        None => None,
+    };
     let verify = crate::transport::verify::Verify {
         trusted: v.trusted_proxies.clone(),
         cache_seconds: v.cache_seconds,
@@ -459,13 +470,13 @@ fn verify_service(
         state.table.clone(),
         &state.metrics,
         access_log,
-        None,
+        tls,
         draining,
     )
     .with_verify(Arc::new(verify), gate);
     let mut service = Service::new("tokengate verify".to_string(), engine);
     service.add_listener(ListenerConfig::tcp(&v.listen).l4_buffer(L4BufferSettings::unbuffered()));
-    service
+    Ok(service)
 }
 
 /// The admin listener's service: `/healthz` (with the gateway's `load`), `/metrics`, the token API and

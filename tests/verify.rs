@@ -602,3 +602,46 @@ fn caddy_forward_auth_with_the_readme_snippet() {
     });
     assert!(ok, "the revoke never reached Caddy's answers");
 }
+
+#[test]
+fn with_verify_tls_the_listener_speaks_tls() {
+    let upstream = Upstream::start("app");
+    let verify = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // `.tls()` writes the harness's server certificate (server0.crt) next to the config.
+    let gw = GatewayBuilder::new()
+        .tls()
+        .section("verify", "listen", &format!("\"{verify}\""))
+        .section("verify", "trusted_proxies", "[\"127.0.0.1/32\"]")
+        .section(
+            "verify",
+            "tls",
+            r#"{ min_version = "1.3", certificates = [{ cert = "server0.crt", key = "server0.key" }] }"#,
+        )
+        .route("iot", "/iot", upstream.addr())
+        .start();
+    let (_, token) = gw.create_token("lee", "t");
+    let client = gw.tls_client(&tls::ClientOptions::default());
+    let request = build_request(
+        "GET",
+        "/verify",
+        &[
+            ("Authorization", &bearer(&token)),
+            ("X-Forwarded-Uri", "/iot/a"),
+        ],
+        b"",
+    );
+    let ask = || {
+        let stream = tls::connect(verify, &client, "localhost").expect("TLS handshake");
+        Conn::over(Wired::tls(stream).unwrap())
+            .roundtrip(&request)
+            .unwrap()
+    };
+    let ok = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        ask().status == 200
+    });
+    assert!(ok, "never allowed over TLS");
+    assert_eq!(ask().header("x-user-id"), Some("lee"));
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    assert!(try_raw_http(verify, &request).map_or(true, |r| r.status != 200));
+    assert_eq!(upstream.hits(), 0);
+}

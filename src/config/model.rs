@@ -435,7 +435,7 @@ pub struct LeaksConfig {
 /// The validated `[verify]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyConfig {
-    /// The verify listener's address (its own listener; plain TCP).
+    /// The verify listener's address (its own listener; TLS with `[verify.tls]`).
     pub listen: String,
     /// Who may ask (others get 403); their `X-Forwarded-*` fields are believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -443,6 +443,8 @@ pub struct VerifyConfig {
     pub cache_seconds: u64,
     /// Envoy `ext_authz`'s `path_prefix`: the original path is the request's own path without it.
     pub path_prefix: Option<String>,
+    /// `[verify.tls]`: the verify listener speaks TLS (its `listen` is the verify listener's).
+    pub tls: Option<TlsConfig>,
 }
 
 /// How `[mqtt]` reads the MQTT username.

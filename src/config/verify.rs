@@ -21,6 +21,18 @@ pub(super) struct FileVerify {
     trusted_proxies: Vec<String>,
     cache_seconds: Option<u64>,
     path_prefix: Option<String>,
+    tls: Option<FileVerifyTls>,
+}
+
+/// `[verify.tls]` as written: `[tls]` without its own `listen` (the verify listener's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileVerifyTls {
+    min_version: Option<String>,
+    client_ca: Option<String>,
+    client_auth: Option<super::model::ClientAuth>,
+    #[serde(default)]
+    certificates: Vec<super::file::FileCert>,
 }
 
 /// `[mqtt]` as written.
@@ -80,7 +92,22 @@ pub(super) fn verify(cx: &Ctx, raw: FileVerify) -> Result<VerifyConfig, ConfigEr
             Some(p)
         }
     };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => Some(super::tls::tls_at(
+            cx,
+            super::file::FileTls {
+                listen: raw.listen.clone(),
+                min_version: t.min_version,
+                client_ca: t.client_ca,
+                client_auth: t.client_auth,
+                certificates: t.certificates,
+            },
+            "verify.tls",
+        )?),
+    };
     Ok(VerifyConfig {
+        tls,
         listen: raw.listen,
         trusted_proxies,
         cache_seconds,
@@ -203,6 +230,8 @@ mod tests {
             ("[verify]\nlisten = \"127.0.0.1:1\"\ntrusted_proxies = [\"::1\"]\ncache_seconds = 7200\n", "verify.cache_seconds"),
             ("[verify]\nlisten = \"127.0.0.1:1\"\ntrusted_proxies = [\"::1\"]\npath_prefix = \"/mqtt\"\n", "verify.path_prefix"),
             ("[verify]\nlisten = \"127.0.0.1:1\"\ntrusted_proxies = [\"::1\"]\ncolour = 1\n", "colour"),
+            ("[verify]\nlisten = \"127.0.0.1:1\"\ntrusted_proxies = [\"::1\"]\n[verify.tls]\n", "verify.tls.certificates"),
+            ("[verify]\nlisten = \"127.0.0.1:1\"\ntrusted_proxies = [\"::1\"]\n[verify.tls]\nmin_version = \"1.0\"\n", "verify.tls.min_version"),
             ("[mqtt]\nmqtt_username = \"who\"\n", "mqtt.mqtt_username"),
             ("[mqtt]\nmqtt_mode = \"xml\"\n", "mqtt.mqtt_mode"),
             ("[[mqtt.topics]]\npattern = \"a/#/b\"\n", "mqtt.topics[0].pattern"),
