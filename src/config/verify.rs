@@ -4,54 +4,13 @@
 //! transport; the decisions it asks in the gateway room.
 
 use super::context::Ctx;
+use super::file::{FileMqtt, FileVerify};
 use super::model::{ConfigError, IpNet};
 pub use super::model::{MqttConfig, MqttMode, MqttUsername, TopicAction, TopicRule, VerifyConfig};
 use super::values::{check_listen, check_prefix, check_scope};
-use serde::Deserialize;
 
 /// The placeholder a topic pattern may hold: the authenticated token's user id.
 pub const USER_ID_PLACEHOLDER: &str = "{user_id}";
-
-/// `[verify]` as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileVerify {
-    listen: String,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    cache_seconds: Option<u64>,
-    path_prefix: Option<String>,
-    tls: Option<FileVerifyTls>,
-}
-
-/// `[verify.tls]` as written: `[tls]` without its own `listen` (the verify listener's).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileVerifyTls {
-    min_version: Option<String>,
-    client_ca: Option<String>,
-    client_auth: Option<super::model::ClientAuth>,
-    #[serde(default)]
-    certificates: Vec<super::file::FileCert>,
-}
-
-/// `[mqtt]` as written.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileMqtt {
-    mqtt_username: Option<String>,
-    mqtt_mode: Option<String>,
-    #[serde(default)]
-    topics: Vec<FileTopic>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileTopic {
-    pattern: String,
-    action: Option<String>,
-    required_scope: Option<String>,
-}
 
 /// Validates `[verify]`.
 pub(super) fn verify(cx: &Ctx, raw: FileVerify) -> Result<VerifyConfig, ConfigError> {
