@@ -196,6 +196,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("warning: {file}: {w}");
                 }
             }
+            if let Some(t) = c.verify.as_ref().and_then(|v| v.tls.as_ref()) {
+                crate::transport::tls::edge_config(t, None)
+                    .map_err(|e| anyhow::anyhow!("{file}: [verify.tls]: {e}"))?;
+            }
             println!(
                 "{file}: ok ({} routes, store {}{})",
                 c.routes.len(),

@@ -645,3 +645,21 @@ fn with_verify_tls_the_listener_speaks_tls() {
     assert!(try_raw_http(verify, &request).map_or(true, |r| r.status != 200));
     assert_eq!(upstream.hits(), 0);
 }
+
+#[test]
+fn check_config_reads_the_verify_listeners_certificates() {
+    let gw = GatewayBuilder::new()
+        .section("verify", "listen", "\"127.0.0.1:9191\"")
+        .section("verify", "trusted_proxies", "[\"127.0.0.1/32\"]")
+        .section(
+            "verify",
+            "tls",
+            r#"{ certificates = [{ cert = "missing.crt", key = "missing.key" }] }"#,
+        )
+        .route("iot", "/iot", refused_addr())
+        .build();
+    let out = gw.cli(&["check-config"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[verify.tls]"), "{err}");
+}
