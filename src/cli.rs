@@ -204,6 +204,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{file}: {}", cert.summary());
                 }
             }
+            if let Some(t) = c.verify.as_ref().and_then(|v| v.tls.as_ref()) {
+                crate::transport::tls::edge_config(t, None, None)
+                    .map_err(|e| anyhow::anyhow!("{file}: [verify.tls]: {e}"))?;
+            }
             println!(
                 "{file}: ok ({} routes, store {}{})",
                 c.routes.len(),
@@ -306,11 +310,14 @@ fn store_command(from: &Location, command: StoreCommand) -> anyhow::Result<()> {
             if target.describe() == from.describe() {
                 anyhow::bail!("the target is the configured store itself");
             }
-            let data = Store::open(from)?.export()?;
+            let mut source = Store::open(from)?;
+            let data = source.export()?;
+            // The TLS ticket keys too, so that devices keep resuming after the move.
+            let keys = source.ticket_keys()?;
             let mut dest = Store::open(&target)
                 .with_context(|| format!("opening the target {}", target.describe()))?;
             // Idempotent: a target holding exactly this data is fine as it is.
-            if dest.export()? == data {
+            if dest.export()? == data && dest.ticket_keys()? == keys {
                 println!(
                     "{} already holds these {} tokens and {} events; nothing to do",
                     target.describe(),
@@ -320,6 +327,7 @@ fn store_command(from: &Location, command: StoreCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             dest.import(&data, force)?;
+            dest.replace_ticket_keys(&keys)?;
             println!(
                 "copied {} tokens and {} events from {} to {}",
                 data.tokens.len(),

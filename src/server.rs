@@ -203,6 +203,10 @@ pub fn reload(
         ),
         ("leaks", new.leaks != current.leaks),
         (
+            "verify / mqtt",
+            new.verify != current.verify || new.mqtt != current.mqtt,
+        ),
+        (
             "gateway bounds (max_connections, max_connections_per_address, max_in_flight, \
              max_in_flight_per_token, max_head_bytes, header_timeout, keepalive_timeout, body_timeout, \
              min_body_rate)",
@@ -357,6 +361,11 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    // `[verify]`: its own listener and engine, over the same index, routes and limits.
+    let verify_parts = cfg
+        .verify
+        .as_ref()
+        .map(|v| (v, access_log.clone(), draining.clone()));
     let engine = Engine::new(
         cfg,
         state.index.clone(),
@@ -367,6 +376,9 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         draining,
     )
     .with_door(leaks.door.clone());
+    let verify = verify_parts
+        .map(|(v, log, draining)| verify_service(&state, v, log, draining, engine.gate.clone()))
+        .transpose()?;
     let load = engine.load();
     let mut proxy = Service::new("tokengate proxy".to_string(), engine);
     // Unbuffered: the engine reads into and writes from its own per-connection buffers. Pingora's default
@@ -383,6 +395,9 @@ pub fn serve(config: Config, upgrade: bool) -> anyhow::Result<()> {
         proxy.add_listener(listener(&t.listen));
     }
     server.add_service(proxy);
+    if let Some(verify) = verify {
+        server.add_service(verify);
+    }
 
     server.add_service(admin_service(&state, load, &leaks));
 
@@ -422,6 +437,7 @@ fn check_ports(config: &Config) -> anyhow::Result<()> {
         ("gateway.listen", config.gateway.listen.as_ref()),
         ("tls.listen", tls_listen),
         ("admin.listen", Some(&config.admin.listen)),
+        ("verify.listen", config.verify.as_ref().map(|v| &v.listen)),
     ] {
         let Some(addr) = addr else { continue };
         std::net::TcpListener::bind(addr.as_str()).with_context(|| {
@@ -467,6 +483,53 @@ fn log_serving(cfg: &Config) {
         cfg.routes.len(),
         cfg.gateway.threads
     );
+}
+
+/// The verify listener's service (`[verify]`): an engine that answers forward-auth and MQTT questions
+/// with the same decision, index, route table (so the same rate-limit buckets) and connection bounds as
+/// the gateway's, and forwards nothing.
+fn verify_service(
+    state: &State,
+    v: &crate::config::verify::VerifyConfig,
+    access_log: AccessLog,
+    draining: Arc<AtomicBool>,
+    gate: Arc<crate::gateway::Gate>,
+) -> anyhow::Result<Service<Engine>> {
+    let cfg = &state.config;
+    // `[verify.tls]`: the same handshake as the TLS listener's (its certificates are read at start; a
+    // change needs a restart). The asking proxy's certificate is not a device's: the decision reads the
+    // client certificate from XFCC only.
+    let tls = match &v.tls {
+        Some(t) => Some(TlsListener {
+            addr: v.listen.parse().context("verify.listen")?,
+            config: Arc::new(ArcSwap::from(tls::edge_config(t, None, None)?)),
+        }),
+        None => None,
+    };
+    let verify = crate::transport::verify::Verify {
+        trusted: v.trusted_proxies.clone(),
+        cache_seconds: v.cache_seconds,
+        path_prefix: v.path_prefix.clone(),
+        mqtt: Arc::new(crate::gateway::mqtt::Mqtt::new(
+            &cfg.mqtt,
+            &cfg.roles,
+            state.index.clone(),
+        )),
+        metrics: crate::telemetry::verify::VerifyMetrics::register(&state.metrics.registry),
+    };
+    let engine = Engine::new(
+        cfg,
+        state.index.clone(),
+        state.table.clone(),
+        &state.metrics,
+        access_log,
+        tls,
+        draining,
+    )
+    .with_verify(Arc::new(verify), gate);
+    let mut service = Service::new("tokengate verify".to_string(), engine);
+    service.add_listener(ListenerConfig::tcp(&v.listen).l4_buffer(L4BufferSettings::unbuffered()));
+    Ok(service)
 }
 
 /// The admin listener's service: `/healthz` (with the gateway's `load`), `/metrics`, the token API and

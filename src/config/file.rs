@@ -19,6 +19,11 @@ pub(super) struct FileConfig {
     pub(super) tls: Option<FileTls>,
     /// `[leaks]`: the secret-scanning endpoint (see `super::leaks`).
     pub(super) leaks: Option<super::leaks::FileLeaks>,
+    /// `[verify]`: the verify listener (see `super::verify`).
+    pub(super) verify: Option<FileVerify>,
+    /// `[mqtt]`: MQTT usernames and topic rules (see `super::verify`).
+    #[serde(default)]
+    pub(super) mqtt: FileMqtt,
     /// Role name → scopes.
     #[serde(default)]
     pub(super) roles: std::collections::BTreeMap<String, Vec<String>>,
@@ -176,4 +181,45 @@ pub(super) fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// `[verify]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileVerify {
+    pub(super) listen: String,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+    pub(super) cache_seconds: Option<u64>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) tls: Option<FileVerifyTls>,
+}
+
+/// `[verify.tls]` as written: `[tls]` without its own `listen` (the verify listener's).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileVerifyTls {
+    pub(super) min_version: Option<String>,
+    pub(super) client_ca: Option<String>,
+    pub(super) client_auth: Option<ClientAuth>,
+    #[serde(default)]
+    pub(super) certificates: Vec<FileCert>,
+}
+
+/// `[mqtt]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileMqtt {
+    pub(super) mqtt_username: Option<String>,
+    pub(super) mqtt_mode: Option<String>,
+    #[serde(default)]
+    pub(super) topics: Vec<FileTopic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTopic {
+    pub(super) pattern: String,
+    pub(super) action: Option<String>,
+    pub(super) required_scope: Option<String>,
 }

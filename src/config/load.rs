@@ -107,6 +107,11 @@ impl Config {
             throttle,
             tls,
             leaks: raw.leaks.map(|l| super::leaks::leaks(&cx, l)).transpose()?,
+            verify: raw
+                .verify
+                .map(|v| super::verify::verify(&cx, v))
+                .transpose()?,
+            mqtt: super::verify::mqtt(&cx, raw.mqtt)?,
             routes,
         })
     }

@@ -10,6 +10,7 @@
 //! - [`values`]: parsers for single values (durations, scopes, header names, addresses).
 //! - [`warnings`]: valid settings that open a door (`trusted_proxies` wider than one network).
 //! - [`leaks`]: the `[leaks]` table (the secret-scanning endpoint).
+//! - [`verify`]: the `[verify]` table (the verify listener) and `[mqtt]` (usernames, topic rules).
 //! - [`store_url`]: the PostgreSQL connection string's two forms and the redaction of its password.
 
 mod access;
@@ -23,6 +24,7 @@ mod route;
 pub mod store_url;
 mod tls;
 pub mod values;
+pub mod verify;
 mod warnings;
 
 pub use load::{load_store, STORE_URL_ENV};

@@ -32,6 +32,10 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The secret-scanning endpoint, when `[leaks]` is present.
     pub leaks: Option<LeaksConfig>,
+    /// The verify listener, when `[verify]` is present.
+    pub verify: Option<VerifyConfig>,
+    /// `[mqtt]`: how the verify listener's MQTT endpoints read usernames, and the topic rules.
+    pub mqtt: MqttConfig,
     /// `[roles]`: role name → the scopes it grants.
     pub roles: Roles,
     pub routes: Vec<RouteConfig>,
@@ -435,4 +439,65 @@ pub struct LeaksConfig {
     /// The owner-notification webhook and the file with its HMAC key.
     pub notify_url: Option<String>,
     pub notify_secret_file: Option<PathBuf>,
+}
+
+/// `[verify]` and `[mqtt]`, validated in [`super::verify`].
+/// The validated `[verify]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// The verify listener's address (its own listener; TLS with `[verify.tls]`).
+    pub listen: String,
+    /// Who may ask (others get 403); their `X-Forwarded-*` fields are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// > 0: allowed answers carry `Cache-Control: private, max-age=N`.
+    pub cache_seconds: u64,
+    /// Envoy `ext_authz`'s `path_prefix`: the original path is the request's own path without it.
+    pub path_prefix: Option<String>,
+    /// `[verify.tls]`: the verify listener speaks TLS (its `listen` is the verify listener's).
+    pub tls: Option<TlsConfig>,
+}
+
+/// How `[mqtt]` reads the MQTT username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttUsername {
+    /// Anything (the token alone authenticates).
+    #[default]
+    Free,
+    /// It must be the token's user id.
+    UserId,
+}
+
+/// How the MQTT endpoints answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqttMode {
+    /// EMQX 5's HTTP authenticator/authorizer: 200 with `{"result": "allow"|"deny", ...}`.
+    #[default]
+    Json,
+    /// mosquitto-go-auth's HTTP backend with `response_mode = status`: 200 allow, 403 deny.
+    Status,
+}
+
+/// What a topic rule lets a client do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicAction {
+    Publish,
+    Subscribe,
+    All,
+}
+
+/// One `[[mqtt.topics]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRule {
+    /// An MQTT topic filter whose levels may hold `{user_id}`.
+    pub pattern: String,
+    pub action: TopicAction,
+    pub required_scope: Option<String>,
+}
+
+/// The validated `[mqtt]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MqttConfig {
+    pub username: MqttUsername,
+    pub mode: MqttMode,
+    pub topics: Vec<TopicRule>,
 }

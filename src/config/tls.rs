@@ -11,28 +11,37 @@ use super::values::{check_listen, parse_duration};
 use std::time::Duration;
 
 pub(super) fn tls(cx: &Ctx, t: FileTls) -> Result<TlsConfig, ConfigError> {
-    check_listen(&t.listen).map_err(|p| cx.err("tls.listen", p))?;
+    tls_at(cx, t, "tls")
+}
+
+/// [`tls`] for a table at `at` (`tls`, or `verify.tls`, whose errors name their own keys).
+pub(super) fn tls_at(cx: &Ctx, t: FileTls, at: &str) -> Result<TlsConfig, ConfigError> {
+    let key = |k: &str| format!("{at}.{k}");
+    check_listen(&t.listen).map_err(|p| cx.err(&key("listen"), p))?;
     let min_version = match t.min_version.as_deref() {
         None | Some("1.2") => TlsVersion::V1_2,
         Some("1.3") => TlsVersion::V1_3,
         Some(v) => {
             return Err(cx.err(
-                "tls.min_version",
+                &key("min_version"),
                 format!("{v:?} is not \"1.2\" or \"1.3\" (older versions are never offered)"),
             ))
         }
     };
     if t.certificates.is_empty() {
         return Err(cx.err(
-            "tls.certificates",
-            "at least one [[tls.certificates]] entry (cert + key) is needed",
+            &key("certificates"),
+            format!("at least one [[{at}.certificates]] entry (cert + key) is needed"),
         ));
     }
     let mut certificates = Vec::with_capacity(t.certificates.len());
     for (i, c) in t.certificates.iter().enumerate() {
         for (key, value) in [("cert", &c.cert), ("key", &c.key)] {
             if value.trim().is_empty() {
-                return Err(cx.err(&format!("tls.certificates[{i}].{key}"), "must not be empty"));
+                return Err(cx.err(
+                    &format!("{at}.certificates[{i}].{key}"),
+                    "must not be empty",
+                ));
             }
         }
         certificates.push(CertFiles {
@@ -41,14 +50,14 @@ pub(super) fn tls(cx: &Ctx, t: FileTls) -> Result<TlsConfig, ConfigError> {
         });
     }
     let client_ca = match t.client_ca.as_deref() {
-        Some("") => return Err(cx.err("tls.client_ca", "must not be empty")),
+        Some("") => return Err(cx.err(&key("client_ca"), "must not be empty")),
         Some(p) => Some(cx.path(p)),
         None => None,
     };
     if t.client_auth.is_some() && client_ca.is_none() {
         return Err(cx.err(
-            "tls.client_auth",
-            "needs tls.client_ca: the CA that signs the client certificates",
+            &key("client_auth"),
+            format!("needs {at}.client_ca: the CA that signs the client certificates"),
         ));
     }
     let ticket_lifetime = match t.ticket_lifetime.as_deref() {

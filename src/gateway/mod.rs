@@ -8,12 +8,18 @@
 //! - [`auth`]: `Authorization` parsing, the token check, RFC 6750 answers.
 //! - [`limits`]: rate limits and quotas per token, user and route (GCRA, exact quota counts).
 //! - [`throttle`]: per-address throttling of failed authentications.
+//! - [`forwarded`]: the original request behind a forward-auth question (`X-Forwarded-*`), as facts
+//!   for the same decision.
+//! - [`mqtt`]: MQTT brokers' authentication and topic authorization on the same tokens, and the
+//!   revocation feed.
 //! - [`signing`]: the optional HMAC signature header for upstreams.
 
 pub mod answer;
 pub mod auth;
 pub mod decision;
+pub mod forwarded;
 pub mod limits;
+pub mod mqtt;
 pub mod paths;
 pub mod recheck;
 pub mod routes;

@@ -102,6 +102,11 @@ impl Entry {
             && self.scopes.iter().zip(&row.scopes).all(|(a, b)| **a == **b)
     }
 
+    /// The store revision of the state applied (a revocation's revision, once revoked).
+    pub fn rev(&self) -> i64 {
+        self.rev.load(Ordering::Acquire)
+    }
+
     /// The owner's user id.
     pub fn user(&self) -> &str {
         std::str::from_utf8(&self.ident[..self.user_len as usize]).unwrap_or("")

@@ -89,7 +89,7 @@ pub struct Client<'a, S> {
     pub(super) head: RequestHead,
     /// Scratch for heads and re-framed body data on their way out.
     pub(super) out: Vec<u8>,
-    peer: Option<IpAddr>,
+    pub(super) peer: Option<IpAddr>,
     /// The peer address as text, formatted once per connection for `X-Forwarded-For`.
     peer_text: String,
     /// What the TLS handshake established (`None` on the plain listener).
@@ -325,14 +325,18 @@ impl<'a, S: ClientStream> Client<'a, S> {
         };
         let keep = self.decide_and_forward(&table, &mut facts).await;
         let io = facts.route.map(|i| &table.io[i]);
-        let m = io.map(|io| &io.metrics).unwrap_or(&engine.unrouted);
-        m.count(facts.status, facts.outcome);
-        if let Some(kind) = facts.limit {
-            m.limited(kind);
+        // The verify listener's answers are counted by door and outcome (super::verify), not as
+        // requests of the routes they decided on.
+        if engine.verify.is_none() {
+            let m = io.map(|io| &io.metrics).unwrap_or(&engine.unrouted);
+            m.count(facts.status, facts.outcome);
+            if let Some(kind) = facts.limit {
+                m.limited(kind);
+            }
+            m.duration.observe(facts.start.elapsed().as_secs_f64());
+            m.bytes_in.inc_by(facts.bytes_in);
+            m.bytes_out.inc_by(facts.bytes_out);
         }
-        m.duration.observe(facts.start.elapsed().as_secs_f64());
-        m.bytes_in.inc_by(facts.bytes_in);
-        m.bytes_out.inc_by(facts.bytes_out);
         if let Some((method, path)) = facts.log.take() {
             let user = facts.entry.as_ref().map(|e| e.user_value());
             engine.access_log.log(&Record {
@@ -380,6 +384,10 @@ impl<'a, S: ClientStream> Client<'a, S> {
         if engine.access_log.enabled() {
             let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
             facts.log = Some(logged_request(&req));
+        }
+        // The verify listener answers (forward auth, MQTT) and never forwards: see super::verify.
+        if let Some(v) = &engine.verify {
+            return self.verify(v, table, facts).await;
         }
         // The side door (`[leaks]`), before routing and without a bearer token: see super::door.
         if let Some(keep) = self.door(facts).await {
@@ -483,7 +491,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
     /// Answers the request from the gateway itself. The connection stays open only when the refusal is
     /// `reusable` and the request's body (if any) is already in the buffer, so that it can be skipped
     /// without reading on.
-    async fn refuse(&mut self, facts: &mut Facts, r: Refusal) -> bool {
+    pub(super) async fn refuse(&mut self, facts: &mut Facts, r: Refusal) -> bool {
         let body_in_buffer = match self.head.framing {
             Framing::None => Some(0),
             Framing::Length(n) if (self.buf.len() - self.head.len) as u64 >= n => Some(n as usize),

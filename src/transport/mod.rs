@@ -14,6 +14,7 @@
 //! - [`tunnel`]: WebSocket tunnels after a 101 that completes the handshake, re-checked every tick
 //!   ([`crate::gateway::Gate::recheck`]), relayed without a write ever holding the check up.
 //! - [`door`]: one exact path answered by a handler from above (the secret-scanning endpoint), not routed.
+//! - [`verify`]: the verify listener's mode — forward auth and MQTT answered, nothing forwarded.
 //! - [`handshake`]: the WebSocket opening handshake check (`Sec-WebSocket-Accept` against the key).
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
@@ -51,6 +52,7 @@ pub mod timed;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -230,7 +232,8 @@ impl TlsListener {
 /// The forwarding engine, shared by all worker threads.
 pub struct Engine {
     /// The decision and the state it reads.
-    pub gate: Gate,
+    /// Shared with the verify listener's engine (one failure throttle for both doors).
+    pub gate: Arc<Gate>,
     /// The current routes and their I/O; swapped whole on reload, loaded once per request.
     pub table: Arc<ArcSwap<Table>>,
     /// Collectors for requests that matched no route.
@@ -271,6 +274,9 @@ pub struct Engine {
     pub draining: Arc<AtomicBool>,
     /// The side door (`[leaks]`'s endpoint), answered before routing; `None` when not configured.
     pub door: Option<Arc<dyn door::Door>>,
+    /// Set on the verify listener's engine (`[verify]`): requests are answered (forward auth, MQTT),
+    /// never forwarded.
+    pub verify: Option<Arc<verify::Verify>>,
 }
 
 impl Engine {
@@ -289,11 +295,11 @@ impl Engine {
         let g = &config.gateway;
         let t = &config.throttle;
         Engine {
-            gate: Gate {
+            gate: Arc::new(Gate {
                 index,
                 throttle: Throttle::new(t.max_failures, t.window.as_secs(), t.max_clients),
                 max_in_flight_per_token: g.max_in_flight_per_token,
-            },
+            }),
             table,
             unrouted: metrics.route("none"),
             access_log,
@@ -313,7 +319,16 @@ impl Engine {
             connection_metrics: metrics.connections.clone(),
             draining,
             door: None,
+            verify: None,
         }
+    }
+
+    /// Makes this the verify listener's engine: every request is answered, none forwarded, by `gate`
+    /// (the gateway engine's: the same failure throttle counts both doors).
+    pub fn with_verify(mut self, verify: Arc<verify::Verify>, gate: Arc<Gate>) -> Engine {
+        self.verify = Some(verify);
+        self.gate = gate;
+        self
     }
 
     /// Answers `door`'s exact path on the listeners before routing (the `[leaks]` endpoint).
@@ -413,7 +428,10 @@ impl ServerApp for Engine {
         let slot = take_permit(&self.connections, self.max_connections);
         // One address may hold at most `max_connections_per_address` of the slots (trusted proxies
         // carry many clients and are not counted).
-        let trusted = self.table.load().routes.trusts(peer);
+        let trusted = match &self.verify {
+            Some(v) => v.trusts(peer),
+            None => self.table.load().routes.trusts(peer),
+        };
         let (address_slot, refused) = match (&slot, peer) {
             (None, _) => (None, Some(Refused::MaxConnections)),
             (Some(_), Some(ip)) if !trusted => match self.per_address.take(ip) {

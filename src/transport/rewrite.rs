@@ -271,7 +271,7 @@ fn push_value_span(out: &mut Vec<u8>, name: &[u8], value: &[u8]) -> std::ops::Ra
 /// `x-token-scopes`: the token's effective scopes, sorted, space-separated (`*` for full access: every
 /// scope but `admin` and `tokens:self`); `x-token-roles`: its roles, sorted (absent without roles).
 /// Returns where each value is in `out`.
-fn write_scopes(
+pub(super) fn write_scopes(
     out: &mut Vec<u8>,
     entry: &crate::tokens::index::Entry,
     roles: &crate::config::Roles,

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod leaks;
+pub mod peers;
 pub mod pg;
 pub mod pki;
 pub mod tls;

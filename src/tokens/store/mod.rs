@@ -657,8 +657,6 @@ pub struct Export {
     pub tokens: Vec<ExportedToken>,
     /// (token id, event), in the order they were appended.
     pub events: Vec<(i64, Event)>,
-    /// The TLS session ticket keys, so that devices keep resuming after a move to another store.
-    pub ticket_keys: Vec<ticket_keys::TicketKey>,
 }
 
 /// One token row as stored (the digest, never a plaintext).

@@ -231,13 +231,8 @@ impl TokenStore for PgStore {
             })
             .collect::<Result<Vec<_>, postgres::Error>>()
             .map_err(err)?;
-        let ticket_keys = super::ticket_keys::pg_export(&mut tx).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Export {
-            tokens,
-            events,
-            ticket_keys,
-        })
+        Ok(Export { tokens, events })
     }
 
     /// Replaces this database's tokens and events with `data` (ids, digests, revisions and usage kept), in
@@ -316,7 +311,6 @@ impl TokenStore for PgStore {
             tx.execute(&insert, &[id, &e.at, &e.event, &e.actor, &e.detail])
                 .map_err(err)?;
         }
-        super::ticket_keys::pg_import(&mut tx, &data.ticket_keys).map_err(err)?;
         let max_rev = data.tokens.iter().map(|t| t.rev).max().unwrap_or(0);
         tx.execute(
             "UPDATE token_revision SET rev = GREATEST(rev, $1)",

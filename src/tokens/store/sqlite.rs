@@ -320,12 +320,7 @@ impl TokenStore for SqliteStore {
                 },
             ));
         }
-        let ticket_keys = super::ticket_keys::sqlite_export(&self.conn).map_err(err)?;
-        Ok(Export {
-            tokens,
-            events,
-            ticket_keys,
-        })
+        Ok(Export { tokens, events })
     }
 
     /// Replaces this database's tokens and events with `data` (ids, digests, revisions and usage kept), in
@@ -399,7 +394,6 @@ impl TokenStore for SqliteStore {
                     .map_err(err)?;
             }
         }
-        super::ticket_keys::sqlite_import(&tx, &data.ticket_keys).map_err(err)?;
         tx.commit().map_err(err)
     }
 

@@ -52,6 +52,13 @@ pub trait TicketKeyStore {
         lifetime: i64,
         fresh: &[u8; 32],
     ) -> Result<Vec<TicketKey>, StoreError>;
+
+    /// Every key, oldest first (`store copy`).
+    fn ticket_keys(&mut self) -> Result<Vec<TicketKey>, StoreError>;
+
+    /// Replaces every key with `keys`, in one transaction (`store copy`: devices keep resuming after a
+    /// move to another store).
+    fn replace_ticket_keys(&mut self, keys: &[TicketKey]) -> Result<(), StoreError>;
 }
 
 /// A stored row as a key (`None`: a secret of the wrong length, which no build of ours writes).
@@ -107,6 +114,43 @@ impl TicketKeyStore for SqliteStore {
         tx.commit().map_err(err)?;
         Ok(keys.into_iter().flatten().collect())
     }
+
+    fn ticket_keys(&mut self) -> Result<Vec<TicketKey>, StoreError> {
+        let err = |e| sqlite_err(&self.path, e);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok(key(r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(err)?;
+        Ok(rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    fn replace_ticket_keys(&mut self, keys: &[TicketKey]) -> Result<(), StoreError> {
+        let err = |e| sqlite_err(&self.path, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute("DELETE FROM tls_ticket_keys", []).map_err(err)?;
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO tls_ticket_keys (id, secret, created_at) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            for k in keys {
+                insert
+                    .execute(params![k.id, &k.secret[..], k.created_at])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
 }
 
 impl TicketKeyStore for PgStore {
@@ -152,65 +196,42 @@ impl TicketKeyStore for PgStore {
             .filter_map(|r| key(r.get(0), r.get(1), r.get(2)))
             .collect())
     }
-}
 
-/// `store copy`: the keys of an SQLite store, oldest first.
-pub(super) fn sqlite_export(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<TicketKey>> {
-    let mut stmt =
-        conn.prepare("SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id")?;
-    let rows = stmt.query_map([], |r| Ok(key(r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect())
-}
-
-/// `store copy`: replaces an SQLite store's keys with `keys` (in the caller's transaction).
-pub(super) fn sqlite_import(
-    conn: &rusqlite::Connection,
-    keys: &[TicketKey],
-) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM tls_ticket_keys", [])?;
-    let mut insert =
-        conn.prepare("INSERT INTO tls_ticket_keys (id, secret, created_at) VALUES (?1, ?2, ?3)")?;
-    for k in keys {
-        insert.execute(params![k.id, &k.secret[..], k.created_at])?;
+    fn ticket_keys(&mut self) -> Result<Vec<TicketKey>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id",
+                &[],
+            )
+            .map_err(|e| pg_err(&self.url, e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| key(r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
-    Ok(())
-}
 
-/// `store copy`: the keys of a PostgreSQL store, oldest first.
-pub(super) fn pg_export(
-    tx: &mut postgres::Transaction<'_>,
-) -> Result<Vec<TicketKey>, postgres::Error> {
-    Ok(tx
-        .query(
-            "SELECT id, secret, created_at FROM tls_ticket_keys ORDER BY id",
-            &[],
-        )?
-        .iter()
-        .filter_map(|r| key(r.get(0), r.get(1), r.get(2)))
-        .collect())
-}
-
-/// `store copy`: replaces a PostgreSQL store's keys with `keys` (in the caller's transaction); the id
-/// sequence continues after the copied ones.
-pub(super) fn pg_import(
-    tx: &mut postgres::Transaction<'_>,
-    keys: &[TicketKey],
-) -> Result<(), postgres::Error> {
-    tx.batch_execute("DELETE FROM tls_ticket_keys")?;
-    for k in keys {
-        tx.execute(
-            "INSERT INTO tls_ticket_keys (id, secret, created_at) VALUES ($1, $2, $3)",
-            &[&k.id, &&k.secret[..], &k.created_at],
-        )?;
+    fn replace_ticket_keys(&mut self, keys: &[TicketKey]) -> Result<(), StoreError> {
+        let url = self.url.clone();
+        let err = |e| pg_err(&url, e);
+        let mut tx = self.client.transaction().map_err(err)?;
+        tx.batch_execute("DELETE FROM tls_ticket_keys")
+            .map_err(err)?;
+        for k in keys {
+            tx.execute(
+                "INSERT INTO tls_ticket_keys (id, secret, created_at) VALUES ($1, $2, $3)",
+                &[&k.id, &&k.secret[..], &k.created_at],
+            )
+            .map_err(err)?;
+        }
+        // The id sequence continues after the copied ones.
+        tx.batch_execute(
+            "SELECT setval(pg_get_serial_sequence('tls_ticket_keys', 'id'),
+                GREATEST(COALESCE(MAX(id), 0), 1), MAX(id) IS NOT NULL) FROM tls_ticket_keys",
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
     }
-    tx.batch_execute(
-        "SELECT setval(pg_get_serial_sequence('tls_ticket_keys', 'id'),
-            GREATEST(COALESCE(MAX(id), 0), 1), MAX(id) IS NOT NULL) FROM tls_ticket_keys",
-    )
 }
 
 #[cfg(test)]
