@@ -24,8 +24,10 @@ use crate::tokens::index::Entry;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+// The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// How long a client may take to accept a write of the response, or between two reads of its body.
 pub(super) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);

@@ -13,8 +13,10 @@ use crate::gateway::paths::origin_form;
 use crate::gateway::Refusal;
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
 /// How long a client has to send the whole body, from the end of its head.
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
