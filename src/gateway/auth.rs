@@ -1,6 +1,7 @@
 //! The allow/deny decision: parsing the one `Authorization` header, checking the token's format, looking
 //! its digest up, and the status, expiry and scope checks. Denials carry their RFC 6750 answer.
 
+use super::answer::Answer;
 use crate::tokens::format::{self as token, Digest, FormatError};
 use crate::tokens::index::{Entry, Index};
 use http::{header::AUTHORIZATION, HeaderMap};
@@ -78,12 +79,18 @@ impl Outcome {
 }
 
 impl Denial {
-    pub fn status(&self) -> u16 {
+    /// The answer of the catalogue ([`Answer`]) this denial gets.
+    pub fn answer(&self) -> Answer {
         match self {
-            Denial::Multiple | Denial::Malformed(_) => 400,
-            Denial::InsufficientScope(_) => 403,
-            _ => 401,
+            Denial::Missing => Answer::BearerRequired,
+            Denial::Multiple | Denial::Malformed(_) => Answer::BadCredential,
+            Denial::InsufficientScope(_) => Answer::InsufficientScope,
+            _ => Answer::InvalidToken,
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.answer().status()
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -97,13 +104,11 @@ impl Denial {
         }
     }
 
-    /// The RFC 6750 error code, if any.
+    /// The RFC 6750 error code, if any (none when no credential was sent, section 3.1).
     pub fn error_code(&self) -> Option<&'static str> {
         match self {
             Denial::Missing => None,
-            Denial::Multiple | Denial::Malformed(_) => Some("invalid_request"),
-            Denial::InsufficientScope(_) => Some("insufficient_scope"),
-            _ => Some("invalid_token"),
+            _ => Some(self.answer().code()),
         }
     }
 
@@ -148,10 +153,7 @@ impl Denial {
                 Denial::InsufficientScope(s) => Some(s),
                 _ => None,
             },
-            ..super::answer::ErrorBody::new(
-                self.error_code().unwrap_or("unauthorized"),
-                &self.description(),
-            )
+            ..super::answer::ErrorBody::new(self.answer().code(), &self.description())
         }
         .to_vec()
     }

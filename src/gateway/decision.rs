@@ -17,6 +17,7 @@
 // allocation to every refused request for a move of 152 bytes.
 #![allow(clippy::result_large_err)]
 
+use super::answer::Answer;
 use super::auth::{self, Denial, Outcome};
 use super::limits::{self, LimitKind, Over, RateLimitField};
 use super::paths::{authority, check_path, origin_form};
@@ -134,11 +135,11 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// A refusal before authentication.
-    pub fn new(status: u16, error: &'static str, detail: impl Into<Cow<'static, str>>) -> Refusal {
+    /// The answer `answer` of the catalogue ([`Answer`]), with `detail`.
+    pub fn new(answer: Answer, detail: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal {
-            status,
-            error,
+            status: answer.status(),
+            error: answer.code(),
             detail: detail.into(),
             challenge: None,
             retry_after: None,
@@ -162,23 +163,26 @@ impl Refusal {
         self
     }
 
-    fn denied(denial: &Denial, route: &Route) -> Refusal {
-        Refusal {
-            status: denial.status(),
-            error: denial.error_code().unwrap_or("unauthorized"),
-            detail: denial.description().into(),
-            challenge: Some(denial.challenge()),
-            retry_after: None,
-            reusable: true,
-            outcome: denial.outcome(),
-            route: Some(route.index),
-            scope: match denial {
-                Denial::InsufficientScope(s) => Some(s.clone()),
-                _ => None,
-            },
-            headers: Vec::new(),
-            limit: None,
+    /// The RFC 6750 answer to a failed authentication, with its challenge.
+    pub fn denial(denial: &Denial, detail: impl Into<Cow<'static, str>>) -> Refusal {
+        let mut r = Refusal::new(denial.answer(), detail);
+        r.challenge = Some(denial.challenge());
+        r.outcome = denial.outcome();
+        if let Denial::InsufficientScope(s) = denial {
+            r.scope = Some(s.clone());
         }
+        r
+    }
+
+    fn denied(denial: &Denial, route: &Route) -> Refusal {
+        Refusal::denial(denial, denial.description()).on(route)
+    }
+
+    /// The head of an answer whose status and body a door's handler wrote (see `transport::door`).
+    pub fn door(status: u16, retry_after: Option<u64>) -> Refusal {
+        let mut r = Refusal::new(Answer::InvalidRequest, "");
+        (r.status, r.error, r.retry_after) = (status, "", retry_after);
+        r
     }
 
     /// The JSON body: `{"error", "detail"}` (plus `scope` for 403, and the request's id when given).
@@ -299,8 +303,7 @@ impl Gate {
         if let (true, Some(ip)) = (counts, peer) {
             if let Some(retry_after) = self.throttle.failure(ip, now) {
                 let mut r = Refusal::new(
-                    429,
-                    "too_many_requests",
+                    Answer::TooManyFailures,
                     "too many failed authentications from this address; retry later",
                 )
                 .closing()
@@ -329,19 +332,19 @@ pub(super) fn needs_tls(route: &Route, tls: Option<&TlsPeer>) -> bool {
 
 /// The 429 for a request over a limit: `Retry-After`, the policies and what is left of them.
 fn limited(route: &Route, over: Over) -> Refusal {
-    let (error, detail) = match over.kind {
+    let (answer, detail) = match over.kind {
         LimitKind::Quota => (
-            "quota_exceeded",
+            Answer::QuotaExceeded,
             "this token's quota for the period is used up",
         ),
         _ => (
-            "rate_limited",
+            Answer::RateLimited,
             "too many requests for this token; slow down",
         ),
     };
     // Keep-alive stays (when no unread body is pending): a device over its limit should wait and retry,
     // not pay, and make the gateway pay, for a new connection or TLS handshake per attempt.
-    let mut r = Refusal::new(429, error, detail).on(route);
+    let mut r = Refusal::new(answer, detail).on(route);
     r.retry_after = Some(over.retry_after);
     r.outcome = match over.kind {
         LimitKind::Quota => Outcome::QuotaExceeded,
@@ -359,7 +362,7 @@ fn too_many_in_flight(route: &Route, max: u32) -> Refusal {
     let detail = format!(
         "this token already has {max} requests or streams in flight; retry when one has ended"
     );
-    let mut r = Refusal::new(429, "concurrency_limited", detail).on(route);
+    let mut r = Refusal::new(Answer::ConcurrencyLimited, detail).on(route);
     r.retry_after = Some(1);
     r.outcome = Outcome::RateLimited;
     r.limit = Some(LimitKind::InFlight);
@@ -370,12 +373,11 @@ fn too_many_in_flight(route: &Route, max: u32) -> Refusal {
 /// `Host` field names; a path of a shape every upstream reads the same way.
 fn target<'a>(req: &Request<'a>) -> Result<(&'a str, Option<&'a str>), Refusal> {
     if req.method == b"CONNECT" {
-        return Err(Refusal::new(405, "method_not_allowed", "CONNECT is not supported").closing());
+        return Err(Refusal::new(Answer::MethodNotAllowed, "CONNECT is not supported").closing());
     }
     let Some((path, query)) = origin_form(req.target) else {
         return Err(Refusal::new(
-            400,
-            "invalid_request",
+            Answer::InvalidRequest,
             "the request target must be a path",
         ));
     };
@@ -384,13 +386,12 @@ fn target<'a>(req: &Request<'a>) -> Result<(&'a str, Option<&'a str>), Refusal> 
         // host" are refused rather than resolved one way here and maybe another way upstream.
         if req.host.is_none_or(|h| !h.eq_ignore_ascii_case(authority)) {
             return Err(Refusal::new(
-                400,
-                "invalid_request",
+                Answer::InvalidRequest,
                 "the request target and the Host header name different hosts",
             ));
         }
     }
-    check_path(path).map_err(|e| Refusal::new(400, "invalid_request", e.describe()))?;
+    check_path(path).map_err(|e| Refusal::new(Answer::InvalidRequest, e.describe()))?;
     Ok((path, query))
 }
 
@@ -402,12 +403,11 @@ fn route<'a>(
     path: &str,
 ) -> Result<&'a Arc<Route>, Refusal> {
     let Some(route) = table.find(path) else {
-        return Err(Refusal::new(404, "not_found", "no route for this path"));
+        return Err(Refusal::new(Answer::NotFound, "no route for this path"));
     };
     if needs_tls(route, req.tls) {
         let r = Refusal::new(
-            403,
-            "tls_required",
+            Answer::TlsRequired,
             "this route is served over TLS (https) only",
         );
         return Err(r.on(route));
@@ -421,7 +421,7 @@ fn body_limit(route: &Route, req: &Request<'_>, authenticated: bool) -> Result<(
         if n > max {
             let detail =
                 format!("the request body is larger than this route's limit of {max} bytes");
-            let mut r = Refusal::new(413, "payload_too_large", detail)
+            let mut r = Refusal::new(Answer::PayloadTooLarge, detail)
                 .closing()
                 .on(route);
             r.outcome = if authenticated {
@@ -926,7 +926,7 @@ rate_limit_headers = true
 
     #[test]
     fn refusal_bodies_are_json() {
-        let r = Refusal::new(404, "not_found", "no route for this path");
+        let r = Refusal::new(Answer::NotFound, "no route for this path");
         let v: serde_json::Value = serde_json::from_slice(&r.body(None)).unwrap();
         assert_eq!(
             v,

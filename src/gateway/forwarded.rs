@@ -108,7 +108,7 @@ pub struct Unclear(pub std::borrow::Cow<'static, str>);
 impl Unclear {
     /// The gateway's answer to it.
     pub fn refusal(self) -> Refusal {
-        Refusal::new(400, "invalid_request", self.0)
+        Refusal::new(crate::gateway::answer::Answer::InvalidRequest, self.0)
     }
 }
 

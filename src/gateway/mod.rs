@@ -4,7 +4,8 @@
 //! - [`recheck`]: the same rules asked again of an open stream (tunnel, upload) at every tick.
 //! - [`paths`]: request targets and the path check (reject, don't normalise).
 //! - [`routes`]: the route table and longest-prefix matching.
-//! - [`answer`]: the one shape of every JSON error body (`{"error", "detail"}`, scope, request id).
+//! - [`answer`]: the catalogue of answers ([`answer::Answer`]: status, error code, challenge) and the one
+//!   shape of every JSON error body (`{"error", "detail"}`, scope, request id).
 //! - [`auth`]: `Authorization` parsing, the token check, RFC 6750 answers.
 //! - [`limits`]: rate limits and quotas per token, user and route (GCRA, exact quota counts).
 //! - [`throttle`]: per-address throttling of failed authentications.

@@ -6,8 +6,10 @@ use super::http1::{self, Buffer, Chunk, ChunkError, ChunkedDecoder, Framing};
 use super::upstream::UpstreamError;
 use crate::config::BODY_RATE_GRACE;
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// How sending the request body ended badly.
 pub(super) enum BodyError {

@@ -13,6 +13,7 @@ use super::rewrite::{write_error_head, write_upstream_head, HeadExtras};
 use super::timed::timed;
 use super::{take_permit, Engine, RouteIo, Table};
 use crate::clock;
+use crate::gateway::answer::Answer;
 use crate::gateway::auth::Outcome;
 use crate::gateway::limits::LimitKind;
 use crate::gateway::paths::origin_form;
@@ -24,8 +25,10 @@ use crate::tokens::index::Entry;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+// The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// How long a client may take to accept a write of the response, or between two reads of its body.
 pub(super) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -155,7 +158,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => return why,
                 Err(e) => {
-                    if self.respond_error(e.status(), e.describe()).await.is_ok() {
+                    if self.respond_error(e.answer(), e.describe()).await.is_ok() {
                         self.linger().await;
                     }
                     return Closed::BadRequest;
@@ -209,13 +212,11 @@ impl<'a, S: ClientStream> Client<'a, S> {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.read(self.buf.spare())).await;
         let mut r = match limit {
             Refused::MaxConnections => Refusal::new(
-                503,
-                "overloaded",
+                Answer::Overloaded,
                 "the gateway has as many connections open as it is allowed to; retry shortly",
             ),
             Refused::PerAddress => Refusal::new(
-                429,
-                "too_many_connections",
+                Answer::TooManyConnections,
                 "this address has as many connections open as it is allowed to; reuse one",
             ),
         }
@@ -293,8 +294,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 }
                 Err(_) => {
                     let r = Refusal::new(
-                        408,
-                        "request_timeout",
+                        Answer::RequestTimeout,
                         "the request head was not received in time",
                     )
                     .closing();
@@ -367,8 +367,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                 Some(slot) => Some(slot),
                 None => {
                     let mut r = Refusal::new(
-                        503,
-                        "overloaded",
+                        Answer::Overloaded,
                         "the gateway is handling as many requests as it is allowed to; retry shortly",
                     )
                     .closing();
@@ -526,13 +525,8 @@ impl<'a, S: ClientStream> Client<'a, S> {
     }
 
     /// A JSON error answer outside an exchange (a bad head): always closes the connection.
-    async fn respond_error(&mut self, status: u16, detail: &'static str) -> io::Result<u64> {
-        let error = if status == 501 {
-            "not_implemented"
-        } else {
-            "invalid_request"
-        };
-        self.answer(&Refusal::new(status, error, detail).closing(), false, false)
+    async fn respond_error(&mut self, answer: Answer, detail: &'static str) -> io::Result<u64> {
+        self.answer(&Refusal::new(answer, detail).closing(), false, false)
             .await
     }
 

@@ -9,12 +9,15 @@ use super::connection::{Client, ClientStream, Facts};
 use super::http1::Framing;
 use super::rewrite::write_error_head;
 use super::timed::timed;
+use crate::gateway::answer::Answer;
 use crate::gateway::paths::origin_form;
 use crate::gateway::Refusal;
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
 /// How long a client has to send the whole body, from the end of its head.
 const BODY_DEADLINE: Duration = Duration::from_secs(10);
@@ -83,7 +86,7 @@ impl<S: ClientStream> Client<'_, S> {
         let method = self.head.method.get(head_bytes);
         let is_head = method == b"HEAD";
         if method != b"POST" {
-            let mut r = Refusal::new(405, "method_not_allowed", "this endpoint takes POST only");
+            let mut r = Refusal::new(Answer::MethodNotAllowed, "this endpoint takes POST only");
             r.headers.push(("allow", "POST".into()));
             return Some(self.door_refuse(facts, r, is_head).await);
         }
@@ -97,8 +100,7 @@ impl<S: ClientStream> Client<'_, S> {
             Framing::Length(n) => n,
             _ => {
                 let r = Refusal::new(
-                    411,
-                    "length_required",
+                    Answer::LengthRequired,
                     "send the body with a Content-Length",
                 )
                 .closing();
@@ -109,7 +111,7 @@ impl<S: ClientStream> Client<'_, S> {
             return Some(self.door_answer(facts, a, false).await);
         }
         if length > door.max_body() {
-            let r = Refusal::new(413, "payload_too_large", "the body is too large").closing();
+            let r = Refusal::new(Answer::PayloadTooLarge, "the body is too large").closing();
             return Some(self.door_refuse(facts, r, false).await);
         }
         let permit = match door.admit() {
@@ -177,7 +179,7 @@ impl<S: ClientStream> Client<'_, S> {
                 Ok(_) => return None, // the client went away
                 Err(_) => {
                     let r =
-                        Refusal::new(408, "request_timeout", "the body was not received in time")
+                        Refusal::new(Answer::RequestTimeout, "the body was not received in time")
                             .closing();
                     facts.status = r.status;
                     let _ = self.answer(&r, false, false).await;
@@ -216,8 +218,7 @@ impl<S: ClientStream> Client<'_, S> {
         let keep = (body_read || !self.head.framing.has_body())
             && self.head.keep_alive
             && !self.engine.is_draining();
-        let mut r = Refusal::new(a.status, "", "");
-        r.retry_after = a.retry_after;
+        let r = Refusal::door(a.status, a.retry_after);
         self.out.clear();
         write_error_head(
             &mut self.out,

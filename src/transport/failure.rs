@@ -2,6 +2,7 @@
 //! shared by the forward ([`super::forward`]) and the relay ([`super::relay`]).
 
 use super::upstream::UpstreamError;
+use crate::gateway::answer::Answer;
 
 /// How reading the response ended badly.
 #[derive(Debug)]
@@ -21,12 +22,15 @@ impl UpstreamFailure {
         }
     }
 
-    pub(super) fn status(&self) -> u16 {
+    /// The answer the client gets.
+    pub(super) fn answer(&self) -> Answer {
         match self.kind {
             UpstreamError::ConnectTimeout
             | UpstreamError::ReadTimeout
-            | UpstreamError::WriteTimeout => 504,
-            _ => 502,
+            | UpstreamError::WriteTimeout => Answer::GatewayTimeout,
+            UpstreamError::Tls => Answer::UpstreamTls,
+            UpstreamError::NoHealthy => Answer::NoHealthyUpstream,
+            _ => Answer::BadGateway,
         }
     }
 }

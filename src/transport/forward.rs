@@ -15,7 +15,7 @@ use super::relay::Plan;
 use super::timed::timed;
 use super::upstream::{Conn, Upstream, UpstreamError};
 use super::{connection::Client, RouteIo};
-use crate::gateway::auth::Denial;
+use crate::gateway::answer::Answer;
 use crate::gateway::{Admitted, Lapse, Refusal};
 use crate::telemetry::connections::Closed;
 use std::sync::Arc;
@@ -305,7 +305,7 @@ impl<S: ClientStream> Client<'_, S> {
         req: Req,
     ) -> bool {
         self.closing.get_or_insert(Closed::Upstream);
-        let status = f.status();
+        let answer = f.answer();
         log::warn!(
             "route {}: upstream failed: {} ({})",
             io.route.name,
@@ -314,17 +314,13 @@ impl<S: ClientStream> Client<'_, S> {
         );
         // Counted before the answer goes out, so that whoever reads the answer can see it counted.
         io.metrics.upstream_error(f.kind);
-        let (error, detail) = match (status, f.kind) {
-            (504, _) => ("gateway_timeout", "the upstream did not answer in time"),
-            (_, UpstreamError::Tls) => (
-                "upstream_tls",
-                "the upstream's TLS certificate could not be verified, or its TLS handshake failed",
-            ),
-            (_, UpstreamError::NoHealthy) => (
-                "no_healthy_upstream",
-                "no server of this route is in rotation; retry later",
-            ),
-            _ => ("bad_gateway", "the upstream could not be reached or failed"),
+        let detail = match answer {
+            Answer::GatewayTimeout => "the upstream did not answer in time",
+            Answer::UpstreamTls => {
+                "the upstream's TLS certificate could not be verified, or its TLS handshake failed"
+            }
+            Answer::NoHealthyUpstream => "no server of this route is in rotation; retry later",
+            _ => "the upstream could not be reached or failed",
         };
         // The body may be half read: keep the connection only for a bodiless request. A failed
         // WebSocket handshake closes it too: the client may already be sending frames.
@@ -332,9 +328,9 @@ impl<S: ClientStream> Client<'_, S> {
             && !req.upgrade
             && req.client_keep_alive
             && !self.engine.is_draining();
-        facts.status = status;
+        facts.status = answer.status();
         match self
-            .answer(&Refusal::new(status, error, detail), keep, req.is_head)
+            .answer(&Refusal::new(answer, detail), keep, req.is_head)
             .await
         {
             Ok(sent) => {
@@ -364,30 +360,19 @@ impl<S: ClientStream> Client<'_, S> {
             lapse.describe()
         );
         let r = match &lapse {
-            Lapse::Denied(denial) => {
-                let mut r = Refusal::new(
-                    denial.status(),
-                    denial.error_code().unwrap_or("unauthorized"),
-                    format!(
-                        "{} (while the request was being sent)",
-                        denial.description()
-                    ),
-                );
-                r.challenge = Some(denial.challenge());
-                r.outcome = denial.outcome();
-                if let Denial::InsufficientScope(s) = denial {
-                    r.scope = Some(s.clone());
-                }
-                r
-            }
+            Lapse::Denied(denial) => Refusal::denial(
+                denial,
+                format!(
+                    "{} (while the request was being sent)",
+                    denial.description()
+                ),
+            ),
             Lapse::TlsRequired => Refusal::new(
-                403,
-                "tls_required",
+                Answer::TlsRequired,
                 "this route is served over TLS (https) only",
             ),
             Lapse::RouteGone | Lapse::WebSocketOff => Refusal::new(
-                404,
-                "not_found",
+                Answer::NotFound,
                 "the route was removed while the request was being sent",
             ),
         }
@@ -408,29 +393,25 @@ impl<S: ClientStream> Client<'_, S> {
         e: BodyError,
         req: Req,
     ) -> bool {
-        let (status, error, detail): (u16, &'static str, std::borrow::Cow<'static, str>) = match e {
+        let (answer, detail): (Answer, std::borrow::Cow<'static, str>) = match e {
             BodyError::ClientGone => {
                 self.closing = Some(Closed::ClientGone);
                 return false;
             }
             BodyError::Timeout => (
-                408,
-                "request_timeout",
+                Answer::RequestTimeout,
                 "the request body was not received in time".into(),
             ),
             BodyError::TooSlow(rate) => (
-                408,
-                "request_timeout",
+                Answer::RequestTimeout,
                 format!("the request body arrived slower than {rate} bytes a second").into(),
             ),
             BodyError::Malformed => (
-                400,
-                "invalid_request",
+                Answer::InvalidRequest,
                 "the chunked request body is malformed".into(),
             ),
             BodyError::TooLarge(max) => (
-                413,
-                "payload_too_large",
+                Answer::PayloadTooLarge,
                 format!("the request body is larger than this route's limit of {max} bytes").into(),
             ),
             BodyError::Upstream(kind, e) => {
@@ -438,13 +419,13 @@ impl<S: ClientStream> Client<'_, S> {
                 return self.upstream_failed(io, facts, f, req).await;
             }
         };
-        self.closing = Some(if status == 408 {
+        self.closing = Some(if answer == Answer::RequestTimeout {
             Closed::BodyTimeout
         } else {
             Closed::Refused
         });
-        facts.status = status;
-        let refusal = Refusal::new(status, error, detail).closing();
+        let refusal = Refusal::new(answer, detail).closing();
+        facts.status = refusal.status;
         if let Ok(sent) = self.answer(&refusal, false, req.is_head).await {
             facts.bytes_out = sent;
         }

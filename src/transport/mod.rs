@@ -418,7 +418,7 @@ impl ServerApp for Engine {
         io: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let accepted = std::time::Instant::now();
+        let accepted = tokio::time::Instant::now();
         let digest = io.get_socket_digest();
         let peer = digest
             .as_ref()

@@ -462,7 +462,8 @@ mod tests {
 
     #[test]
     fn gateway_answers() {
-        let mut r = Refusal::new(429, "too_many_requests", "slow down").closing();
+        let mut r =
+            Refusal::new(crate::gateway::answer::Answer::TooManyFailures, "slow down").closing();
         r.retry_after = Some(7);
         r.challenge = Some("Bearer realm=\"tokengate\"".into());
         let mut out = Vec::new();

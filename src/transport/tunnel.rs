@@ -25,8 +25,10 @@ use crate::gateway::{Admitted, Lapse};
 use crate::telemetry::connections::Closed;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 
 /// How often an open tunnel (or a streaming upload) is re-checked.
 pub const CHECK: Duration = Duration::from_millis(50);

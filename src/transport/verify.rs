@@ -19,6 +19,7 @@ use super::timed::timed;
 use super::Table;
 use crate::clock;
 use crate::config::IpNet;
+use crate::gateway::answer::Answer;
 use crate::gateway::forwarded::{self, Asked, Forwarded, FIELDS};
 use crate::gateway::mqtt::{Mqtt, MqttAnswer};
 use crate::gateway::paths::origin_form;
@@ -87,8 +88,7 @@ impl<S: ClientStream> Client<'_, S> {
         if !v.trusts(self.peer) {
             v.metrics.answered(door, "untrusted");
             let r = Refusal::new(
-                403,
-                "forbidden",
+                Answer::Forbidden,
                 "this address may not ask the verify endpoint",
             )
             .closing();
@@ -242,7 +242,7 @@ impl<S: ClientStream> Client<'_, S> {
     ) -> bool {
         let method = self.head.method.get(&self.buf.filled()[..self.head.len]);
         if method != b"POST" {
-            let mut r = Refusal::new(405, "method_not_allowed", "this endpoint takes POST only");
+            let mut r = Refusal::new(Answer::MethodNotAllowed, "this endpoint takes POST only");
             r.headers.push(("allow", "POST".into()));
             v.metrics.answered(door, "bad_request");
             return self.refuse(facts, r).await;
@@ -252,15 +252,14 @@ impl<S: ClientStream> Client<'_, S> {
             Framing::Length(n) if n <= MAX_MQTT_BODY => n as usize,
             Framing::Length(_) => {
                 v.metrics.answered(door, "bad_request");
-                let r = Refusal::new(400, "invalid_request", "the body is larger than 16 KiB")
+                let r = Refusal::new(Answer::InvalidRequest, "the body is larger than 16 KiB")
                     .closing();
                 return self.refuse(facts, r).await;
             }
             _ => {
                 v.metrics.answered(door, "bad_request");
                 let r = Refusal::new(
-                    411,
-                    "length_required",
+                    Answer::LengthRequired,
                     "send the body with a Content-Length",
                 )
                 .closing();
@@ -293,7 +292,7 @@ impl<S: ClientStream> Client<'_, S> {
                 Ok(_) => return false,
                 Err(_) => {
                     let r =
-                        Refusal::new(408, "request_timeout", "the body was not received in time")
+                        Refusal::new(Answer::RequestTimeout, "the body was not received in time")
                             .closing();
                     facts.status = r.status;
                     let _ = self.answer(&r, false, false).await;
@@ -330,8 +329,7 @@ impl<S: ClientStream> Client<'_, S> {
             _ => {
                 v.metrics.answered(VerifyDoor::MqttRevoked, "bad_request");
                 let r = Refusal::new(
-                    400,
-                    "invalid_request",
+                    Answer::InvalidRequest,
                     "give since=<revision> (and optionally wait=<0..60 seconds>)",
                 );
                 return self.refuse(facts, r).await;
@@ -339,7 +337,7 @@ impl<S: ClientStream> Client<'_, S> {
         };
         if method != b"GET" || self.head.framing.has_body() {
             v.metrics.answered(VerifyDoor::MqttRevoked, "bad_request");
-            let mut r = Refusal::new(405, "method_not_allowed", "this endpoint takes GET only");
+            let mut r = Refusal::new(Answer::MethodNotAllowed, "this endpoint takes GET only");
             r.headers.push(("allow", "GET".into()));
             return self.refuse(facts, r).await;
         }
@@ -375,7 +373,10 @@ impl<S: ClientStream> Client<'_, S> {
     /// Writes an MQTT answer (JSON) after its request was read whole.
     async fn json_answer(&mut self, facts: &mut Facts, a: &MqttAnswer) -> bool {
         let keep = self.head.keep_alive && !self.engine.is_draining();
-        let mut r = Refusal::new(a.status, "", "");
+        // Only the head's shape is borrowed from a refusal: the status and body are the MQTT answer's.
+        let mut r = Refusal::new(Answer::InvalidRequest, "");
+        r.status = a.status;
+        r.error = "";
         r.reusable = keep;
         self.out.clear();
         write_error_head(

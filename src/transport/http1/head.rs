@@ -2,6 +2,7 @@
 //! fields that frame a message (Content-Length, Transfer-Encoding, Connection), and why a head is refused.
 
 use super::{same_field, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::gateway::answer::Answer;
 
 /// Byte offsets into a head, relative to its first byte.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,13 +81,18 @@ pub enum HeadError {
 }
 
 impl HeadError {
+    /// The answer a request with this error gets.
+    pub fn answer(self) -> Answer {
+        match self {
+            HeadError::TooLarge => Answer::HeadTooLarge,
+            HeadError::UnsupportedCoding => Answer::NotImplemented,
+            _ => Answer::InvalidRequest,
+        }
+    }
+
     /// The status a request with this error gets.
     pub fn status(self) -> u16 {
-        match self {
-            HeadError::TooLarge => 431,
-            HeadError::UnsupportedCoding => 501,
-            _ => 400,
-        }
+        self.answer().status()
     }
 
     pub fn describe(self) -> &'static str {

@@ -6,6 +6,7 @@
 //! binary.
 
 mod bodies;
+mod clock;
 mod framing;
 mod keepalive;
 mod relay;
