@@ -125,6 +125,8 @@ gateway_config() {
 listen = "$2"
 threads = $6
 grace_period = "1s"
+# The load generator is one address (127.0.0.1), with up to 1,000 connections.
+max_connections_per_address = 100000
 
 [store]
 path = "$4"

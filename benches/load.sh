@@ -199,7 +199,9 @@ if [ "$BIG_TOKENS" -gt 0 ]; then start_gateway tgbig "$TGBIG_PORT" "$DB_BIG"; fi
 # (another build, e.g. the commit before a change, on the same database and settings).
 TGSTEAL_PORT=$((BASE_PORT + 16)) TGBEFORE_PORT=$((BASE_PORT + 18))
 if [ "${TG_STEAL:-0}" = 1 ]; then start_gateway tgsteal "$TGSTEAL_PORT" "$DB_MAIN" steal; fi
-if [ -n "${TG_BEFORE:-}" ]; then start_gateway tgbefore "$TGBEFORE_PORT" "$DB_MAIN" "" "$TG_BEFORE"; fi
+# TG_BEFORE_DB: the database tg-before serves (default the main one; an older build refuses a newer schema,
+# so give it a copy at its schema version).
+if [ -n "${TG_BEFORE:-}" ]; then start_gateway tgbefore "$TGBEFORE_PORT" "${TG_BEFORE_DB:-$DB_MAIN}" "" "$TG_BEFORE"; fi
 # LOG_AB=1: the same gateway with its access log off, and with the JSON log.
 TGNOLOG_PORT=$((BASE_PORT + 20)) TGJSON_PORT=$((BASE_PORT + 22))
 if [ "$LOG_AB" = 1 ]; then

@@ -134,11 +134,16 @@ handshake_bytes() {
     echo "$full|$resumed"
 }
 
-# s_time NAME PORT MODE: connections/s (MODE -new or -reuse) over SECONDS_EACH, TLS 1.2 (s_time's -reuse
-# resumes a TLS 1.2 session; with TLS 1.3 it does not wait for the ticket).
+# s_time NAME PORT MODE: handshakes per wall-clock second (MODE -new: full, -reuse: resumed) over
+# SECONDS_EACH, TLS 1.2 (s_time's -reuse resumes a TLS 1.2 session; with TLS 1.3 it does not wait for the
+# ticket). s_time's own "connections/user sec" divides by the client's CPU time, not by time passed.
 s_time() {
-    $(pin "$WRK_CPU") openssl s_time -connect "127.0.0.1:$2" "$3" -time "$SECONDS_EACH" -tls1_2 2>/dev/null |
-        sed -n 's/.* \([0-9.]*\) connections\/user sec.*/\1/p' | tail -1
+    local start end n
+    start=$EPOCHREALTIME
+    n=$($(pin "$WRK_CPU") openssl s_time -connect "127.0.0.1:$2" "$3" -time "$SECONDS_EACH" -tls1_2 2>/dev/null |
+        sed -n 's/^\([0-9]*\) connections in .* real seconds.*/\1/p' | tail -1)
+    end=$EPOCHREALTIME
+    echo "${n:-0} / ($end - $start)" | bc -l
 }
 # resumed_count PORT: tokengate's resumed handshakes so far (its admin listener is PORT + 1).
 resumed_count() {

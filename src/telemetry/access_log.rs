@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The ring each worker thread formats its lines into, in bytes. A line that does not fit (the writer
 /// is behind by this much: a stalled target) is dropped and counted.
-pub const RING_BYTES: usize = 1 << 20;
+pub const RING_BYTES: usize = 4 << 20;
 /// How full a ring gets before its worker wakes the writer (nginx's `buffer=64k`).
 pub const WAKE_BYTES: usize = 64 << 10;
 /// How often the writer looks at every ring without being woken (nginx's `flush=`).

@@ -236,7 +236,7 @@ impl Metrics {
             access_log_dropped: counter(
                 r,
                 "tokengate_access_log_dropped_total",
-                "Access log lines dropped because a worker's log buffer (1 MiB) was full: its target did not keep up.",
+                "Access log lines dropped because a worker's log buffer (4 MiB) was full: its target did not keep up.",
             ),
             connections: super::connections::ConnectionMetrics::register(r),
             registry,

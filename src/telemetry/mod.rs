@@ -5,7 +5,7 @@
 //!   count).
 //! - [`connections`]: client connections open, refused at accept (by limit) and closed (by reason).
 //! - [`verify`]: the verify listener's answers by door and outcome.
-//! - [`access_log`]: the access log: lines formatted by each worker into its own 1 MiB ring, written by a
+//! - [`access_log`]: the access log: lines formatted by each worker into its own 4 MiB ring, written by a
 //!   writer thread (long paths cut; a full ring drops and counts).
 
 pub mod access_log;

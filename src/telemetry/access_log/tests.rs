@@ -187,23 +187,23 @@ fn lines_that_wrap_around_the_ring_stay_whole() {
     let sink = Sink::default();
     let (log, writer) =
         AccessLog::with_writer(AccessLogFormat::Json, counter(), Box::new(sink.clone())).unwrap();
-    // Three rounds of 3,000 lines on one thread: its ring (about 4,000 lines) wraps in the second.
-    for round in 0..3 {
-        for i in 0..3_000 {
+    // Four rounds of 6,000 lines (about 1.6 MB each) on one thread: its ring (4 MiB) wraps in the third.
+    for round in 0..4 {
+        for i in 0..6_000 {
             let id = format!("{round}-{i}");
             let mut r = record();
             r.request_id = &id;
             log.log(&r);
         }
         let started = Instant::now();
-        while sink.lines() < (round + 1) * 3_000 && started.elapsed() < Duration::from_secs(10) {
+        while sink.lines() < (round + 1) * 6_000 && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
     assert_eq!(log.dropped(), 0);
     drop(log);
     writer.join().unwrap();
-    assert_eq!(sink.ids().len(), 9_000, "every line, once, whole");
+    assert_eq!(sink.ids().len(), 24_000, "every line, once, whole");
 }
 
 #[test]
