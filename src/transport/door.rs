@@ -218,20 +218,35 @@ impl<S: ClientStream> Client<'_, S> {
         let keep = (body_read || !self.head.framing.has_body())
             && self.head.keep_alive
             && !self.engine.is_draining();
-        let r = Refusal::door(a.status, a.retry_after);
+        self.write_json(facts, a.status, a.retry_after, &a.body, keep)
+            .await
+    }
+
+    /// Writes a JSON answer of a handler (a door's, the verify listener's MQTT endpoints): `status`,
+    /// `body`, `Retry-After`; returns whether the connection carries on (`keep`, if the write went
+    /// through).
+    pub(super) async fn write_json(
+        &mut self,
+        facts: &mut Facts,
+        status: u16,
+        retry_after: Option<u64>,
+        body: &[u8],
+        keep: bool,
+    ) -> bool {
+        let r = Refusal::door(status, retry_after);
         self.out.clear();
         write_error_head(
             &mut self.out,
             &r,
-            a.body.len(),
+            body.len(),
             keep,
             self.request_id.as_bytes(),
         );
-        self.out.extend_from_slice(&a.body);
-        facts.status = a.status;
+        self.out.extend_from_slice(body);
+        facts.status = status;
         match self.write_out().await {
             Ok(()) => {
-                facts.bytes_out = a.body.len() as u64;
+                facts.bytes_out = body.len() as u64;
                 keep
             }
             Err(_) => false,

@@ -14,7 +14,7 @@
 
 use super::connection::{Client, ClientStream, Facts};
 use super::http1::{self, Framing};
-use super::rewrite::{push_query_without, write_error_head, write_scopes};
+use super::rewrite::{push_query_without, write_scopes};
 use super::timed::timed;
 use super::Table;
 use crate::clock;
@@ -373,28 +373,7 @@ impl<S: ClientStream> Client<'_, S> {
     /// Writes an MQTT answer (JSON) after its request was read whole.
     async fn json_answer(&mut self, facts: &mut Facts, a: &MqttAnswer) -> bool {
         let keep = self.head.keep_alive && !self.engine.is_draining();
-        // Only the head's shape is borrowed from a refusal: the status and body are the MQTT answer's.
-        let mut r = Refusal::new(Answer::InvalidRequest, "");
-        r.status = a.status;
-        r.error = "";
-        r.reusable = keep;
-        self.out.clear();
-        write_error_head(
-            &mut self.out,
-            &r,
-            a.body.len(),
-            keep,
-            self.request_id.as_bytes(),
-        );
-        self.out.extend_from_slice(&a.body);
-        facts.status = a.status;
-        match self.write_out().await {
-            Ok(()) => {
-                facts.bytes_out = a.body.len() as u64;
-                keep
-            }
-            Err(_) => false,
-        }
+        self.write_json(facts, a.status, None, &a.body, keep).await
     }
 }
 
