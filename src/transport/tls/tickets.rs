@@ -366,6 +366,28 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_from_a_listener_without_client_ca_never_opens_on_one_that_checks_certificates() {
+        // A session made where no client certificate was asked for, resumed where one is required,
+        // would skip the verification: the listeners' contexts differ, so the ticket does not open.
+        let keys = TicketKeys::new(DAY);
+        keys.install(&[key(1, 7, unix_now() - 3600)]);
+        let open = keys.ticketer(None);
+        let devices = keys.ticketer(Some(b"-----BEGIN CERTIFICATE----- device CA"));
+        let other_ca = keys.ticketer(Some(b"-----BEGIN CERTIFICATE----- another CA"));
+        let t = open
+            .encrypt(b"session without a client certificate")
+            .unwrap();
+        assert!(open.decrypt(&t).is_some(), "the same listener resumes it");
+        assert!(devices.decrypt(&t).is_none());
+        let t = devices
+            .encrypt(b"session with hive 7's certificate")
+            .unwrap();
+        assert!(devices.decrypt(&t).is_some());
+        assert!(other_ca.decrypt(&t).is_none());
+        assert!(open.decrypt(&t).is_none());
+    }
+
+    #[test]
     fn keys_never_show_in_debug() {
         let keys = TicketKeys::new(DAY);
         keys.install(&[key(1, 0xAB, NOW)]);
