@@ -39,18 +39,11 @@ impl Config {
         })?;
         let gateway = gateway(&cx, raw.gateway)?;
         let tls = raw.tls.map(|t| super::tls::tls(&cx, t)).transpose()?;
-        match (&gateway.listen, &tls) {
-            (None, None) => return Err(cx.err(
+        if gateway.listen.is_none() && tls.is_none() {
+            return Err(cx.err(
                 "gateway.listen",
                 "is \"\" (no plain listener) but there is no [tls] section: nothing would listen",
-            )),
-            (Some(plain), Some(t)) if same_port(plain, &t.listen) => {
-                return Err(cx.err(
-                    "tls.listen",
-                    format!("{:?} uses the port of gateway.listen ({plain:?})", t.listen),
-                ))
-            }
-            _ => {}
+            ));
         }
 
         let access_path = match raw.log.access_path.as_deref() {
@@ -94,11 +87,26 @@ impl Config {
             ));
         }
 
+        let admin = super::access::admin(&cx, raw.admin)?;
+        let verify = raw
+            .verify
+            .map(|v| super::verify::verify(&cx, v))
+            .transpose()?;
+        listeners_apart(
+            &cx,
+            &[
+                ("gateway.listen", gateway.listen.as_deref()),
+                ("tls.listen", tls.as_ref().map(|t| t.listen.as_str())),
+                ("admin.listen", Some(&admin.listen)),
+                ("verify.listen", verify.as_ref().map(|v| v.listen.as_str())),
+            ],
+        )?;
+
         Ok(Config {
             file: path.to_path_buf(),
             gateway,
             store,
-            admin: super::access::admin(&cx, raw.admin)?,
+            admin,
             roles,
             log: LogConfig {
                 access: raw.log.access.unwrap_or(AccessLogFormat::Plain),
@@ -107,10 +115,7 @@ impl Config {
             throttle,
             tls,
             leaks: raw.leaks.map(|l| super::leaks::leaks(&cx, l)).transpose()?,
-            verify: raw
-                .verify
-                .map(|v| super::verify::verify(&cx, v))
-                .transpose()?,
+            verify,
             mqtt: super::verify::mqtt(&cx, raw.mqtt)?,
             routes,
         })
@@ -312,10 +317,30 @@ fn at_least_one<N: PartialEq + From<u8>>(cx: &Ctx, key: &str, n: N) -> Result<N,
     Ok(n)
 }
 
-/// Whether two listen addresses (already checked) share a port.
-fn same_port(a: &str, b: &str) -> bool {
-    let port = |s: &str| s.parse::<std::net::SocketAddr>().map(|a| a.port()).ok();
-    port(a) == port(b)
+/// Every listener on its own socket: two listeners on one port (and an address both would bind, the
+/// same IP or a wildcard) would share one socket — pingora hands the second the first one's — and
+/// connections would land on either at random (a device's request answered by the verify endpoint,
+/// the admin API on the devices' port). Port 0 (the system picks) never collides.
+fn listeners_apart(cx: &Ctx, listeners: &[(&str, Option<&str>)]) -> Result<(), ConfigError> {
+    let parsed: Vec<(&str, &str, std::net::SocketAddr)> = listeners
+        .iter()
+        .filter_map(|(key, addr)| {
+            let addr = (*addr)?;
+            addr.parse().ok().map(|a| (*key, addr, a))
+        })
+        .collect();
+    for (i, (key, text, a)) in parsed.iter().enumerate() {
+        for (earlier, earlier_text, b) in &parsed[..i] {
+            let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() != 0 && a.port() == b.port() && overlap {
+                return Err(cx.err(
+                    key,
+                    format!("{text:?} uses the port of {earlier} ({earlier_text:?}): give each listener its own"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The environment variable that gives the PostgreSQL URL instead of `[store] path`.

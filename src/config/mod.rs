@@ -73,6 +73,44 @@ upstream = "127.0.0.1:8600"
     }
 
     #[test]
+    fn every_listener_has_its_own_port() {
+        let with = |extra: &str| parse(&format!("{MINIMAL}{extra}"));
+        let verify = |addr: &str| {
+            format!("[verify]\nlisten = \"{addr}\"\ntrusted_proxies = [\"127.0.0.1\"]\n")
+        };
+        let tls = |addr: &str| {
+            format!("[tls]\nlisten = \"{addr}\"\n[[tls.certificates]]\ncert = \"c.pem\"\nkey = \"k.pem\"\n")
+        };
+        for (extra, key, earlier) in [
+            (verify("127.0.0.1:8080"), "verify.listen", "gateway.listen"),
+            (verify("0.0.0.0:8080"), "verify.listen", "gateway.listen"),
+            (verify("127.0.0.1:9090"), "verify.listen", "admin.listen"),
+            (
+                "[admin]\nlisten = \"[::]:8080\"\n".to_owned(),
+                "admin.listen",
+                "gateway.listen",
+            ),
+            (tls("127.0.0.1:8080"), "tls.listen", "gateway.listen"),
+            (
+                format!("{}{}", tls("127.0.0.1:8443"), verify("127.0.0.1:8443")),
+                "verify.listen",
+                "tls.listen",
+            ),
+        ] {
+            let e = with(&extra).unwrap_err().to_string();
+            assert!(
+                e.contains(key) && e.contains(earlier) && e.contains("its own"),
+                "{extra}: {e}"
+            );
+        }
+        // Another address on the same port, or the system's pick, is its own socket.
+        with(&verify("127.0.0.2:8080")).unwrap();
+        parse(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:0"))
+            .and_then(|_| with(&verify("127.0.0.1:9191")))
+            .unwrap();
+    }
+
+    #[test]
     fn errors_name_file_key_and_problem() {
         let bad = MINIMAL.replace("127.0.0.1:8600", "nowhere");
         let e = parse(&bad).unwrap_err().to_string();

@@ -369,9 +369,19 @@ pub fn refused_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and never handed out before in this test process: the
+/// system may offer a port it just gave us again, and two listeners of one gateway on one port share
+/// one socket (the configuration now refuses that, but a test would fail to start).
 pub fn free_port() -> u16 {
-    refused_addr().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = refused_addr().port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
