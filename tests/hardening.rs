@@ -135,11 +135,27 @@ fn db_files(db: &Path) -> [PathBuf; 3] {
     ["", "-wal", "-shm"].map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
 }
 
-/// Renames the database and its -wal/-shm (those that exist) to `to` + the same suffixes.
+/// Moves the live database aside: the database file first, then its -wal/-shm (those that exist), so
+/// that the gateway, which opens only a database file that is there, never opens the file without its
+/// write-ahead log.
 fn move_db(from: &Path, to: &Path) {
-    for (a, b) in db_files(from).iter().zip(db_files(to).iter()) {
-        if a.exists() {
-            fs::rename(a, b).unwrap_or_else(|e| panic!("rename {a:?} -> {b:?}: {e}"));
+    rename_db_files(from, to, [0, 1, 2]);
+}
+
+/// Puts a database moved aside back: its -wal/-shm first and the database file last, so that a gateway
+/// that reopens it the moment it appears finds the three together (the other order let a reopen start a
+/// fresh log beside the file, and the moved log's committed rows were lost — a flaky test, not the
+/// gateway).
+fn restore_db(from: &Path, to: &Path) {
+    rename_db_files(from, to, [1, 2, 0]);
+}
+
+fn rename_db_files(from: &Path, to: &Path, order: [usize; 3]) {
+    let (from, to) = (db_files(from), db_files(to));
+    for i in order {
+        if from[i].exists() {
+            fs::rename(&from[i], &to[i])
+                .unwrap_or_else(|e| panic!("rename {:?} -> {:?}: {e}", from[i], to[i]));
         }
     }
 }
@@ -846,7 +862,7 @@ fn a_database_moved_away_keeps_the_last_good_index_and_recovers() {
         gw.logs()
     );
     assert!(!gw.db_path().exists(), "a database was created at the path");
-    move_db(&aside, &gw.db_path());
+    restore_db(&aside, &gw.db_path());
     let took = gw.wait_health("ok", Duration::from_secs(10));
     eprintln!("moved back: ok after {took:?}");
     let text = gw.metrics();
@@ -1001,7 +1017,7 @@ fn uses_made_while_the_usage_flush_fails_are_counted_once_the_file_is_back() {
         "no log line about the failed flush:\n{}",
         gw.logs()
     );
-    move_db(&aside, &gw.db_path());
+    restore_db(&aside, &gw.db_path());
     gw.wait_health("ok", Duration::from_secs(10));
     let want = uses + meanwhile;
     let mut last = 0;
