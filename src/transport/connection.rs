@@ -76,8 +76,8 @@ pub(super) struct Facts {
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
-    /// Method and path (never the query), only when the access log is on.
-    log: Option<(http::Method, String)>,
+    /// The method, only when the access log is on (the path is in [`Client::log_path`]).
+    log: Option<http::Method>,
     /// The `RateLimit` field for the response (a route with `rate_limit_headers`).
     pub(super) rate_limit: Option<crate::gateway::limits::RateLimitField>,
     /// The limit that refused the request (429), for metrics.
@@ -110,6 +110,9 @@ pub struct Client<'a, S> {
     accepted: Instant,
     /// Why the connection is closing, when an exchange knows better than "done" (metrics).
     pub(super) closing: Option<Closed>,
+    /// The current request's path for the access log (never the query), reused from request to
+    /// request: the head it comes from is gone by the time the line is written.
+    log_path: String,
 }
 
 impl<'a, S: ClientStream> Client<'a, S> {
@@ -134,6 +137,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             request_id: RequestId::fresh(),
             accepted: Instant::now(),
             closing: None,
+            log_path: String::new(),
         }
     }
 
@@ -291,6 +295,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                     self.buf.release();
                     self.out = Vec::new();
                     self.head.fields = Vec::new();
+                    self.log_path = String::new();
                 }
                 Err(_) => {
                     let r = Refusal::new(
@@ -337,13 +342,13 @@ impl<'a, S: ClientStream> Client<'a, S> {
             m.bytes_in.inc_by(facts.bytes_in);
             m.bytes_out.inc_by(facts.bytes_out);
         }
-        if let Some((method, path)) = facts.log.take() {
+        if let Some(method) = facts.log.take() {
             let user = facts.entry.as_ref().map(|e| e.user_value());
             engine.access_log.log(&Record {
                 at: SystemTime::now(),
                 client: self.peer,
                 method: method.as_str(),
-                path: &path,
+                path: &self.log_path,
                 route: io.map(|io| &*io.route.name),
                 status: facts.status,
                 auth: facts.outcome.as_str(),
@@ -382,7 +387,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
         }
         if engine.access_log.enabled() {
             let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
-            facts.log = Some(logged_request(&req));
+            facts.log = Some(logged_request(&req, &mut self.log_path));
         }
         // The verify listener answers (forward auth, MQTT) and never forwards: see super::verify.
         if let Some(v) = &engine.verify {
@@ -609,15 +614,13 @@ fn request<'b>(
     }
 }
 
-/// What the access log records of a request: its method, and the path as forwarded (origin form), never
-/// the query.
-fn logged_request(req: &Request<'_>) -> (http::Method, String) {
-    let path = match origin_form(req.target) {
-        Some((p, _)) => p.to_owned(),
-        None => String::from_utf8_lossy(req.target).into_owned(),
-    };
-    (
-        http::Method::from_bytes(req.method).unwrap_or(http::Method::GET),
-        path,
-    )
+/// What the access log records of a request: its method, and (into `path`, whose room is reused) the
+/// path as forwarded (origin form), never the query.
+fn logged_request(req: &Request<'_>, path: &mut String) -> http::Method {
+    path.clear();
+    match origin_form(req.target) {
+        Some((p, _)) => path.push_str(p),
+        None => path.push_str(&String::from_utf8_lossy(req.target)),
+    }
+    http::Method::from_bytes(req.method).unwrap_or(http::Method::GET)
 }
