@@ -424,7 +424,7 @@ fn access_log_benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let record = Record {
         at: std::time::SystemTime::now(),
-        client: Some("192.0.2.44".parse().unwrap()),
+        client: Some("192.0.2.44"),
         method: "POST",
         path: "/bearer/hives/7/telemetry",
         route: Some("telemetry"),

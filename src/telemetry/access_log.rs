@@ -24,7 +24,6 @@ use crate::config::{AccessLogFormat, LogConfig};
 use prometheus::IntCounter;
 use std::cell::RefCell;
 use std::io::Write;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,7 +45,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// What is logged about one request; borrowed from the request's state, formatted at once.
 pub struct Record<'a> {
     pub at: SystemTime,
-    pub client: Option<IpAddr>,
+    /// The peer's address as text (formatted once per connection).
+    pub client: Option<&'a str>,
     pub method: &'a str,
     /// Path only, without query (cut to [`MAX_PATH`] as it is formatted).
     pub path: &'a str,
@@ -359,14 +359,31 @@ fn put_time(out: &mut Vec<u8>, at: SystemTime) {
             second.0 = secs;
         }
         out.extend_from_slice(&second.1);
-        let _ = write!(out, "{:03}Z", since.subsec_millis());
+        put_three(out, since.subsec_millis());
+        out.push(b'Z');
     });
 }
 
 /// Writes a duration as milliseconds with three decimals (`1.234`), rounded to the microsecond.
 fn put_ms(out: &mut Vec<u8>, d: Duration) {
     let micros = (d.as_nanos() + 500) / 1000;
-    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
+    put_int(out, micros / 1000);
+    out.push(b'.');
+    put_three(out, (micros % 1000) as u32);
+}
+
+/// Writes an integer in decimal (without `fmt`'s machinery: it runs for every line on the worker).
+fn put_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Writes `n` (below 1000) as three digits.
+fn put_three(out: &mut Vec<u8>, n: u32) {
+    out.extend_from_slice(&[
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
 }
 
 /// Formats one record as a line (with trailing newline), cutting the path and the method to their
@@ -381,9 +398,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             put_time(line, r.at);
             line.extend_from_slice(b"\",\"client\":");
             match r.client {
-                Some(c) => {
-                    let _ = write!(line, "\"{c}\"");
-                }
+                Some(c) => put_json(line, c),
                 None => line.extend_from_slice(b"null"),
             }
             line.extend_from_slice(b",\"method\":");
@@ -406,19 +421,19 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
                 Some(route) => put_json(line, route),
                 None => line.extend_from_slice(b"null"),
             }
-            let _ = write!(line, ",\"status\":{},\"auth\":", r.status);
+            line.extend_from_slice(b",\"status\":");
+            put_int(line, r.status);
+            line.extend_from_slice(b",\"auth\":");
             put_json(line, r.auth);
             line.extend_from_slice(b",\"duration_ms\":");
             put_ms(line, r.duration);
-            let _ = write!(
-                line,
-                ",\"bytes_in\":{},\"bytes_out\":{},\"token_id\":",
-                r.bytes_in, r.bytes_out
-            );
+            line.extend_from_slice(b",\"bytes_in\":");
+            put_int(line, r.bytes_in);
+            line.extend_from_slice(b",\"bytes_out\":");
+            put_int(line, r.bytes_out);
+            line.extend_from_slice(b",\"token_id\":");
             match r.token_id {
-                Some(t) => {
-                    let _ = write!(line, "{t}");
-                }
+                Some(t) => put_int(line, t),
                 None => line.extend_from_slice(b"null"),
             }
             line.extend_from_slice(b",\"user_id\":");
@@ -439,9 +454,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             put_time(line, r.at);
             line.push(b' ');
             match r.client {
-                Some(c) => {
-                    let _ = write!(line, "{c}");
-                }
+                Some(c) => put_clean(line, c),
                 None => line.push(b'-'),
             }
             line.extend_from_slice(b" \"");
@@ -454,17 +467,15 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             if path_cut {
                 let _ = write!(line, "…(truncated,_{}_bytes)", r.path.len());
             }
-            let _ = write!(
-                line,
-                "\" {} route={} auth={} token=",
-                r.status,
-                r.route.unwrap_or("-"),
-                r.auth
-            );
+            line.extend_from_slice(b"\" ");
+            put_int(line, r.status);
+            line.extend_from_slice(b" route=");
+            line.extend_from_slice(r.route.unwrap_or("-").as_bytes());
+            line.extend_from_slice(b" auth=");
+            line.extend_from_slice(r.auth.as_bytes());
+            line.extend_from_slice(b" token=");
             match r.token_id {
-                Some(t) => {
-                    let _ = write!(line, "{t}");
-                }
+                Some(t) => put_int(line, t),
                 None => line.push(b'-'),
             }
             line.extend_from_slice(b" user=");
@@ -472,7 +483,11 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
                 Some(u) => put_clean(line, u),
                 None => line.push(b'-'),
             }
-            let _ = write!(line, " in={} out={} ms=", r.bytes_in, r.bytes_out);
+            line.extend_from_slice(b" in=");
+            put_int(line, r.bytes_in);
+            line.extend_from_slice(b" out=");
+            put_int(line, r.bytes_out);
+            line.extend_from_slice(b" ms=");
             put_ms(line, r.duration);
             line.extend_from_slice(b" id=");
             put_clean(line, r.request_id);

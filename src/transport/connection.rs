@@ -346,7 +346,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             let user = facts.entry.as_ref().map(|e| e.user_value());
             engine.access_log.log(&Record {
                 at: SystemTime::now(),
-                client: self.peer,
+                client: self.peer.map(|_| self.peer_text.as_str()),
                 method: method.as_str(),
                 path: &self.log_path,
                 route: io.map(|io| &*io.route.name),
