@@ -834,3 +834,61 @@ fn a_client_connection_between_requests_holds_no_upstream_connection() {
         "client connections between requests kept upstream connections of their own: {more} opened"
     );
 }
+
+/// A server going away: it answers the first request of its first connection, then closes every
+/// connection as soon as a request arrives, answering nothing.
+fn fading_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind fading server");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().flatten().enumerate() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let read_head = |r: &mut BufReader<TcpStream>| loop {
+                    let mut line = String::new();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => return false,
+                        Ok(_) if line == "\r\n" => return true,
+                        Ok(_) => {}
+                    }
+                };
+                if i == 0 && read_head(&mut r) {
+                    let _ = r
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                }
+                read_head(&mut r);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_request_safe_to_repeat_moves_on_when_the_same_server_fails_a_new_connection_too() {
+    // Both servers fade; the user's hash keeps sending them to one. Its kept-alive connection fails,
+    // then a new connection to the same server fails (a server killed a moment ago may still complete
+    // a connection and close it): the GET goes on to the other server instead of answering 502.
+    let (x, y) = (fading_server(), fading_server());
+    let gw = GatewayBuilder::new()
+        .route_toml(&format!(
+            "name = \"api\"\npath_prefix = \"/api\"\nupstreams = [\"{x}\", \"{y}\"]\nbalance = \"user_hash\"\n"
+        ))
+        .start();
+    let (_, token) = gw.create_token("alice", "camera");
+    let first = gw.get_with_token("/api/x", &token);
+    assert_eq!(
+        (first.status, first.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{first}"
+    );
+    let second = gw.get_with_token("/api/x", &token);
+    assert_eq!(
+        (second.status, second.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{second}"
+    );
+    // A third time both servers have nothing left to give: 502, not a loop.
+    let third = gw.get_with_token("/api/x", &token);
+    assert_eq!(third.status, 502, "{third}");
+}

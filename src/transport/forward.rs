@@ -164,8 +164,10 @@ impl<S: ClientStream> Client<'_, S> {
 
     /// Sends a whole request (head and body in `self.out`) on `at` and reads the response head. When
     /// nothing came back — a kept-alive connection the server closed while idle, or a server that went
-    /// away mid-request — it goes once more on a new connection (the same server for a reused
-    /// connection, another for a new one), only for a request that is safe to repeat and has no body.
+    /// away mid-request — it goes again on a new connection, only for a request that is safe to repeat
+    /// and has no body: after a reused connection once to any server (the same one may only have closed
+    /// an idle connection), then to each server not yet tried (a server killed a moment ago may still
+    /// complete a connection and reset it). At most one more try than the route has servers.
     async fn send_once_more_if_safe<'r>(
         &mut self,
         io: &'r RouteIo,
@@ -175,29 +177,32 @@ impl<S: ClientStream> Client<'_, S> {
         resp: &mut ResponseHead,
     ) -> Result<(), UpstreamFailure> {
         let framing = (req.is_head, req.upgrade);
-        let first = send_and_read(&mut at.conn, &self.out, resp, io, framing).await;
-        let Err(f) = &first else { return first };
-        let repeatable = f.nothing_received && req.retryable;
-        if !repeatable || !(at.conn.reused || io.pool.members.len() > 1) {
-            return first;
+        let mut result = send_and_read(&mut at.conn, &self.out, resp, io, framing).await;
+        let mut same_server_allowed = at.conn.reused;
+        loop {
+            let Err(f) = &result else { return result };
+            if !(f.nothing_received && req.retryable) {
+                return result;
+            }
+            if same_server_allowed {
+                at.tried &= !(1 << at.server);
+                same_server_allowed = false;
+            }
+            let Some(next) = io.pool.pick(user, at.tried) else {
+                return result;
+            };
+            log::debug!(
+                "route {}: {} closed the connection before answering; trying again on a new connection",
+                io.route.name,
+                io.pool.members[at.server].upstream.label
+            );
+            let (server, conn) = self
+                .connect_any(io, next, user, &mut at.tried, true)
+                .await?;
+            (at.server, at.conn) = (server, conn);
+            at.in_flight = io.pool.begin(server);
+            result = send_and_read(&mut at.conn, &self.out, resp, io, framing).await;
         }
-        log::debug!(
-            "route {}: {} closed the connection before answering; retrying once",
-            io.route.name,
-            io.pool.members[at.server].upstream.label
-        );
-        if at.conn.reused {
-            at.tried &= !(1 << at.server);
-        }
-        let Some(next) = io.pool.pick(user, at.tried) else {
-            return first;
-        };
-        let (server, conn) = self
-            .connect_any(io, next, user, &mut at.tried, true)
-            .await?;
-        (at.server, at.conn) = (server, conn);
-        at.in_flight = io.pool.begin(server);
-        send_and_read(&mut at.conn, &self.out, resp, io, framing).await
     }
 
     /// Streams a body that did not fit in the first write, while watching for the response (an upstream
