@@ -150,6 +150,7 @@ websocket = true
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         }
     }
 

@@ -564,6 +564,10 @@ impl TokenStore for PgStore {
                         .try_get::<_, Option<bool>>(14)
                         .map_err(err)?
                         .unwrap_or(false),
+                    access: super::Access::parse(
+                        r.try_get(15).map_err(err)?,
+                        r.try_get(16).map_err(err)?,
+                    ),
                 });
             }
             if rows.len() < CHANGE_BATCH as usize {
