@@ -152,8 +152,7 @@ fn required_name(
             format!("{s:?} cannot be required on a route with auth = \"none\""),
         )),
         Some(s) => {
-            crate::tokens::store::groups::check_name(kind, s)
-                .map_err(|p| cx.err(&key(i, field), p))?;
+            super::values::check_access_name(kind, s).map_err(|p| cx.err(&key(i, field), p))?;
             Ok(Some(s.clone()))
         }
         None => Ok(None),

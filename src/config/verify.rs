@@ -123,7 +123,7 @@ pub(super) fn mqtt(cx: &Ctx, raw: FileMqtt) -> Result<MqttConfig, ConfigError> {
             ("required_license", "license", &t.required_license),
         ] {
             if let Some(n) = v {
-                crate::tokens::store::groups::check_name(kind, n)
+                super::values::check_access_name(kind, n)
                     .map_err(|p| cx.err(&format!("mqtt.topics[{i}].{field}"), p))?;
             }
         }

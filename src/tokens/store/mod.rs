@@ -9,7 +9,10 @@
 //! that changes shared quota counts appends them to the quota feed ([`quota_feed`]), whose entries also
 //! become visible in commit order.
 
+pub mod access;
 pub mod groups;
+mod groups_pg;
+mod groups_sqlite;
 pub mod leaks;
 pub mod pg;
 mod pg_sql;
@@ -22,7 +25,8 @@ use super::fields::Quota;
 pub use super::fields::{parse_rfc3339, rfc3339, unix_now};
 use super::format::{Digest, Token};
 use crate::config::Rate;
-pub use groups::{Access, GroupStore, Member};
+pub use access::{Access, Member};
+pub use groups::GroupStore;
 pub use leaks::LeakStore;
 pub use pg_url::PgUrl;
 pub use quota_feed::QuotaFeedStore;

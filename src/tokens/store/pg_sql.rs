@@ -95,7 +95,7 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 6: groups, their members, licenses with seats, their holders, and their audit log (SQLite's
     // migration 8; see groups.rs).
-    super::groups::PG_MIGRATION,
+    super::access::PG_MIGRATION,
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
@@ -184,7 +184,7 @@ pub(super) const CHANGES: &str = concat!(
     "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at,
         revoked_at IS NOT NULL, rev, bound_cert_sha256, rate_limit, quota, quota_used, quota_period,
         revoked_at IS NOT NULL AND revoked_reason = 'leaked'",
-    super::groups::pg_access_columns!(),
+    super::access::pg_access_columns!(),
     " FROM tokens WHERE rev > $1 ORDER BY rev"
 );
 

@@ -79,7 +79,7 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );",
     // 8: groups, their members, licenses with seats, their holders, and their audit log (groups.rs).
-    super::groups::SQLITE_MIGRATION,
+    super::access::SQLITE_MIGRATION,
 ];
 
 const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT;
@@ -111,7 +111,7 @@ const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT
 const CHANGES: &str = concat!(
     "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev,
         bound_cert_sha256, rate_limit, quota, quota_used, quota_period, revoked_reason",
-    super::groups::sqlite_access_columns!(),
+    super::access::sqlite_access_columns!(),
     " FROM tokens WHERE rev > ?1 ORDER BY rev"
 );
 
