@@ -1,5 +1,5 @@
 //! The allow/deny decision: parsing the one `Authorization` header, checking the token's format, looking
-//! its digest up, and the status, expiry and scope checks. Denials carry their RFC 6750 answer.
+//! its digest up, and the status, expiry, scope, group and license checks. Denials carry their RFC 6750 answer.
 
 use super::answer::Answer;
 use crate::tokens::format::{self as token, Digest, FormatError};
