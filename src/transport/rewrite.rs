@@ -6,8 +6,8 @@
 //! non-alphanumeric byte ignored, so `X.User.Id`, `XUserId` and `x_user_id-` are all `x-user-id`). The
 //! forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields, or any client copy of an
 //! identity header (the configured user and token id headers, `x-token-scopes`, `x-token-roles`,
-//! `x-token-groups`, `x-token-licenses`, `x-tokengate-signature`) or of `x-request-id`, in any such spelling; the identity headers are added
-//! once, after the framing. Proxy fields ([`names::proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! `x-token-groups`, `x-token-licenses`, `x-tokengate-signature`) or of `x-request-id`, in any such
+//! spelling; the identity headers are added once, after the framing. Proxy fields ([`names::proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
 //! ...) say who the client is and how it came: they are kept only from a `trusted_proxies` peer and
 //! only spelled as proxies write them; `X-Forwarded-For` and `-Proto` are the gateway's own otherwise.
 
