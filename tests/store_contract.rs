@@ -727,3 +727,36 @@ fn groups_and_licenses_reach_the_change_feed_and_seats_are_never_oversold() {
         assert_eq!(s.license("season").unwrap().seats_used, 3, "{}", b.name);
     }
 }
+
+/// A forced `store copy` replaces the target's tokens: the target's groups and licenses go with them, so
+/// a membership that named the target's token 1 never attaches to the copied token 1.
+#[test]
+fn a_forced_copy_leaves_no_group_or_seat_of_the_replaced_tokens() {
+    use tokengate::tokens::store::Member;
+    for target in backends() {
+        let source = sqlite();
+        let mut src = source.open();
+        let (copied, _) = src.create(&new("mallory"), "cli").unwrap();
+        let data = src.export().unwrap();
+        let mut dst = target.open();
+        let (old, _) = dst.create(&new("ops"), "cli").unwrap();
+        assert_eq!(old.id, copied.id, "{}", target.name);
+        dst.group_create("admins-team", &[], "cli").unwrap();
+        dst.group_add("admins-team", &Member::Token(old.id), "cli")
+            .unwrap();
+        dst.license_create("video", 5, None, "cli").unwrap();
+        dst.license_assign("video", &Member::Token(old.id), "cli")
+            .unwrap();
+        dst.import(&data, true).unwrap();
+        let row = dst
+            .changes_since(0)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == copied.id)
+            .unwrap();
+        assert_eq!(row.user, "mallory");
+        assert!(row.access.is_empty(), "{}: {:?}", target.name, row.access);
+        assert!(dst.groups().unwrap().is_empty(), "{}", target.name);
+        assert!(dst.licenses().unwrap().is_empty(), "{}", target.name);
+    }
+}

@@ -351,9 +351,12 @@ impl TokenStore for SqliteStore {
                 tokens: existing,
             });
         }
-        // The append-only triggers guard the event log against edits, not against a forced copy.
+        // The append-only triggers guard the event log against edits, not against a forced copy. The
+        // target's groups and licenses go too: their members name tokens and users that are replaced
+        // (`store copy` does not carry groups and licenses yet).
         tx.execute_batch(
-            "DROP TRIGGER token_events_no_delete; DELETE FROM token_events; DELETE FROM tokens;
+            "DELETE FROM group_members; DELETE FROM groups; DELETE FROM license_holders; DELETE FROM licenses;
+             DROP TRIGGER token_events_no_delete; DELETE FROM token_events; DELETE FROM tokens;
              CREATE TRIGGER token_events_no_delete BEFORE DELETE ON token_events
                 BEGIN SELECT RAISE(ABORT, 'token_events is append-only'); END;",
         )
