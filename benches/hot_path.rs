@@ -82,6 +82,7 @@ fn row(id: i64, digest: Digest) -> IndexRow {
         quota_used: 0,
         quota_period: None,
         leaked: false,
+        access: Default::default(),
     }
 }
 
@@ -180,7 +181,7 @@ fn index_and_decision_benches(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % n;
                 let t = auth::bearer_token(black_box(&allowed[i])).unwrap();
-                auth::authorize(&f.index, t, None, None, NOW).is_ok()
+                auth::authorize(&f.index, t, auth::Requirements::NONE, None, NOW).is_ok()
             })
         });
         if size == SIZES[SIZES.len() - 1].0 {
@@ -188,14 +189,14 @@ fn index_and_decision_benches(c: &mut Criterion) {
             g.bench_function("deny_unknown", |b| {
                 b.iter(|| {
                     let t = auth::bearer_token(black_box(&unknown)).unwrap();
-                    auth::authorize(&f.index, t, None, None, NOW).is_ok()
+                    auth::authorize(&f.index, t, auth::Requirements::NONE, None, NOW).is_ok()
                 })
             });
             let garbage = bearer(&format!("tg_{}", "x".repeat(token::TOKEN_LEN - 3)));
             g.bench_function("deny_bad_checksum", |b| {
                 b.iter(|| {
                     let t = auth::bearer_token(black_box(&garbage)).unwrap();
-                    auth::authorize(&f.index, t, None, None, NOW).is_ok()
+                    auth::authorize(&f.index, t, auth::Requirements::NONE, None, NOW).is_ok()
                 })
             });
         }

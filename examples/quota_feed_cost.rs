@@ -247,6 +247,7 @@ fn measure_index(n: usize) {
             quota_used: 0,
             quota_period: Some(start),
             leaked: false,
+            access: Default::default(),
         });
     }
     let totals: Vec<QuotaTotal> = (1..=n as i64)

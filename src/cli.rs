@@ -1,5 +1,7 @@
-//! The command line: `serve`, `check-config` and the `token` commands. `main.rs` only parses and calls
-//! [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
+//! The command line: `serve`, `check-config`, the `token` commands and (in [`access`]) the `group` and
+//! `license` commands. `main.rs` only parses and calls [`run`]. Output for people goes to stdout as aligned tables; `--json` gives machine-readable objects.
+
+pub mod access;
 
 use crate::config::{self, Config};
 use crate::tokens::fields::{cert_thumbprint, expiry, grace_until, parse_grace};
@@ -43,6 +45,16 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Manage groups: their members' tokens get the group's roles, and routes can require one.
+    Group {
+        #[command(subcommand)]
+        command: access::GroupCommand,
+    },
+    /// Manage licenses: seats with an end, which routes can require.
+    License {
+        #[command(subcommand)]
+        command: access::LicenseCommand,
     },
     /// Manage the store: apply its schema, copy it to another store.
     Store {
@@ -238,6 +250,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             token_command(&mut store, &config.roles, command)?;
             if changes {
+                wait_for_gateways(&store);
+            }
+            Ok(())
+        }
+        Command::Group { command } => {
+            let config = Config::load(&cli.config)?;
+            let mut store = open_store(&cli.config)?;
+            if access::group(&mut store, &config.roles, command)? {
+                wait_for_gateways(&store);
+            }
+            Ok(())
+        }
+        Command::License { command } => {
+            let mut store = open_store(&cli.config)?;
+            if access::license(&mut store, command)? {
                 wait_for_gateways(&store);
             }
             Ok(())

@@ -46,6 +46,17 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/whoami"),
     ("POST", "/api/leaks"),
     ("GET", "/api/leaks"),
+    ("GET", "/api/groups"),
+    ("POST", "/api/groups"),
+    ("GET", "/api/groups/{name}"),
+    ("DELETE", "/api/groups/{name}"),
+    ("POST", "/api/groups/{name}/members"),
+    ("DELETE", "/api/groups/{name}/members/{member}"),
+    ("GET", "/api/licenses"),
+    ("POST", "/api/licenses"),
+    ("GET", "/api/licenses/{name}"),
+    ("POST", "/api/licenses/{name}/holders"),
+    ("DELETE", "/api/licenses/{name}/holders/{member}"),
 ];
 
 /// The fields of a token in `token list --json` and in the API.
@@ -147,7 +158,19 @@ fn template_of(target: &str) -> String {
             }
             format!("/api/tokens/{}", segments.join("/"))
         }
-        None => path.to_owned(),
+        None => {
+            for c in ["/api/groups/", "/api/licenses/"] {
+                if let Some(rest) = path.strip_prefix(c) {
+                    let mut segments: Vec<&str> = rest.split('/').collect();
+                    segments[0] = "{name}";
+                    if segments.len() == 3 {
+                        segments[2] = "{member}";
+                    }
+                    return format!("{c}{}", segments.join("/"));
+                }
+            }
+            path.to_owned()
+        }
     }
 }
 
@@ -1426,7 +1449,9 @@ fn openapi_every_documented_operation_reaches_its_handler() {
             "{method} {template}: one success status: {success:?}"
         );
         let success: u16 = success[0].parse().expect("numeric status");
-        let want = if (method.as_str(), template.as_str()) == ("POST", "/api/tokens") {
+        let want = if method == "POST"
+            && ["/api/tokens", "/api/groups", "/api/licenses"].contains(&template.as_str())
+        {
             201
         } else {
             200
@@ -1445,9 +1470,50 @@ fn openapi_every_documented_operation_reaches_its_handler() {
         // A fresh token for operations on one id.
         let (id, _, _) =
             env.create(&json!({"user": "openapi", "label": format!("{method} {template}")}));
-        let target = template.replace("{id}", &id.to_string());
+        let mut target = template.replace("{id}", &id.to_string());
         let op = &doc["paths"][template.as_str()][method.to_ascii_lowercase()];
+        // Groups and licenses: a fresh one named after the token, with the token as member when the
+        // operation removes one.
+        let collection = ["/api/groups", "/api/licenses"]
+            .into_iter()
+            .find(|c| template.starts_with(c));
+        let name = format!("openapi-{id}");
+        if let Some(c) = collection {
+            let create = if c == "/api/groups" {
+                json!({"name": name, "roles": []})
+            } else {
+                json!({"name": name, "seats": 5})
+            };
+            if template.contains("{name}") {
+                assert_eq!(env.api("POST", c, Some(&create)).status, 201);
+            }
+            if template.ends_with("{member}") {
+                let sub = if c == "/api/groups" {
+                    "members"
+                } else {
+                    "holders"
+                };
+                let r = env.api(
+                    "POST",
+                    &format!("{c}/{name}/{sub}"),
+                    Some(&json!({"token_id": id})),
+                );
+                assert_eq!(r.status, 200, "{r}");
+            }
+            target = template
+                .replace("{name}", &name)
+                .replace("{member}", &format!("token:{id}"));
+        }
         let body = match (op.pointer("/requestBody/required"), method.as_str()) {
+            (Some(Value::Bool(true)), _) if collection.is_some() && template.contains("{name}") => {
+                Some(json!({"token_id": id}))
+            }
+            (Some(Value::Bool(true)), _) if template == "/api/groups" => {
+                Some(json!({"name": name, "roles": []}))
+            }
+            (Some(Value::Bool(true)), _) if template == "/api/licenses" => {
+                Some(json!({"name": name, "seats": 5, "valid_until": "2999-01-01T00:00:00Z"}))
+            }
             (Some(Value::Bool(true)), "PATCH") => Some(json!({"label": "happy path"})),
             (Some(Value::Bool(true)), _) if template == "/api/leaks" => {
                 Some(json!([{"token": "tg_not_one_of_ours", "type": "happy path"}]))
@@ -1461,7 +1527,7 @@ fn openapi_every_documented_operation_reaches_its_handler() {
             r.status, success,
             "{method} {target}: documented {success}, handler answered {r}"
         );
-        if r.status == 201 || template.ends_with("/rotate") {
+        if (r.status == 201 && collection.is_none()) || template.ends_with("/rotate") {
             assert!(r.json()["token"].is_string(), "{r}");
         }
         // Without a credential and without the admin scope: documented 401 and 403 (checked by api_raw).

@@ -1297,6 +1297,11 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
             .strip_prefix("t=")
             .and_then(|rest| rest.split_once(",v2="))
             .unwrap_or_else(|| panic!("signature format: {sig}"));
+        // v2, then v3 (issue 30: v3 also covers groups and licenses).
+        let (v2, v3) = v2
+            .split_once(",v3=")
+            .unwrap_or_else(|| panic!("signature format: {sig}"));
+        assert!(v3.len() == 64, "v3 is not 64 hex: {sig}");
         let t: u64 = t.parse().unwrap_or_else(|_| panic!("t not integer: {sig}"));
         assert!(
             v2.len() == 64
@@ -1329,6 +1334,8 @@ fn signed_routes_carry_one_verifiable_signature_and_other_routes_none() {
             token_id: token_id.as_bytes(),
             scopes: scopes.as_bytes(),
             roles: roles.as_bytes(),
+            groups: b"",
+            licenses: b"",
             method: method.as_bytes(),
             path_and_query: seen.uri.as_bytes(),
         };

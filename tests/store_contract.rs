@@ -595,3 +595,168 @@ fn copy_round_trip(from: &Backend, to: &Backend) {
         (a.record.use_count, a.record.last_used_at)
     );
 }
+
+/// Groups and licenses (issue 30), on both backends: the change feed carries a token's groups, their
+/// roles and its licenses; every change gives the tokens it touches a new revision (and only those);
+/// seats are counted in the transaction that takes one, also from many threads at once; every change is
+/// an event with actor and detail; names and members that do not exist are refused.
+#[test]
+fn groups_and_licenses_reach_the_change_feed_and_seats_are_never_oversold() {
+    use tokengate::tokens::store::{Access, Member};
+    for b in backends() {
+        let mut s = b.open();
+        let (alice, _) = s.create(&new("alice"), "cli").unwrap();
+        let (cam, _) = s.create(&new("alice"), "cli").unwrap();
+        let (bob, _) = s.create(&new("bob"), "cli").unwrap();
+        let access = |s: &mut Store, id: i64| -> (i64, Access) {
+            let row = s
+                .changes_since(0)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == id)
+                .unwrap();
+            (row.rev, row.access)
+        };
+        let (rev0, a0) = access(&mut s, alice.id);
+        assert_eq!(a0, Access::default(), "{}", b.name);
+        let (bob_rev0, _) = access(&mut s, bob.id);
+        s.group_create("apiary-42", &["beekeeper".into()], "cli")
+            .unwrap();
+        assert!(matches!(
+            s.group_create("apiary-42", &[], "cli"),
+            Err(StoreError::Exists { .. })
+        ));
+        assert!(s
+            .group_add("apiary-42", &Member::User("alice".into()), "admin:1")
+            .unwrap());
+        assert!(!s
+            .group_add("apiary-42", &Member::User("alice".into()), "admin:1")
+            .unwrap());
+        assert!(matches!(
+            s.group_add("apiary-42", &Member::Token(999_999), "cli"),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.group_add("nope", &Member::Token(bob.id), "cli"),
+            Err(StoreError::NoGroup { .. })
+        ));
+        let (rev1, a1) = access(&mut s, alice.id);
+        assert!(
+            rev1 > rev0,
+            "{}: the member's token got no new revision",
+            b.name
+        );
+        assert_eq!(a1.groups, ["apiary-42"]);
+        assert_eq!(a1.group_roles, ["beekeeper"]);
+        assert_eq!(access(&mut s, cam.id).1.groups, ["apiary-42"], "{}", b.name);
+        assert_eq!(
+            access(&mut s, bob.id).0,
+            bob_rev0,
+            "{}: bob was touched",
+            b.name
+        );
+        // Licenses: one seat, taken once; an end read with the row.
+        s.license_create("video", 1, Some(4_000_000_000), "cli")
+            .unwrap();
+        assert!(s
+            .license_assign("video", &Member::Token(cam.id), "cli")
+            .unwrap());
+        assert!(matches!(
+            s.license_assign("video", &Member::User("bob".into()), "cli"),
+            Err(StoreError::SeatsTaken { seats: 1, .. })
+        ));
+        assert_eq!(
+            access(&mut s, cam.id).1.licenses,
+            [("video".to_string(), Some(4_000_000_000))]
+        );
+        assert!(access(&mut s, alice.id).1.licenses.is_empty());
+        let l = s.license("video").unwrap();
+        assert_eq!((l.seats, l.seats_used, l.valid), (1, 1, true));
+        // Removal and deletion touch the members' tokens again.
+        s.group_remove("apiary-42", &Member::User("alice".into()), "cli")
+            .unwrap();
+        assert!(matches!(
+            s.group_remove("apiary-42", &Member::User("alice".into()), "cli"),
+            Err(StoreError::NotMember { .. })
+        ));
+        let (rev2, a2) = access(&mut s, alice.id);
+        assert!(rev2 > rev1 && a2.groups.is_empty(), "{}", b.name);
+        s.group_add("apiary-42", &Member::Token(bob.id), "cli")
+            .unwrap();
+        s.group_delete("apiary-42", "cli").unwrap();
+        assert!(access(&mut s, bob.id).1.groups.is_empty(), "{}", b.name);
+        let events: Vec<(String, String)> = s
+            .access_events("group", "apiary-42")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event, e.actor))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("created".into(), "cli".into()),
+                ("member_added".into(), "admin:1".into()),
+                ("member_removed".into(), "cli".into()),
+                ("member_added".into(), "cli".into()),
+                ("deleted".into(), "cli".into()),
+            ],
+            "{}",
+            b.name
+        );
+        // Many threads, each with its own connection, for 3 seats: exactly 3 get one.
+        s.license_create("season", 3, None, "cli").unwrap();
+        let barrier = Arc::new(Barrier::new(8));
+        let won: usize = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (barrier, location) = (barrier.clone(), b.location.clone());
+                    sc.spawn(move || {
+                        let mut s = Store::open(&location).unwrap();
+                        barrier.wait();
+                        match s.license_assign("season", &Member::User(format!("u{i}")), "cli") {
+                            Ok(true) => 1,
+                            Err(StoreError::SeatsTaken { .. }) => 0,
+                            other => panic!("{other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(won, 3, "{}", b.name);
+        assert_eq!(s.license("season").unwrap().seats_used, 3, "{}", b.name);
+    }
+}
+
+/// A forced `store copy` replaces the target's tokens: the target's groups and licenses go with them, so
+/// a membership that named the target's token 1 never attaches to the copied token 1.
+#[test]
+fn a_forced_copy_leaves_no_group_or_seat_of_the_replaced_tokens() {
+    use tokengate::tokens::store::Member;
+    for target in backends() {
+        let source = sqlite();
+        let mut src = source.open();
+        let (copied, _) = src.create(&new("mallory"), "cli").unwrap();
+        let data = src.export().unwrap();
+        let mut dst = target.open();
+        let (old, _) = dst.create(&new("ops"), "cli").unwrap();
+        assert_eq!(old.id, copied.id, "{}", target.name);
+        dst.group_create("admins-team", &[], "cli").unwrap();
+        dst.group_add("admins-team", &Member::Token(old.id), "cli")
+            .unwrap();
+        dst.license_create("video", 5, None, "cli").unwrap();
+        dst.license_assign("video", &Member::Token(old.id), "cli")
+            .unwrap();
+        dst.import(&data, true).unwrap();
+        let row = dst
+            .changes_since(0)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == copied.id)
+            .unwrap();
+        assert_eq!(row.user, "mallory");
+        assert!(row.access.is_empty(), "{}: {:?}", target.name, row.access);
+        assert!(dst.groups().unwrap().is_empty(), "{}", target.name);
+        assert!(dst.licenses().unwrap().is_empty(), "{}", target.name);
+    }
+}

@@ -733,6 +733,97 @@ fn a_role_that_loses_the_routes_scope_under_sighup_closes_the_tunnel() {
     });
 }
 
+/// Groups (issue 30): a tunnel let through by the role of a group the token's user is in closes when
+/// the user leaves the group (and another member's tunnel stays); one let through by a group's role
+/// closes when the group is deleted.
+#[test]
+fn leaving_or_deleting_the_group_that_grants_the_scope_closes_the_tunnel() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = ws_server(&rt);
+    let plain = Upstream::start("plain");
+    let gw = gateway(&ws, &plain, &[]);
+    let (_, token) = gw.create_token_with("alice", "camera", &["--scope", "other"]);
+    let (bob_id, bob) = gw.create_token_with("bob", "camera", &["--scope", "other"]);
+    gw.wait_status("/plain/x", &token, 200);
+    let run = |args: &[&str]| {
+        let out = gw.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    run(&["group", "create", "apiary-42", "--role", "camera"]);
+    run(&["group", "add", "apiary-42", "--user", "alice"]);
+    run(&["group", "add", "apiary-42", "--token", &bob_id.to_string()]);
+    rt.block_on(async {
+        let (mut theirs, _) = open(&gw, "/scoped/live", Some(&bob)).await.unwrap();
+        let took = tunnel_closes_after(&gw, "/scoped/live", &token, || {
+            run(&["group", "remove", "apiary-42", "--user", "alice"]);
+        })
+        .await;
+        eprintln!("left the group: the tunnel closed {took:?} after the CLI returned");
+        assert!(took < CLOSE_BOUND, "{took:?}");
+        echoes(&mut theirs, "still a member").await;
+        assert_eq!(
+            open(&gw, "/scoped/live", Some(&token)).await.unwrap_err(),
+            "HTTP 403"
+        );
+        let took = tunnel_closes_after(&gw, "/scoped/live", &bob, || {
+            run(&["group", "delete", "apiary-42"]);
+        })
+        .await;
+        assert!(took < CLOSE_BOUND, "{took:?}");
+    });
+}
+
+/// A license past its `valid_until` closes a tunnel on a route that requires it, with no write to the
+/// store: the re-check asks the clock.
+#[test]
+fn a_license_that_ends_closes_the_tunnel_without_any_write() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = ws_server(&rt);
+    let plain = Upstream::start("plain");
+    let gw = gateway(&ws, &plain, &[("required_license", "\"live-video\"")]);
+    let (_, token) = gw.create_token("alice", "camera");
+    gw.wait_status("/plain/x", &token, 200);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let end =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(now + 3))
+            .to_string();
+    for args in [
+        &[
+            "license",
+            "create",
+            "live-video",
+            "--seats",
+            "1",
+            "--valid-until",
+            &end,
+        ][..],
+        &["license", "assign", "live-video", "--user", "alice"][..],
+    ] {
+        let out = gw.cli(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    rt.block_on(async {
+        let (mut tunnel, _) = open(&gw, "/ws/live", Some(&token)).await.unwrap();
+        echoes(&mut tunnel, "licensed").await;
+        // Nothing is written from here on.
+        if let Err(e) = ended_within(&mut tunnel, Duration::from_secs(8)).await {
+            panic!("{e}");
+        }
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(after >= now + 3, "closed before the license ended");
+        assert_eq!(
+            open(&gw, "/ws/live", Some(&token)).await.unwrap_err(),
+            "HTTP 403"
+        );
+    });
+}
+
 #[test]
 fn a_route_removed_under_sighup_closes_its_tunnels() {
     let rt = tokio::runtime::Runtime::new().unwrap();

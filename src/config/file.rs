@@ -147,6 +147,8 @@ pub(super) struct FileRoute {
     pub(super) idle_timeout: Option<String>,
     pub(super) auth: Option<AuthMode>,
     pub(super) required_scope: Option<String>,
+    pub(super) required_group: Option<String>,
+    pub(super) required_license: Option<String>,
     #[serde(default)]
     pub(super) strip_request_headers: Vec<String>,
     pub(super) user_id_header: Option<String>,
@@ -222,4 +224,6 @@ pub(super) struct FileTopic {
     pub(super) pattern: String,
     pub(super) action: Option<String>,
     pub(super) required_scope: Option<String>,
+    pub(super) required_group: Option<String>,
+    pub(super) required_license: Option<String>,
 }

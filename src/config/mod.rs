@@ -345,4 +345,53 @@ upstream = "127.0.0.1:8600"
             );
         }
     }
+
+    #[test]
+    fn required_group_and_license_are_names_on_authenticated_routes() {
+        let c = parse(&format!(
+            "{MINIMAL}required_group = \"apiary-42\"\nrequired_license = \"video-analytics\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].required_group.as_deref(), Some("apiary-42"));
+        assert_eq!(
+            c.routes[0].required_license.as_deref(),
+            Some("video-analytics")
+        );
+        for (extra, key, problem) in [
+            (
+                "required_group = \"Apiary-42\"",
+                "routes[0].required_group",
+                "lower case",
+            ),
+            (
+                "required_group = \"\"",
+                "routes[0].required_group",
+                "1 to 64",
+            ),
+            (
+                "required_license = \"a b\"",
+                "routes[0].required_license",
+                "lower case",
+            ),
+            (
+                "auth = \"none\"\nrequired_group = \"g\"",
+                "routes[0].required_group",
+                "auth = \"none\"",
+            ),
+            (
+                "auth = \"none\"\nrequired_license = \"l\"",
+                "routes[0].required_license",
+                "auth = \"none\"",
+            ),
+            ("required_groups = \"g\"", "", "unknown field"),
+        ] {
+            let e = parse(&format!("{MINIMAL}{extra}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("/etc/tg/gw.toml: ") && e.contains(key) && e.contains(problem),
+                "{extra}: {e}"
+            );
+        }
+    }
 }

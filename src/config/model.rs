@@ -311,6 +311,10 @@ pub struct RouteConfig {
     pub idle_timeout: Duration,
     pub auth: AuthMode,
     pub required_scope: Option<String>,
+    /// The group a token (or its user) must be in.
+    pub required_group: Option<String>,
+    /// The license a token (or its user) must hold, valid at the request's time.
+    pub required_license: Option<String>,
     pub strip_request_headers: Vec<HeaderName>,
     pub user_id_header: HeaderName,
     /// Largest request body accepted (413 beyond).
@@ -492,6 +496,10 @@ pub struct TopicRule {
     pub pattern: String,
     pub action: TopicAction,
     pub required_scope: Option<String>,
+    /// The group the client's token (or its user) must be in.
+    pub required_group: Option<String>,
+    /// The license the client's token (or its user) must hold, valid now.
+    pub required_license: Option<String>,
 }
 
 /// The validated `[mqtt]` table.

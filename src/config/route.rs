@@ -22,6 +22,8 @@ pub(super) fn route(
     let pool = super::pool::pool(cx, i, &r)?;
     let auth = r.auth.unwrap_or(AuthMode::Bearer);
     let required_scope = required_scope(cx, i, &r, auth)?;
+    let required_group = required_name(cx, i, "required_group", &r.required_group, auth)?;
+    let required_license = required_name(cx, i, "required_license", &r.required_license, auth)?;
     let strip_request_headers = strip_request_headers(cx, i, &r)?;
     let request_timeout = body_and_request_time(cx, i, &r)?;
     check_query_token_param(cx, i, &r, auth)?;
@@ -50,6 +52,8 @@ pub(super) fn route(
         pool,
         auth,
         required_scope,
+        required_group,
+        required_license,
         strip_request_headers,
         user_id_header,
         max_body_bytes: r.max_body_bytes,
@@ -124,6 +128,33 @@ fn required_scope(
                 .map(|_| s.clone())
                 .map_err(|p| cx.err(&key(i, "required_scope"), p))?,
         )),
+        None => Ok(None),
+    }
+}
+
+/// `required_group` / `required_license`: a valid group or license name (lower case, `a-z0-9._-`), and
+/// only on a route with auth.
+fn required_name(
+    cx: &Ctx,
+    i: usize,
+    field: &str,
+    value: &Option<String>,
+    auth: AuthMode,
+) -> Result<Option<String>, ConfigError> {
+    let kind = if field == "required_group" {
+        "group"
+    } else {
+        "license"
+    };
+    match value {
+        Some(s) if auth == AuthMode::None => Err(cx.err(
+            &key(i, field),
+            format!("{s:?} cannot be required on a route with auth = \"none\""),
+        )),
+        Some(s) => {
+            super::values::check_access_name(kind, s).map_err(|p| cx.err(&key(i, field), p))?;
+            Ok(Some(s.clone()))
+        }
         None => Ok(None),
     }
 }

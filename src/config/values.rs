@@ -1,5 +1,5 @@
 //! Parsers and checks for single configuration values (durations, addresses, path prefixes, scopes, header
-//! names). Each returns the problem as a sentence that quotes the value; the caller adds file and key.
+//! names, group and license names). Each returns the problem as a sentence that quotes the value; the caller adds file and key.
 
 use http::HeaderName;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -177,6 +177,29 @@ impl std::fmt::Display for Rate {
             _ => "h",
         };
         write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// The longest group or license name.
+pub const MAX_ACCESS_NAME: usize = 64;
+
+/// Checks a group or license name (`kind`: `group`, `license`): 1 to 64 of `a-z 0-9 . _ -`, starting
+/// with a letter or digit. Lower case only, so that `Apiary-42` and `apiary-42` can never be two groups
+/// (or one route's requirement and another's group): a name with an upper-case letter is refused, not
+/// folded. Shared by the routes' `required_group` / `required_license` and the store.
+pub fn check_access_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ACCESS_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name {name:?} must be 1 to {MAX_ACCESS_NAME} characters of a-z, 0-9, '.', '_', '-' (lower case), starting with a letter or digit"
+        ))
     }
 }
 

@@ -118,10 +118,21 @@ pub(super) fn mqtt(cx: &Ctx, raw: FileMqtt) -> Result<MqttConfig, ConfigError> {
         if let Some(s) = &t.required_scope {
             check_scope(s).map_err(|p| cx.err(&format!("mqtt.topics[{i}].required_scope"), p))?;
         }
+        for (field, kind, v) in [
+            ("required_group", "group", &t.required_group),
+            ("required_license", "license", &t.required_license),
+        ] {
+            if let Some(n) = v {
+                super::values::check_access_name(kind, n)
+                    .map_err(|p| cx.err(&format!("mqtt.topics[{i}].{field}"), p))?;
+            }
+        }
         topics.push(TopicRule {
             pattern: t.pattern,
             action,
             required_scope: t.required_scope,
+            required_group: t.required_group,
+            required_license: t.required_license,
         });
     }
     Ok(MqttConfig {

@@ -118,6 +118,8 @@ pub struct ErrorBody<'a> {
     pub detail: &'a str,
     /// The scope a 403 names.
     pub scope: Option<&'a str>,
+    /// The group or license a 403 names (`group:NAME`, `license:NAME`).
+    pub missing: Option<&'a str>,
     /// The request's id.
     pub request_id: Option<&'a str>,
 }
@@ -139,6 +141,9 @@ impl<'a> ErrorBody<'a> {
         }
         if let Some(s) = self.scope {
             v["scope"] = s.into();
+        }
+        if let Some(m) = self.missing {
+            v["missing"] = m.into();
         }
         serde_json::to_vec(&v).expect("json")
     }

@@ -1,5 +1,5 @@
 //! The allow/deny decision: parsing the one `Authorization` header, checking the token's format, looking
-//! its digest up, and the status, expiry and scope checks. Denials carry their RFC 6750 answer.
+//! its digest up, and the status, expiry, scope, group and license checks. Denials carry their RFC 6750 answer.
 
 use super::answer::Answer;
 use crate::tokens::format::{self as token, Digest, FormatError};
@@ -32,6 +32,10 @@ pub enum Denial {
     Expired,
     /// Valid token without the route's required scope.
     InsufficientScope(String),
+    /// Valid token (nor its user) not in the route's `required_group`.
+    NotInGroup(String),
+    /// Valid token (nor its user) without the route's `required_license`, or with it past its end.
+    NoLicense(String),
     /// A token bound to a client certificate, presented without that certificate (or not over TLS).
     CertificateMismatch,
 }
@@ -85,6 +89,7 @@ impl Denial {
             Denial::Missing => Answer::BearerRequired,
             Denial::Multiple | Denial::Malformed(_) => Answer::BadCredential,
             Denial::InsufficientScope(_) => Answer::InsufficientScope,
+            Denial::NotInGroup(_) | Denial::NoLicense(_) => Answer::Forbidden,
             _ => Answer::InvalidToken,
         }
     }
@@ -98,7 +103,9 @@ impl Denial {
             Denial::Missing => Outcome::Missing,
             Denial::Revoked | Denial::Leaked => Outcome::Revoked,
             Denial::Expired => Outcome::Expired,
-            Denial::InsufficientScope(_) => Outcome::InsufficientScope,
+            Denial::InsufficientScope(_) | Denial::NotInGroup(_) | Denial::NoLicense(_) => {
+                Outcome::InsufficientScope
+            }
             Denial::CertificateMismatch => Outcome::CertMismatch,
             _ => Outcome::Invalid,
         }
@@ -124,6 +131,8 @@ impl Denial {
             Denial::Leaked => "revoked: reported leaked".into(),
             Denial::Expired => "the token has expired".into(),
             Denial::InsufficientScope(s) => format!("this route requires the scope {s}"),
+            Denial::NotInGroup(g) => format!("this route requires membership of the group {g}"),
+            Denial::NoLicense(l) => format!("this route requires a valid license {l}"),
             Denial::CertificateMismatch => {
                 "the token is bound to a client certificate: send it over TLS with that certificate"
                     .into()
@@ -146,16 +155,39 @@ impl Denial {
         c
     }
 
-    /// The JSON body: `{"error": ..., "detail": ...}` (plus `scope` for 403).
+    /// The JSON body: `{"error": ..., "detail": ...}` (plus `scope` or `missing` for 403).
     pub fn body(&self) -> Vec<u8> {
+        let missing = self.missing();
         super::answer::ErrorBody {
             scope: match self {
                 Denial::InsufficientScope(s) => Some(s),
                 _ => None,
             },
+            missing: missing.as_deref(),
             ..super::answer::ErrorBody::new(self.answer().code(), &self.description())
         }
         .to_vec()
+    }
+
+    /// What a 403 for a group or license names: `group:NAME`, `license:NAME`.
+    pub fn missing(&self) -> Option<String> {
+        match self {
+            Denial::NotInGroup(g) => Some(format!("group:{g}")),
+            Denial::NoLicense(l) => Some(format!("license:{l}")),
+            _ => None,
+        }
+    }
+
+    /// Whether it counts as a failed guess towards the address's throttle: not a missing credential,
+    /// nor a valid token lacking a scope, group or license.
+    pub fn is_failure(&self) -> bool {
+        !matches!(
+            self,
+            Denial::Missing
+                | Denial::InsufficientScope(_)
+                | Denial::NotInGroup(_)
+                | Denial::NoLicense(_)
+        )
     }
 }
 
@@ -237,6 +269,25 @@ pub struct Required<'a> {
     pub roles: &'a [Box<str>],
 }
 
+/// Everything a route asks of a token beyond being valid: a scope, a group, a license.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requirements<'a> {
+    pub scope: Option<Required<'a>>,
+    /// `required_group`.
+    pub group: Option<&'a str>,
+    /// `required_license`.
+    pub license: Option<&'a str>,
+}
+
+impl Requirements<'_> {
+    /// Nothing beyond a valid token.
+    pub const NONE: Requirements<'static> = Requirements {
+        scope: None,
+        group: None,
+        license: None,
+    };
+}
+
 /// The digest a presented credential is looked up by, once its format is checked (prefix, length,
 /// checksum): a string that cannot be a token is never hashed or looked up.
 pub fn digest(token: &str) -> Result<Digest, Denial> {
@@ -249,22 +300,23 @@ pub fn digest(token: &str) -> Result<Digest, Denial> {
 pub fn authorize(
     index: &Index,
     token: &str,
-    required_scope: Option<Required<'_>>,
+    required: Requirements<'_>,
     client_cert: Option<&[u8; 32]>,
     now: u64,
 ) -> Result<Arc<Entry>, Denial> {
-    authorize_digest(index, &digest(token)?, required_scope, client_cert, now)
+    authorize_digest(index, &digest(token)?, required, client_cert, now)
 }
 
 /// The token rules, on the digest of what was presented: the index entry as it is now (a token edited
 /// since is looked at in its new state), revoked, this digest's own validity (a secret rotated out, or
 /// whose grace period ended, is unknown), expired, the certificate binding, and the required scope
-/// with roles as `required_scope` resolves them. Every request goes through it ([`authorize`], from
+/// with roles as `required_scope` resolves them (and the roles of the token's groups), the required
+/// group and the required license valid at `now`. Every request goes through it ([`authorize`], from
 /// the decision), and so does every re-check of an open stream ([`super::recheck`]).
 pub fn authorize_digest(
     index: &Index,
     digest: &Digest,
-    required_scope: Option<Required<'_>>,
+    required: Requirements<'_>,
     client_cert: Option<&[u8; 32]>,
     now: u64,
 ) -> Result<Arc<Entry>, Denial> {
@@ -291,9 +343,19 @@ pub fn authorize_digest(
             return Err(Denial::CertificateMismatch);
         }
     }
-    if let Some(r) = required_scope {
+    if let Some(r) = required.scope {
         if !entry.allows(r.scope, r.roles) {
             return Err(Denial::InsufficientScope(r.scope.to_string()));
+        }
+    }
+    if let Some(g) = required.group {
+        if !entry.in_group(g) {
+            return Err(Denial::NotInGroup(g.to_string()));
+        }
+    }
+    if let Some(l) = required.license {
+        if !entry.holds_license(l, now) {
+            return Err(Denial::NoLicense(l.to_string()));
         }
     }
     Ok(entry)
@@ -401,10 +463,11 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         };
         index.apply(&row(1, t.digest(), Some(1000), false, 1));
         assert_eq!(
-            authorize(&index, t.as_str(), None, None, 999)
+            authorize(&index, t.as_str(), Requirements::NONE, None, 999)
                 .unwrap()
                 .token_id,
             1
@@ -413,10 +476,13 @@ mod tests {
             authorize(
                 &index,
                 t.as_str(),
-                Some(Required {
-                    scope: "telemetry:write",
-                    roles: &[]
-                }),
+                Requirements {
+                    scope: Some(Required {
+                        scope: "telemetry:write",
+                        roles: &[]
+                    }),
+                    ..Requirements::NONE
+                },
                 None,
                 999
             )
@@ -428,10 +494,13 @@ mod tests {
             authorize(
                 &index,
                 t.as_str(),
-                Some(Required {
-                    scope: "admin",
-                    roles: &[]
-                }),
+                Requirements {
+                    scope: Some(Required {
+                        scope: "admin",
+                        roles: &[]
+                    }),
+                    ..Requirements::NONE
+                },
                 None,
                 999
             )
@@ -439,22 +508,115 @@ mod tests {
             Denial::InsufficientScope("admin".into())
         );
         assert_eq!(
-            authorize(&index, t.as_str(), None, None, 1000).unwrap_err(),
+            authorize(&index, t.as_str(), Requirements::NONE, None, 1000).unwrap_err(),
             Denial::Expired
         );
         let other = Token::generate();
         assert_eq!(
-            authorize(&index, other.as_str(), None, None, 1).unwrap_err(),
+            authorize(&index, other.as_str(), Requirements::NONE, None, 1).unwrap_err(),
             Denial::Unknown
         );
         assert_eq!(
-            authorize(&index, "tg_short", None, None, 1).unwrap_err(),
+            authorize(&index, "tg_short", Requirements::NONE, None, 1).unwrap_err(),
             Denial::BadFormat(FormatError::Length)
         );
         index.apply(&row(1, t.digest(), None, true, 2));
         assert_eq!(
-            authorize(&index, t.as_str(), None, None, 1).unwrap_err(),
+            authorize(&index, t.as_str(), Requirements::NONE, None, 1).unwrap_err(),
             Denial::Revoked
         );
+    }
+
+    /// A token in a group (itself or through its user) with licenses: the route's group and license
+    /// hold or refuse with the name missing; a license past its end refuses from that second, with no
+    /// write; a group's role grants a route's scope but never `admin`; a full-access token is not
+    /// made narrower by a group.
+    #[test]
+    fn groups_and_licenses() {
+        use crate::tokens::store::Access;
+        let index = Index::new();
+        let (t, full) = (Token::generate(), Token::generate());
+        let row = |id, digest, scopes: Vec<String>| IndexRow {
+            id,
+            user: "alice".into(),
+            digest,
+            prev_digest: None,
+            prev_valid_until: None,
+            scopes,
+            expires_at: None,
+            revoked: false,
+            rev: id,
+            bound_cert: None,
+            rate_limit: None,
+            quota: None,
+            quota_used: 0,
+            quota_period: None,
+            leaked: false,
+            access: Access::parse(
+                Some("apiary-42\u{1f}beekeeper"),
+                Some("video-analytics\u{1f}1000\u{1e}forever\u{1f}"),
+            ),
+        };
+        index.apply(&row(1, t.digest(), vec!["other".into()]));
+        index.apply(&row(2, full.digest(), vec![]));
+        let req = |group, license| Requirements {
+            scope: None,
+            group,
+            license,
+        };
+        let ask =
+            |tok: &Token, r, now| authorize(&index, tok.as_str(), r, None, now).map(|e| e.token_id);
+        assert_eq!(
+            ask(&t, req(Some("apiary-42"), Some("video-analytics")), 999),
+            Ok(1)
+        );
+        assert_eq!(
+            ask(&full, req(Some("apiary-42"), Some("forever")), 5000),
+            Ok(2)
+        );
+        let no_group = ask(&t, req(Some("apiary-4"), None), 999).unwrap_err();
+        assert_eq!(no_group, Denial::NotInGroup("apiary-4".into()));
+        assert_eq!(no_group.status(), 403);
+        assert!(!no_group.is_failure());
+        let body: serde_json::Value = serde_json::from_slice(&no_group.body()).unwrap();
+        assert_eq!(body["error"], "forbidden");
+        assert_eq!(body["missing"], "group:apiary-4");
+        // The license ends at 1000: refused from that second on.
+        let expired = ask(&t, req(None, Some("video-analytics")), 1000).unwrap_err();
+        assert_eq!(expired, Denial::NoLicense("video-analytics".into()));
+        let body: serde_json::Value = serde_json::from_slice(&expired.body()).unwrap();
+        assert_eq!(body["missing"], "license:video-analytics");
+        assert_eq!(
+            ask(&t, req(None, Some("Video-Analytics")), 1).unwrap_err(),
+            Denial::NoLicense("Video-Analytics".into())
+        );
+        // The group's role grants a scope (as `[roles]` resolves it), never a privileged one.
+        let granting: Vec<Box<str>> = vec!["beekeeper".into()];
+        let scope = |s| Requirements {
+            scope: Some(Required {
+                scope: s,
+                roles: &granting,
+            }),
+            ..Requirements::NONE
+        };
+        assert_eq!(ask(&t, scope("hives:read"), 1), Ok(1));
+        assert_eq!(
+            ask(&t, scope("admin"), 1).unwrap_err(),
+            Denial::InsufficientScope("admin".into())
+        );
+        assert_eq!(
+            ask(&full, scope("tokens:self"), 1).unwrap_err(),
+            Denial::InsufficientScope("tokens:self".into())
+        );
+        // Removed from the group (a new revision without it): refused at once.
+        let mut gone = row(1, t.digest(), vec!["other".into()]);
+        gone.access = Access::default();
+        gone.rev = 10;
+        index.apply(&gone);
+        assert_eq!(
+            ask(&t, req(Some("apiary-42"), None), 1).unwrap_err(),
+            Denial::NotInGroup("apiary-42".into())
+        );
+        assert!(ask(&t, scope("hives:read"), 1).is_err());
     }
 }

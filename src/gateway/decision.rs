@@ -128,6 +128,8 @@ pub struct Refusal {
     pub route: Option<usize>,
     /// The scope a 403 names in its body.
     pub scope: Option<String>,
+    /// The group or license a 403 names in its body (`group:NAME`, `license:NAME`).
+    pub missing: Option<String>,
     /// More fields of the answer (`RateLimit-Policy`, `RateLimit`).
     pub headers: Vec<(&'static str, String)>,
     /// Which limit refused it (429), for metrics.
@@ -147,6 +149,7 @@ impl Refusal {
             outcome: Outcome::None,
             route: None,
             scope: None,
+            missing: None,
             headers: Vec::new(),
             limit: None,
         }
@@ -166,11 +169,14 @@ impl Refusal {
     /// The RFC 6750 answer to a failed authentication, with its challenge.
     pub fn denial(denial: &Denial, detail: impl Into<Cow<'static, str>>) -> Refusal {
         let mut r = Refusal::new(denial.answer(), detail);
-        r.challenge = Some(denial.challenge());
+        // A missing group or license is no matter of the credential: a plain 403, no challenge.
+        r.challenge = (denial.answer().challenge() == super::answer::Challenge::Bearer)
+            .then(|| denial.challenge());
         r.outcome = denial.outcome();
         if let Denial::InsufficientScope(s) = denial {
             r.scope = Some(s.clone());
         }
+        r.missing = denial.missing();
         r
     }
 
@@ -191,6 +197,7 @@ impl Refusal {
             error: self.error,
             detail: &self.detail,
             scope: self.scope.as_deref(),
+            missing: self.missing.as_deref(),
             request_id,
         }
         .to_vec()
@@ -299,7 +306,7 @@ impl Gate {
     /// The answer to a failed authentication: the RFC 6750 one, or 429 once the client's address has
     /// failed too often (failures only; a missing credential or a missing scope is not a guess).
     fn denied(&self, denial: &Denial, route: &Route, peer: Option<IpAddr>, now: u64) -> Refusal {
-        let counts = !matches!(denial, Denial::Missing | Denial::InsufficientScope(_));
+        let counts = denial.is_failure();
         if let (true, Some(ip)) = (counts, peer) {
             if let Some(retry_after) = self.throttle.failure(ip, now) {
                 let mut r = Refusal::new(
@@ -317,12 +324,17 @@ impl Gate {
     }
 }
 
-/// The scope `route` requires, with the roles that grant it in the route table `route` belongs to.
-pub(super) fn required(route: &Route) -> Option<auth::Required<'_>> {
-    route.required_scope.as_deref().map(|scope| auth::Required {
-        scope,
-        roles: &route.scope_roles,
-    })
+/// What `route` asks of a token: its scope, with the roles that grant it in the route table `route`
+/// belongs to, its group and its license.
+pub(super) fn required(route: &Route) -> auth::Requirements<'_> {
+    auth::Requirements {
+        scope: route.required_scope.as_deref().map(|scope| auth::Required {
+            scope,
+            roles: &route.scope_roles,
+        }),
+        group: route.required_group.as_deref(),
+        license: route.required_license.as_deref(),
+    }
 }
 
 /// A `tls_only` route asked over plain TCP.
@@ -538,6 +550,7 @@ rate_limit_headers = true
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         };
         let (token, device, revoked, expired) = (
             Token::generate(),
@@ -673,6 +686,7 @@ rate_limit_headers = true
             expires_at: None,
             revoked: false,
             leaked: false,
+            access: Default::default(),
             rev: 100,
             bound_cert: None,
             rate_limit: Some(crate::config::Rate::parse("1000/s").unwrap()),

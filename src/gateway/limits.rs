@@ -333,6 +333,7 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         });
         index.get(&t.digest()).unwrap().entry
     }

@@ -145,7 +145,9 @@ impl Mqtt {
         let Ok(digest) = auth::digest(password) else {
             return deny();
         };
-        let Ok(entry) = auth::authorize_digest(&self.index, &digest, None, None, now) else {
+        let Ok(entry) =
+            auth::authorize_digest(&self.index, &digest, auth::Requirements::NONE, None, now)
+        else {
             return deny();
         };
         if self.config.username == MqttUsername::UserId
@@ -213,7 +215,13 @@ impl Mqtt {
             .and_then(|c| self.sessions.pin().get(c).cloned());
         let mut entry = None;
         let user: String = match &session {
-            Some(s) => match auth::authorize_digest(&self.index, &s.digest, None, None, now) {
+            Some(s) => match auth::authorize_digest(
+                &self.index,
+                &s.digest,
+                auth::Requirements::NONE,
+                None,
+                now,
+            ) {
                 Ok(e) => {
                     entry = Some(e);
                     s.user.to_string()
@@ -248,6 +256,14 @@ impl Mqtt {
                             .as_ref()
                             .is_some_and(|e| e.allows(scope, &self.granting[i])),
                     }
+                    && rule
+                        .required_group
+                        .as_deref()
+                        .is_none_or(|g| entry.as_ref().is_some_and(|e| e.in_group(g)))
+                    && rule
+                        .required_license
+                        .as_deref()
+                        .is_none_or(|l| entry.as_ref().is_some_and(|e| e.holds_license(l, now)))
             })
         };
         let ok = (!wants.publish || allowed(TopicAction::Publish))
@@ -409,6 +425,14 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: if user == "alice" {
+                crate::tokens::store::Access::parse(
+                    Some("apiary-42\u{1f}"),
+                    Some("video\u{1f}1500000"),
+                )
+            } else {
+                Default::default()
+            },
         };
         let (a, b) = (Token::generate(), Token::generate());
         index.apply(&row(1, &a, "alice", &["telemetry:write"], false));
@@ -425,11 +449,15 @@ mod tests {
                     pattern: "hives/{user_id}/+/telemetry".into(),
                     action: TopicAction::Publish,
                     required_scope: Some("telemetry:write".into()),
+                    required_group: None,
+                    required_license: None,
                 },
                 TopicRule {
                     pattern: "cmd/{user_id}/#".into(),
                     action: TopicAction::Subscribe,
                     required_scope: None,
+                    required_group: None,
+                    required_license: None,
                 },
             ],
         }
@@ -577,6 +605,7 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         });
         assert_eq!(acl(1, "cmd/alice/x"), 403);
         let (now_rev, list) = m.revoked_since(rev);
@@ -591,5 +620,52 @@ mod tests {
             }]
         );
         assert!(m.revoked_since(10).1.is_empty());
+    }
+
+    /// `required_group` / `required_license` on a topic rule: held by the session's token (alice), not
+    /// by bob's, nor by a client named only by the broker's attribute; the license ends by the clock.
+    #[test]
+    fn topic_rules_may_require_a_group_and_a_license() {
+        let rule = |pattern: &str, group: Option<&str>, license: Option<&str>| TopicRule {
+            pattern: pattern.into(),
+            action: TopicAction::Subscribe,
+            required_scope: None,
+            required_group: group.map(Into::into),
+            required_license: license.map(Into::into),
+        };
+        let (m, a, b) = world(MqttConfig {
+            username: MqttUsername::Free,
+            mode: MqttMode::Json,
+            topics: vec![
+                rule("apiary/{user_id}/#", Some("apiary-42"), None),
+                rule("video/{user_id}/#", None, Some("video")),
+            ],
+        });
+        for (client, t) in [("ca", &a), ("cb", &b)] {
+            m.authn(
+                format!(r#"{{"password":"{}","clientid":"{client}"}}"#, t.as_str()).as_bytes(),
+                NOW,
+            );
+        }
+        let ask = |client: &str, topic: &str, now| {
+            json(
+                &m.authz(
+                    format!(r#"{{"clientid":"{client}","topic":"{topic}","action":"subscribe"}}"#)
+                        .as_bytes(),
+                    now,
+                ),
+            )["result"]
+                .clone()
+        };
+        assert_eq!(ask("ca", "apiary/alice/x", NOW), "allow");
+        assert_eq!(ask("ca", "video/alice/x", NOW), "allow");
+        assert_eq!(ask("ca", "video/alice/x", 1_500_000), "deny");
+        assert_eq!(ask("cb", "apiary/bob/x", NOW), "deny");
+        assert_eq!(ask("cb", "video/bob/x", NOW), "deny");
+        let attr = m.authz(
+            br#"{"clientid":"zz","user_id":"alice","topic":"apiary/alice/x","action":"subscribe"}"#,
+            NOW,
+        );
+        assert_eq!(json(&attr)["result"], "deny");
     }
 }

@@ -9,6 +9,9 @@
 //! - a secret rotated out without grace, or whose grace period ended, is unknown;
 //! - an expiry (also one set by an edit), a certificate binding, and the route's required scope with
 //!   `[roles]` as the current table resolves them (a reload may take a scope away from a role);
+//! - the route's required group and license, and the scope a group's role granted: a member removed, a
+//!   group deleted, a seat revoked (each a new revision of the token's entry) or a license past its end
+//!   (the clock alone) ends the stream;
 //! - the route itself: gone from the table after a reload, no longer relaying WebSockets, now TLS-only,
 //!   or now asking for a token the stream never presented.
 //!
@@ -150,6 +153,7 @@ websocket = true
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Route {
     pub path_prefix: String,
     pub auth: AuthMode,
     pub required_scope: Option<String>,
+    /// `required_group`, `required_license`: the group the token (or its user) must be in, the license
+    /// it must hold valid.
+    pub required_group: Option<Box<str>>,
+    pub required_license: Option<Box<str>>,
     /// More client headers to remove from every forwarded request (configured).
     pub strip_request_headers: Vec<HeaderName>,
     /// The header carrying the token owner's user id.
@@ -59,6 +63,8 @@ impl Route {
             path_prefix: rc.path_prefix.clone(),
             auth: rc.auth,
             required_scope: rc.required_scope.clone(),
+            required_group: rc.required_group.as_deref().map(Into::into),
+            required_license: rc.required_license.as_deref().map(Into::into),
             strip_request_headers: rc.strip_request_headers.clone(),
             user_id_header: rc.user_id_header.clone(),
             token_id_header: gateway.token_id_header.clone(),
@@ -112,6 +118,8 @@ pub fn granting(roles: &Roles, scope: &str) -> Box<[Box<str>]> {
 /// The fields `forward_scopes` adds; client copies are removed on every route.
 pub const SCOPES_HEADER: &str = "x-token-scopes";
 pub const ROLES_HEADER: &str = "x-token-roles";
+pub const GROUPS_HEADER: &str = "x-token-groups";
+pub const LICENSES_HEADER: &str = "x-token-licenses";
 
 impl RouteTable {
     /// Builds the table from a validated configuration.
@@ -129,6 +137,8 @@ impl RouteTable {
         injected.push(HeaderName::from_static(super::signing::SIGNATURE_HEADER));
         injected.push(HeaderName::from_static(SCOPES_HEADER));
         injected.push(HeaderName::from_static(ROLES_HEADER));
+        injected.push(HeaderName::from_static(GROUPS_HEADER));
+        injected.push(HeaderName::from_static(LICENSES_HEADER));
         for r in &routes {
             if !injected.contains(&r.user_id_header) {
                 injected.push(r.user_id_header.clone());

@@ -1,19 +1,26 @@
 //! The optional signed identity: with a route's `sign_secret`, the gateway adds
-//! `x-tokengate-signature: t=<unix seconds>,v2=<hex HMAC-SHA256>` so an upstream can prove a request came
-//! through the gateway and that none of the identity fields it carries was forged or changed.
+//! `x-tokengate-signature: t=<unix seconds>,v2=<hex HMAC-SHA256>,v3=<hex HMAC-SHA256>` so an upstream can
+//! prove a request came through the gateway and that none of the identity fields it carries was forged
+//! or changed.
 //!
-//! The signed message (scheme `v2`) is eight lines joined by `\n`, no trailing newline:
+//! The signed message of scheme `v3` is ten lines joined by `\n`, no trailing newline:
 //!
 //! ```text
-//! v2
+//! v3
 //! <user id header value>
 //! <token id header value, or empty when token_id_header = "">
 //! <x-token-scopes value, or empty when not forwarded>
 //! <x-token-roles value, or empty when not forwarded or the token has no roles>
+//! <x-token-groups value, or empty when not forwarded or the token is in no group>
+//! <x-token-licenses value, or empty when not forwarded or the token holds no valid license>
 //! <t>
 //! <METHOD>
 //! <path-and-query, exactly as forwarded>
 //! ```
+//!
+//! `v2` is the same without the groups and licenses lines (and `v2` as the first): still sent beside
+//! `v3` so that upstreams verifying `v2` keep working while they move over, but it does not cover
+//! `x-token-groups` and `x-token-licenses` — an upstream that reads those must verify `v3`.
 //!
 //! Every identity field the gateway injects is a line, its value byte for byte as forwarded, so an
 //! upstream rebuilds the message from the fields it received (an absent one is an empty line): a field
@@ -34,8 +41,12 @@ use sha2::Sha256;
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "x-tokengate-signature";
 
-/// The signature scheme the gateway sends (the key of the HMAC in the header, the first line signed).
-pub const SCHEME: &str = "v2";
+/// The newest signature scheme the gateway sends (the key of the HMAC in the header, the first line
+/// signed): it covers every identity field.
+pub const SCHEME: &str = "v3";
+
+/// The previous scheme, still sent beside [`SCHEME`]: it does not cover groups and licenses.
+pub const LEGACY_SCHEME: &str = "v2";
 
 /// What a signature covers besides its timestamp: each identity field's value as forwarded (empty when
 /// the field is not sent), the method and the path-and-query as forwarded.
@@ -45,6 +56,8 @@ pub struct Signed<'a> {
     pub token_id: &'a [u8],
     pub scopes: &'a [u8],
     pub roles: &'a [u8],
+    pub groups: &'a [u8],
+    pub licenses: &'a [u8],
     pub method: &'a [u8],
     pub path_and_query: &'a [u8],
 }
@@ -53,26 +66,34 @@ impl Signed<'_> {
     /// The message signed at time `t` (for verifiers and tests; signing feeds the parts to the HMAC
     /// without building it).
     pub fn message(&self, t: u64) -> Vec<u8> {
+        self.message_of(SCHEME, t)
+    }
+
+    /// The message of scheme `scheme` (`v3` or `v2`).
+    pub fn message_of(&self, scheme: &str, t: u64) -> Vec<u8> {
         let mut m = Vec::new();
-        self.parts(t, |p| m.extend_from_slice(p));
+        self.parts(scheme, t, |p| m.extend_from_slice(p));
         m
     }
 
-    /// The message's pieces, in order.
-    fn parts(&self, t: u64, mut f: impl FnMut(&[u8])) {
+    /// The message's pieces, in order (`v2`: without the groups and licenses lines).
+    fn parts(&self, scheme: &str, t: u64, mut f: impl FnMut(&[u8])) {
         let mut digits = [0u8; 20];
         let t = decimal(t, &mut digits);
+        let v3 = scheme == SCHEME;
         let lines = [
-            SCHEME.as_bytes(),
-            self.user,
-            self.token_id,
-            self.scopes,
-            self.roles,
-            t,
-            self.method,
-            self.path_and_query,
+            Some(scheme.as_bytes()),
+            Some(self.user),
+            Some(self.token_id),
+            Some(self.scopes),
+            Some(self.roles),
+            v3.then_some(self.groups),
+            v3.then_some(self.licenses),
+            Some(t),
+            Some(self.method),
+            Some(self.path_and_query),
         ];
-        for (i, line) in lines.iter().enumerate() {
+        for (i, line) in lines.iter().flatten().enumerate() {
             if i > 0 {
                 f(b"\n");
             }
@@ -80,9 +101,9 @@ impl Signed<'_> {
         }
     }
 
-    fn mac(&self, secret: &[u8], t: u64) -> [u8; 32] {
+    fn mac(&self, scheme: &str, secret: &[u8], t: u64) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-        self.parts(t, |p| mac.update(p));
+        self.parts(scheme, t, |p| mac.update(p));
         mac.finalize().into_bytes().into()
     }
 }
@@ -109,9 +130,9 @@ fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// A signature header value, `t=<t>,v2=<64 hex digits>`, on the stack.
+/// A signature header value, `t=<t>,v2=<64 hex digits>,v3=<64 hex digits>`, on the stack.
 pub struct Value {
-    buf: [u8; 96],
+    buf: [u8; 160],
     len: usize,
 }
 
@@ -127,21 +148,26 @@ impl Value {
 
 /// The header value for one forwarded request, made without allocating.
 pub fn value(secret: &[u8], signed: &Signed<'_>, t: u64) -> Value {
-    let mac = signed.mac(secret, t);
     let mut v = Value {
-        buf: [0; 96],
+        buf: [0; 160],
         len: 0,
     };
     let mut digits = [0u8; 20];
-    let t = decimal(t, &mut digits);
-    for part in [&b"t="[..], t, b",", SCHEME.as_bytes(), b"="] {
-        v.buf[v.len..v.len + part.len()].copy_from_slice(part);
-        v.len += part.len();
-    }
-    for b in mac {
-        v.buf[v.len] = HEX[usize::from(b >> 4)];
-        v.buf[v.len + 1] = HEX[usize::from(b & 15)];
-        v.len += 2;
+    let tt = decimal(t, &mut digits);
+    v.buf[..2].copy_from_slice(b"t=");
+    v.buf[2..2 + tt.len()].copy_from_slice(tt);
+    v.len = 2 + tt.len();
+    for scheme in [LEGACY_SCHEME, SCHEME] {
+        let mac = signed.mac(scheme, secret, t);
+        for part in [&b","[..], scheme.as_bytes(), b"="] {
+            v.buf[v.len..v.len + part.len()].copy_from_slice(part);
+            v.len += part.len();
+        }
+        for b in mac {
+            v.buf[v.len] = HEX[usize::from(b >> 4)];
+            v.buf[v.len + 1] = HEX[usize::from(b & 15)];
+            v.len += 2;
+        }
     }
     v
 }
@@ -154,15 +180,27 @@ pub fn sign(secret: &[u8], signed: &Signed<'_>, t: u64) -> String {
 /// Why a signature was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum VerifyError {
-    /// Not `t=<digits>` and a `v2=` value, each once (other `k=v` schemes are skipped).
+    /// Not `t=<digits>` and a value of the scheme verified, each once (other `k=v` schemes are skipped).
     Malformed,
     Stale,
     Mismatch,
 }
 
-/// Verifies a header value as an upstream would. `max_skew` is the accepted clock difference in seconds.
-/// Schemes other than `v2` (`v1`, a future `v3`) are skipped; without a `v2` the header is malformed.
+/// Verifies a header value's `v3` as an upstream would. `max_skew` is the accepted clock difference in
+/// seconds. Other schemes (`v1`, `v2`, a future `v4`) are skipped; without a `v3` the header is malformed.
 pub fn verify(
+    secret: &[u8],
+    header: &str,
+    signed: &Signed<'_>,
+    now: u64,
+    max_skew: u64,
+) -> Result<(), VerifyError> {
+    verify_scheme(SCHEME, secret, header, signed, now, max_skew)
+}
+
+/// [`verify`] of scheme `scheme` (`v2` for an upstream that has not moved to `v3` yet).
+pub fn verify_scheme(
+    scheme: &str,
     secret: &[u8],
     header: &str,
     signed: &Signed<'_>,
@@ -178,8 +216,8 @@ pub fn verify(
             {
                 t = Some(v.parse::<u64>().map_err(|_| VerifyError::Malformed)?);
             }
-            Some((SCHEME, v)) if v2.is_none() => v2 = Some(v),
-            Some((k, _)) if k != "t" && k != SCHEME && !k.is_empty() => {}
+            Some((k, v)) if k == scheme && v2.is_none() => v2 = Some(v),
+            Some((k, _)) if k != "t" && k != scheme && !k.is_empty() => {}
             _ => return Err(VerifyError::Malformed),
         }
     }
@@ -190,7 +228,7 @@ pub fn verify(
         return Err(VerifyError::Stale);
     }
     let mut expected = Vec::with_capacity(64);
-    push_hex(&mut expected, &signed.mac(secret, t));
+    push_hex(&mut expected, &signed.mac(scheme, secret, t));
     let ok: bool = subtle::ConstantTimeEq::ct_eq(expected.as_slice(), v2.as_bytes()).into();
     if ok {
         Ok(())
@@ -209,6 +247,8 @@ mod tests {
             token_id: b"7",
             scopes: b"read write",
             roles: b"device",
+            groups: b"apiary-42 association",
+            licenses: b"video",
             method: b"POST",
             path_and_query: b"/iot/x?a=1",
         }
@@ -218,13 +258,18 @@ mod tests {
     fn known_answer() {
         assert_eq!(
             alice().message(1_700_000_000),
+            b"v3\nalice\n7\nread write\ndevice\napiary-42 association\nvideo\n1700000000\nPOST\n/iot/x?a=1"
+        );
+        assert_eq!(
+            alice().message_of("v2", 1_700_000_000),
             b"v2\nalice\n7\nread write\ndevice\n1700000000\nPOST\n/iot/x?a=1"
         );
         // Computed independently: printf 'v2\nalice\n7\nread write\ndevice\n1700000000\nPOST\n/iot/x?a=1'
-        //   | openssl dgst -sha256 -hmac key
+        //   | openssl dgst -sha256 -hmac key (and the v3 message likewise)
         assert_eq!(
             sign(b"key", &alice(), 1_700_000_000),
-            "t=1700000000,v2=0c73af33088ee0a7684de17a5cca805f1cd846c567b80aacf2bc8e166b7fa8c6"
+            "t=1700000000,v2=0c73af33088ee0a7684de17a5cca805f1cd846c567b80aacf2bc8e166b7fa8c6,\
+             v3=d1b6eed4347bb2c4eaff6bd3a5f96504e8f4d32c1e0f6223baafe9f729642793"
         );
     }
 
@@ -232,7 +277,19 @@ mod tests {
     fn every_signed_field_is_bound() {
         let h = sign(b"secret", &alice(), 1000);
         assert_eq!(verify(b"secret", &h, &alice(), 1010, 300), Ok(()));
-        let changed: [Signed; 7] = [
+        let changed: [Signed; 10] = [
+            Signed {
+                groups: b"apiary-42",
+                ..alice()
+            },
+            Signed {
+                groups: b"apiary-42 association admins",
+                ..alice()
+            },
+            Signed {
+                licenses: b"",
+                ..alice()
+            },
             Signed {
                 user: b"mallory",
                 ..alice()
@@ -292,21 +349,39 @@ mod tests {
     #[test]
     fn header_forms() {
         let h = sign(b"secret", &alice(), 1000);
-        let v2 = h.split_once(",v2=").unwrap().1;
+        let v2 = h.split_once(",v2=").unwrap().1.split_once(',').unwrap().0;
+        let v3 = h.split_once(",v3=").unwrap().1;
+        assert_eq!(
+            verify_scheme("v2", b"secret", &h, &alice(), 1000, 300),
+            Ok(())
+        );
+        // v2 does not cover groups and licenses; v3 does.
+        let other_groups = Signed {
+            groups: b"admins",
+            ..alice()
+        };
+        assert_eq!(
+            verify_scheme("v2", b"secret", &h, &other_groups, 1000, 300),
+            Ok(())
+        );
+        assert_eq!(
+            verify(b"secret", &h, &other_groups, 1000, 300),
+            Err(VerifyError::Mismatch)
+        );
         // Unknown schemes are skipped, in any position.
         for ok in [
-            format!("v1=00,t=1000,v2={v2}"),
-            format!("t=1000, v2={v2} ,v3=ff"),
+            format!("v1=00,t=1000,v3={v3}"),
+            format!("t=1000, v3={v3} ,v4=ff"),
         ] {
             assert_eq!(verify(b"secret", &ok, &alice(), 1000, 300), Ok(()), "{ok}");
         }
         for bad in [
-            "v2=abc".to_owned(),
-            "t=1000,v1=abc".to_owned(),
-            format!("t=1000,t=1000,v2={v2}"),
-            format!("t=+1000,v2={v2}"),
-            format!("t=1000,v2={v2},v2={v2}"),
-            format!("t=1000;v2={v2}"),
+            "v3=abc".to_owned(),
+            format!("t=1000,v2={v2}"),
+            format!("t=1000,t=1000,v3={v3}"),
+            format!("t=+1000,v3={v3}"),
+            format!("t=1000,v3={v3},v3={v3}"),
+            format!("t=1000;v3={v3}"),
             String::new(),
         ] {
             assert_eq!(

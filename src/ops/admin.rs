@@ -1,12 +1,13 @@
 //! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text), the token management JSON API
 //! under `/api/tokens` ([`api`]; for admins and, on their own tokens, self-service callers — see
-//! [`access`]), `GET /api/whoami`, the routes' servers at `GET /api/routes` (admins), its OpenAPI
+//! [`access`]), groups and licenses under `/api/groups` and `/api/licenses` ([`groups_api`]), `GET /api/whoami`, the routes' servers at `GET /api/routes` (admins), its OpenAPI
 //! document, and the token management page (`GET /`, assets embedded in the binary, strict
 //! Content-Security-Policy).
 
 mod access;
 mod api;
 mod bounds;
+mod groups_api;
 mod leaks_api;
 mod listener;
 mod rule;
@@ -205,7 +206,7 @@ impl Admin {
             peer,
         )
         .map_err(|d| {
-            let counts = !matches!(d, Denial::Missing | Denial::InsufficientScope(_));
+            let counts = d.is_failure();
             let throttled = peer
                 .filter(|_| counts)
                 .and_then(|ip| self.throttle.failure(ip, crate::clock::now()));
@@ -424,6 +425,19 @@ impl ServeHttp for Admin {
                     None => self.leaks_api(session, c, &method).await,
                 },
             },
+            p if p == "/api/groups"
+                || p.starts_with("/api/groups/")
+                || p == "/api/licenses"
+                || p.starts_with("/api/licenses/") =>
+            {
+                match self.caller(session) {
+                    Err(refused) => *refused,
+                    Ok(c) => match (!get).then(|| self.guard_write(&c, session)).flatten() {
+                        Some(refused) => refused,
+                        None => self.groups_api(session, c, &method, p).await,
+                    },
+                }
+            }
             p if p == "/api/tokens" || p.starts_with("/api/tokens/") => {
                 match self.caller(session) {
                     Err(refused) => *refused,
@@ -455,6 +469,14 @@ mod tests {
             "/api/tokens/{id}/rotate",
             "/api/routes",
             "/api/whoami",
+            "/api/groups",
+            "/api/groups/{name}",
+            "/api/groups/{name}/members",
+            "/api/groups/{name}/members/{member}",
+            "/api/licenses",
+            "/api/licenses/{name}",
+            "/api/licenses/{name}/holders",
+            "/api/licenses/{name}/holders/{member}",
         ] {
             assert!(v["paths"][p].is_object(), "{p}");
         }

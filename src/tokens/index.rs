@@ -14,6 +14,7 @@
 
 use super::fields::{is_privileged, ROLE_MARK};
 use super::format::Digest;
+use super::grants::Grants;
 use super::store::{
     IndexRow, Location, QuotaTotal, QuotaUse, Store, StoreError, TokenStore, UsageDelta,
 };
@@ -47,6 +48,8 @@ pub struct Entry {
     pub bound_cert: Option<Box<[u8; 32]>>,
     /// The token's own rate limit and quota (boxed: most tokens have none; about 64 bytes when set).
     pub limits: Option<Box<TokenLimits>>,
+    /// What its groups and licenses give it (boxed: most tokens have none).
+    pub grants: Option<Box<Grants>>,
     revoked: AtomicBool,
     /// Revoked because it was reported leaked (read only when `revoked` is set).
     leaked: AtomicBool,
@@ -78,6 +81,7 @@ impl Entry {
             expires_at: row.expires_at.map(|e| e.max(0) as u64).unwrap_or(u64::MAX),
             bound_cert: row.bound_cert.map(Box::new),
             limits: TokenLimits::new(row).map(Box::new),
+            grants: Grants::new(&row.access).map(Box::new),
             revoked: AtomicBool::new(row.revoked),
             leaked: AtomicBool::new(row.leaked),
             rev: AtomicI64::new(row.rev),
@@ -100,6 +104,7 @@ impl Entry {
                 == row.quota
             && self.scopes.len() == row.scopes.len()
             && self.scopes.iter().zip(&row.scopes).all(|(a, b)| **a == **b)
+            && Grants::same(self.grants.as_deref(), &row.access)
     }
 
     /// The store revision of the state applied (a revocation's revision, once revoked).
@@ -140,7 +145,8 @@ impl Entry {
     /// Whether this token may use a route that requires `scope`, given the roles that grant it
     /// (`granting`, resolved from the current `[roles]`). A token without scopes or roles has full
     /// access to every scope except `admin` and `tokens:self`, which are only ever granted
-    /// explicitly: a device token must never be able to manage tokens.
+    /// explicitly: a device token must never be able to manage tokens. The roles of the token's
+    /// groups count too, except for those two (see [`Grants::grants`]).
     pub fn allows(&self, scope: &str, granting: &[Box<str>]) -> bool {
         if self.scopes.is_empty() {
             return !is_privileged(scope);
@@ -148,7 +154,33 @@ impl Entry {
         self.scopes.iter().any(|s| match s.strip_prefix(ROLE_MARK) {
             Some(role) => granting.iter().any(|g| **g == *role),
             None => **s == *scope,
-        })
+        }) || self
+            .grants
+            .as_ref()
+            .is_some_and(|g| g.grants(scope, granting))
+    }
+
+    /// Whether the token is in group `name` (itself or through its user).
+    #[inline]
+    pub fn in_group(&self, name: &str) -> bool {
+        self.grants.as_ref().is_some_and(|g| g.in_group(name))
+    }
+
+    /// Whether it holds license `name` (itself or through its user), valid at unix time `now`.
+    #[inline]
+    pub fn holds_license(&self, name: &str, now: u64) -> bool {
+        self.grants.as_ref().is_some_and(|g| g.holds(name, now))
+    }
+
+    /// Its roles and its groups' roles, sorted, once each.
+    pub fn effective_roles(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.roles().collect();
+        if !self.is_full_access() {
+            all.extend(self.grants.iter().flat_map(|g| g.group_roles()));
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Whether the token has full access (no scopes, no roles).
@@ -169,9 +201,31 @@ impl Entry {
         self.scopes.iter().filter_map(|s| s.strip_prefix(ROLE_MARK))
     }
 
-    /// Every scope the token holds, its roles resolved in `roles` (a role no longer defined grants
-    /// nothing); `None`: full access.
+    /// Every scope the token holds, its roles and its groups' roles resolved in `roles` (a role no
+    /// longer defined grants nothing; a group's role never `admin` or `tokens:self`); `None`: full
+    /// access.
     pub fn effective_scopes<'a>(
+        &'a self,
+        roles: &'a crate::config::Roles,
+    ) -> Option<std::collections::BTreeSet<&'a str>> {
+        let mut all = self.own_effective_scopes(roles)?;
+        for r in self.grants.iter().flat_map(|g| g.group_roles()) {
+            all.extend(
+                roles
+                    .get(r)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .filter(|s| !is_privileged(s)),
+            );
+        }
+        Some(all)
+    }
+
+    /// The scopes granted on the token itself (its own scopes and roles, not its groups'): what the
+    /// admin rule lets a self-service caller hand on, so that nothing it creates keeps a group's grant
+    /// after the caller leaves the group. `None`: full access.
+    pub fn own_effective_scopes<'a>(
         &'a self,
         roles: &'a crate::config::Roles,
     ) -> Option<std::collections::BTreeSet<&'a str>> {
@@ -442,7 +496,7 @@ impl Index {
         let mut used = std::collections::BTreeSet::new();
         for (_, slot) in map.iter() {
             if !slot.entry.is_revoked() {
-                used.extend(slot.entry.roles().map(str::to_owned));
+                used.extend(slot.entry.effective_roles().into_iter().map(str::to_owned));
             }
         }
         used
@@ -845,6 +899,7 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         }
     }
 

@@ -5,12 +5,14 @@
 //!   [`input`]: a new token's or a change's fields as written, checked once by those into store types.
 //! - [`store`]: the source of truth (SQLite) — migrations, lifecycle operations, events, change feed,
 //!   usage flush.
-//! - [`index`]: the lock-free digest → entry map every request reads.
+//! - [`index`]: the lock-free digest → entry map every request reads; [`grants`]: what an entry gets from
+//!   its groups and licenses.
 //! - [`sync`]: the loops that keep the index in step with the store and flush usage.
 
 pub mod applied;
 pub mod fields;
 pub mod format;
+pub mod grants;
 pub mod index;
 pub mod input;
 pub mod store;

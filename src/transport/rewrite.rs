@@ -6,8 +6,8 @@
 //! non-alphanumeric byte ignored, so `X.User.Id`, `XUserId` and `x_user_id-` are all `x-user-id`). The
 //! forwarded head never carries `Authorization`, `Expect`, hop-by-hop fields, or any client copy of an
 //! identity header (the configured user and token id headers, `x-token-scopes`, `x-token-roles`,
-//! `x-tokengate-signature`) or of `x-request-id`, in any such spelling; the identity headers are added
-//! once, after the framing. Proxy fields ([`names::proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! `x-token-groups`, `x-token-licenses`, `x-tokengate-signature`) or of `x-request-id`, in any such
+//! spelling; the identity headers are added once, after the framing. Proxy fields ([`names::proxy_field`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
 //! ...) say who the client is and how it came: they are kept only from a `trusted_proxies` peer and
 //! only spelled as proxies write them; `X-Forwarded-For` and `-Proto` are the gateway's own otherwise.
 
@@ -242,6 +242,11 @@ fn push_identity(
     } else {
         (None, None)
     };
+    let (groups, licenses) = if route.forward_scopes {
+        write_access(out, entry, forward.rewrite.at)
+    } else {
+        (None, None)
+    };
     if let Some(secret) = &route.sign_secret {
         // Each identity field's value as just written; an empty one for a field not sent.
         let signed = signing::Signed {
@@ -249,6 +254,8 @@ fn push_identity(
             token_id: &out[token_id.unwrap_or_default()],
             scopes: &out[scopes.unwrap_or_default()],
             roles: &out[roles.unwrap_or_default()],
+            groups: &out[groups.unwrap_or_default()],
+            licenses: &out[licenses.unwrap_or_default()],
             method,
             path_and_query: &out[target],
         };
@@ -296,11 +303,10 @@ pub(super) fn write_scopes(
     }
     let scopes = start..out.len();
     out.extend_from_slice(b"\r\n");
-    let mut names: Vec<&str> = entry.roles().collect();
+    let names = entry.effective_roles();
     if names.is_empty() {
         return (Some(scopes), None);
     }
-    names.sort_unstable();
     out.extend_from_slice(ROLES_HEADER.as_bytes());
     out.extend_from_slice(b": ");
     let start = out.len();
@@ -313,6 +319,29 @@ pub(super) fn write_scopes(
     let roles = start..out.len();
     out.extend_from_slice(b"\r\n");
     (Some(scopes), Some(roles))
+}
+
+/// `x-token-groups` and `x-token-licenses` (the licenses valid at `now`): sorted, space-separated, built
+/// when the token was indexed; absent when empty. Returns where each value is in `out`.
+pub(super) fn write_access(
+    out: &mut Vec<u8>,
+    entry: &Entry,
+    now: u64,
+) -> (
+    Option<std::ops::Range<usize>>,
+    Option<std::ops::Range<usize>>,
+) {
+    use crate::gateway::routes::{GROUPS_HEADER, LICENSES_HEADER};
+    let Some(g) = entry.grants.as_deref() else {
+        return (None, None);
+    };
+    let groups = g
+        .groups_value()
+        .map(|v| push_value_span(out, GROUPS_HEADER.as_bytes(), v.as_bytes()));
+    let licenses = g
+        .licenses_value(now)
+        .map(|v| push_value_span(out, LICENSES_HEADER.as_bytes(), v.as_bytes()));
+    (groups, licenses)
 }
 
 /// How a response goes out to the client.

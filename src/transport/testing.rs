@@ -125,6 +125,7 @@ fn row(id: i64, token: &Token, scopes: &[&str], revoked: bool, rev: i64) -> Inde
         quota_used: 0,
         quota_period: None,
         leaked: false,
+        access: Default::default(),
     }
 }
 

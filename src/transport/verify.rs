@@ -14,7 +14,7 @@
 
 use super::connection::{Client, ClientStream, Facts};
 use super::http1::{self, Framing};
-use super::rewrite::{push_query_without, write_scopes};
+use super::rewrite::{push_query_without, write_access, write_scopes};
 use super::timed::timed;
 use super::Table;
 use crate::clock;
@@ -23,7 +23,7 @@ use crate::gateway::answer::Answer;
 use crate::gateway::forwarded::{self, Asked, Forwarded, FIELDS};
 use crate::gateway::mqtt::{Mqtt, MqttAnswer};
 use crate::gateway::paths::origin_form;
-use crate::gateway::routes::{ROLES_HEADER, SCOPES_HEADER};
+use crate::gateway::routes::{GROUPS_HEADER, LICENSES_HEADER, ROLES_HEADER, SCOPES_HEADER};
 use crate::gateway::{signing, Refusal, Verdict};
 use crate::telemetry::verify::{VerifyDoor, VerifyMetrics};
 use std::net::IpAddr;
@@ -174,6 +174,13 @@ impl<S: ClientStream> Client<'_, S> {
             if roles.is_none() {
                 http1::push_field(out, ROLES_HEADER.as_bytes(), b"");
             }
+            let (groups, licenses) = write_access(out, entry, forward.rewrite.at);
+            if groups.is_none() {
+                http1::push_field(out, GROUPS_HEADER.as_bytes(), b"");
+            }
+            if licenses.is_none() {
+                http1::push_field(out, LICENSES_HEADER.as_bytes(), b"");
+            }
             if let Some(secret) = &route.sign_secret {
                 // Signed as the gateway signs a forwarded request: the path and query the upstream
                 // will see (without a legacy token parameter), written after the head for a moment.
@@ -192,6 +199,8 @@ impl<S: ClientStream> Client<'_, S> {
                     token_id: &out[token_id.unwrap_or_default()],
                     scopes: &out[scopes.unwrap_or_default()],
                     roles: &out[roles.unwrap_or_default()],
+                    groups: &out[groups.unwrap_or_default()],
+                    licenses: &out[licenses.unwrap_or_default()],
                     method: original.method,
                     path_and_query: &out[mark..],
                 };
@@ -210,6 +219,8 @@ impl<S: ClientStream> Client<'_, S> {
             }
             http1::push_field(out, SCOPES_HEADER.as_bytes(), b"");
             http1::push_field(out, ROLES_HEADER.as_bytes(), b"");
+            http1::push_field(out, GROUPS_HEADER.as_bytes(), b"");
+            http1::push_field(out, LICENSES_HEADER.as_bytes(), b"");
         }
         if !keep {
             out.extend_from_slice(b"connection: close\r\n");

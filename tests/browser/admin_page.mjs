@@ -98,6 +98,8 @@ async function rows(page) {
         quota: text("quota"),
         quotaTitle: tr.querySelector('[data-testid="quota"]')?.getAttribute("title") ?? null,
         scopes: [...tr.querySelectorAll('[data-testid="scope"]')].map((s) => s.textContent),
+        groups: [...tr.querySelectorAll('[data-testid="group"]')].map((s) => s.textContent),
+        licenses: [...tr.querySelectorAll('[data-testid="license"]')].map((s) => s.textContent),
         actions: [...tr.querySelectorAll("button[data-action]")].map((b) => b.dataset.action),
       };
     }),
@@ -504,6 +506,61 @@ async function exercise(context) {
     assert(a.actions.join() === "history", `a revoked token offers ${a.actions}`);
     assert(a.label === XSS_LABEL, `label after revoke: "${a.label}"`);
     assert(await page.evaluate(() => window.__sameDocument === true), "the page reloaded to show the change");
+  });
+
+  await step("an admin manages groups and licenses, and the token rows show them", async () => {
+    assert(await page.getByTestId("access-section").isVisible(), "no groups and licenses section for an admin");
+    const bob = (await rows(page)).find((x) => x.user === "bob");
+    assert(bob, "bob's token is not listed");
+    await page.fill("#group-name", "apiary-42");
+    await page.fill("#group-roles", "");
+    await page.getByTestId("group-create").click();
+    await page.locator('[data-testid="access-group"][data-name="apiary-42"]').waitFor();
+    await page.fill("#license-name", "video-analytics");
+    await page.fill("#license-seats", "1");
+    await page.fill("#license-until", "2999-01-01T00:00:00Z");
+    await page.getByTestId("license-create").click();
+    const license = page.locator('[data-testid="access-license"][data-name="video-analytics"]');
+    await license.waitFor();
+    assert(/0\/1 seats/.test(await license.textContent()), `license summary: ${await license.textContent()}`);
+    // bob by user into the group; bob's token by id onto the license.
+    await page.selectOption("#member-target", "groups/apiary-42");
+    await page.fill("#member-who", "bob");
+    await page.getByTestId("member-add").click();
+    await waitRows(
+      page,
+      (r) => r.find((x) => x.id === bob.id)?.groups.join() === "group apiary-42",
+      "bob's row does not show the group",
+    );
+    await page.selectOption("#member-target", "licenses/video-analytics");
+    await page.fill("#member-who", `token:${bob.id}`);
+    await page.getByTestId("member-add").click();
+    await waitRows(
+      page,
+      (r) => r.find((x) => x.id === bob.id)?.licenses.join() === "license video-analytics",
+      "bob's row does not show the license",
+    );
+    const others = (await rows(page)).filter((x) => x.user !== "bob");
+    assert(others.every((x) => x.groups.length === 0 && x.licenses.length === 0), "another user's row shows bob's groups");
+    // The last seat is taken: the refusal is shown, nothing changes.
+    await expectingConsole([/status of 409/], async () => {
+      await page.fill("#member-who", "carol");
+      await page.getByTestId("member-add").click();
+      const error = page.getByTestId("access-error");
+      await error.waitFor({ state: "visible" });
+      const text = (await error.textContent()).trim();
+      assert(/seats are taken/.test(text), `assign error: "${text}"`);
+    });
+    // Remove bob from the group: the chip goes.
+    await page
+      .locator('[data-testid="access-group"][data-name="apiary-42"] [data-testid="access-remove"]')
+      .click();
+    await waitRows(
+      page,
+      (r) => r.find((x) => x.id === bob.id)?.groups.length === 0,
+      "bob's row still shows the group after the removal",
+    );
+    assert((await rows(page)).find((x) => x.id === bob.id).licenses.length === 1, "the license went too");
   });
 
   await step("filtering by user lists only that user's tokens", async () => {

@@ -118,7 +118,7 @@ pub fn identify(
     }
     let now = crate::clock::now();
     let token = auth::bearer_token(headers)?;
-    let entry = auth::authorize(index, token, None, None, now)?;
+    let entry = auth::authorize(index, token, auth::Requirements::NONE, None, now)?;
     let caller = if entry.allows(ADMIN_SCOPE, &granting(roles, ADMIN_SCOPE)) {
         Caller::Admin {
             token_id: entry.token_id,
@@ -241,6 +241,7 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         });
         index.get(&t.digest()).unwrap().entry
     }

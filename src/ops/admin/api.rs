@@ -97,6 +97,15 @@ impl From<StoreError> for ApiError {
                 ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             StoreError::Revoked { .. } => ApiError(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::NoGroup { .. }
+            | StoreError::NoLicense { .. }
+            | StoreError::NotMember { .. } => {
+                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            StoreError::Exists { .. } => ApiError(StatusCode::CONFLICT, "conflict", e.to_string()),
+            StoreError::SeatsTaken { .. } => {
+                ApiError(StatusCode::CONFLICT, "seats_taken", e.to_string())
+            }
             StoreError::Busy { .. } => {
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_busy", e.to_string())
             }
@@ -144,6 +153,14 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Decodes `%XX` in a path segment (`+` stays `+`).
+pub(super) fn percent_decode_path(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    percent_decode(&s.replace('+', "%2B"))
 }
 
 pub(super) fn query_param(query: Option<&str>, key: &str) -> Result<Option<String>, ApiError> {

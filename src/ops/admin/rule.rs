@@ -158,7 +158,7 @@ impl<'a> Ceiling<'a> {
                 quota: None,
             }),
             Caller::SelfToken { entry } => Some(Ceiling {
-                held: entry.effective_scopes(roles),
+                held: entry.own_effective_scopes(roles),
                 expires_at: (entry.expires_at != u64::MAX).then_some(entry.expires_at as i64),
                 rate_limit: entry.limits.as_ref().and_then(|l| l.rate),
                 quota: entry
@@ -303,6 +303,7 @@ mod tests {
             quota_used: 0,
             quota_period: None,
             leaked: false,
+            access: Default::default(),
         });
         index.get(&t.digest()).unwrap().entry
     }

@@ -9,6 +9,10 @@
 //! that changes shared quota counts appends them to the quota feed ([`quota_feed`]), whose entries also
 //! become visible in commit order.
 
+pub mod access;
+pub mod groups;
+mod groups_pg;
+mod groups_sqlite;
 pub mod leaks;
 pub mod pg;
 mod pg_sql;
@@ -21,6 +25,8 @@ use super::fields::Quota;
 pub use super::fields::{parse_rfc3339, rfc3339, unix_now};
 use super::format::{Digest, Token};
 use crate::config::Rate;
+pub use access::{Access, Member};
+pub use groups::GroupStore;
 pub use leaks::LeakStore;
 pub use pg_url::PgUrl;
 pub use quota_feed::QuotaFeedStore;
@@ -77,6 +83,19 @@ pub enum StoreError {
     /// The store URL (shown with its password redacted) cannot be used.
     #[error("store URL {url}: {problem}")]
     BadUrl { url: String, problem: String },
+    #[error("no group named {name:?}")]
+    NoGroup { name: String },
+    #[error("no license named {name:?}")]
+    NoLicense { name: String },
+    /// A group or license of that name exists already.
+    #[error("{what} already exists")]
+    Exists { what: String },
+    /// Every seat of the license is taken.
+    #[error("license {name:?}: all {seats} seats are taken; revoke a seat first")]
+    SeatsTaken { name: String, seats: i64 },
+    /// The member named is not in the group or does not hold the license.
+    #[error("{what}")]
+    NotMember { what: String },
 }
 
 impl StoreError {
@@ -237,6 +256,8 @@ pub struct IndexRow {
     pub quota_period: Option<i64>,
     /// Revoked because it was reported leaked (the refusal says so).
     pub leaked: bool,
+    /// Its groups (and their roles) and licenses, read with the row.
+    pub access: Access,
 }
 
 /// What a new token is made of.
@@ -484,13 +505,17 @@ impl Location {
 /// contract suite, `tests/store_contract.rs`, runs unchanged against both). One implementation per
 /// backend: [`sqlite::SqliteStore`] and [`pg::PgStore`]; the quota feed's and the leak log's parts are
 /// implemented beside their SQL ([`quota_feed::QuotaFeedStore`], [`leaks::LeakStore`],
-/// [`ticket_keys::TicketKeyStore`]). How a backend
+/// [`ticket_keys::TicketKeyStore`], [`groups::GroupStore`]). How a backend
 /// learns that another process changed the store (inotify, `LISTEN`) is its own: see `tokens::sync`.
 ///
 /// Synchronous on purpose: the store is used from the CLI and from background threads, never from the
 /// request path.
 pub trait TokenStore:
-    quota_feed::QuotaFeedStore + leaks::LeakStore + ticket_keys::TicketKeyStore + Send
+    quota_feed::QuotaFeedStore
+    + leaks::LeakStore
+    + ticket_keys::TicketKeyStore
+    + groups::GroupStore
+    + Send
 {
     /// Applies the migrations the store lacks (safe when several nodes start at once).
     fn migrate(&mut self) -> Result<(), StoreError>;

@@ -251,9 +251,12 @@ impl TokenStore for PgStore {
                 tokens: existing,
             });
         }
-        // The append-only trigger guards the event log against edits, not against a forced copy.
+        // The append-only trigger guards the event log against edits, not against a forced copy. The
+        // target's groups and licenses go too: their members name tokens and users that are replaced
+        // (`store copy` does not carry groups and licenses yet).
         tx.batch_execute(
-            "ALTER TABLE token_events DISABLE TRIGGER token_events_no_change;
+            "DELETE FROM group_members; DELETE FROM groups; DELETE FROM license_holders; DELETE FROM licenses;
+             ALTER TABLE token_events DISABLE TRIGGER token_events_no_change;
              DELETE FROM token_events; DELETE FROM tokens;
              ALTER TABLE token_events ENABLE TRIGGER token_events_no_change;",
         )
@@ -564,6 +567,10 @@ impl TokenStore for PgStore {
                         .try_get::<_, Option<bool>>(14)
                         .map_err(err)?
                         .unwrap_or(false),
+                    access: super::Access::parse(
+                        r.try_get(15).map_err(err)?,
+                        r.try_get(16).map_err(err)?,
+                    ),
                 });
             }
             if rows.len() < CHANGE_BATCH as usize {

@@ -93,6 +93,9 @@ pub const MIGRATIONS: &[&str] = &[
         secret     BYTEA  NOT NULL,
         created_at BIGINT NOT NULL
     );",
+    // 6: groups, their members, licenses with seats, their holders, and their audit log (SQLite's
+    // migration 8; see groups.rs).
+    super::access::PG_MIGRATION,
 ];
 
 /// The channel every token change is announced on; the payload is the new revision. (Spelled out in
@@ -177,11 +180,13 @@ pub(super) const ROTATE: &str = concat!(
     SELECT * FROM t"
 );
 
-pub(super) const CHANGES: &str =
+pub(super) const CHANGES: &str = concat!(
     "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at,
         revoked_at IS NOT NULL, rev, bound_cert_sha256, rate_limit, quota, quota_used, quota_period,
-        revoked_at IS NOT NULL AND revoked_reason = 'leaked'
-    FROM tokens WHERE rev > $1 ORDER BY rev";
+        revoked_at IS NOT NULL AND revoked_reason = 'leaked'",
+    super::access::pg_access_columns!(),
+    " FROM tokens WHERE rev > $1 ORDER BY rev"
+);
 
 /// Adds usage in one statement. Deltas for one id are summed first (an index hands in a replaced entry's
 /// usage beside the current one's); rows are locked in id order so that concurrent flushes from several

@@ -8,9 +8,9 @@
 //! loss. The file is created with mode 0600.
 
 use super::{
-    created_detail, parse_limit, rfc3339, split_scopes, unix_now, Event, Export, ExportedToken,
-    IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, TokenStore, UsageBatch,
-    BUSY_TIMEOUT, LEAKED,
+    created_detail, parse_limit, rfc3339, split_scopes, unix_now, Access, Event, Export,
+    ExportedToken, IndexRow, NewToken, QuotaTotal, StoreError, TokenPatch, TokenRecord, TokenStore,
+    UsageBatch, BUSY_TIMEOUT, LEAKED,
 };
 use crate::config::Rate;
 use crate::tokens::fields::Quota;
@@ -78,6 +78,8 @@ pub const MIGRATIONS: &[&str] = &[
         secret     BLOB    NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // 8: groups, their members, licenses with seats, their holders, and their audit log (groups.rs).
+    super::access::SQLITE_MIGRATION,
 ];
 
 const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT;
@@ -103,6 +105,15 @@ const LEAKS_MIGRATION: &str = "ALTER TABLE tokens ADD COLUMN revoked_reason TEXT
         delivered_at INTEGER
     );
     CREATE INDEX leak_notifications_due ON leak_notifications (next_at) WHERE delivered_at IS NULL;";
+
+/// The change feed: every token changed after a revision, with its groups and licenses (one statement,
+/// one snapshot).
+const CHANGES: &str = concat!(
+    "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev,
+        bound_cert_sha256, rate_limit, quota, quota_used, quota_period, revoked_reason",
+    super::access::sqlite_access_columns!(),
+    " FROM tokens WHERE rev > ?1 ORDER BY rev"
+);
 
 /// One connection to the token database. Open one per thread that needs it.
 pub struct SqliteStore {
@@ -340,9 +351,12 @@ impl TokenStore for SqliteStore {
                 tokens: existing,
             });
         }
-        // The append-only triggers guard the event log against edits, not against a forced copy.
+        // The append-only triggers guard the event log against edits, not against a forced copy. The
+        // target's groups and licenses go too: their members name tokens and users that are replaced
+        // (`store copy` does not carry groups and licenses yet).
         tx.execute_batch(
-            "DROP TRIGGER token_events_no_delete; DELETE FROM token_events; DELETE FROM tokens;
+            "DELETE FROM group_members; DELETE FROM groups; DELETE FROM license_holders; DELETE FROM licenses;
+             DROP TRIGGER token_events_no_delete; DELETE FROM token_events; DELETE FROM tokens;
              CREATE TRIGGER token_events_no_delete BEFORE DELETE ON token_events
                 BEGIN SELECT RAISE(ABORT, 'token_events is append-only'); END;",
         )
@@ -607,14 +621,7 @@ impl TokenStore for SqliteStore {
     /// Streams changed rows to `f` without collecting them (the full load at start-up).
     fn for_each_change(&mut self, rev: i64, f: &mut dyn FnMut(IndexRow)) -> Result<(), StoreError> {
         let err = |e| to_err(&self.path, e);
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, user_id, digest, prev_digest, prev_valid_until, scopes, expires_at, revoked_at, rev,
-                        bound_cert_sha256, rate_limit, quota, quota_used, quota_period, revoked_reason
-                 FROM tokens WHERE rev > ?1 ORDER BY rev",
-            )
-            .map_err(err)?;
+        let mut stmt = self.conn.prepare_cached(CHANGES).map_err(err)?;
         let mut rows = stmt.query([rev]).map_err(err)?;
         while let Some(r) = rows.next().map_err(err)? {
             // Blobs and text are read in place (no copy per row: the start-up load reads a million).
@@ -661,6 +668,10 @@ impl TokenStore for SqliteStore {
                 quota_period: r.get(13).map_err(err)?,
                 leaked: revoked_at.is_some()
                     && r.get::<_, Option<String>>(14).map_err(err)?.as_deref() == Some(LEAKED),
+                access: Access::parse(
+                    r.get::<_, Option<String>>(15).map_err(err)?.as_deref(),
+                    r.get::<_, Option<String>>(16).map_err(err)?.as_deref(),
+                ),
             });
         }
         Ok(())

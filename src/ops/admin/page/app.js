@@ -76,6 +76,9 @@ const state = {
   listSeq: 0,
   /** Ids of tokens with a leak report (`GET /api/leaks`, admins only): shown with a "leaked" badge. */
   leaked: new Set(),
+  /** Groups and licenses the caller may see (`GET /api/groups`, `/api/licenses`). */
+  groups: [],
+  licenses: [],
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -187,6 +190,17 @@ function tokenRow(token) {
   for (const scope of token.scopes || []) {
     meta.append(el("span", { cls: "scope", text: scope, attrs: { "data-testid": "scope" } }));
   }
+  for (const g of tokenAccess(token, state.groups, "members")) {
+    meta.append(el("span", { cls: "scope group", text: `group ${g.name}`, attrs: { "data-testid": "group" } }));
+  }
+  for (const l of tokenAccess(token, state.licenses, "holders")) {
+    const chip = el("span", {
+      cls: `scope license${l.valid ? "" : " ended"}`,
+      text: `license ${l.name}${l.valid ? "" : " (ended)"}`,
+      attrs: { "data-testid": "license" },
+    });
+    meta.append(chip);
+  }
   labelCell.append(meta);
   tr.append(labelCell);
 
@@ -267,6 +281,86 @@ function tokenRow(token) {
   return tr;
 }
 
+/** The groups (or licenses) whose `members` (or `holders`) name the token or its user. */
+function tokenAccess(token, all, key) {
+  return (all || []).filter((x) =>
+    (x[key] || []).some((m) => m.user === token.user || m.token_id === token.id),
+  );
+}
+
+/** A member as the API's paths name it: the user id, or token:ID. */
+function memberPath(m) {
+  return m.token_id != null ? `token:${m.token_id}` : m.user;
+}
+
+/** Loads the groups and licenses the caller may see (its own user's for self-service). */
+async function loadAccess() {
+  try {
+    const [groups, licenses] = await Promise.all([api("GET", "/api/groups"), api("GET", "/api/licenses")]);
+    state.groups = Array.isArray(groups) ? groups : [];
+    state.licenses = Array.isArray(licenses) ? licenses : [];
+  } catch {
+    state.groups = [];
+    state.licenses = [];
+  }
+  renderAccess();
+}
+
+/** The admin's list of groups and licenses, each member with a Remove button. */
+function renderAccess() {
+  const admin = state.caller.mode === "admin";
+  show($("access-section"), admin);
+  if (!admin) return;
+  const target = $("member-target");
+  const chosen = target.value;
+  target.replaceChildren(
+    ...state.groups.map((g) => el("option", { text: `group ${g.name}`, attrs: { value: `groups/${g.name}` } })),
+    ...state.licenses.map((l) => el("option", { text: `license ${l.name}`, attrs: { value: `licenses/${l.name}` } })),
+  );
+  if (chosen) target.value = chosen;
+  const items = [];
+  const entry = (kind, x, key, summary) => {
+    const li = el("li", { attrs: { "data-testid": `access-${kind}`, "data-name": x.name } });
+    li.append(el("strong", { text: `${kind} ${x.name}` }), " ", el("span", { cls: "muted", text: summary }));
+    const members = el("ul");
+    for (const m of x[key] || []) {
+      const item = el("li", { text: m.token_id != null ? `token ${m.token_id} ` : `user ${m.user} ` });
+      item.append(
+        el("button", {
+          cls: "button-small button-quiet",
+          text: "Remove",
+          attrs: {
+            type: "button",
+            "data-testid": "access-remove",
+            "data-path": `/api/${kind === "group" ? "groups" : "licenses"}/${encodeURIComponent(x.name)}/${key}/${encodeURIComponent(memberPath(m))}`,
+          },
+        }),
+      );
+      members.append(item);
+    }
+    li.append(members);
+    items.push(li);
+  };
+  for (const g of state.groups) entry("group", g, "members", `roles: ${g.roles.join(" ") || "none"}`);
+  for (const l of state.licenses) {
+    entry("license", l, "holders", `${l.seats_used}/${l.seats} seats, ${l.valid_until ? `until ${l.valid_until}` : "no end"}${l.valid ? "" : " (ended)"}`);
+  }
+  $("access-list").replaceChildren(...items);
+}
+
+/** Runs one admin write of the groups and licenses section, then reloads both lists. */
+async function accessWrite(method, path, body) {
+  try {
+    await api(method, path, body);
+    setError($("access-error"), "");
+  } catch (err) {
+    if (handleAuthFailure(err)) return;
+    setError($("access-error"), err.message);
+  }
+  await loadAccess();
+  renderTable();
+}
+
 /** The token's own rate limit and quota (with what is used of it and when that resets), or "none". */
 function limitsCell(token) {
   const cell = el("td", { cls: "limits", attrs: { "data-testid": "limits" } });
@@ -337,6 +431,8 @@ async function loadTokens() {
     if (seq !== state.listSeq) return;
     state.tokens = new Map((Array.isArray(tokens) ? tokens : []).map((t) => [t.id, t]));
     setError($("list-error"), "");
+    await loadAccess();
+    if (seq !== state.listSeq) return;
     renderTable();
   } catch (err) {
     if (seq !== state.listSeq || handleAuthFailure(err)) return;
@@ -448,8 +544,12 @@ function signOut(reason) {
   state.adminToken = null;
   applyMode({ mode: "admin", user: null });
   state.tokens = new Map();
+  state.groups = [];
+  state.licenses = [];
   state.listSeq++;
   dismissSecret();
+  $("access-list").replaceChildren();
+  show($("access-section"), false);
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("tokens-body").replaceChildren();
   showSignedIn(false);
@@ -744,6 +844,32 @@ function init() {
   $("history-close").addEventListener("click", () => $("history-dialog").close());
   $("revoke-form").addEventListener("submit", confirmRevoke);
   $("revoke-cancel").addEventListener("click", () => $("revoke-dialog").close());
+  $("group-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const roles = $("group-roles").value.split(/[\s,]+/).filter(Boolean);
+    accessWrite("POST", "/api/groups", { name: $("group-name").value.trim(), roles });
+  });
+  $("license-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const body = { name: $("license-name").value.trim(), seats: Number($("license-seats").value) };
+    const until = $("license-until").value.trim();
+    if (until) body.valid_until = until;
+    accessWrite("POST", "/api/licenses", body);
+  });
+  $("member-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const target = $("member-target").value;
+    const who = $("member-who").value.trim();
+    const key = target.startsWith("groups/") ? "members" : "holders";
+    const [kind, ...rest] = target.split("/");
+    const id = who.startsWith("token:") ? Number(who.slice(6)) : null;
+    const body = id != null ? { token_id: id } : { user: who };
+    accessWrite("POST", `/api/${kind}/${encodeURIComponent(rest.join("/"))}/${key}`, body);
+  });
+  $("access-list").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-path]");
+    if (button) accessWrite("DELETE", button.dataset.path);
+  });
 
   // Signed in earlier in this tab (e.g. after a reload): go straight to the list. If the token stopped
   // working meanwhile, loadTokens sends the user back to the sign-in form with the reason.
