@@ -22,7 +22,12 @@ type Send2 = h2::client::SendRequest<Bytes>;
 
 /// An HTTP/2 connection over TLS to the gateway's TLS listener, offering `h2` and `http/1.1`.
 async fn h2_tls(gw: &Gateway) -> Send2 {
-    let mut config = (*gw.tls_client(&tls::ClientOptions::default())).clone();
+    h2_tls_as(gw, &tls::ClientOptions::default()).await
+}
+
+/// [`h2_tls`] presenting what `options` say (a device certificate).
+async fn h2_tls_as(gw: &Gateway, options: &tls::ClientOptions) -> Send2 {
+    let mut config = (*gw.tls_client(options)).clone();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(gw.tls_addr()).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -901,4 +906,74 @@ fn idle_and_silent_connections_are_closed() {
     let mut sink = Vec::new();
     let _ = tcp.read_to_end(&mut sink);
     assert!(t.elapsed() < Duration::from_secs(9));
+}
+
+#[test]
+fn shutdown_sends_goaway_and_lets_an_open_stream_finish() {
+    let up = Upstream::with_delay("slow", Duration::from_millis(600));
+    let mut gw = GatewayBuilder::new()
+        .gateway("h2c", "true")
+        .route_with("pub", "/pub", up.addr(), &[("auth", "\"none\"")])
+        .build();
+    gw.start();
+    let mut c = Raw::open(gw.addr());
+    c.send(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block("GET", "/pub/slow", &[]),
+    ))
+    .unwrap();
+    assert!(up.wait_hits(1, Duration::from_secs(10)));
+    gw.sigterm();
+    let mut goaway = false;
+    let mut answered = None;
+    while let Some(f) = c.next() {
+        if f.ty == GOAWAY {
+            goaway = true;
+        }
+        if f.ty == HEADERS && f.stream == 1 {
+            answered = Some(status_of(&f.payload));
+        }
+        if goaway && answered.is_some() {
+            break;
+        }
+    }
+    assert!(goaway, "no GOAWAY on shutdown");
+    assert_eq!(answered, Some(200), "the open stream was not answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_token_needs_its_certificate_on_the_h2_connection() {
+    let up = Upstream::start("api");
+    let devices = tls::Pki::new("device CA");
+    let (device, other) = (devices.leaf(&["hive-7"]), devices.leaf(&["hive-8"]));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::write_pem(dir.path(), "devices-ca.pem", &devices.ca_pem);
+    let device_pem = tls::write_pem(dir.path(), "hive-7.pem", &device.cert_pem);
+    let mut gw = GatewayBuilder::new()
+        .tls_key("client_ca", &format!("{:?}", ca.display().to_string()))
+        .route("api", "/api", up.addr())
+        .build();
+    let device_pem = device_pem.display().to_string();
+    let (_, bound) = gw.create_token_with("beekeeper", "hive 7", &["--bind-cert", &device_pem]);
+    gw.start();
+    let as_leaf = |leaf: &tls::Leaf| tls::ClientOptions {
+        identity: Some(leaf.clone()),
+        ..tls::ClientOptions::default()
+    };
+    let req = || {
+        get(
+            "https://localhost/api/x",
+            &[("authorization", &bearer(&bound))],
+        )
+    };
+    let mut none = h2_tls(&gw).await;
+    assert_eq!(send(&mut none, req(), None).await.status, 401);
+    let mut wrong = h2_tls_as(&gw, &as_leaf(&other)).await;
+    assert_eq!(send(&mut wrong, req(), None).await.status, 401);
+    assert_eq!(up.hits(), 0);
+    let mut right = h2_tls_as(&gw, &as_leaf(&device)).await;
+    assert_eq!(send(&mut right, req(), None).await.status, 200);
+    assert_eq!(up.last().single_header("x-user-id"), "beekeeper");
 }
