@@ -8,6 +8,7 @@
 //!
 //! - this file: [`serve`] (the connection: settings, the accept loop, idle and header timeouts,
 //!   `GOAWAY` on shutdown, client resets counted), [`sniff`] (the h2c preface on the plain listener).
+//! - [`answer`]: the gateway's own answer on a stream, and the reset that may follow it.
 //! - [`head`]: an HTTP/2 request as an HTTP/1.1 head (RFC 9113 §8.2/§8.3 checks), and the answers
 //!   (the gateway's own and the upstream's) as HTTP/2 responses.
 //! - [`stream`]: one stream, one request: the decision, the refusal or the forward, metrics and the
@@ -22,6 +23,7 @@
 //! (`GOAWAY ENHANCE_YOUR_CALM` beyond), and [`MAX_CLIENT_RESETS`] accepted streams the client reset
 //! (the rapid reset attack, CVE-2023-44487, through accepted streams): `GOAWAY ENHANCE_YOUR_CALM`.
 
+mod answer;
 mod head;
 mod stream;
 mod upstream;

@@ -9,6 +9,7 @@
 //! A refused stream whose body is still coming is answered and then reset with `NO_ERROR` (RFC 9113
 //! §8.1): the client stops sending, the connection carries on.
 
+use super::answer::{refuse, Answered};
 use super::head::{self, Malformed};
 use super::upstream::Forwarding;
 use super::Peer;
@@ -25,12 +26,6 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use std::sync::Arc;
-
-/// How a stream ended on the gateway's side, for the reset that may follow the answer.
-pub(super) struct Answered {
-    /// The request body was not read to its end: reset the stream (`NO_ERROR`) so the client stops.
-    pub(super) body_left: bool,
-}
 
 /// Serves one stream until its answer has gone out (or the client reset it).
 pub(super) async fn exchange(
@@ -104,35 +99,6 @@ fn parse(bytes: &[u8], max_head_bytes: usize) -> Result<RequestHead, Malformed> 
             detail: e.describe(),
         }),
     }
-}
-
-/// Sends the gateway's own answer `r` on the stream.
-pub(super) fn refuse(
-    respond: &mut SendResponse<Bytes>,
-    facts: &mut Facts,
-    r: &Refusal,
-    request_id: &RequestId,
-    is_head: bool,
-) -> Answered {
-    facts.status = r.status;
-    facts.outcome = r.outcome;
-    facts.limit = r.limit;
-    facts.route = r.route.or(facts.route);
-    let (resp, body) = head::refusal(r, request_id.as_str(), is_head);
-    let sent = body.len() as u64;
-    match respond.send_response(resp, body.is_empty()) {
-        Ok(mut send) => {
-            if !body.is_empty() {
-                // Within the stream's initial window (65,535 bytes) a JSON answer never waits.
-                send.reserve_capacity(body.len());
-                if send.send_data(body, true).is_ok() {
-                    facts.bytes_out = sent;
-                }
-            }
-        }
-        Err(e) => log::debug!("HTTP/2 answer not sent: {e}"),
-    }
-    Answered { body_left: true }
 }
 
 /// One stream's request on its way through the decision.

@@ -16,7 +16,7 @@
 //! that resets the stream ends it (the upstream connection is dropped, and the reset is counted
 //! against the connection, see [`super::MAX_CLIENT_RESETS`]).
 
-use super::stream::{refuse, Answered};
+use super::answer::{refuse, Answered};
 use super::Peer;
 use crate::config::BODY_RATE_GRACE;
 use crate::gateway::answer::Answer;
