@@ -775,6 +775,8 @@ fn metrics_cover_every_family_and_never_label_with_secrets() {
         ("result", vec!["ok", "error", "failed"]),
         ("direction", vec!["to_upstream", "to_client"]),
         ("listener", vec!["plain", "tls"]),
+        // Requests by protocol (HTTP/2 streams count as requests).
+        ("protocol", vec!["http/1.1", "h2"]),
         // Leak reports (`[leaks]`): a match's label and what was done, never a token, hash or url.
         ("label", vec!["true_positive", "false_positive"]),
         ("action", vec!["revoked", "reported", "none"]),

@@ -44,6 +44,7 @@ pub(super) struct FileTls {
     pub(super) ticket_lifetime: Option<String>,
     pub(super) max_fragment_size: Option<usize>,
     pub(super) early_data: Option<bool>,
+    pub(super) alpn: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +93,8 @@ pub(super) struct FileGateway {
     pub(super) body_timeout: Option<String>,
     pub(super) min_body_rate: Option<u64>,
     pub(super) max_head_bytes: Option<usize>,
+    pub(super) h2c: Option<bool>,
+    pub(super) h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

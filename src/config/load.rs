@@ -197,6 +197,15 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         (Duration::from_secs(1), Duration::from_secs(3600)),
         "between 1s and 1h",
     )?;
+    let h2_max_concurrent_streams = g
+        .h2_max_concurrent_streams
+        .unwrap_or(super::model::DEFAULT_H2_MAX_CONCURRENT_STREAMS);
+    if !(1..=1000).contains(&h2_max_concurrent_streams) {
+        return Err(cx.err(
+            "gateway.h2_max_concurrent_streams",
+            format!("{h2_max_concurrent_streams} is not between 1 and 1000"),
+        ));
+    }
     Ok(GatewayConfig {
         listen,
         user_id_header,
@@ -220,6 +229,8 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         min_body_rate: g
             .min_body_rate
             .unwrap_or(super::model::DEFAULT_MIN_BODY_RATE),
+        h2c: g.h2c.unwrap_or(false),
+        h2_max_concurrent_streams,
     })
 }
 

@@ -84,6 +84,26 @@ pub struct TlsConfig {
     pub ticket_lifetime: Duration,
     /// The largest record plaintext the gateway sends (`None`: the TLS maximum, 16 KiB).
     pub max_fragment_size: Option<usize>,
+    /// `alpn`: the protocols offered in the TLS handshake, in the server's order of preference
+    /// (`["h2", "http/1.1"]` by default; `["http/1.1"]` turns HTTP/2 off).
+    pub alpn: Vec<Alpn>,
+}
+
+/// A protocol the TLS listener offers by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol's ALPN identifier (RFC 7301).
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
 }
 
 /// The most a ticket may be valid (RFC 8446 section 4.6.1: seven days).
@@ -215,7 +235,15 @@ pub struct GatewayConfig {
     /// `min_body_rate`: bytes per second a request body must keep up, on average, once its first
     /// [`BODY_RATE_GRACE`] are over (408 beyond; 0: no minimum).
     pub min_body_rate: u64,
+    /// `h2c`: HTTP/2 with prior knowledge on the plain listener (a connection that opens with the
+    /// HTTP/2 preface); off by default.
+    pub h2c: bool,
+    /// `h2_max_concurrent_streams`: streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
+
+/// `[gateway] h2_max_concurrent_streams` by default (nginx's `http2_max_concurrent_streams`).
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// `[gateway]` bounds by default (see README "Hardening").
 pub const DEFAULT_MAX_IN_FLIGHT_PER_TOKEN: u32 = 32;

@@ -10,6 +10,42 @@ use super::model::*;
 use super::values::{check_listen, parse_duration};
 use std::time::Duration;
 
+/// `alpn`: `["h2", "http/1.1"]` by default on the gateway's listener, `["http/1.1"]` on the verify
+/// listener (which serves HTTP/1.1 only); each protocol once, at least one.
+fn alpn(cx: &Ctx, alpn: Option<&[String]>, at: &str) -> Result<Vec<Alpn>, ConfigError> {
+    let key = format!("{at}.alpn");
+    let verify = at != "tls";
+    let Some(names) = alpn else {
+        return Ok(if verify {
+            vec![Alpn::Http11]
+        } else {
+            vec![Alpn::H2, Alpn::Http11]
+        });
+    };
+    if names.is_empty() {
+        return Err(cx.err(
+            &key,
+            "must name at least one protocol (\"h2\", \"http/1.1\")",
+        ));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let p = match n.as_str() {
+            "h2" if verify => {
+                return Err(cx.err(&key, "\"h2\": the verify listener serves HTTP/1.1 only"))
+            }
+            "h2" => Alpn::H2,
+            "http/1.1" => Alpn::Http11,
+            other => return Err(cx.err(&key, format!("{other:?} is not \"h2\" or \"http/1.1\""))),
+        };
+        if out.contains(&p) {
+            return Err(cx.err(&key, format!("{n:?} is listed twice")));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
 pub(super) fn tls(cx: &Ctx, t: FileTls) -> Result<TlsConfig, ConfigError> {
     tls_at(cx, t, "tls")
 }
@@ -90,7 +126,9 @@ pub(super) fn tls_at(cx: &Ctx, t: FileTls, at: &str) -> Result<TlsConfig, Config
              request (an upload, a command to a device) would be decided and forwarded twice",
         ));
     }
+    let alpn = alpn(cx, t.alpn.as_deref(), at)?;
     Ok(TlsConfig {
+        alpn,
         listen: t.listen,
         min_version,
         certificates,

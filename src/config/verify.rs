@@ -66,6 +66,9 @@ pub(super) fn verify(cx: &Ctx, raw: FileVerify) -> Result<VerifyConfig, ConfigEr
                 ticket_lifetime: None,
                 max_fragment_size: None,
                 early_data: None,
+                // HTTP/1.1 only: forward auth and MQTT askers speak it, and the verify engine has
+                // no HTTP/2 loop.
+                alpn: None,
             },
             "verify.tls",
         )?),

@@ -91,6 +91,9 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Client connections: open, refused at accept, closed by reason.
     pub connections: super::connections::ConnectionMetrics,
+    /// Requests answered on the gateway's listeners by protocol: `[http/1.1, h2]` (an HTTP/2 stream
+    /// is one request).
+    pub protocol_requests: [IntCounter; 2],
 }
 
 /// One route's collectors, resolved once.
@@ -239,6 +242,18 @@ impl Metrics {
                 "Access log lines dropped because a worker's log buffer (4 MiB) was full: its target did not keep up.",
             ),
             connections: super::connections::ConnectionMetrics::register(r),
+            protocol_requests: {
+                let v = counter_vec(
+                    r,
+                    "tokengate_protocol_requests_total",
+                    "Requests answered on the gateway's listeners, by protocol (http/1.1, h2: one HTTP/2 stream is one request).",
+                    &["protocol"],
+                );
+                [
+                    v.with_label_values(&["http/1.1"]),
+                    v.with_label_values(&["h2"]),
+                ]
+            },
             registry,
         })
     }

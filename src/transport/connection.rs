@@ -76,12 +76,86 @@ pub(super) struct Facts {
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
-    /// The method, only when the access log is on (the path is in [`Client::log_path`]).
-    log: Option<http::Method>,
+    /// The method, only when the access log is on (the path is kept by the caller: see [`Asker`]).
+    pub(super) log: Option<http::Method>,
     /// The `RateLimit` field for the response (a route with `rate_limit_headers`).
     pub(super) rate_limit: Option<crate::gateway::limits::RateLimitField>,
     /// The limit that refused the request (429), for metrics.
-    limit: Option<LimitKind>,
+    pub(super) limit: Option<LimitKind>,
+}
+
+impl Facts {
+    /// The facts of an exchange starting now.
+    pub(super) fn new() -> Facts {
+        Facts {
+            start: Instant::now(),
+            route: None,
+            entry: None,
+            digest: None,
+            outcome: Outcome::None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            log: None,
+            rate_limit: None,
+            limit: None,
+        }
+    }
+}
+
+/// Which protocol an exchange came in on (the `protocol` label of `tokengate_protocol_requests_total`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Protocol {
+    Http1 = 0,
+    Http2 = 1,
+}
+
+/// Who asked, as the metrics and the access log name it.
+pub(super) struct Asker<'a> {
+    /// The peer's address as text (`None`: not an IP peer).
+    pub(super) client: Option<&'a str>,
+    /// The request's path for the access log, when [`Facts::log`] is set.
+    pub(super) path: &'a str,
+    pub(super) request_id: &'a str,
+    pub(super) tls_marker: Option<&'static str>,
+    pub(super) protocol: Protocol,
+}
+
+/// After an exchange (HTTP/1.1 or one HTTP/2 stream): its metrics and its access log line.
+pub(super) fn record(engine: &Engine, table: &Table, facts: &mut Facts, asker: Asker<'_>) {
+    let io = facts.route.map(|i| &table.io[i]);
+    // The verify listener's answers are counted by door and outcome (super::verify), not as
+    // requests of the routes they decided on.
+    if engine.verify.is_none() {
+        engine.protocol_requests[asker.protocol as usize].inc();
+        let m = io.map(|io| &io.metrics).unwrap_or(&engine.unrouted);
+        m.count(facts.status, facts.outcome);
+        if let Some(kind) = facts.limit {
+            m.limited(kind);
+        }
+        m.duration.observe(facts.start.elapsed().as_secs_f64());
+        m.bytes_in.inc_by(facts.bytes_in);
+        m.bytes_out.inc_by(facts.bytes_out);
+    }
+    if let Some(method) = facts.log.take() {
+        let user = facts.entry.as_ref().map(|e| e.user_value());
+        engine.access_log.log(&Record {
+            at: SystemTime::now(),
+            client: asker.client,
+            method: method.as_str(),
+            path: asker.path,
+            route: io.map(|io| &*io.route.name),
+            status: facts.status,
+            auth: facts.outcome.as_str(),
+            duration: facts.start.elapsed(),
+            bytes_in: facts.bytes_in,
+            bytes_out: facts.bytes_out,
+            token_id: facts.entry.as_ref().map(|e| e.token_id),
+            user: user.as_ref().map(|u| u.as_bytes()),
+            request_id: asker.request_id,
+            tls: asker.tls_marker,
+        });
+    }
 }
 
 /// One client connection.
@@ -315,52 +389,16 @@ impl<'a, S: ClientStream> Client<'a, S> {
     async fn exchange(&mut self) -> bool {
         let engine = self.engine;
         let table = engine.table.load_full();
-        let mut facts = Facts {
-            start: Instant::now(),
-            route: None,
-            entry: None,
-            digest: None,
-            outcome: Outcome::None,
-            status: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            log: None,
-            rate_limit: None,
-            limit: None,
-        };
+        let mut facts = Facts::new();
         let keep = self.decide_and_forward(&table, &mut facts).await;
-        let io = facts.route.map(|i| &table.io[i]);
-        // The verify listener's answers are counted by door and outcome (super::verify), not as
-        // requests of the routes they decided on.
-        if engine.verify.is_none() {
-            let m = io.map(|io| &io.metrics).unwrap_or(&engine.unrouted);
-            m.count(facts.status, facts.outcome);
-            if let Some(kind) = facts.limit {
-                m.limited(kind);
-            }
-            m.duration.observe(facts.start.elapsed().as_secs_f64());
-            m.bytes_in.inc_by(facts.bytes_in);
-            m.bytes_out.inc_by(facts.bytes_out);
-        }
-        if let Some(method) = facts.log.take() {
-            let user = facts.entry.as_ref().map(|e| e.user_value());
-            engine.access_log.log(&Record {
-                at: SystemTime::now(),
-                client: self.peer.map(|_| self.peer_text.as_str()),
-                method: method.as_str(),
-                path: &self.log_path,
-                route: io.map(|io| &*io.route.name),
-                status: facts.status,
-                auth: facts.outcome.as_str(),
-                duration: facts.start.elapsed(),
-                bytes_in: facts.bytes_in,
-                bytes_out: facts.bytes_out,
-                token_id: facts.entry.as_ref().map(|e| e.token_id),
-                user: user.as_ref().map(|u| u.as_bytes()),
-                request_id: self.request_id.as_str(),
-                tls: self.tls_marker,
-            });
-        }
+        let asker = Asker {
+            client: self.peer.map(|_| self.peer_text.as_str()),
+            path: &self.log_path,
+            request_id: self.request_id.as_str(),
+            tls_marker: self.tls_marker,
+            protocol: Protocol::Http1,
+        };
+        record(engine, &table, &mut facts, asker);
         keep
     }
 
@@ -598,7 +636,17 @@ fn request<'b>(
     peer: Option<IpAddr>,
     tls: Option<&'b TlsPeer>,
 ) -> Request<'b> {
-    let bytes = &buf.filled()[..head.len];
+    request_facts(head, &buf.filled()[..head.len], peer, tls)
+}
+
+/// The facts of the request whose head `head` was parsed from `bytes`, for the decision (HTTP/2
+/// streams come here too, as the HTTP/1.1 head they were written into).
+pub(super) fn request_facts<'b>(
+    head: &RequestHead,
+    bytes: &'b [u8],
+    peer: Option<IpAddr>,
+    tls: Option<&'b TlsPeer>,
+) -> Request<'b> {
     Request {
         method: head.method.get(bytes),
         target: head.target.get(bytes),
@@ -616,7 +664,7 @@ fn request<'b>(
 
 /// What the access log records of a request: its method, and (into `path`, whose room is reused) the
 /// path as forwarded (origin form), never the query.
-fn logged_request(req: &Request<'_>, path: &mut String) -> http::Method {
+pub(super) fn logged_request(req: &Request<'_>, path: &mut String) -> http::Method {
     path.clear();
     match origin_form(req.target) {
         Some((p, _)) => path.push_str(p),

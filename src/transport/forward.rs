@@ -458,7 +458,7 @@ enum Abort {
 }
 
 /// Writes a whole request (already in `out`) and reads the response head into `resp`.
-async fn send_and_read(
+pub(super) async fn send_and_read(
     conn: &mut Conn,
     out: &[u8],
     resp: &mut ResponseHead,
@@ -496,7 +496,7 @@ async fn send_and_read(
 /// Reads until a final (non-1xx) response head is at the front of `buf`; interim responses are dropped
 /// (the gateway answers `Expect` itself). A 101 ends the head only for a WebSocket `upgrade` request;
 /// otherwise it is refused: the gateway forwards no other upgrade.
-async fn read_response_head<R: AsyncRead + Unpin>(
+pub(super) async fn read_response_head<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Buffer,
     resp: &mut ResponseHead,

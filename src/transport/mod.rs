@@ -19,6 +19,8 @@
 //! - [`request_id`]: the `x-request-id` of every request.
 //! - [`timed`]: time limits on socket I/O that arm a timer only when the I/O has to wait.
 //! - [`http1`]: HTTP/1.x on the wire — heads, framing, the chunked coding.
+//! - [`http2`]: HTTP/2 at the edge (ALPN `h2`, prior-knowledge h2c): each stream written into an
+//!   HTTP/1.1 head and then decided, rewritten and forwarded like an HTTP/1.1 request.
 //! - [`names`]: field names in every spelling frameworks read as one; hop-by-hop and proxy fields.
 //! - [`pool`]: a route's servers and the choice among them (round robin, least requests, user hash).
 //! - [`upstream`]: connections to one server, their idle queue, the server's health.
@@ -43,6 +45,7 @@ pub mod forward;
 pub mod handshake;
 pub mod health;
 pub mod http1;
+pub mod http2;
 pub mod names;
 pub mod pool;
 pub mod relay;
@@ -277,6 +280,12 @@ pub struct Engine {
     /// Set on the verify listener's engine (`[verify]`): requests are answered (forward auth, MQTT),
     /// never forwarded.
     pub verify: Option<Arc<verify::Verify>>,
+    /// `[gateway] h2c`: HTTP/2 with prior knowledge on the plain listener.
+    pub h2c: bool,
+    /// `[gateway] h2_max_concurrent_streams`.
+    pub h2_max_concurrent_streams: u32,
+    /// Requests by protocol (`http/1.1`, `h2`).
+    pub protocol_requests: [prometheus::IntCounter; 2],
 }
 
 impl Engine {
@@ -320,6 +329,9 @@ impl Engine {
             draining,
             door: None,
             verify: None,
+            h2c: g.h2c,
+            h2_max_concurrent_streams: g.h2_max_concurrent_streams,
+            protocol_requests: metrics.protocol_requests.clone(),
         }
     }
 
@@ -465,6 +477,16 @@ impl ServerApp for Engine {
                         let peer_facts = TlsPeer {
                             client_cert_sha256: facts.client_cert_sha256,
                         };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        if h2 && self.verify.is_none() {
+                            let conn =
+                                http2::Peer::new(peer, Some(peer_facts), Some(facts.marker()));
+                            return self.finish(
+                                http2::serve(self, stream, conn, accepted).await,
+                                is_tls,
+                                (slot, address_slot),
+                            );
+                        }
                         Client::new(self, stream, peer, Some(peer_facts))
                             .accepted_at(accepted)
                             .tls_marker(facts.marker())
@@ -479,6 +501,23 @@ impl ServerApp for Engine {
                     }
                 }
             }
+            _ if self.h2c && self.verify.is_none() => {
+                // Prior-knowledge h2c: the connection opens with the HTTP/2 preface, or it is
+                // HTTP/1.1 (its first bytes are handed back to the HTTP/1.1 loop).
+                match http2::sniff(io, accepted + self.header_timeout).await {
+                    http2::Sniffed::H2(io) => {
+                        let conn = http2::Peer::new(peer, None, None);
+                        http2::serve(self, io, conn, accepted).await
+                    }
+                    http2::Sniffed::Http1(io) => {
+                        Client::new(self, io, peer, None)
+                            .accepted_at(accepted)
+                            .run()
+                            .await
+                    }
+                    http2::Sniffed::Gone(why) => why,
+                }
+            }
             _ => {
                 Client::new(self, io, peer, None)
                     .accepted_at(accepted)
@@ -486,8 +525,20 @@ impl ServerApp for Engine {
                     .await
             }
         };
-        self.connection_metrics.closed(is_tls, closed);
-        drop((slot, address_slot));
+        self.finish(closed, is_tls, (slot, address_slot))
+    }
+}
+
+impl Engine {
+    /// A connection served by `process_new` ended for `why`: counted, and its slots given back.
+    fn finish(
+        &self,
+        why: Closed,
+        is_tls: bool,
+        slots: (Option<Permit>, Option<addresses::AddressSlot<'_>>),
+    ) -> Option<Stream> {
+        self.connection_metrics.closed(is_tls, why);
+        drop(slots);
         None
     }
 }

@@ -182,7 +182,7 @@ fn build_server_config(
     };
 
     let mut config = builder.with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = cfg.alpn.iter().map(|p| p.id().to_vec()).collect();
     if cfg.session_tickets {
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         config.ticketer = backend::Ticketer::new().map_err(|e| config_error("tls", &e))?;

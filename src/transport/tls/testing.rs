@@ -45,6 +45,7 @@ pub fn tls_config(certificates: Vec<CertFiles>) -> TlsConfig {
         session_tickets: true,
         ticket_lifetime: std::time::Duration::from_secs(24 * 3600),
         max_fragment_size: None,
+        alpn: vec![crate::config::Alpn::Http11],
     }
 }
 
