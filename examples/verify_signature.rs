@@ -178,7 +178,7 @@ fn main() -> std::io::Result<()> {
         std::process::exit(2);
     }
     let listener = TcpListener::bind(&args.listen)?;
-    println!("verifying upstream on {}", args.listen);
+    println!("verifying upstream on {}", listener.local_addr()?);
     for stream in listener.incoming() {
         if let Err(e) = stream.and_then(|s| handle(s, &args)) {
             eprintln!("connection error: {e}");

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -19,7 +19,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 /// A long-running example, stopped (SIGINT, like Ctrl-C, then killed) when dropped.
-struct Running(Child);
+struct Running(Child, String);
 
 impl Running {
     fn spawn(name: &str, args: &[&str]) -> Running {
@@ -30,16 +30,40 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Running(child)
+        Running(child, String::new())
     }
 
-    /// Waits until `addr` accepts connections.
-    fn listening(self, addr: SocketAddr) -> Running {
-        let up = poll_until(Duration::from_secs(20), Duration::from_millis(20), || {
-            TcpStream::connect(addr).is_ok()
+    /// Waits for the example's first line, which it prints once it listens, and returns the address
+    /// that line names. Started with `--listen 127.0.0.1:0`, the example holds its port from the
+    /// moment the system gives it (a port picked by the test and handed over could be taken by another
+    /// test's server meanwhile, and the test would talk to that one).
+    fn listening(mut self) -> (Running, SocketAddr) {
+        let mut stdout = self.0.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Byte by byte, so that nothing after the first line is read here.
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while let Ok(1) = stdout.read(&mut byte) {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            let _ = tx.send((stdout, String::from_utf8_lossy(&line).into_owned()));
         });
-        assert!(up, "the example never listened on {addr}");
-        self
+        let (stdout, line) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the example printed no line within 20 s");
+        self.0.stdout = Some(stdout);
+        let addr = line
+            .split_whitespace()
+            .last()
+            .map(|w| w.trim_start_matches("http://"))
+            .and_then(|w| w.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("the example's first line names no address: {line:?}"));
+        self.1 = format!("{line}\n");
+        (self, addr)
     }
 
     /// SIGINT (Ctrl-C), then the exit status and stdout.
@@ -54,7 +78,7 @@ impl Running {
         });
         assert!(ok, "the example did not exit after Ctrl-C");
         let status = self.0.wait().unwrap();
-        let mut out = String::new();
+        let mut out = std::mem::take(&mut self.1);
         if let Some(stdout) = self.0.stdout.take() {
             for line in BufReader::new(stdout).lines() {
                 out.push_str(&line.unwrap_or_default());
@@ -82,10 +106,6 @@ fn run(name: &str, args: &[&str]) -> Output {
     out
 }
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
 /// FNV-1a 64 of `data`, as the echo upstream reports a body.
 fn fnv1a64(data: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -101,12 +121,11 @@ fn fnv1a64(data: &[u8]) -> String {
 /// line per request, and exits on Ctrl-C.
 #[test]
 fn echo_upstream_shows_what_the_gateway_forwarded() {
-    let listen = loopback();
-    let echo = Running::spawn(
+    let (echo, listen) = Running::spawn(
         "echo_upstream",
-        &["--listen", &listen.to_string(), "--name", "telemetry"],
+        &["--listen", "127.0.0.1:0", "--name", "telemetry"],
     )
-    .listening(listen);
+    .listening();
     let gw = GatewayBuilder::new()
         .route("telemetry", "/iot", listen)
         .start();
@@ -247,12 +266,11 @@ fn seed_tokens_fills_a_store_a_gateway_serves() {
 #[test]
 fn verify_signature_accepts_the_gateway_and_refuses_a_bypass() {
     let secret = "example-sign-secret-0123456789abcdefghij";
-    let listen = loopback();
-    let _verifier = Running::spawn(
+    let (_verifier, listen) = Running::spawn(
         "verify_signature",
-        &["--listen", &listen.to_string(), "--secret", secret],
+        &["--listen", "127.0.0.1:0", "--secret", secret],
     )
-    .listening(listen);
+    .listening();
     let gw = GatewayBuilder::new()
         .route_with(
             "iot",
