@@ -321,6 +321,21 @@ fn open_store(config: &std::path::Path) -> anyhow::Result<Store> {
         .with_context(|| format!("opening the token store {}", location.describe()))
 }
 
+/// Whether two stores hold the same tokens and events, their revisions aside (copying groups and
+/// licenses gives the target's tokens revisions of their own).
+fn same_data(a: &store::Export, b: &store::Export) -> bool {
+    let unrevised = |t: &store::ExportedToken| store::ExportedToken {
+        rev: 0,
+        ..t.clone()
+    };
+    a.events == b.events
+        && a.tokens.len() == b.tokens.len()
+        && a.tokens
+            .iter()
+            .zip(&b.tokens)
+            .all(|(x, y)| unrevised(x) == unrevised(y))
+}
+
 fn store_command(from: &Location, command: StoreCommand) -> anyhow::Result<()> {
     match command {
         StoreCommand::Migrate => {
@@ -344,19 +359,25 @@ fn store_command(from: &Location, command: StoreCommand) -> anyhow::Result<()> {
             let mut dest = Store::open(&target)
                 .with_context(|| format!("opening the target {}", target.describe()))?;
             // Idempotent: a target holding exactly this data is fine as it is.
-            if dest.export()? == data && dest.ticket_keys()? == keys {
-                println!(
-                    "{} already holds these {} tokens and {} events; nothing to do",
-                    target.describe(),
-                    data.tokens.len(),
-                    data.events.len()
-                );
-                return Ok(());
+            if same_data(&dest.export()?, &data) && dest.ticket_keys()? == keys {
+                // Groups and licenses the target lacks are still added.
+                if access::copy(&mut source, &mut dest)? == 0 {
+                    println!(
+                        "{} already holds these {} tokens and {} events; nothing to do",
+                        target.describe(),
+                        data.tokens.len(),
+                        data.events.len()
+                    );
+                    return Ok(());
+                }
+            } else {
+                dest.import(&data, force)?;
+                dest.replace_ticket_keys(&keys)?;
+                access::copy(&mut source, &mut dest)?;
             }
-            dest.import(&data, force)?;
-            dest.replace_ticket_keys(&keys)?;
+            let (groups, licenses) = (source.groups()?.len(), source.licenses()?.len());
             println!(
-                "copied {} tokens and {} events from {} to {}",
+                "copied {} tokens, {} events, {groups} groups and {licenses} licenses from {} to {}",
                 data.tokens.len(),
                 data.events.len(),
                 from.describe(),

@@ -884,3 +884,68 @@ fn the_readme_groups_and_licenses_commands_run_as_written() {
     let l = gw.cli_json(&["license", "show", "video-analytics", "--json"]);
     assert_eq!(l["seats_used"], 0);
 }
+
+/// `store copy` carries groups and licenses with their members and holders: the copied gateway grants
+/// what the original did (SQLite to SQLite, and to PostgreSQL when there is one); a second copy has
+/// nothing to do.
+#[test]
+fn store_copy_carries_groups_and_licenses_with_their_members() {
+    let upstream = Upstream::start("app");
+    let gw = builder(&upstream).build();
+    let (id, t) = gw.create_token_with("gil", "camera", &["--scope", "other"]);
+    let (_, t2) = gw.create_token_with("hal", "camera", &["--scope", "other"]);
+    cli_ok(
+        &gw,
+        &["group", "create", "apiary-42", "--role", "beekeeper"],
+    );
+    cli_ok(
+        &gw,
+        &["group", "add", "apiary-42", "--token", &id.to_string()],
+    );
+    cli_ok(&gw, &["group", "add", "apiary-42", "--user", "hal"]);
+    let until = rfc3339(now() + 86_400);
+    cli_ok(
+        &gw,
+        &[
+            "license",
+            "create",
+            "video-analytics",
+            "--seats",
+            "2",
+            "--valid-until",
+            &until,
+        ],
+    );
+    cli_ok(
+        &gw,
+        &["license", "assign", "video-analytics", "--user", "gil"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("copy.db");
+    let mut targets = vec![(
+        format!("sqlite:{}", sqlite.display()),
+        builder(&upstream).store_path(&sqlite),
+    )];
+    let pg = common::pg::admin_url().map(|admin| common::pg::fresh_database(&admin));
+    if let Some(db) = &pg {
+        targets.push((db.url().to_owned(), builder(&upstream).store_url(db.url())));
+    }
+    for (to, target) in targets {
+        let out = cli_ok(&gw, &["store", "copy", "--to", &to]);
+        assert!(out.contains("1 groups and 1 licenses"), "{out}");
+        let again = cli_ok(&gw, &["store", "copy", "--to", &to]);
+        assert!(again.contains("nothing to do"), "{again}");
+        let moved = target.start();
+        moved.wait_ok("/hives/x", &t);
+        moved.wait_ok("/apiary/x", &t2);
+        moved.wait_ok("/video/x", &t);
+        assert_eq!(moved.get_with_token("/video/x", &t2).status, 403);
+        let l = moved.cli_json(&["license", "show", "video-analytics", "--json"]);
+        assert_eq!(
+            (l["seats"].as_i64(), l["seats_used"].as_i64()),
+            (Some(2), Some(1)),
+            "{l}"
+        );
+        assert_eq!(l["valid_until"], until.as_str(), "{l}");
+    }
+}

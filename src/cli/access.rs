@@ -6,7 +6,9 @@
 use super::CLI_ACTOR;
 use crate::config::Roles;
 use crate::tokens::fields::{check_roles, parse_rfc3339};
-use crate::tokens::store::groups::{check_name, AccessEvent, GroupView, LicenseView, Member};
+use crate::tokens::store::groups::{
+    check_name, AccessEvent, GroupView, LicenseView, Member, MemberView,
+};
 use crate::tokens::store::{Store, StoreError};
 use clap::{Args, Subcommand};
 
@@ -314,4 +316,64 @@ fn print_license(l: &LicenseView, events: &[AccessEvent], json: bool) {
         println!("  {}", member_text(h));
     }
     print_events(events);
+}
+
+/// `store copy`: the groups and licenses of `source`, with their members and seat holders, made on
+/// `dest` (whose tokens were just copied with their ids, so a token member names the same token).
+/// A group or license the target has already must be the same (roles; seats and end), else the copy
+/// is refused naming it; members and holders are added where missing. Their audit logs stay with the
+/// source; the target's records the copy (actor `store copy`). Returns how many things it changed.
+pub fn copy(source: &mut Store, dest: &mut Store) -> anyhow::Result<usize> {
+    const ACTOR: &str = "store copy";
+    let member = |m: &MemberView| match (&m.user, m.token_id) {
+        (None, Some(id)) => Ok(Member::Token(id)),
+        (Some(u), None) => Ok(Member::User(u.clone())),
+        _ => anyhow::bail!("a member that is neither a user nor a token"),
+    };
+    let mut changed = 0;
+    for g in source.groups()? {
+        match dest.group_create(&g.name, &g.roles, ACTOR) {
+            Ok(_) => changed += 1,
+            Err(StoreError::Exists { .. }) => {
+                let there = dest.group(&g.name)?;
+                if there.roles != g.roles {
+                    anyhow::bail!(
+                        "the target has a group {:?} with other roles ({:?}, here {:?}): remove it there or copy with --force",
+                        g.name,
+                        there.roles,
+                        g.roles
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for m in &g.members {
+            changed += usize::from(dest.group_add(&g.name, &member(m)?, ACTOR)?);
+        }
+    }
+    for l in source.licenses()? {
+        let until = l
+            .valid_until
+            .as_deref()
+            .map(parse_rfc3339)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        match dest.license_create(&l.name, l.seats, until, ACTOR) {
+            Ok(_) => changed += 1,
+            Err(StoreError::Exists { .. }) => {
+                let there = dest.license(&l.name)?;
+                if (there.seats, &there.valid_until) != (l.seats, &l.valid_until) {
+                    anyhow::bail!(
+                        "the target has a license {:?} with other seats or end: remove it there or copy with --force",
+                        l.name
+                    );
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for h in &l.holders {
+            changed += usize::from(dest.license_assign(&l.name, &member(h)?, ACTOR)?);
+        }
+    }
+    Ok(changed)
 }
