@@ -328,9 +328,10 @@ DROPPED=""
 if [ "$ACCESS_LOG" != off ] || [ "$LOG_AB" = 1 ]; then
     for g in "tg-bearer:$TG_PORT" "tg-json:$TGJSON_PORT" "tg-before:$TGBEFORE_PORT"; do
         name=${g%%:*} port=${g##*:}
-        d=$(curl -s --max-time 5 "http://127.0.0.1:$((port + 1))/metrics" 2>/dev/null |
+        # A gateway this run did not start answers nothing (and must not end the run under set -e).
+        d=$( (curl -s --max-time 5 "http://127.0.0.1:$((port + 1))/metrics" 2>/dev/null || true) |
             awk '/^tokengate_access_log_dropped_total / { print $2 }')
-        [ -n "$d" ] && DROPPED="$DROPPED${DROPPED:+, }$name $d"
+        if [ -n "$d" ]; then DROPPED="$DROPPED${DROPPED:+, }$name $d"; fi
     done
     log "access log lines dropped: ${DROPPED:-none measured}"
 fi
