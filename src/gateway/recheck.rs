@@ -60,6 +60,28 @@ impl Lapse {
             Lapse::Denied(d) => d.description(),
         }
     }
+
+    /// The answer to an upload cut for this lapse (HTTP/1.1 and HTTP/2 alike).
+    pub fn upload_refusal(&self) -> super::Refusal {
+        use super::answer::Answer;
+        match self {
+            Lapse::Denied(denial) => super::Refusal::denial(
+                denial,
+                format!(
+                    "{} (while the request was being sent)",
+                    denial.description()
+                ),
+            ),
+            Lapse::TlsRequired => super::Refusal::new(
+                Answer::TlsRequired,
+                "this route is served over TLS (https) only",
+            ),
+            Lapse::RouteGone | Lapse::WebSocketOff => super::Refusal::new(
+                Answer::NotFound,
+                "the route was removed while the request was being sent",
+            ),
+        }
+    }
 }
 
 impl Gate {

@@ -364,24 +364,7 @@ impl<S: ClientStream> Client<'_, S> {
             facts.entry.as_ref().map_or(0, |e| e.token_id),
             lapse.describe()
         );
-        let r = match &lapse {
-            Lapse::Denied(denial) => Refusal::denial(
-                denial,
-                format!(
-                    "{} (while the request was being sent)",
-                    denial.description()
-                ),
-            ),
-            Lapse::TlsRequired => Refusal::new(
-                Answer::TlsRequired,
-                "this route is served over TLS (https) only",
-            ),
-            Lapse::RouteGone | Lapse::WebSocketOff => Refusal::new(
-                Answer::NotFound,
-                "the route was removed while the request was being sent",
-            ),
-        }
-        .closing();
+        let r = lapse.upload_refusal().closing();
         facts.status = r.status;
         facts.outcome = r.outcome;
         if let Ok(sent) = self.answer(&r, false, req.is_head).await {

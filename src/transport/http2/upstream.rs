@@ -442,23 +442,7 @@ impl Forwarding<'_> {
             facts.entry.as_ref().map_or(0, |e| e.token_id),
             lapse.describe()
         );
-        let r = match &lapse {
-            Lapse::Denied(denial) => Refusal::denial(
-                denial,
-                format!(
-                    "{} (while the request was being sent)",
-                    denial.description()
-                ),
-            ),
-            Lapse::TlsRequired => Refusal::new(
-                Answer::TlsRequired,
-                "this route is served over TLS (https) only",
-            ),
-            Lapse::RouteGone | Lapse::WebSocketOff => Refusal::new(
-                Answer::NotFound,
-                "the route was removed while the request was being sent",
-            ),
-        };
+        let r = lapse.upload_refusal();
         refuse(respond, facts, &r, self.request_id, self.is_head)
     }
 }
