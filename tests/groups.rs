@@ -949,3 +949,79 @@ fn store_copy_carries_groups_and_licenses_with_their_members() {
         assert_eq!(l["valid_until"], until.as_str(), "{l}");
     }
 }
+
+/// The account header (the platform's account page behind its own login, from a trusted proxy) is a
+/// self-service caller too: it reads its own user's groups and licenses only, and never puts itself in
+/// a group or takes a seat, by any verb.
+#[test]
+fn the_account_header_reads_its_own_groups_and_never_writes_them() {
+    let upstream = Upstream::start("app");
+    let gw = builder(&upstream)
+        .section("admin", "trusted_user_header", "\"x-forwarded-user\"")
+        .section("admin", "trusted_proxies", "[\"127.0.0.1\"]")
+        .start();
+    gw.create_token_with("hal", "camera", &["--scope", "other"]);
+    cli_ok(
+        &gw,
+        &["group", "create", "apiary-42", "--role", "beekeeper"],
+    );
+    cli_ok(&gw, &["group", "add", "apiary-42", "--user", "hal"]);
+    cli_ok(&gw, &["group", "create", "other-team"]);
+    cli_ok(&gw, &["group", "add", "other-team", "--user", "ivy"]);
+    cli_ok(
+        &gw,
+        &["license", "create", "video-analytics", "--seats", "3"],
+    );
+    let call = |method: &str, target: &str, body: Option<Value>| {
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut h = vec![("X-Forwarded-User", "hal")];
+        // Account-mode writes must be JSON (else 415 before anything else): the rule is what is tested.
+        if method != "GET" {
+            h.push(("Content-Type", "application/json"));
+        }
+        raw_http(
+            gw.admin_addr(),
+            &build_request(method, target, &h, text.as_bytes()),
+        )
+    };
+    let listed = call("GET", "/api/groups", None);
+    assert_eq!(listed.status, 200, "{listed}");
+    let names: Vec<String> = listed.json().as_array().map_or_else(Vec::new, |a| {
+        a.iter()
+            .filter_map(|g| g["name"].as_str().map(str::to_owned))
+            .collect()
+    });
+    assert_eq!(names, ["apiary-42"], "{listed}");
+    assert_eq!(call("GET", "/api/groups/other-team", None).status, 404);
+    for (method, target, body) in [
+        (
+            "POST",
+            "/api/groups/other-team/members",
+            Some(json!({"user": "hal"})),
+        ),
+        (
+            "POST",
+            "/api/licenses/video-analytics/holders",
+            Some(json!({"user": "hal"})),
+        ),
+        (
+            "POST",
+            "/api/groups",
+            Some(json!({"name": "mine", "roles": ["beekeeper"]})),
+        ),
+        ("DELETE", "/api/groups/apiary-42/members/hal", None),
+        ("DELETE", "/api/groups/apiary-42", None),
+    ] {
+        let r = call(method, target, body);
+        assert!(
+            r.status == 403 || r.status == 401,
+            "{method} {target} as the account header: {r}"
+        );
+    }
+    let other = gw.cli_json(&["group", "show", "other-team", "--json"]);
+    assert_eq!(other["members"], json!([{"user": "ivy"}]), "{other}");
+    let lic = gw.cli_json(&["license", "show", "video-analytics", "--json"]);
+    assert_eq!(lic["seats_used"], 0, "{lic}");
+    let mine = gw.cli_json(&["group", "show", "apiary-42", "--json"]);
+    assert_eq!(mine["members"], json!([{"user": "hal"}]), "{mine}");
+}
