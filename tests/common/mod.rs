@@ -1159,9 +1159,14 @@ impl Gateway {
     /// Whether the current run logged that a listen port is taken (pingora retries such a bind for a
     /// while, and the admin listener may answer meanwhile).
     fn port_taken(&self) -> bool {
-        let stderr = fs::read(self.dir.path().join("stderr.log")).unwrap_or_default();
-        let this_run = String::from_utf8_lossy(stderr.get(self.log_offset..).unwrap_or_default());
+        let this_run = self.stderr_this_run();
         this_run.contains("is in use") || this_run.contains("already in use")
+    }
+
+    /// What the current (or last) run wrote to stderr.
+    pub fn stderr_this_run(&self) -> String {
+        let stderr = fs::read(self.dir.path().join("stderr.log")).unwrap_or_default();
+        String::from_utf8_lossy(stderr.get(self.log_offset..).unwrap_or_default()).into_owned()
     }
 
     fn kill_quietly(&mut self) {
