@@ -326,10 +326,10 @@ async fn h2c_is_prior_knowledge_only_and_off_by_default() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_upload_streams_beside_small_requests() {
+async fn a_one_gib_upload_streams_beside_small_requests_in_bounded_memory() {
     let (gw, up, token) = bed();
     let c = h2_tls(&gw).await;
-    const TOTAL: u64 = 64 * 1024 * 1024;
+    const TOTAL: u64 = 1024 * 1024 * 1024;
     let upload = {
         let mut c = c.clone().ready().await.unwrap();
         let token = token.clone();
@@ -378,6 +378,12 @@ async fn a_large_upload_streams_beside_small_requests() {
     assert_eq!(seen.body_len, TOTAL);
     assert_eq!(seen.body_crc, pattern_crc(TOTAL));
     assert_eq!(seen.single_header("transfer-encoding"), "chunked");
+    // The stream's window is 256 KiB and the connection's 1 MiB: what is buffered is bounded by them,
+    // not by the body (the same 200 MiB bound as the HTTP/1.1 streaming tests, which a copy of the
+    // body would pass five times over).
+    let hwm = gw.vm_hwm_kib();
+    eprintln!("1 GiB HTTP/2 upload: gateway VmHWM {} MiB", hwm / 1024);
+    assert!(hwm < 200 * 1024, "gateway peak RSS {} MiB", hwm / 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,10 +406,10 @@ async fn a_revoked_token_cuts_its_open_upload() {
     let resp = tokio::time::timeout(Duration::from_secs(10), resp)
         .await
         .expect("an answer within 10 s of the revoke");
-    match resp {
-        Ok(r) => assert_eq!(r.status(), 401, "{r:?}"),
-        Err(e) => assert!(e.is_reset(), "{e}"),
-    }
+    // The answer comes first, whole; the reset (NO_ERROR) follows it (an explicit reset sent at once
+    // used to drop the queued answer, and the client saw only the reset).
+    let r = resp.expect("the 401 before the reset");
+    assert_eq!(r.status(), 401, "{r:?}");
     // The stream is cut: the client cannot go on sending.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let more = stream.send_data(Bytes::from(vec![7u8; 1024]), false);

@@ -432,6 +432,7 @@ impl Doors {
         let mut c = match wire {
             Wire::Plain => Conn::open(self.gw.addr()),
             Wire::Tls => self.gw.tls_conn(&common::tls::ClientOptions::default()),
+            Wire::H2 => unreachable!("the smuggling doors are HTTP/1.1 framing"),
         };
         c.set_read_timeout(Duration::from_secs(10));
         c.send(&bytes).expect("send");

@@ -8,9 +8,12 @@
 //! - [`raw_http`]: a tiny HTTP/1.1 client over a plain `TcpStream`, for requests that client libraries
 //!   refuse to send or would normalise (duplicate headers, control characters, `..` segments).
 //!
+//! - [`http2`]: the same requests as HTTP/2 streams (the `h2` crate), for [`Wire::H2`].
+//!
 //! Each test file uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod http2;
 pub mod leaks;
 pub mod peers;
 pub mod pg;
@@ -529,6 +532,8 @@ pub enum Wire {
     Plain,
     /// `[tls] listen`, HTTP over TLS (the harness's CA, SNI `localhost`).
     Tls,
+    /// `[tls] listen`, HTTP/2 over TLS (ALPN `h2`): each request one stream on a new connection.
+    H2,
 }
 
 /// Anything a client connection can be: a TCP stream or TLS over one.
@@ -914,7 +919,7 @@ impl GatewayBuilder {
 
     /// Which listener the gateway's request helpers use (TLS turns the TLS listener on).
     pub fn wire(mut self, wire: Wire) -> Self {
-        if wire == Wire::Tls {
+        if wire != Wire::Plain {
             self = self.tls();
         }
         self.wire = wire;
@@ -1244,6 +1249,7 @@ impl Gateway {
                 let stream = self.tls_connect(&tls::ClientOptions::default(), "localhost")?;
                 try_exchange(Wired::tls(stream)?, request)
             }
+            Wire::H2 => http2::exchange(self, request),
         }
     }
 
@@ -1256,7 +1262,9 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         match self.wire() {
             Wire::Plain => format!("http://{}{path}", self.listen),
-            Wire::Tls => format!("https://localhost:{}{path}", self.tls_addr().port()),
+            Wire::Tls | Wire::H2 => {
+                format!("https://localhost:{}{path}", self.tls_addr().port())
+            }
         }
     }
 
@@ -1267,10 +1275,22 @@ impl Gateway {
             Wire::Plain => client(),
             Wire::Tls => reqwest::Client::builder()
                 .no_proxy()
+                .http1_only()
                 .use_preconfigured_tls((*self.tls_client(&tls::ClientOptions::default())).clone())
                 .resolve("localhost", self.tls_addr())
                 .build()
                 .expect("reqwest TLS client"),
+            Wire::H2 => {
+                let mut config = (*self.tls_client(&tls::ClientOptions::default())).clone();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .http2_prior_knowledge()
+                    .use_preconfigured_tls(config)
+                    .resolve("localhost", self.tls_addr())
+                    .build()
+                    .expect("reqwest HTTP/2 client")
+            }
         }
     }
 
@@ -1438,6 +1458,7 @@ impl Gateway {
         match self.wire() {
             Wire::Plain => Conn::open(self.listen),
             Wire::Tls => self.tls_conn(&tls::ClientOptions::default()),
+            Wire::H2 => panic!("an HTTP/1.1 keep-alive connection on Wire::H2"),
         }
     }
 

@@ -1,5 +1,10 @@
-//! The gateway's own answer on an HTTP/2 stream ([`refuse`]) and what the stream's end leaves to do
-//! ([`Answered`]): shared by the decision ([`super::stream`]) and the forward ([`super::upstream`]).
+//! The gateway's own answer on an HTTP/2 stream ([`refuse`]): shared by the decision ([`super::stream`])
+//! and the forward ([`super::upstream`]).
+//!
+//! A stream answered while its request body is still coming is not reset here: once the stream's
+//! handles are dropped, h2 queues `RST_STREAM(NO_ERROR)` behind the answer's frames (RFC 9113 §8.1), so
+//! the client gets the whole answer and then stops sending. An explicit `send_reset` would drop the
+//! answer's frames still queued, and the client would see a reset with no answer at all.
 
 use super::head;
 use crate::gateway::Refusal;
@@ -8,12 +13,6 @@ use crate::transport::request_id::RequestId;
 use bytes::Bytes;
 use h2::server::SendResponse;
 
-/// How a stream ended on the gateway's side, for the reset that may follow the answer.
-pub(super) struct Answered {
-    /// The request body was not read to its end: reset the stream (`NO_ERROR`) so the client stops.
-    pub(super) body_left: bool,
-}
-
 /// Sends the gateway's own answer `r` on the stream.
 pub(super) fn refuse(
     respond: &mut SendResponse<Bytes>,
@@ -21,7 +20,7 @@ pub(super) fn refuse(
     r: &Refusal,
     request_id: &RequestId,
     is_head: bool,
-) -> Answered {
+) {
     facts.status = r.status;
     facts.outcome = r.outcome;
     facts.limit = r.limit;
@@ -40,5 +39,4 @@ pub(super) fn refuse(
         }
         Err(e) => log::debug!("HTTP/2 answer not sent: {e}"),
     }
-    Answered { body_left: true }
 }

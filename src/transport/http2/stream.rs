@@ -7,9 +7,10 @@
 //! protocol) and the access log line.
 //!
 //! A refused stream whose body is still coming is answered and then reset with `NO_ERROR` (RFC 9113
-//! §8.1): the client stops sending, the connection carries on.
+//! §8.1) by h2 once its handles are dropped (see [`super::answer`]): the client gets the answer, stops
+//! sending, and the connection carries on.
 
-use super::answer::{refuse, Answered};
+use super::answer::refuse;
 use super::head::{self, Malformed};
 use super::upstream::Forwarding;
 use super::Peer;
@@ -24,7 +25,7 @@ use crate::transport::rewrite::{write_upstream_head, HeadExtras};
 use crate::transport::{take_permit, Engine};
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use h2::RecvStream;
 use std::sync::Arc;
 
 /// Serves one stream until its answer has gone out (or the client reset it).
@@ -48,12 +49,11 @@ pub(super) async fn exchange(
         Err(m) => Err(m),
     };
     drop(parts);
-    let answered = match parsed {
+    match parsed {
         Err(m) => {
             let r = Refusal::new(m.answer, m.detail);
-            let mut a = refuse(&mut respond, &mut facts, &r, &request_id, is_head);
-            a.body_left = !end_stream;
-            a
+            refuse(&mut respond, &mut facts, &r, &request_id, is_head);
+            drop(body);
         }
         Ok(h) => {
             let mut s = Stream {
@@ -70,10 +70,10 @@ pub(super) async fn exchange(
             };
             s.decide_and_forward(&mut facts).await
         }
-    };
-    if answered.body_left {
-        respond.send_reset(Reason::NO_ERROR);
     }
+    // Every handle of the stream goes here (the body went with the arms above): a body not read to its
+    // end makes h2 reset the stream with NO_ERROR after the answer.
+    drop(respond);
     let asker = Asker {
         client: peer.addr.map(|_| peer.addr_text.as_str()),
         path: &log_path,
@@ -122,7 +122,7 @@ struct Stream<'a> {
 }
 
 impl Stream<'_> {
-    async fn decide_and_forward(&mut self, facts: &mut Facts) -> Answered {
+    async fn decide_and_forward(&mut self, facts: &mut Facts) {
         let engine = self.engine;
         let _in_flight = match &engine.in_flight {
             Some((count, max)) => match take_permit(count, *max) {
@@ -204,10 +204,8 @@ impl Stream<'_> {
         forwarding.run(self.respond, self.body.take(), facts).await
     }
 
-    fn refuse(&mut self, facts: &mut Facts, r: &Refusal) -> Answered {
-        let mut answered = refuse(self.respond, facts, r, self.request_id, self.is_head);
-        answered.body_left = self.body.is_some();
-        answered
+    fn refuse(&mut self, facts: &mut Facts, r: &Refusal) {
+        refuse(self.respond, facts, r, self.request_id, self.is_head);
     }
 
     /// Keeps a trusted proxy's own request id, when it sent exactly one and a sane one.

@@ -16,7 +16,7 @@
 //! that resets the stream ends it (the upstream connection is dropped, and the reset is counted
 //! against the connection, see [`super::MAX_CLIENT_RESETS`]).
 
-use super::answer::{refuse, Answered};
+use super::answer::refuse;
 use super::Peer;
 use crate::config::BODY_RATE_GRACE;
 use crate::gateway::answer::Answer;
@@ -74,19 +74,18 @@ impl Forwarding<'_> {
         respond: &mut SendResponse<Bytes>,
         body: Option<RecvStream>,
         facts: &mut Facts,
-    ) -> Answered {
+    ) {
         let io = self.io;
-        let has_body = body.is_some();
         let Some(first) = self.server else {
             let f =
                 UpstreamFailure::new(UpstreamError::NoHealthy, "every server is out of rotation");
-            return self.failed(respond, facts, f, has_body);
+            return self.failed(respond, facts, f);
         };
         let mut tried = 0u64;
         let (mut server, mut conn) =
             match connect_any(io, first, self.user, &mut tried, false).await {
                 Ok(c) => c,
-                Err(f) => return self.failed(respond, facts, f, has_body),
+                Err(f) => return self.failed(respond, facts, f),
             };
         let mut in_flight = io.pool.begin(server);
         let mut resp = ResponseHead::default();
@@ -100,7 +99,7 @@ impl Forwarding<'_> {
                     Some(r) => r,
                     None => {
                         self.peer.client_reset();
-                        return Answered { body_left: false };
+                        return;
                     }
                 };
                 // Nothing came back: again on a new connection, as the HTTP/1.1 forward does (after a
@@ -137,19 +136,19 @@ impl Forwarding<'_> {
                     }
                 }
                 if let Err(f) = result {
-                    return self.failed(respond, facts, f, false);
+                    return self.failed(respond, facts, f);
                 }
                 true
             }
             Some(body) => match self.upload(&mut conn, body, &mut resp, facts).await {
                 Ok(done) => done,
-                Err(Abort::Upstream(f)) => return self.failed(respond, facts, f, true),
+                Err(Abort::Upstream(f)) => return self.failed(respond, facts, f),
                 Err(Abort::Body(answer, detail)) => {
                     let r = Refusal::new(answer, detail);
                     return refuse(respond, facts, &r, self.request_id, self.is_head);
                 }
                 Err(Abort::Lapsed(lapse)) => return self.lapsed(respond, facts, lapse),
-                Err(Abort::ClientGone) => return Answered { body_left: false },
+                Err(Abort::ClientGone) => return,
             },
         };
         conn.reused = true;
@@ -160,9 +159,6 @@ impl Forwarding<'_> {
             }
         }
         drop(in_flight);
-        Answered {
-            body_left: !body_sent,
-        }
     }
 
     /// Streams the request body upstream while watching for an early answer and re-checking the
@@ -317,7 +313,7 @@ impl Forwarding<'_> {
         let Some(head) = head else {
             let f =
                 UpstreamFailure::new(UpstreamError::Other, "a response head HTTP/2 cannot carry");
-            self.failed(respond, facts, f, false);
+            self.failed(respond, facts, f);
             return None;
         };
         facts.status = resp.status;
@@ -394,13 +390,7 @@ impl Forwarding<'_> {
     }
 
     /// Answers a request the upstream could not take or answer: 502/504.
-    fn failed(
-        &self,
-        respond: &mut SendResponse<Bytes>,
-        facts: &mut Facts,
-        f: UpstreamFailure,
-        body_left: bool,
-    ) -> Answered {
+    fn failed(&self, respond: &mut SendResponse<Bytes>, facts: &mut Facts, f: UpstreamFailure) {
         let io = self.io;
         log::warn!(
             "route {}: upstream failed: {} ({})",
@@ -418,24 +408,17 @@ impl Forwarding<'_> {
             Answer::NoHealthyUpstream => "no server of this route is in rotation; retry later",
             _ => "the upstream could not be reached or failed",
         };
-        let mut a = refuse(
+        refuse(
             respond,
             facts,
             &Refusal::new(answer, detail),
             self.request_id,
             self.is_head,
         );
-        a.body_left = body_left;
-        a
     }
 
     /// Answers an upload that stopped being allowed while it streamed; the stream is then reset.
-    fn lapsed(
-        &self,
-        respond: &mut SendResponse<Bytes>,
-        facts: &mut Facts,
-        lapse: Lapse,
-    ) -> Answered {
+    fn lapsed(&self, respond: &mut SendResponse<Bytes>, facts: &mut Facts, lapse: Lapse) {
         log::info!(
             "route {}: an HTTP/2 upload of token {} was cut: {}",
             self.io.route.name,
@@ -443,7 +426,7 @@ impl Forwarding<'_> {
             lapse.describe()
         );
         let r = lapse.upload_refusal();
-        refuse(respond, facts, &r, self.request_id, self.is_head)
+        refuse(respond, facts, &r, self.request_id, self.is_head);
     }
 }
 
