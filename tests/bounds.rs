@@ -8,6 +8,7 @@
 //!    are not throttled, never its own throttled address (client sockets bound to 127.0.x.y).
 //! 3. Idle upstream connections: closed after the route's `idle_timeout` once a burst is over, and
 //!    closed when the upstream closed them — seen from an upstream that counts its open connections.
+//! 4. A client that stops reading a download is closed after `send_timeout`.
 //!
 //! Waits are bounded and generous (2-core CI); measured numbers are printed (`--no-capture`).
 
@@ -423,4 +424,49 @@ fn idle_connections_the_upstream_closed_are_closed_by_the_gateway() {
     );
     // Nothing of this reached a client: the next request gets a fresh connection and succeeds.
     assert_eq!(gw.get_with_token("/iot/again", &token).status, 200);
+}
+
+/// A client that asks for a large download and stops reading: the gateway's write waits at most
+/// `send_timeout`, then the connection is closed (what the kernel buffered still arrives, the rest never).
+#[test]
+fn a_client_that_stops_reading_is_closed_after_send_timeout() {
+    let up = Upstream::start("api");
+    let gw = GatewayBuilder::new()
+        .gateway("send_timeout", "\"2s\"")
+        .route("api", "/api", up.addr())
+        .start();
+    let (_, token) = gw.create_token("alice", "laptop");
+    gw.wait_ok("/api/warm", &token);
+    let total: u64 = 256 * 1024 * 1024;
+    let mut tcp = TcpStream::connect(gw.addr()).unwrap();
+    tcp.write_all(&build_request(
+        "GET",
+        "/api/video.bin",
+        &[
+            ("Authorization", &bearer(&token)),
+            (DOWNLOAD_HEADER, &total.to_string()),
+        ],
+        b"",
+    ))
+    .unwrap();
+    // Not reading for twice the timeout: the gateway's write is stuck on full buffers past it.
+    std::thread::sleep(Duration::from_secs(4));
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut received = 0u64;
+    let mut chunk = vec![0u8; 1 << 16];
+    let ended = loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => break "closed",
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => {
+                panic!("after {received} bytes: {e} (the connection was neither closed nor reset)")
+            }
+        }
+    };
+    eprintln!("a client that stopped reading for 4 s: {ended} after {received} of {total} bytes");
+    assert!(
+        received < total / 2,
+        "the gateway kept writing to a client that stopped reading: {received} of {total} bytes"
+    );
 }

@@ -274,6 +274,9 @@ fn bad_http2_settings_are_config_errors_naming_the_key() {
             "5000",
             "gateway.h2_max_concurrent_streams",
         ),
+        (false, "send_timeout", "\"0s\"", "gateway.send_timeout"),
+        (false, "send_timeout", "\"2h\"", "gateway.send_timeout"),
+        (false, "send_timeout", "\"soon\"", "gateway.send_timeout"),
     ] {
         let b = GatewayBuilder::new().route("iot", "/iot", up.addr());
         let b = if tls {
@@ -633,6 +636,46 @@ fn h2c_bed(extra: &[(&str, &str)]) -> (Gateway, Upstream, String) {
     gw.start();
     gw.wait_ok("/iot/warm", &token);
     (gw, up, token)
+}
+
+/// A client that holds a response stream's window at zero (SETTINGS_INITIAL_WINDOW_SIZE 0, never a
+/// WINDOW_UPDATE) loses that stream after `send_timeout`, and only that stream: the connection answers on.
+#[test]
+fn a_response_stream_held_at_a_zero_window_is_reset_after_send_timeout() {
+    let (gw, _up, token) = h2c_bed(&[("send_timeout", "\"2s\"")]);
+    let auth = bearer(&token);
+    let mut raw = Raw::open_with(gw.addr(), &[(4, 0)]);
+    let block = request_block(
+        "GET",
+        "/iot/video.bin",
+        &[("authorization", &auth), (DOWNLOAD_HEADER, "1048576")],
+    );
+    let started = Instant::now();
+    raw.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+        .unwrap();
+    assert_eq!(raw.outcome(1), Outcome::Headers(200));
+    let f = raw
+        .until(|f| f.stream == 1 && (f.ty == RST_STREAM || f.ty == DATA))
+        .expect("a reset within 10 s");
+    let waited = started.elapsed();
+    eprintln!("a zero window held: the stream was reset after {waited:?} (send_timeout 2s)");
+    assert_eq!(f.ty, RST_STREAM, "no DATA may pass a zero window: {f:?}");
+    assert_eq!(
+        u32::from_be_bytes(f.payload[..4].try_into().unwrap()),
+        8,
+        "CANCEL"
+    );
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "reset before send_timeout: {waited:?}"
+    );
+    // The connection carries on.
+    raw.send(&frame(PING, 0, 0, b"stillup!")).unwrap();
+    let ack = raw.until(|f| f.ty == PING).expect("a PING answer");
+    assert_eq!(
+        (ack.flags & 1, ack.payload.as_slice()),
+        (1, &b"stillup!"[..])
+    );
 }
 
 #[test]

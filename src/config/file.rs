@@ -91,6 +91,7 @@ pub(super) struct FileGateway {
     pub(super) max_in_flight_per_token: Option<u32>,
     pub(super) max_connections_per_address: Option<usize>,
     pub(super) body_timeout: Option<String>,
+    pub(super) send_timeout: Option<String>,
     pub(super) min_body_rate: Option<u64>,
     pub(super) max_head_bytes: Option<usize>,
     pub(super) h2c: Option<bool>,

@@ -163,6 +163,13 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         (Duration::from_secs(1), Duration::MAX),
         "at least 1s",
     )?;
+    let send_timeout = cx.duration_within(
+        "gateway.send_timeout",
+        &g.send_timeout,
+        Duration::from_secs(60),
+        (Duration::from_secs(1), Duration::from_secs(3600)),
+        "between 1s and 1h",
+    )?;
     let header_timeout = cx.duration_within(
         "gateway.header_timeout",
         &g.header_timeout,
@@ -226,6 +233,7 @@ fn gateway(cx: &Ctx, g: super::file::FileGateway) -> Result<GatewayConfig, Confi
         max_connections_per_address,
         max_head_bytes,
         body_timeout,
+        send_timeout,
         min_body_rate: g
             .min_body_rate
             .unwrap_or(super::model::DEFAULT_MIN_BODY_RATE),

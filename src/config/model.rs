@@ -232,6 +232,9 @@ pub struct GatewayConfig {
     pub max_head_bytes: usize,
     /// `body_timeout`: the longest wait for the next bytes of a request body (408 beyond).
     pub body_timeout: Duration,
+    /// `send_timeout`: how long a client may take to accept one write of an answer (on HTTP/2: to open
+    /// its flow-control window); beyond, the connection (HTTP/2: the stream) is closed.
+    pub send_timeout: Duration,
     /// `min_body_rate`: bytes per second a request body must keep up, on average, once its first
     /// [`BODY_RATE_GRACE`] are over (408 beyond; 0: no minimum).
     pub min_body_rate: u64,

@@ -30,9 +30,6 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-/// How long a client may take to accept a write of the response, or between two reads of its body.
-pub(super) const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Longest single wait for the next request: an idle connection notices a shutdown within this.
 const IDLE_SLICE: Duration = Duration::from_secs(1);
 
@@ -602,7 +599,8 @@ impl<'a, S: ClientStream> Client<'a, S> {
     pub(super) async fn write_out(&mut self) -> io::Result<()> {
         let io = &mut self.io;
         let out = &self.out;
-        match timed(|| CLIENT_IO_TIMEOUT, async {
+        let limit = self.engine.send_timeout;
+        match timed(|| limit, async {
             io.write_all(out).await?;
             io.flush().await
         })

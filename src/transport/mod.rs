@@ -253,6 +253,9 @@ pub struct Engine {
     pub max_head_bytes: usize,
     /// `[gateway] body_timeout`: the longest wait for the next bytes of a request body.
     pub body_timeout: Duration,
+    /// `[gateway] send_timeout`: the longest wait for a client to take a write (HTTP/2: to open its
+    /// window).
+    pub send_timeout: Duration,
     /// `[gateway] min_body_rate`: bytes a second a request body must keep up (0: none).
     pub min_body_rate: u64,
     /// Requests in flight, when `max_in_flight` is set (an atomic shared by all workers, so it is only
@@ -316,6 +319,7 @@ impl Engine {
             header_timeout: g.header_timeout,
             max_head_bytes: g.max_head_bytes,
             body_timeout: g.body_timeout,
+            send_timeout: g.send_timeout,
             min_body_rate: g.min_body_rate,
             in_flight: g
                 .max_in_flight

@@ -21,7 +21,7 @@ use super::Peer;
 use crate::config::BODY_RATE_GRACE;
 use crate::gateway::answer::Answer;
 use crate::gateway::{Admitted, Lapse, Refusal};
-use crate::transport::connection::{Facts, CLIENT_IO_TIMEOUT};
+use crate::transport::connection::Facts;
 use crate::transport::failure::UpstreamFailure;
 use crate::transport::forward::{read_response_head, send_and_read};
 use crate::transport::http1::{
@@ -376,7 +376,10 @@ impl Forwarding<'_> {
             conn.buf.consume(consumed);
             if !piece.is_empty() {
                 let n = piece.len() as u64;
-                if push(&mut send, piece).await.is_err() {
+                if push(&mut send, piece, self.engine.send_timeout)
+                    .await
+                    .is_err()
+                {
                     self.peer.client_reset();
                     return None;
                 }
@@ -449,14 +452,18 @@ async fn write<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Sends `data` as the client's window allows, waiting at most [`CLIENT_IO_TIMEOUT`] for each
-/// opening of it (a client that holds its window at zero loses the stream). `Err`: the stream is
-/// gone (reset by the client, or timed out and reset here).
-async fn push(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), ()> {
+/// Sends `data` as the client's window allows, waiting at most `send_timeout` for each opening of it
+/// (a client that holds its window at zero loses the stream). `Err`: the stream is gone (reset by the
+/// client, or timed out and reset here).
+async fn push(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    send_timeout: Duration,
+) -> Result<(), ()> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let cap = tokio::time::timeout(
-            CLIENT_IO_TIMEOUT,
+            send_timeout,
             std::future::poll_fn(|cx| send.poll_capacity(cx)),
         )
         .await;
