@@ -233,6 +233,70 @@ async fn streams_are_refused_as_http1_requests_are() {
     assert_eq!(a.status, 200);
 }
 
+/// curl, a real client: `--http2` negotiates h2 by ALPN on the TLS listener and `--http2-prior-knowledge`
+/// speaks h2c on the plain one; both get the upstream's answer with the identity injected and the
+/// credential gone, and a 401 with its challenge without a token.
+#[test]
+fn curl_speaks_http2_over_tls_and_h2c() {
+    let (gw, up, token) = bed();
+    let ca = gw.dir().join("curl-ca.pem");
+    std::fs::write(&ca, &gw.pki().ca_pem).unwrap();
+    let port = gw.tls_addr().port();
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-D",
+                "-",
+                "-w",
+                "\n%{http_version} %{http_code}",
+            ])
+            .args(args)
+            .output()
+            .expect("run curl (apt-get install curl)");
+        assert!(out.status.success(), "curl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tls_url = format!("https://localhost:{port}/iot/curl");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let tls_args = [
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+    ];
+    let h2c_url = format!("http://{}/iot/curl-h2c", gw.addr());
+    let auth = format!("Authorization: Bearer {token}");
+    for (what, args) in [
+        (
+            "TLS + ALPN",
+            [&tls_args[..], &["-H", &auth, &tls_url]].concat(),
+        ),
+        (
+            "h2c",
+            vec!["--http2-prior-knowledge", "-H", &auth, &h2c_url],
+        ),
+    ] {
+        let before = up.hits();
+        let text = curl(&args);
+        assert!(text.ends_with("\n2 200"), "{what}: {text}");
+        assert!(text.starts_with("HTTP/2 200"), "{what}: {text}");
+        assert_eq!(up.hits(), before + 1, "{what}");
+        let seen = up.last();
+        assert_eq!(seen.single_header("x-user-id"), "alice", "{what}");
+        assert!(seen.header_values("authorization").is_empty(), "{what}");
+    }
+    let text = curl(&[&tls_args[..], &[tls_url.as_str()]].concat());
+    assert!(text.ends_with("\n2 401"), "{text}");
+    assert!(
+        text.contains("www-authenticate: Bearer realm=\"tokengate\""),
+        "{text}"
+    );
+}
+
 #[test]
 fn an_http1_only_alpn_never_negotiates_h2() {
     let up = Upstream::start("iot");
@@ -921,6 +985,44 @@ fn concurrent_streams_are_capped_and_the_cap_is_announced() {
         .until(|f| f.ty == RST_STREAM || f.ty == GOAWAY)
         .expect("a refusal");
     assert!(f.ty == GOAWAY || f.stream == 5, "{f:?}");
+}
+
+/// `max_connections` counts HTTP/2 connections as connections, however many streams each carries: with
+/// two h2c connections open, a third is refused at accept (503, closed), and is let in once one closes.
+#[test]
+fn max_connections_counts_http2_connections() {
+    let (gw, _up, token) = h2c_bed(&[("max_connections", "2")]);
+    let auth = bearer(&token);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = Raw::open(gw.addr());
+        let block = request_block("GET", "/iot/held", &[("authorization", &auth)]);
+        c.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .unwrap();
+        assert_eq!(c.outcome(1), Outcome::Headers(200));
+        open.push(c);
+    }
+    let mut third = TcpStream::connect(gw.addr()).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = third.write_all(PREFACE);
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 503"),
+        "a third connection past max_connections = 2: {text:?}"
+    );
+    drop(open.pop());
+    let ok = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let mut c = Raw::open(gw.addr());
+        let block = request_block("GET", "/iot/again", &[("authorization", &auth)]);
+        c.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+            .is_ok()
+            && c.outcome(1) == Outcome::Headers(200)
+    });
+    assert!(ok, "a connection's place was not given back when it closed");
 }
 
 #[test]
