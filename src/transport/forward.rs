@@ -22,63 +22,58 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+/// A connection to server `up`: an idle one from the server's queue (unless `fresh`), else a new one
+/// (`true`: new).
+async fn upstream_for(up: &Arc<Upstream>, fresh: bool) -> Result<(Conn, bool), UpstreamFailure> {
+    if !fresh {
+        if let Some(conn) = up.take_idle() {
+            return Ok((conn, false));
+        }
+    }
+    up.connect()
+        .await
+        .map(|c| (c, true))
+        .map_err(|(kind, e)| UpstreamFailure::new(kind, format!("{}: connect: {e}", up.label)))
+}
+
+/// A connection to `server`, or — when it refuses, times out or fails its TLS handshake (nothing of the
+/// request went out) — to the next server in rotation, taking each that failed out of it. `fresh`: a
+/// new connection, never an idle one (the retry after a reused one failed: the others idle to the same
+/// server may have been closed with it). Shared by the HTTP/1.1 and the HTTP/2 forward.
+pub(super) async fn connect_any(
+    io: &RouteIo,
+    mut server: usize,
+    user: Option<u64>,
+    tried: &mut u64,
+    fresh: bool,
+) -> Result<(usize, Conn), UpstreamFailure> {
+    let pool = &io.pool;
+    loop {
+        *tried |= 1 << server;
+        let up = &pool.members[server].upstream;
+        match upstream_for(up, fresh).await {
+            Ok((conn, fresh)) => {
+                if fresh {
+                    pool.connected(server);
+                }
+                return Ok((server, conn));
+            }
+            Err(f) => {
+                pool.failed(server, &f.detail);
+                match pool.pick(user, *tried) {
+                    Some(next) => {
+                        // Counted here; the last failure is counted with the answer.
+                        io.metrics.upstream_error(f.kind);
+                        server = next;
+                    }
+                    None => return Err(f),
+                }
+            }
+        }
+    }
+}
+
 impl<S: ClientStream> Client<'_, S> {
-    /// A connection to server `up`: an idle one from the server's queue (unless `fresh`), else a new one
-    /// (`true`: new).
-    async fn upstream_for(
-        &mut self,
-        up: &Arc<Upstream>,
-        fresh: bool,
-    ) -> Result<(Conn, bool), UpstreamFailure> {
-        if !fresh {
-            if let Some(conn) = up.take_idle() {
-                return Ok((conn, false));
-            }
-        }
-        up.connect()
-            .await
-            .map(|c| (c, true))
-            .map_err(|(kind, e)| UpstreamFailure::new(kind, format!("{}: connect: {e}", up.label)))
-    }
-
-    /// A connection to `server`, or — when it refuses, times out or fails its TLS handshake (nothing of
-    /// the request went out) — to the next server in rotation, taking each that failed out of it.
-    /// `fresh`: a new connection, never an idle one (the retry after a reused one failed: the others
-    /// idle to the same server may have been closed with it).
-    async fn connect_any(
-        &mut self,
-        io: &RouteIo,
-        mut server: usize,
-        user: Option<u64>,
-        tried: &mut u64,
-        fresh: bool,
-    ) -> Result<(usize, Conn), UpstreamFailure> {
-        let pool = &io.pool;
-        loop {
-            *tried |= 1 << server;
-            let up = &pool.members[server].upstream;
-            match self.upstream_for(up, fresh).await {
-                Ok((conn, fresh)) => {
-                    if fresh {
-                        pool.connected(server);
-                    }
-                    return Ok((server, conn));
-                }
-                Err(f) => {
-                    pool.failed(server, &f.detail);
-                    match pool.pick(user, *tried) {
-                        Some(next) => {
-                            // Counted here; the last failure is counted with the answer.
-                            io.metrics.upstream_error(f.kind);
-                            server = next;
-                        }
-                        None => return Err(f),
-                    }
-                }
-            }
-        }
-    }
-
     /// Sends the request (head in `self.out`, body from the client) to server `server` of the route (or
     /// the next in rotation if it refuses) and relays the answer; `None`: no server is in rotation (502
     /// at once). Returns whether the client connection may carry another request.
@@ -96,7 +91,7 @@ impl<S: ClientStream> Client<'_, S> {
             return self.upstream_failed(io, facts, f, req).await;
         };
         let mut tried = 0u64;
-        let mut at = match self.connect_any(io, server, user, &mut tried, false).await {
+        let mut at = match connect_any(io, server, user, &mut tried, false).await {
             Ok((server, conn)) => Attempt {
                 server,
                 conn,
@@ -196,9 +191,7 @@ impl<S: ClientStream> Client<'_, S> {
                 io.route.name,
                 io.pool.members[at.server].upstream.label
             );
-            let (server, conn) = self
-                .connect_any(io, next, user, &mut at.tried, true)
-                .await?;
+            let (server, conn) = connect_any(io, next, user, &mut at.tried, true).await?;
             (at.server, at.conn) = (server, conn);
             at.in_flight = io.pool.begin(server);
             result = send_and_read(&mut at.conn, &self.out, resp, io, framing).await;

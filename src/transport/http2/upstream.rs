@@ -23,6 +23,7 @@ use crate::gateway::answer::Answer;
 use crate::gateway::{Admitted, Lapse, Refusal};
 use crate::transport::connection::Facts;
 use crate::transport::failure::UpstreamFailure;
+use crate::transport::forward::connect_any;
 use crate::transport::forward::{read_response_head, send_and_read};
 use crate::transport::http1::{
     encode_chunk, Chunk, ChunkedDecoder, Framing, ResponseHead, LAST_CHUNK,
@@ -30,7 +31,7 @@ use crate::transport::http1::{
 use crate::transport::request_id::RequestId;
 use crate::transport::tunnel::{lapsed, CHECK};
 use crate::transport::upstream::{Conn, UpstreamError};
-use crate::transport::{Engine, RouteIo};
+use crate::transport::Engine;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
@@ -482,47 +483,4 @@ async fn push(
         send.send_data(piece, false).map_err(|_| ())?;
     }
     Ok(())
-}
-
-/// A connection to `server`, or to the next server in rotation when it refuses (as the HTTP/1.1
-/// forward does; each that failed is taken out of rotation). `fresh`: never an idle one.
-async fn connect_any(
-    io: &RouteIo,
-    mut server: usize,
-    user: Option<u64>,
-    tried: &mut u64,
-    fresh: bool,
-) -> Result<(usize, Conn), UpstreamFailure> {
-    let pool = &io.pool;
-    loop {
-        *tried |= 1 << server;
-        let up = &pool.members[server].upstream;
-        let idle = if fresh { None } else { up.take_idle() };
-        let result = match idle {
-            Some(conn) => Ok(conn),
-            None => match up.connect().await {
-                Ok(conn) => {
-                    pool.connected(server);
-                    Ok(conn)
-                }
-                Err((kind, e)) => Err(UpstreamFailure::new(
-                    kind,
-                    format!("{}: connect: {e}", up.label),
-                )),
-            },
-        };
-        match result {
-            Ok(conn) => return Ok((server, conn)),
-            Err(f) => {
-                pool.failed(server, &f.detail);
-                match pool.pick(user, *tried) {
-                    Some(next) => {
-                        io.metrics.upstream_error(f.kind);
-                        server = next;
-                    }
-                    None => return Err(f),
-                }
-            }
-        }
-    }
 }
