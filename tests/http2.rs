@@ -297,6 +297,38 @@ fn curl_speaks_http2_over_tls_and_h2c() {
     );
 }
 
+/// h2load (nghttp2), the load generator the benchmarks use: 20,000 requests on 4 TLS connections × 6
+/// streams each (one token: 24 in flight, under `max_in_flight_per_token`'s 32), every one answered 2xx
+/// by way of the upstream, none failed or errored.
+#[test]
+fn h2load_load_is_answered_without_an_error() {
+    let (gw, up, token) = bed();
+    let before = up.hits();
+    let out = std::process::Command::new("h2load")
+        .args(["-n", "20000", "-c", "4", "-m", "6", "-t", "1"])
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .arg(format!(
+            "https://127.0.0.1:{}/iot/load",
+            gw.tls_addr().port()
+        ))
+        .output()
+        .expect("run h2load (apt-get install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(out.status.success(), "h2load: {out:?}");
+    assert!(text.contains("Application protocol: h2"), "{text}");
+    assert!(
+        text.contains("20000 done, 20000 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 20000 2xx"), "{text}");
+    assert_eq!(
+        up.hits() - before,
+        20000,
+        "every stream reached the upstream once"
+    );
+}
+
 #[test]
 fn an_http1_only_alpn_never_negotiates_h2() {
     let up = Upstream::start("iot");
@@ -1061,6 +1093,17 @@ fn idle_and_silent_connections_are_closed() {
 
 #[test]
 fn shutdown_sends_goaway_and_lets_an_open_stream_finish() {
+    goaway_and_the_open_stream_finishes(Gateway::sigterm);
+}
+
+/// SIGQUIT, the old process's half of a binary upgrade (`serve --upgrade`): it stops taking streams with
+/// GOAWAY and finishes the open one, as on SIGTERM.
+#[test]
+fn a_binary_upgrade_sends_goaway_and_lets_an_open_stream_finish() {
+    goaway_and_the_open_stream_finishes(Gateway::sigquit);
+}
+
+fn goaway_and_the_open_stream_finishes(signal: fn(&Gateway)) {
     let up = Upstream::with_delay("slow", Duration::from_millis(600));
     let mut gw = GatewayBuilder::new()
         .gateway("h2c", "true")
@@ -1076,7 +1119,7 @@ fn shutdown_sends_goaway_and_lets_an_open_stream_finish() {
     ))
     .unwrap();
     assert!(up.wait_hits(1, Duration::from_secs(10)));
-    gw.sigterm();
+    signal(&gw);
     let mut goaway = false;
     let mut answered = None;
     while let Some(f) = c.next() {

@@ -1484,6 +1484,11 @@ impl Gateway {
         self.signal("INT");
     }
 
+    /// SIGQUIT: the old process's half of a binary upgrade (hand the listeners over, drain, exit).
+    pub fn sigquit(&self) {
+        self.signal("QUIT");
+    }
+
     pub fn kill9(&self) {
         self.signal("KILL");
     }
