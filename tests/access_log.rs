@@ -104,3 +104,77 @@ fn a_line_reaches_the_file_within_a_second_while_the_gateway_runs() {
     // The writer looks every 100 ms; a second leaves room for a busy machine.
     assert!(at < Duration::from_secs(1), "{at:?}");
 }
+
+/// A request refused after its token was known (over the route's rate, over the token's concurrency, a
+/// body over the route's limit) names the token and its user in its line, so an operator sees which
+/// device is over its limit, on HTTP/1.1 and on HTTP/2; a token that was not known names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_authentication_names_the_token() {
+    let up = Upstream::start("iot");
+    let mut gw = GatewayBuilder::new()
+        .tls()
+        .section("log", "access", "\"json\"")
+        .section("log", "access_path", "\"access.log\"")
+        .route_with("iot", "/iot", up.addr(), &[("rate_limit", "\"1/m\"")])
+        .route_with("small", "/small", up.addr(), &[("max_body_bytes", "10")])
+        .build();
+    let (id, token) = gw.create_token("alice", "scale");
+    gw.start();
+    gw.wait_ok("/small/warm", &token);
+    let auth = bearer(&token);
+    for i in 0..2 {
+        let r = gw.request(
+            "GET",
+            &format!("/iot/h1/{i}"),
+            &[("Authorization", &auth)],
+            b"",
+        );
+        assert_eq!(r.status, if i == 0 { 200 } else { 429 }, "{r}");
+    }
+    let r = gw.request("POST", "/small/h1", &[("Authorization", &auth)], &[7; 100]);
+    assert_eq!(r.status, 413, "{r}");
+    let mut h2 = common::http2::tls_connect(&gw, &tls::ClientOptions::default())
+        .await
+        .expect("h2");
+    let head = http::Request::get("https://localhost/iot/h2")
+        .header("authorization", &auth)
+        .body(())
+        .unwrap();
+    let r = common::http2::send_one(&mut h2, head, Vec::new())
+        .await
+        .expect("h2 answer");
+    assert_eq!(r.status, 429, "{r}");
+    let r = gw.request(
+        "GET",
+        "/iot/unknown",
+        &[("Authorization", "Bearer tg_wrong")],
+        b"",
+    );
+    assert_eq!(r.status, 401, "{r}");
+
+    let mut lines = Vec::new();
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        lines = logged(&gw);
+        lines.iter().any(|v| v["path"] == "/iot/unknown")
+    });
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|v| v["path"] == path)
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
+            .clone()
+    };
+    for (path, status, auth) in [
+        ("/iot/h1/1", 429, "rate_limited"),
+        ("/small/h1", 413, "ok"),
+        ("/iot/h2", 429, "rate_limited"),
+    ] {
+        let v = line(path);
+        assert_eq!(v["status"], status, "{v}");
+        assert_eq!(v["token_id"], id, "{v}");
+        assert_eq!(v["user_id"], "alice", "{v}");
+        assert_eq!(v["auth"], auth, "{v}");
+    }
+    let v = line("/iot/unknown");
+    assert!(v["token_id"].is_null() && v["user_id"].is_null(), "{v}");
+}

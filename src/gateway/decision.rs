@@ -108,7 +108,7 @@ pub struct Rewrite<'a> {
 }
 
 /// Answer the request from the gateway itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Refusal {
     pub status: u16,
     /// The JSON `error` code.
@@ -134,6 +134,9 @@ pub struct Refusal {
     pub headers: Vec<(&'static str, String)>,
     /// Which limit refused it (429), for metrics.
     pub limit: Option<LimitKind>,
+    /// The token, when the refusal came after it was authenticated (a limit, a body too large): the
+    /// access log names it, so an operator sees which device is over its limit. Never in the answer.
+    pub principal: Option<Arc<Entry>>,
 }
 
 impl Refusal {
@@ -150,6 +153,7 @@ impl Refusal {
             route: None,
             scope: None,
             missing: None,
+            principal: None,
             headers: Vec::new(),
             limit: None,
         }
@@ -212,9 +216,13 @@ impl Gate {
             let (path, query) = target(req)?;
             let route = route(table, req, path)?;
             let (principal, digest) = self.authenticate(route, req, query, now)?;
-            body_limit(route, req, principal.is_some())?;
+            let known = |mut r: Refusal| {
+                r.principal = principal.clone();
+                r
+            };
+            body_limit(route, req, principal.is_some()).map_err(known)?;
             let (in_flight, rate_limit) = match &principal {
-                Some(entry) => self.token_limits(table, route, entry, now)?,
+                Some(entry) => self.token_limits(table, route, entry, now).map_err(known)?,
                 None => (None, None),
             };
             Ok(Forward {
@@ -641,6 +649,19 @@ rate_limit_headers = true
         );
         assert_eq!(r.limit, Some(LimitKind::InFlight));
         assert_eq!(r.outcome, Outcome::RateLimited);
+        // The access log names the token over its limit; the answer does not.
+        assert_eq!(r.principal.as_ref().map(|e| e.token_id), Some(1));
+        let body = String::from_utf8(r.body(None)).unwrap();
+        assert!(
+            !body.contains("user1") && !body.contains("token_id"),
+            "{body}"
+        );
+        // A token that is not known is named by nothing.
+        let unknown = refusal(
+            w.gate
+                .decide(&w.table, &get("/iot/hive", Some("Bearer tg_x")), NOW),
+        );
+        assert!(unknown.principal.is_none());
         assert_eq!(
             w.gate.index.take_usage()[0].uses,
             2,

@@ -320,9 +320,16 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
     (&s[..end], true)
 }
 
-/// Writes a JSON string (quoted and escaped).
+/// Writes a JSON string (quoted and escaped). Most values (routes, request ids, addresses, paths) need
+/// no escape: they are copied between quotes, and only the rest goes through serde_json's escaper.
 fn put_json(out: &mut Vec<u8>, s: &str) {
-    let _ = serde_json::to_writer(&mut *out, s);
+    if s.bytes().all(|b| b >= b' ' && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 thread_local! {

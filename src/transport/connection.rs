@@ -555,6 +555,9 @@ impl<'a, S: ClientStream> Client<'a, S> {
         facts.outcome = r.outcome;
         facts.limit = r.limit;
         facts.route = r.route.or(facts.route);
+        if let Some(token) = &r.principal {
+            facts.entry = Some(token.clone());
+        }
         match self.answer(&r, keep, is_head).await {
             Ok(sent) => {
                 facts.bytes_out = sent;

@@ -335,3 +335,27 @@ fn times_and_durations_are_written_as_before() {
         assert_eq!(String::from_utf8(out.clone()).unwrap(), want, "{d:?}");
     }
 }
+
+#[test]
+fn json_strings_are_written_as_serde_json_writes_them() {
+    for s in [
+        "",
+        "/api/x?a=1&b=%2F",
+        "127.0.0.1:5000",
+        "route-α/ü/日本",
+        "with \"quotes\"",
+        "back\\slash",
+        "tab\there",
+        "nul\0, bell\x07, esc\x1b, del\x7f",
+        "line\nbreak\r",
+        "…(truncated)",
+    ] {
+        let mut ours = Vec::new();
+        put_json(&mut ours, s);
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string(s).unwrap(),
+            "{s:?}"
+        );
+    }
+}

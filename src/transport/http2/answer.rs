@@ -23,6 +23,9 @@ pub(super) fn refuse(
 ) {
     facts.status = r.status;
     facts.outcome = r.outcome;
+    if let Some(token) = &r.principal {
+        facts.entry = Some(token.clone());
+    }
     facts.limit = r.limit;
     facts.route = r.route.or(facts.route);
     let (resp, body) = head::refusal(r, request_id.as_str(), is_head);
