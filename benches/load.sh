@@ -200,8 +200,9 @@ if [ "$BIG_TOKENS" -gt 0 ]; then start_gateway tgbig "$TGBIG_PORT" "$DB_BIG"; fi
 TGSTEAL_PORT=$((BASE_PORT + 16)) TGBEFORE_PORT=$((BASE_PORT + 18))
 if [ "${TG_STEAL:-0}" = 1 ]; then start_gateway tgsteal "$TGSTEAL_PORT" "$DB_MAIN" steal; fi
 # TG_BEFORE_DB: the database tg-before serves (default the main one; an older build refuses a newer schema,
-# so give it a copy at its schema version).
-if [ -n "${TG_BEFORE:-}" ]; then start_gateway tgbefore "$TGBEFORE_PORT" "${TG_BEFORE_DB:-$DB_MAIN}" "" "$TG_BEFORE"; fi
+# so give it a copy at its schema version). TG_BEFORE_LOG: its access log format (default ACCESS_LOG), e.g.
+# json to A/B a change of the JSON format against tg-json.
+if [ -n "${TG_BEFORE:-}" ]; then start_gateway tgbefore "$TGBEFORE_PORT" "${TG_BEFORE_DB:-$DB_MAIN}" "" "$TG_BEFORE" "${TG_BEFORE_LOG:-}"; fi
 # LOG_AB=1: the same gateway with its access log off, and with the JSON log.
 TGNOLOG_PORT=$((BASE_PORT + 20)) TGJSON_PORT=$((BASE_PORT + 22))
 if [ "$LOG_AB" = 1 ]; then
