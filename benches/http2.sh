@@ -65,10 +65,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 chmod 600 "$RUN/server.key"
 
 # ---- upstream and nginx-h2 (configuration as tls.sh's, plus http2) ---------------------------------------
-nginx_common() {
-    printf 'worker_processes 1;\ndaemon off;\nmaster_process on;\npid %s;\nerror_log %s warn;\nevents { worker_connections 4096; }\n' \
-        "$RUN/$1.pid" "$RUN/$1.error.log"
-}
 mkdir -p "$RUN/upstream" "$RUN/nginx-h2"
 {
     nginx_common upstream
@@ -83,47 +79,21 @@ if [ "$(printf '%s\n1.25.1\n' "$NGINX_VERSION" | sort -V | head -1)" = 1.25.1 ];
 else
     NGINX_LISTEN="listen 127.0.0.1:$NGINX_PORT ssl http2;" # `http2 on;` is 1.25.1+
 fi
-if [ "$ACCESS_LOG" = off ]; then
-    NGINX_ACCESS_LOG="access_log off;"
-else
-    NGINX_ACCESS_LOG="access_log $RUN/nginx-h2-access.log combined buffer=64k flush=200ms;"
-fi
-awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$TOKENS_FILE" >"$RUN/nginx-h2/tokens.map"
 {
     nginx_common nginx-h2
+    echo "http {"
+    echo "    $(nginx_access_log nginx-h2)"
+    nginx_bearer_map nginx-h2 "$TOKENS_FILE"
     cat <<CONF
-http {
-    $NGINX_ACCESS_LOG
-    keepalive_requests 1000000;
-    map_hash_bucket_size 1024;
-    map_hash_max_size $((TOKENS * 2 + 1024));
-    map \$http_authorization \$user_id {
-        default "";
-        include $RUN/nginx-h2/tokens.map;
-    }
-    upstream api {
-        server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 64;
-    }
     server {
         $NGINX_LISTEN
         ssl_certificate $RUN/server.pem;
         ssl_certificate_key $RUN/server.key;
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            if (\$user_id = "") { return 401; }
-            proxy_pass http://api;
-            proxy_http_version 1.1;
-            proxy_request_buffering off;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_set_header x-user-id \$user_id;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
-        }
-    }
-}
 CONF
+    nginx_bearer_location https
+    echo "    }"
+    echo "}"
 } >"$RUN/nginx-h2/nginx.conf"
 spawn "$RUN/nginx-h2.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-h2" -c "$RUN/nginx-h2/nginx.conf" -e "$RUN/nginx-h2.error.log"
 wait_http "https://127.0.0.1:$NGINX_PORT/" 120 "$SPAWNED" || die "nginx-h2 did not start ($RUN/nginx-h2.error.log)"

@@ -190,3 +190,66 @@ replace_section() {
         { echo; echo "$begin"; cat "$content"; echo "$end"; } >>"$file"
     fi
 }
+
+# ---- nginx, configured as the benches compare it (one worker; RUN, TOKENS and UPSTREAM_PORT set) ------------
+# nginx_common NAME: the top of an nginx.conf: one worker, in the foreground, pid and error log in RUN.
+nginx_common() {
+    cat <<CONF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $RUN/$1.pid;
+error_log $RUN/$1.error.log warn;
+events { worker_connections 4096; }
+CONF
+}
+
+# nginx_access_log NAME: nginx's access log as the benches give it: its buffered `combined` log (64 KiB /
+# 200 ms, like tokengate's writer thread) to RUN/NAME-access.log, or off when ACCESS_LOG=off.
+nginx_access_log() {
+    if [ "${ACCESS_LOG:-plain}" = off ]; then
+        echo "access_log off;"
+    else
+        echo "access_log $RUN/$1-access.log combined buffer=64k flush=200ms;"
+    fi
+}
+
+# nginx_bearer_map NAME TOKENS_FILE: writes RUN/NAME/tokens.map, one entry per token ("Bearer <token>" → a user
+# id), and prints the http block's lines that use it: the map of $http_authorization to $user_id and `upstream
+# api` (UPSTREAM_PORT, kept alive). nginx's map matches case-insensitively (a token with its letters' case
+# changed is accepted too) and only one exact "Bearer " spelling: a performance stand-in, not an equivalent
+# check. The bucket size keeps the hash build quick at 1M entries.
+nginx_bearer_map() {
+    awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$2" >"$RUN/$1/tokens.map"
+    cat <<CONF
+    keepalive_requests 1000000;
+    map_hash_bucket_size 1024;
+    map_hash_max_size $((TOKENS * 2 + 1024));
+    map \$http_authorization \$user_id {
+        default "";
+        include $RUN/$1/tokens.map;
+    }
+    upstream api {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+    }
+CONF
+}
+
+# nginx_bearer_location PROTO: `location /` doing tokengate's job: 401 without a known bearer, else to `api`
+# with the credential removed and x-user-id, X-Forwarded-For and X-Forwarded-Proto (PROTO) set.
+nginx_bearer_location() {
+    cat <<CONF
+        location / {
+            if (\$user_id = "") { return 401; }
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_request_buffering off;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header x-user-id \$user_id;
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto $1;
+        }
+CONF
+}

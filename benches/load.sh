@@ -79,16 +79,6 @@ DB_ONE=$(seeded_db 1 1)
 if [ "$BIG_TOKENS" -gt 0 ]; then DB_BIG=$(seeded_db "$BIG_TOKENS" "$WRK_TOKENS"); fi
 
 # ---- upstream: nginx, one worker, a fixed 3-byte body ----------------------------------------------------
-nginx_common() {
-    cat <<CONF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $RUN/$1.pid;
-error_log $RUN/$1.error.log warn;
-events { worker_connections 4096; }
-CONF
-}
 mkdir -p "$RUN/upstream" "$RUN/nginx-auth"
 {
     nginx_common upstream
@@ -110,48 +100,17 @@ wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$UPSTREAM_PID" || die "upstream
 # ---- nginx doing tokengate's job -------------------------------------------------------------------------
 # With ACCESS_LOG other than off, both nginx-auth and tokengate write an access log line per request to a
 # file (nginx buffered, 64 KiB / 200 ms, like tokengate's writer thread); the upstream never logs.
-if [ "$ACCESS_LOG" = off ]; then
-    NGINX_ACCESS_LOG="access_log off;"
-else
-    NGINX_ACCESS_LOG="access_log $RUN/nginx-auth-access.log combined buffer=64k flush=200ms;"
-fi
-
-# One map entry per token: "Bearer <token>" → user id. Note nginx's map matches case-insensitively (a token
-# with its letters' case changed is accepted too) and only one exact "Bearer " spelling: it is a performance
-# stand-in, not an equivalent check. The bucket size keeps the hash build quick at 1M entries.
 log "writing the nginx map ($TOKENS entries)"
-awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$BENCH_DIR/tokens-$TOKENS.txt" >"$RUN/nginx-auth/tokens.map"
 {
     nginx_common nginx-auth
-    cat <<CONF
-http {
-    $NGINX_ACCESS_LOG
-    keepalive_requests 1000000;
-    map_hash_bucket_size 1024;
-    map_hash_max_size $((TOKENS * 2 + 1024));
-    map \$http_authorization \$user_id {
-        default "";
-        include $RUN/nginx-auth/tokens.map;
-    }
-    upstream api {
-        server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            if (\$user_id = "") { return 401; }
-            proxy_pass http://api;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_set_header x-user-id \$user_id;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto http;
-        }
-    }
-}
-CONF
+    echo "http {"
+    echo "    $(nginx_access_log nginx-auth)"
+    nginx_bearer_map nginx-auth "$BENCH_DIR/tokens-$TOKENS.txt"
+    echo "    server {"
+    echo "        listen 127.0.0.1:$NGINX_PORT;"
+    nginx_bearer_location http
+    echo "    }"
+    echo "}"
 } >"$RUN/nginx-auth/nginx.conf"
 spawn "$RUN/nginx-auth.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-auth" -c "$RUN/nginx-auth/nginx.conf" -e "$RUN/nginx-auth.error.log"
 NGINX_PID=$SPAWNED

@@ -57,16 +57,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$RUN/server.key" -out "$RUN/server.pem" 2>/dev/null
 chmod 600 "$RUN/server.key"
 
-nginx_common() {
-    cat <<CONF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $RUN/$1.pid;
-error_log $RUN/$1.error.log warn;
-events { worker_connections 4096; }
-CONF
-}
 mkdir -p "$RUN/upstream" "$RUN/nginx-tls"
 {
     nginx_common upstream
@@ -92,29 +82,13 @@ wait_http "http://127.0.0.1:$ECHO_PORT/" 10 "$SPAWNED" || die "echo upstream did
 # `combined` log; off: neither logs.
 ACCESS_LOG=${ACCESS_LOG:-plain}
 export ACCESS_LOG
-if [ "$ACCESS_LOG" = off ]; then
-    NGINX_ACCESS_LOG="access_log off;"
-else
-    NGINX_ACCESS_LOG="access_log $RUN/nginx-tls-access.log combined buffer=64k flush=200ms;"
-fi
-awk '{ printf "\"Bearer %s\" user%d;\n", $0, NR % 1000 }' "$TOKENS_FILE" >"$RUN/nginx-tls/tokens.map"
 {
     nginx_common nginx-tls
+    echo "http {"
+    echo "    $(nginx_access_log nginx-tls)"
+    nginx_bearer_map nginx-tls "$TOKENS_FILE"
     cat <<CONF
-http {
-    $NGINX_ACCESS_LOG
-    keepalive_requests 1000000;
     client_max_body_size 0;
-    map_hash_bucket_size 1024;
-    map_hash_max_size $((TOKENS * 2 + 1024));
-    map \$http_authorization \$user_id {
-        default "";
-        include $RUN/nginx-tls/tokens.map;
-    }
-    upstream api {
-        server 127.0.0.1:$UPSTREAM_PORT;
-        keepalive 64;
-    }
     upstream upload {
         server 127.0.0.1:$ECHO_PORT;
         keepalive 8;
@@ -133,20 +107,10 @@ http {
             proxy_set_header Authorization "";
             proxy_set_header x-user-id \$user_id;
         }
-        location / {
-            if (\$user_id = "") { return 401; }
-            proxy_pass http://api;
-            proxy_http_version 1.1;
-            proxy_request_buffering off;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_set_header x-user-id \$user_id;
-            proxy_set_header X-Forwarded-For \$remote_addr;
-            proxy_set_header X-Forwarded-Proto https;
-        }
-    }
-}
 CONF
+    nginx_bearer_location https
+    echo "    }"
+    echo "}"
 } >"$RUN/nginx-tls/nginx.conf"
 spawn "$RUN/nginx-tls.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-tls" -c "$RUN/nginx-tls/nginx.conf" -e "$RUN/nginx-tls.error.log"
 wait_http "https://127.0.0.1:$NGINX_PORT/" 120 "$SPAWNED" || die "nginx-tls did not start ($RUN/nginx-tls.error.log)"
