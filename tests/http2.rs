@@ -707,15 +707,41 @@ fn status_of(block: &[u8]) -> u16 {
         0x8c => 400,
         0x8d => 404,
         0x8e => 500,
+        // Literal with name index 8 (:status), then the value: 3 ASCII digits, or Huffman-coded (the
+        // length byte's high bit) when that is shorter.
         _ => {
-            // Literal with name index 8 (:status): 3 ASCII digits follow a length byte.
-            let i = block.iter().position(|&b| b == 3).expect("status literal");
-            std::str::from_utf8(&block[i + 1..i + 4])
-                .unwrap()
-                .parse()
-                .unwrap()
+            let len = block[1];
+            let value = &block[2..2 + (len & 0x7f) as usize];
+            if len & 0x80 == 0 {
+                std::str::from_utf8(value).unwrap().parse().unwrap()
+            } else {
+                huffman_digits(value)
+            }
         }
     }
+}
+
+/// Decodes a Huffman-coded (RFC 7541 Appendix B) string of decimal digits: '0'-'2' are 5-bit codes
+/// 00000-00010, '3'-'9' 6-bit codes 011001-011111.
+fn huffman_digits(bytes: &[u8]) -> u16 {
+    let bits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let (mut at, mut n) = (0, 0u16);
+    while at + 5 <= bits.len() {
+        let five = bits[at..at + 5].iter().fold(0, |v, b| v << 1 | b);
+        if five <= 2 {
+            n = n * 10 + five as u16;
+            at += 5;
+        } else if at + 6 <= bits.len() && (25..=31).contains(&(five << 1 | bits[at + 5])) {
+            n = n * 10 + (five << 1 | bits[at + 5]) as u16 - 22;
+            at += 6;
+        } else {
+            break; // the EOS padding (all ones)
+        }
+    }
+    n
 }
 
 fn h2c_bed(extra: &[(&str, &str)]) -> (Gateway, Upstream, String) {
@@ -772,6 +798,48 @@ fn a_response_stream_held_at_a_zero_window_is_reset_after_send_timeout() {
         (ack.flags & 1, ack.payload.as_slice()),
         (1, &b"stillup!"[..])
     );
+}
+
+/// A refused stream (no token) whose client holds the window at zero and keeps its request open: the
+/// answer's body cannot go, and the stream is not kept for it: after `send_timeout` it is reset, so a
+/// client cannot pin refused streams (and their slots among `h2_max_concurrent_streams`) for ever.
+#[test]
+fn a_refused_stream_held_at_a_zero_window_is_reset_after_send_timeout() {
+    let (gw, _up, _token) = h2c_bed(&[
+        ("send_timeout", "\"2s\""),
+        ("h2_max_concurrent_streams", "1"),
+    ]);
+    let mut raw = Raw::open_with(gw.addr(), &[(4, 0)]);
+    let started = Instant::now();
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("POST", "/iot/upload", &[]),
+    ))
+    .unwrap();
+    raw.send(&frame(DATA, 0, 1, b"some of the body")).unwrap();
+    assert_eq!(raw.outcome(1), Outcome::Headers(401));
+    let f = raw
+        .until(|f| f.stream == 1 && f.ty == RST_STREAM)
+        .expect("a reset within 10 s");
+    let waited = started.elapsed();
+    eprintln!("a refused stream at a zero window: reset after {waited:?} (send_timeout 2s)");
+    assert_eq!(
+        u32::from_be_bytes(f.payload[..4].try_into().unwrap()),
+        8,
+        "CANCEL"
+    );
+    assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+    // Its slot is free again: the one stream this connection may have is answered.
+    raw.send(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        3,
+        &request_block("GET", "/pub/next", &[]),
+    ))
+    .unwrap();
+    assert_eq!(raw.outcome(3), Outcome::Headers(200));
 }
 
 #[test]

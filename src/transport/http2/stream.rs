@@ -10,7 +10,7 @@
 //! §8.1) by h2 once its handles are dropped (see [`super::answer`]): the client gets the answer, stops
 //! sending, and the connection carries on.
 
-use super::answer::refuse;
+use super::answer::{refuse, Answering};
 use super::head::{self, Malformed};
 use super::upstream::Forwarding;
 use super::Peer;
@@ -52,7 +52,12 @@ pub(super) async fn exchange(
     match parsed {
         Err(m) => {
             let r = Refusal::new(m.answer, m.detail);
-            refuse(&mut respond, &mut facts, &r, &request_id, is_head);
+            let how = Answering {
+                request_id: &request_id,
+                is_head,
+                send_timeout: engine.send_timeout,
+            };
+            refuse(&mut respond, &mut facts, &r, how).await;
             drop(body);
         }
         Ok(h) => {
@@ -133,7 +138,7 @@ impl Stream<'_> {
                         "the gateway is handling as many requests as it is allowed to; retry shortly",
                     );
                     r.retry_after = Some(1);
-                    return self.refuse(facts, &r);
+                    return self.refuse(facts, &r).await;
                 }
             },
             None => None,
@@ -152,11 +157,11 @@ impl Stream<'_> {
         if let Some(door) = &engine.door {
             if origin_form(req.target).is_some_and(|(p, _)| p == door.path()) {
                 let r = Refusal::new(Answer::NotFound, "this endpoint is served over HTTP/1.1");
-                return self.refuse(facts, &r);
+                return self.refuse(facts, &r).await;
             }
         }
         let forward = match engine.gate.decide(&table.routes, &req, clock::now()) {
-            Verdict::Refuse(r) => return self.refuse(facts, &r),
+            Verdict::Refuse(r) => return self.refuse(facts, &r).await,
             Verdict::Forward(f) => f,
         };
         let io = &table.io[forward.route.index];
@@ -204,8 +209,13 @@ impl Stream<'_> {
         forwarding.run(self.respond, self.body.take(), facts).await
     }
 
-    fn refuse(&mut self, facts: &mut Facts, r: &Refusal) {
-        refuse(self.respond, facts, r, self.request_id, self.is_head);
+    async fn refuse(&mut self, facts: &mut Facts, r: &Refusal) {
+        let how = Answering {
+            request_id: self.request_id,
+            is_head: self.is_head,
+            send_timeout: self.engine.send_timeout,
+        };
+        refuse(self.respond, facts, r, how).await;
     }
 
     /// Keeps a trusted proxy's own request id, when it sent exactly one and a sane one.

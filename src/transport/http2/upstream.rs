@@ -16,7 +16,7 @@
 //! that resets the stream ends it (the upstream connection is dropped, and the reset is counted
 //! against the connection, see [`super::MAX_CLIENT_RESETS`]).
 
-use super::answer::refuse;
+use super::answer::{push, refuse, Answering};
 use super::Peer;
 use crate::config::BODY_RATE_GRACE;
 use crate::gateway::answer::Answer;
@@ -34,7 +34,7 @@ use crate::transport::upstream::{Conn, UpstreamError};
 use crate::transport::Engine;
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -80,13 +80,13 @@ impl Forwarding<'_> {
         let Some(first) = self.server else {
             let f =
                 UpstreamFailure::new(UpstreamError::NoHealthy, "every server is out of rotation");
-            return self.failed(respond, facts, f);
+            return self.failed(respond, facts, f).await;
         };
         let mut tried = 0u64;
         let (mut server, mut conn) =
             match connect_any(io, first, self.user, &mut tried, false).await {
                 Ok(c) => c,
-                Err(f) => return self.failed(respond, facts, f),
+                Err(f) => return self.failed(respond, facts, f).await,
             };
         let mut in_flight = io.pool.begin(server);
         let mut resp = ResponseHead::default();
@@ -137,18 +137,18 @@ impl Forwarding<'_> {
                     }
                 }
                 if let Err(f) = result {
-                    return self.failed(respond, facts, f);
+                    return self.failed(respond, facts, f).await;
                 }
                 true
             }
             Some(body) => match self.upload(&mut conn, body, &mut resp, facts).await {
                 Ok(done) => done,
-                Err(Abort::Upstream(f)) => return self.failed(respond, facts, f),
+                Err(Abort::Upstream(f)) => return self.failed(respond, facts, f).await,
                 Err(Abort::Body(answer, detail)) => {
                     let r = Refusal::new(answer, detail);
-                    return refuse(respond, facts, &r, self.request_id, self.is_head);
+                    return refuse(respond, facts, &r, self.answering()).await;
                 }
-                Err(Abort::Lapsed(lapse)) => return self.lapsed(respond, facts, lapse),
+                Err(Abort::Lapsed(lapse)) => return self.lapsed(respond, facts, lapse).await,
                 Err(Abort::ClientGone) => return,
             },
         };
@@ -314,7 +314,7 @@ impl Forwarding<'_> {
         let Some(head) = head else {
             let f =
                 UpstreamFailure::new(UpstreamError::Other, "a response head HTTP/2 cannot carry");
-            self.failed(respond, facts, f);
+            self.failed(respond, facts, f).await;
             return None;
         };
         facts.status = resp.status;
@@ -394,7 +394,12 @@ impl Forwarding<'_> {
     }
 
     /// Answers a request the upstream could not take or answer: 502/504.
-    fn failed(&self, respond: &mut SendResponse<Bytes>, facts: &mut Facts, f: UpstreamFailure) {
+    async fn failed(
+        &self,
+        respond: &mut SendResponse<Bytes>,
+        facts: &mut Facts,
+        f: UpstreamFailure,
+    ) {
         let io = self.io;
         log::warn!(
             "route {}: upstream failed: {} ({})",
@@ -412,17 +417,20 @@ impl Forwarding<'_> {
             Answer::NoHealthyUpstream => "no server of this route is in rotation; retry later",
             _ => "the upstream could not be reached or failed",
         };
-        refuse(
-            respond,
-            facts,
-            &Refusal::new(answer, detail),
-            self.request_id,
-            self.is_head,
-        );
+        let r = Refusal::new(answer, detail);
+        refuse(respond, facts, &r, self.answering()).await;
+    }
+
+    fn answering(&self) -> Answering<'_> {
+        Answering {
+            request_id: self.request_id,
+            is_head: self.is_head,
+            send_timeout: self.engine.send_timeout,
+        }
     }
 
     /// Answers an upload that stopped being allowed while it streamed; the stream is then reset.
-    fn lapsed(&self, respond: &mut SendResponse<Bytes>, facts: &mut Facts, lapse: Lapse) {
+    async fn lapsed(&self, respond: &mut SendResponse<Bytes>, facts: &mut Facts, lapse: Lapse) {
         log::info!(
             "route {}: an HTTP/2 upload of token {} was cut: {}",
             self.io.route.name,
@@ -430,7 +438,7 @@ impl Forwarding<'_> {
             lapse.describe()
         );
         let r = lapse.upload_refusal();
-        refuse(respond, facts, &r, self.request_id, self.is_head);
+        refuse(respond, facts, &r, self.answering()).await;
     }
 }
 
@@ -451,36 +459,4 @@ async fn write<W: AsyncWrite + Unpin>(
             "write timed out",
         ))),
     }
-}
-
-/// Sends `data` as the client's window allows, waiting at most `send_timeout` for each opening of it
-/// (a client that holds its window at zero loses the stream). `Err`: the stream is gone (reset by the
-/// client, or timed out and reset here).
-async fn push(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    send_timeout: Duration,
-) -> Result<(), ()> {
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let cap = tokio::time::timeout(
-            send_timeout,
-            std::future::poll_fn(|cx| send.poll_capacity(cx)),
-        )
-        .await;
-        let cap = match cap {
-            Ok(Some(Ok(c))) => c,
-            Ok(_) => return Err(()),
-            Err(_) => {
-                send.send_reset(Reason::CANCEL);
-                return Err(());
-            }
-        };
-        if cap == 0 {
-            continue;
-        }
-        let piece = data.split_to(cap.min(data.len()));
-        send.send_data(piece, false).map_err(|_| ())?;
-    }
-    Ok(())
 }
