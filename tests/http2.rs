@@ -1239,3 +1239,66 @@ async fn a_certificate_bound_token_needs_its_certificate_on_the_h2_connection() 
     assert_eq!(send(&mut right, req(), None).await.status, 200);
     assert_eq!(up.last().single_header("x-user-id"), "beekeeper");
 }
+
+/// The secret-scanning door (`[leaks]`: a signed report revokes the tokens it names) is an HTTP/1.1
+/// endpoint. Over HTTP/2 its path answers 404 even where a public route would take it, so a report is
+/// never half-handled by a second transport, and never forwarded to an upstream. The same report over
+/// HTTP/1.1 is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaks_door_is_not_served_over_http2() {
+    use common::leaks;
+    let up = Upstream::start("site");
+    let signer = leaks::Signer::new("k1");
+    let b = leaks::with_leaks(
+        GatewayBuilder::new().gateway("h2c", "true").route_with(
+            "site",
+            "/",
+            up.addr(),
+            &[("auth", "\"none\"")],
+        ),
+        &[],
+    );
+    let gw = leaks::start_with_keys(b, &[&signer]);
+    let (_, token) = gw.create_token("alice", "scale");
+    let body = serde_json::to_vec(&serde_json::json!([leaks::report_match(&token)])).unwrap();
+    let request = leaks::report_request(&body, Some(&signer.id), Some(&signer.sign(&body)));
+    let (head, payload) = common::http2::translate(&request).unwrap();
+    let before = up.hits();
+    let mut c = common::http2::h2c(gw.addr()).await.expect("h2c");
+    let r = common::http2::send_one(&mut c, head, payload)
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 404, "{r}");
+    assert!(r.text().contains("HTTP/1.1"), "{r}");
+    assert_eq!(up.hits(), before, "the report went to the upstream");
+    // The very same report over HTTP/1.1 is the door's.
+    let r = leaks::send_signed(gw.addr(), &signer, &body);
+    assert_eq!(r.status, 200, "{r}");
+}
+
+/// `h2c = true` is the gateway listener's: the verify listener (HTTP/1.1 only) never speaks HTTP/2, so
+/// an HTTP/2 preface there gets no SETTINGS frame, only an HTTP/1.1 refusal or the close.
+#[test]
+fn the_verify_listener_never_speaks_h2c() {
+    let up = Upstream::start("iot");
+    let verify = format!("127.0.0.1:{}", free_port());
+    let gw = GatewayBuilder::new()
+        .gateway("h2c", "true")
+        .section("verify", "listen", &format!("\"{verify}\""))
+        .section("verify", "trusted_proxies", "[\"127.0.0.1/32\"]")
+        .route("iot", "/iot", up.addr())
+        .start();
+    let mut tcp = TcpStream::connect(verify.as_str()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    let _ = tcp.write_all(&hello);
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+        "the verify listener answered an HTTP/2 preface with {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(200)])
+    );
+    drop(gw);
+}
