@@ -273,6 +273,51 @@ impl Access {
     }
 }
 
+/// A group's members or a license's holders: the two lists a member is put on and taken off, told apart
+/// only by their tables and their words (one description for both backends' SQL).
+#[derive(Clone, Copy)]
+pub(super) enum Roll {
+    GroupMembers,
+    LicenseHolders,
+}
+
+impl Roll {
+    /// `DELETE` of one member (`{p}` is the backend's placeholder prefix: `?` or `$`).
+    pub(super) fn delete_sql(self, p: char) -> String {
+        let (table, column) = match self {
+            Roll::GroupMembers => ("group_members", "group_name"),
+            Roll::LicenseHolders => ("license_holders", "license_name"),
+        };
+        format!("DELETE FROM {table} WHERE {column} = {p}1 AND member = {p}2")
+    }
+
+    /// The names of every group or license, in order.
+    pub(super) fn names_sql(self) -> &'static str {
+        match self {
+            Roll::GroupMembers => "SELECT name FROM groups ORDER BY name",
+            Roll::LicenseHolders => "SELECT name FROM licenses ORDER BY name",
+        }
+    }
+
+    /// The audit log's kind and the event of a removal.
+    pub(super) fn removed_event(self) -> (&'static str, &'static str) {
+        match self {
+            Roll::GroupMembers => ("group", "member_removed"),
+            Roll::LicenseHolders => ("license", "revoked"),
+        }
+    }
+
+    /// The error for a member that was not on the list.
+    pub(super) fn not_on(self, member: &Member, name: &str) -> StoreError {
+        StoreError::NotMember {
+            what: match self {
+                Roll::GroupMembers => format!("{member} is not in group {name:?}"),
+                Roll::LicenseHolders => format!("{member} does not hold license {name:?}"),
+            },
+        }
+    }
+}
+
 pub(super) fn no_group(name: &str) -> StoreError {
     StoreError::NoGroup {
         name: name.to_owned(),

@@ -4,7 +4,7 @@
 
 use super::access::{
     license_view, members_of, no_group, no_license, split_roles, until_text, AccessEvent,
-    GroupView, LicenseView, Member,
+    GroupView, LicenseView, Member, Roll,
 };
 use super::groups::GroupStore;
 use super::pg::PgStore;
@@ -75,6 +75,44 @@ fn pg_token_exists(
         Member::Token(id) => Ok(tx
             .query_opt("SELECT 1 FROM tokens WHERE id = $1", &[id])?
             .is_some()),
+    }
+}
+
+impl PgStore {
+    /// Takes `member` off a group or a license, touches its tokens and records the event.
+    fn take_off(
+        &mut self,
+        roll: Roll,
+        name: &str,
+        member: &Member,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let url = self.url.clone();
+        let err = |e| pg_err(&url, e);
+        let mut tx = self.client.transaction().map_err(err)?;
+        let key = member.key();
+        let n = tx
+            .execute(&roll.delete_sql('$'), &[&name, &key])
+            .map_err(err)?;
+        if n == 0 {
+            return Err(roll.not_on(member, name));
+        }
+        pg_touch(&mut tx, std::slice::from_ref(&key)).map_err(err)?;
+        let (kind, event) = roll.removed_event();
+        pg_event(&mut tx, kind, name, event, actor, Some(&member.to_string())).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The names of every group or license.
+    fn names(&mut self, roll: Roll) -> Result<Vec<String>, StoreError> {
+        let url = self.url.clone();
+        Ok(self
+            .client
+            .query(roll.names_sql(), &[])
+            .map_err(|e| pg_err(&url, e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }
 
@@ -181,43 +219,11 @@ impl GroupStore for PgStore {
     }
 
     fn group_remove(&mut self, name: &str, member: &Member, actor: &str) -> Result<(), StoreError> {
-        let url = self.url.clone();
-        let err = |e| pg_err(&url, e);
-        let mut tx = self.client.transaction().map_err(err)?;
-        let key = member.key();
-        let n = tx
-            .execute(
-                "DELETE FROM group_members WHERE group_name = $1 AND member = $2",
-                &[&name, &key],
-            )
-            .map_err(err)?;
-        if n == 0 {
-            return Err(StoreError::NotMember {
-                what: format!("{member} is not in group {name:?}"),
-            });
-        }
-        pg_touch(&mut tx, std::slice::from_ref(&key)).map_err(err)?;
-        pg_event(
-            &mut tx,
-            "group",
-            name,
-            "member_removed",
-            actor,
-            Some(&member.to_string()),
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        self.take_off(Roll::GroupMembers, name, member, actor)
     }
 
     fn groups(&mut self) -> Result<Vec<GroupView>, StoreError> {
-        let url = self.url.clone();
-        let names: Vec<String> = self
-            .client
-            .query("SELECT name FROM groups ORDER BY name", &[])
-            .map_err(|e| pg_err(&url, e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let names = self.names(Roll::GroupMembers)?;
         names.iter().map(|n| self.group(n)).collect()
     }
 
@@ -340,43 +346,11 @@ impl GroupStore for PgStore {
         member: &Member,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let url = self.url.clone();
-        let err = |e| pg_err(&url, e);
-        let mut tx = self.client.transaction().map_err(err)?;
-        let key = member.key();
-        let n = tx
-            .execute(
-                "DELETE FROM license_holders WHERE license_name = $1 AND member = $2",
-                &[&name, &key],
-            )
-            .map_err(err)?;
-        if n == 0 {
-            return Err(StoreError::NotMember {
-                what: format!("{member} does not hold license {name:?}"),
-            });
-        }
-        pg_touch(&mut tx, std::slice::from_ref(&key)).map_err(err)?;
-        pg_event(
-            &mut tx,
-            "license",
-            name,
-            "revoked",
-            actor,
-            Some(&member.to_string()),
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        self.take_off(Roll::LicenseHolders, name, member, actor)
     }
 
     fn licenses(&mut self) -> Result<Vec<LicenseView>, StoreError> {
-        let url = self.url.clone();
-        let names: Vec<String> = self
-            .client
-            .query("SELECT name FROM licenses ORDER BY name", &[])
-            .map_err(|e| pg_err(&url, e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let names = self.names(Roll::LicenseHolders)?;
         names.iter().map(|n| self.license(n)).collect()
     }
 

@@ -3,7 +3,7 @@
 
 use super::access::{
     license_view, members_of, no_group, no_license, split_roles, until_text, AccessEvent,
-    GroupView, LicenseView, Member,
+    GroupView, LicenseView, Member, Roll,
 };
 use super::groups::GroupStore;
 use super::sqlite::{to_err as sqlite_err, SqliteStore};
@@ -74,6 +74,43 @@ impl SqliteStore {
         self.conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| sqlite_err(&path, e))
+    }
+
+    /// Takes `member` off a group or a license, touches its tokens and records the event.
+    fn take_off(
+        &mut self,
+        roll: Roll,
+        name: &str,
+        member: &Member,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| sqlite_err(&path, e);
+        let tx = self.immediate()?;
+        let key = member.key();
+        let n = tx
+            .execute(&roll.delete_sql('?'), params![name, key])
+            .map_err(err)?;
+        if n == 0 {
+            return Err(roll.not_on(member, name));
+        }
+        sqlite_touch(&tx, std::slice::from_ref(&key)).map_err(err)?;
+        let (kind, event) = roll.removed_event();
+        sqlite_event(&tx, kind, name, event, actor, Some(&member.to_string())).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The names of every group or license.
+    fn names(&mut self, roll: Roll) -> Result<Vec<String>, StoreError> {
+        let path = self.path.clone();
+        let err = |e| sqlite_err(&path, e);
+        self.conn
+            .prepare_cached(roll.names_sql())
+            .map_err(err)?
+            .query_map([], |r| r.get(0))
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(err)
     }
 }
 
@@ -178,46 +215,11 @@ impl GroupStore for SqliteStore {
     }
 
     fn group_remove(&mut self, name: &str, member: &Member, actor: &str) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |e| sqlite_err(&path, e);
-        let tx = self.immediate()?;
-        let key = member.key();
-        // Touched before the row goes (the affected tokens are found through the member, not the row).
-        let n = tx
-            .execute(
-                "DELETE FROM group_members WHERE group_name = ?1 AND member = ?2",
-                params![name, key],
-            )
-            .map_err(err)?;
-        if n == 0 {
-            return Err(StoreError::NotMember {
-                what: format!("{member} is not in group {name:?}"),
-            });
-        }
-        sqlite_touch(&tx, std::slice::from_ref(&key)).map_err(err)?;
-        sqlite_event(
-            &tx,
-            "group",
-            name,
-            "member_removed",
-            actor,
-            Some(&member.to_string()),
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        self.take_off(Roll::GroupMembers, name, member, actor)
     }
 
     fn groups(&mut self) -> Result<Vec<GroupView>, StoreError> {
-        let path = self.path.clone();
-        let err = |e| sqlite_err(&path, e);
-        let names: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT name FROM groups ORDER BY name")
-            .map_err(err)?
-            .query_map([], |r| r.get(0))
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
+        let names = self.names(Roll::GroupMembers)?;
         names.iter().map(|n| self.group(n)).collect()
     }
 
@@ -343,45 +345,11 @@ impl GroupStore for SqliteStore {
         member: &Member,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |e| sqlite_err(&path, e);
-        let tx = self.immediate()?;
-        let key = member.key();
-        let n = tx
-            .execute(
-                "DELETE FROM license_holders WHERE license_name = ?1 AND member = ?2",
-                params![name, key],
-            )
-            .map_err(err)?;
-        if n == 0 {
-            return Err(StoreError::NotMember {
-                what: format!("{member} does not hold license {name:?}"),
-            });
-        }
-        sqlite_touch(&tx, std::slice::from_ref(&key)).map_err(err)?;
-        sqlite_event(
-            &tx,
-            "license",
-            name,
-            "revoked",
-            actor,
-            Some(&member.to_string()),
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)
+        self.take_off(Roll::LicenseHolders, name, member, actor)
     }
 
     fn licenses(&mut self) -> Result<Vec<LicenseView>, StoreError> {
-        let path = self.path.clone();
-        let err = |e| sqlite_err(&path, e);
-        let names: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT name FROM licenses ORDER BY name")
-            .map_err(err)?
-            .query_map([], |r| r.get(0))
-            .map_err(err)?
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
+        let names = self.names(Roll::LicenseHolders)?;
         names.iter().map(|n| self.license(n)).collect()
     }
 
