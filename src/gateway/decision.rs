@@ -140,6 +140,16 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// The 503 for a request over `[gateway] max_in_flight` (any transport): retry in a second.
+    pub fn too_many_in_flight() -> Refusal {
+        let mut r = Refusal::new(
+            Answer::Overloaded,
+            "the gateway is handling as many requests as it is allowed to; retry shortly",
+        );
+        r.retry_after = Some(1);
+        r
+    }
+
     /// The answer `answer` of the catalogue ([`Answer`]), with `detail`.
     pub fn new(answer: Answer, detail: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal {

@@ -406,13 +406,9 @@ impl<'a, S: ClientStream> Client<'a, S> {
             Some((count, max)) => match take_permit(count, *max) {
                 Some(slot) => Some(slot),
                 None => {
-                    let mut r = Refusal::new(
-                        Answer::Overloaded,
-                        "the gateway is handling as many requests as it is allowed to; retry shortly",
-                    )
-                    .closing();
-                    r.retry_after = Some(1);
-                    return self.refuse(facts, r).await;
+                    return self
+                        .refuse(facts, Refusal::too_many_in_flight().closing())
+                        .await
                 }
             },
             None => None,

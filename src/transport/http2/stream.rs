@@ -132,14 +132,7 @@ impl Stream<'_> {
         let _in_flight = match &engine.in_flight {
             Some((count, max)) => match take_permit(count, *max) {
                 Some(slot) => Some(slot),
-                None => {
-                    let mut r = Refusal::new(
-                        Answer::Overloaded,
-                        "the gateway is handling as many requests as it is allowed to; retry shortly",
-                    );
-                    r.retry_after = Some(1);
-                    return self.refuse(facts, &r).await;
-                }
+                None => return self.refuse(facts, &Refusal::too_many_in_flight()).await,
             },
             None => None,
         };
