@@ -95,6 +95,8 @@ CONF
 } >"$RUN/upstream/nginx.conf"
 spawn "$RUN/upstream.log" $(pin "$UPSTREAM_CPU") nginx -p "$RUN/upstream" -c "$RUN/upstream/nginx.conf" -e "$RUN/upstream.error.log"
 UPSTREAM_PID=$SPAWNED
+# The process whose CPU time each contender is charged (its master's children are counted too: nginx's worker).
+declare -A CPU_PID=([direct]=$UPSTREAM_PID)
 wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$UPSTREAM_PID" || die "upstream nginx did not start ($RUN/upstream.log)"
 
 # ---- nginx doing tokengate's job -------------------------------------------------------------------------
@@ -114,6 +116,7 @@ log "writing the nginx map ($TOKENS entries)"
 } >"$RUN/nginx-auth/nginx.conf"
 spawn "$RUN/nginx-auth.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-auth" -c "$RUN/nginx-auth/nginx.conf" -e "$RUN/nginx-auth.error.log"
 NGINX_PID=$SPAWNED
+CPU_PID[nginx-auth]=$NGINX_PID
 wait_http "http://127.0.0.1:$NGINX_PORT/" 120 "$NGINX_PID" || die "nginx-auth did not start ($RUN/nginx-auth.error.log)"
 if [ "$LOG_AB" = 1 ]; then
     # The same nginx with its access log off (LOG_AB): what the log costs nginx.
@@ -122,6 +125,7 @@ if [ "$LOG_AB" = 1 ]; then
         -e "s|$RUN/nginx-auth.pid|$RUN/nginx-nolog.pid|" -e "s|$RUN/nginx-auth.error.log|$RUN/nginx-nolog.error.log|" \
         "$RUN/nginx-auth/nginx.conf" >"$RUN/nginx-nolog/nginx.conf"
     spawn "$RUN/nginx-nolog.log" $(pin "$SERVER_CPU") nginx -p "$RUN/nginx-nolog" -c "$RUN/nginx-nolog/nginx.conf" -e "$RUN/nginx-nolog.error.log"
+    CPU_PID[nginx-nolog]=$SPAWNED
     wait_http "http://127.0.0.1:$NGINX_NOLOG_PORT/" 120 "$SPAWNED" || die "nginx-nolog did not start ($RUN/nginx-nolog.error.log)"
 fi
 
@@ -149,7 +153,9 @@ CONF
     RUST_LOG=warn spawn "$RUN/$name.log" $(pin "$SERVER_CPU") "${5:-$TG_BIN}" serve -c "$RUN/$name.toml"
     wait_http "http://127.0.0.1:$((port + 1))/healthz" 300 "$SPAWNED" || die "$name did not start ($RUN/$name.log)"
     log "$name up (pid $SPAWNED, $(vmrss "$SPAWNED") KiB RSS)"
+    GATEWAY_PID[$name]=$SPAWNED
 }
+declare -A GATEWAY_PID
 start_gateway tg "$TG_PORT" "$DB_MAIN" limited
 start_gateway tg1 "$TG1_PORT" "$DB_ONE"
 if [ "$BIG_TOKENS" -gt 0 ]; then start_gateway tgbig "$TGBIG_PORT" "$DB_BIG"; fi
@@ -195,6 +201,24 @@ if [ "$BIG_TOKENS" -gt 0 ]; then
     CONTENDERS+=("tg-big|http://127.0.0.1:$TGBIG_PORT/bearer/hives/7|$BENCH_DIR/tokens-$BIG_TOKENS.txt|tokengate threads=1, bearer, $BIG_TOKENS tokens")
 fi
 
+# Which gateway process serves which contender.
+for c in tg-bearer:tg tg-none:tg tg-limited:tg tg-1:tg1 tg-big:tgbig tg-steal:tgsteal tg-before:tgbefore \
+    tg-nolog:tgnolog tg-json:tgjson; do
+    if [ -n "${GATEWAY_PID[${c##*:}]:-}" ]; then CPU_PID[${c%%:*}]=${GATEWAY_PID[${c##*:}]}; fi
+done
+# cpu_ticks PID: the CPU time (user + system, every thread, in clock ticks) PID and its children have used:
+# what a contender spent, whatever else the machine did meanwhile (time stolen by the hypervisor or spent
+# waiting for the core is not in it), so CPU per request measures a cost with less noise than requests/s.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {
+    local p t=0
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        # Fields 14 and 15 (utime, stime), counted after the command name's closing parenthesis.
+        t=$((t + $( (sed 's/.*) //' /proc/"$p"/stat 2>/dev/null || true) | awk '{ s = $12 + $13 } END { print s + 0 }')))
+    done
+    echo "$t"
+}
+
 # ONLY="nginx-auth tg-bearer ...": measure just these contenders.
 if [ -n "${ONLY:-}" ]; then
     kept=()
@@ -226,16 +250,19 @@ for c in "${CONTENDERS[@]}"; do
 done
 
 RESULTS="$RUN/results.tsv"
-printf 'round\tcontender\trps\tp50_us\tp99_us\terrors\tp999_us\n' >"$RESULTS"
+printf 'round\tcontender\trps\tp50_us\tp99_us\terrors\tp999_us\tcpu_us_per_req\n' >"$RESULTS"
 n=${#CONTENDERS[@]}
 for round in $(seq 1 "$ROUNDS"); do
     for k in $(seq 0 $((n - 1))); do
         IFS='|' read -r name url tokens _ <<<"${CONTENDERS[$(((k + round - 1) % n))]}"
+        ticks=$(cpu_ticks "${CPU_PID[$name]}")
         line=$(run_wrk "$name" "$url" "$tokens" "$DURATION")
+        ticks=$(($(cpu_ticks "${CPU_PID[$name]}") - ticks))
         get() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
         errors=$(($(get connect_err) + $(get read_err) + $(get write_err) + $(get status_err) + $(get timeouts)))
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$(get rps)" "$(get p50_us)" "$(get p99_us)" "$errors" "$(get p999_us)" >>"$RESULTS"
-        log "round $round/$ROUNDS $name: $(get rps) req/s, p50 $(get p50_us) µs, p99 $(get p99_us) µs, p99.9 $(get p999_us) µs, errors $errors"
+        cpu=$(echo "$ticks * 1000000 / $CLK_TCK / ($(get rps) * $DURATION)" | bc -l | xargs printf '%.3f')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$(get rps)" "$(get p50_us)" "$(get p99_us)" "$errors" "$(get p999_us)" "$cpu" >>"$RESULTS"
+        log "round $round/$ROUNDS $name: $(get rps) req/s, p50 $(get p50_us) µs, p99 $(get p99_us) µs, p99.9 $(get p999_us) µs, errors $errors, CPU $cpu µs/req"
     done
 done
 
@@ -296,6 +323,17 @@ if [ "$ACCESS_LOG" != off ] || [ "$LOG_AB" = 1 ]; then
     log "access log lines dropped: ${DROPPED:-none measured}"
 fi
 
+# ---- the gateways' peak memory (VmHWM): what the run cost each in RSS, access log rings included -----------
+PEAK=""
+for c in "${CONTENDERS[@]}"; do
+    name=${c%%|*}
+    case $name in tg-*) ;; *) continue ;; esac
+    pid=${CPU_PID[$name]:-}
+    if [ -n "$pid" ] && [ -r "/proc/$pid/status" ]; then
+        PEAK="$PEAK${PEAK:+, }$name $(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status") MiB"
+    fi
+done
+
 # ---- summary ---------------------------------------------------------------------------------------------
 has() { local c; for c in "${CONTENDERS[@]}"; do [ "${c%%|*}" = "$1" ] && return 0; done; return 1; }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -303,15 +341,15 @@ col() { awk -F'\t' -v c="$1" -v k="$2" 'NR > 1 && $2 == c { print $k }' "$RESULT
 declare -A RPS BEST
 TABLE="$RUN/table.md"
 {
-    echo "| contender | setup | median req/s | best round req/s | p50 ms | p99 ms | p99.9 ms | errors/non-2xx (all rounds) |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| contender | setup | median req/s | best round req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors/non-2xx (all rounds) |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for c in "${CONTENDERS[@]}"; do
         IFS='|' read -r name _ _ desc <<<"$c"
         RPS[$name]=$(col "$name" 3 | median)
         BEST[$name]=$(col "$name" 3 | sort -g | tail -1)
-        printf '| %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %d |\n' "$name" "$desc" "${RPS[$name]}" "${BEST[$name]}" \
+        printf '| %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %d |\n' "$name" "$desc" "${RPS[$name]}" "${BEST[$name]}" \
             "$(echo "$(col "$name" 4 | median) / 1000" | bc -l)" "$(echo "$(col "$name" 5 | median) / 1000" | bc -l)" \
-            "$(echo "$(col "$name" 7 | median) / 1000" | bc -l)" "$(col "$name" 6 | paste -sd+ | bc)"
+            "$(echo "$(col "$name" 7 | median) / 1000" | bc -l)" "$(col "$name" 8 | median)" "$(col "$name" 6 | paste -sd+ | bc)"
     done
     ratio() { printf '%.3f' "$(echo "${RPS[$1]} / ${RPS[$2]}" | bc -l)"; }
     lat() { echo "$(col "$1" "$2" | median) / $(col "$3" "$2" | median)" | bc -l | xargs printf '%.2f'; }
@@ -329,6 +367,15 @@ TABLE="$RUN/table.md"
             "**$(ratio tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(ratio tg-json tg-nolog)**");" \
             "nginx buffered combined **$(ratio nginx-auth nginx-nolog)**; p99 with / without: tokengate" \
             "$(lat tg-bearer 5 tg-nolog), nginx $(lat nginx-auth 5 nginx-nolog)"
+        # The same cost in CPU: each round's CPU per request with the log over the same process kind's
+        # without it in that round (paired), median over rounds; 1.05 = the log adds 5 % to a request.
+        cpu_cost() {
+            awk -F'\t' -v a="$1" -v b="$2" 'NR > 1 && $2 == a { x[$1] = $8 } NR > 1 && $2 == b { y[$1] = $8 }
+                END { for (r in x) if (y[r] > 0) print x[r] / y[r] }' "$RESULTS" | median | xargs printf '%.3f'
+        }
+        echo "- the access log's cost in CPU per request (with / without, paired per round, median): tokengate" \
+            "$ACCESS_LOG **$(cpu_cost tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(cpu_cost tg-json tg-nolog)**");" \
+            "nginx buffered combined **$(cpu_cost nginx-auth nginx-nolog)**"
     fi
     if has tg-json; then
         echo "- tokengate json / nginx (both logging): $(ratio tg-json nginx-auth) × the requests/s; p99 $(lat tg-json 5 nginx-auth)," \
@@ -336,6 +383,9 @@ TABLE="$RUN/table.md"
     fi
     if [ -n "$DROPPED" ]; then
         echo "- access log lines dropped over the whole run (\`tokengate_access_log_dropped_total\`): $DROPPED"
+    fi
+    if [ -n "$PEAK" ]; then
+        echo "- peak RSS of each gateway process after the run (VmHWM; tg-bearer, tg-none and tg-limited are one process): $PEAK"
     fi
     for ab in tg-steal tg-before; do
         if has "$ab"; then

@@ -18,14 +18,14 @@ use crate::gateway::auth::Outcome;
 use crate::gateway::limits::LimitKind;
 use crate::gateway::paths::origin_form;
 use crate::gateway::{Refusal, Request, TlsPeer, Verdict};
-use crate::telemetry::access_log::Record;
+use crate::telemetry::access_log::{self, Record};
 use crate::telemetry::connections::{Closed, Refused};
 use crate::tokens::format::Digest;
 use crate::tokens::index::Entry;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 // The runtime's clock, so that a paused clock (the in-process tests) reaches every timeout.
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -121,6 +121,9 @@ pub(super) struct Asker<'a> {
 /// After an exchange (HTTP/1.1 or one HTTP/2 stream): its metrics and its access log line.
 pub(super) fn record(engine: &Engine, table: &Table, facts: &mut Facts, asker: Asker<'_>) {
     let io = facts.route.map(|i| &table.io[i]);
+    // One clock read for the histogram, the log's duration and its time of day.
+    let done = Instant::now();
+    let took = done.saturating_duration_since(facts.start);
     // The verify listener's answers are counted by door and outcome (super::verify), not as
     // requests of the routes they decided on.
     if engine.verify.is_none() {
@@ -130,25 +133,24 @@ pub(super) fn record(engine: &Engine, table: &Table, facts: &mut Facts, asker: A
         if let Some(kind) = facts.limit {
             m.limited(kind);
         }
-        m.duration.observe(facts.start.elapsed().as_secs_f64());
+        m.duration.observe(took.as_secs_f64());
         m.bytes_in.inc_by(facts.bytes_in);
         m.bytes_out.inc_by(facts.bytes_out);
     }
     if let Some(method) = facts.log.take() {
-        let user = facts.entry.as_ref().map(|e| e.user_value());
         engine.access_log.log(&Record {
-            at: SystemTime::now(),
+            at: access_log::wall_clock(done),
             client: asker.client,
             method: method.as_str(),
             path: asker.path,
             route: io.map(|io| &*io.route.name),
             status: facts.status,
             auth: facts.outcome.as_str(),
-            duration: facts.start.elapsed(),
+            duration: took,
             bytes_in: facts.bytes_in,
             bytes_out: facts.bytes_out,
             token_id: facts.entry.as_ref().map(|e| e.token_id),
-            user: user.as_ref().map(|u| u.as_bytes()),
+            user: facts.entry.as_ref().map(|e| e.user().as_bytes()),
             request_id: asker.request_id,
             tls: asker.tls_marker,
         });

@@ -133,6 +133,18 @@ impl Sink {
             .count()
     }
 
+    /// The request ids of the JSON lines written, in the order written.
+    fn ordered_ids(&self) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                v["request_id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
     /// The request ids of the JSON lines written, each parsed whole (and once).
     fn ids(&self) -> std::collections::HashSet<String> {
         let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
@@ -187,7 +199,8 @@ fn lines_that_wrap_around_the_ring_stay_whole() {
     let sink = Sink::default();
     let (log, writer) =
         AccessLog::with_writer(AccessLogFormat::Json, counter(), Box::new(sink.clone())).unwrap();
-    // Four rounds of 6,000 lines (about 1.6 MB each) on one thread: its ring (4 MiB) wraps in the third.
+    // Four rounds of 6,000 lines (about 1.6 MB each) on one thread: its hot ring (256 KiB) wraps again
+    // and again.
     for round in 0..4 {
         for i in 0..6_000 {
             let id = format!("{round}-{i}");
@@ -357,5 +370,84 @@ fn json_strings_are_written_as_serde_json_writes_them() {
             serde_json::to_string(s).unwrap(),
             "{s:?}"
         );
+    }
+}
+
+#[test]
+fn the_time_of_day_comes_from_the_anchor_and_follows_the_system_clock() {
+    let now = Instant::now();
+    let wall = wall_clock(now);
+    let off = |a: SystemTime, b: SystemTime| a.duration_since(b).unwrap_or_else(|e| e.duration());
+    assert!(off(wall, SystemTime::now()) < Duration::from_millis(50));
+    // Within the anchor's second, a later reading is later by exactly as much.
+    let later = now + Duration::from_millis(250);
+    assert_eq!(wall_clock(later), wall + Duration::from_millis(250));
+    // A reading a second or more on, or before the anchor, takes the system clock anew (a step of the
+    // system clock shows within a second).
+    let far = now + Duration::from_secs(5);
+    assert!(off(wall_clock(far), SystemTime::now()) < Duration::from_millis(50));
+    assert!(off(wall_clock(now), SystemTime::now()) < Duration::from_millis(50));
+}
+
+/// A target whose first write waits until the test lets it go, then takes everything into a sink, each
+/// write a few milliseconds late: a disk that stalls for a moment, then is slow.
+struct Gate(mpsc::Receiver<()>, Sink);
+
+impl Write for Gate {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.recv().is_err() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.1.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn lines_spilled_while_the_writer_is_behind_keep_their_order() {
+    let (go, gate) = mpsc::channel();
+    let sink = Sink::default();
+    let (log, writer) = AccessLog::with_writer(
+        AccessLogFormat::Json,
+        counter(),
+        Box::new(Gate(gate, sink.clone())),
+    )
+    .unwrap();
+    let mut n = 0;
+    let mut log_lines = |count: usize| {
+        for _ in 0..count {
+            let id = n.to_string();
+            let mut r = record();
+            r.request_id = &id;
+            log.log(&r);
+            n += 1;
+        }
+    };
+    // The writer takes the first line and stalls in its write, holding it.
+    log_lines(1);
+    std::thread::sleep(FLUSH_EVERY * 3);
+    // Four times the hot ring: the rest goes to the spill ring.
+    let one = line(&record(), AccessLogFormat::Json).len();
+    let behind = 4 * HOT_BYTES / one;
+    assert!(behind * one < RING_BYTES - HOT_BYTES);
+    log_lines(behind);
+    // The target takes writes again, slowly; lines keep coming faster than it takes them, so the worker
+    // goes from the hot ring to the spill ring and back again and again with the writer at work (all
+    // of it fits in the lane: nothing is dropped).
+    drop(go);
+    for _ in 0..30 {
+        log_lines(200);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(log.dropped(), 0);
+    let logged = n;
+    drop(log);
+    writer.join().unwrap();
+    let ids = sink.ordered_ids();
+    assert_eq!(ids.len(), logged, "every line, once");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(id, &i.to_string(), "line {i} out of order");
     }
 }
