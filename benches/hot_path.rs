@@ -435,7 +435,7 @@ fn access_log_benches(c: &mut Criterion) {
         bytes_in: 180,
         bytes_out: 3,
         token_id: Some(48_213),
-        user: Some(b"user417"),
+        user: Some("user417"),
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         tls: Some("1.3r"),
     };

@@ -178,3 +178,47 @@ async fn a_refusal_after_authentication_names_the_token() {
     let v = line("/iot/unknown");
     assert!(v["token_id"].is_null() && v["user_id"].is_null(), "{v}");
 }
+
+/// The query is never logged, whatever the target's form: a target that is neither origin nor absolute
+/// form (`iot?api_token=…`, `*?api_token=…`) once made the whole target, token and all, the logged
+/// path. Over the plain and the JSON log, with and without the token in the header too.
+#[test]
+fn a_query_is_not_logged_whatever_the_target_s_form() {
+    for format in ["plain", "json"] {
+        let up = Upstream::start("iot");
+        let mut gw = GatewayBuilder::new()
+            .section("log", "access", &format!("\"{format}\""))
+            .section("log", "access_path", "\"access.log\"")
+            .route("iot", "/iot", up.addr())
+            .build();
+        let (_, token) = gw.create_token("alice", "log");
+        gw.start();
+        let targets = ["iot/a", "*", "http:/iot/b", "/iot/c"];
+        for (i, target) in targets.iter().enumerate() {
+            let mut request = format!("GET {target}?api_token={token} HTTP/1.1\r\nHost: gw\r\n");
+            if i % 2 == 0 {
+                request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+            }
+            request.push_str(&format!(
+                "x-request-id: probe-{i}\r\nConnection: close\r\n\r\n"
+            ));
+            let r = gw.raw(request.as_bytes());
+            eprintln!("{format} {target}: {}", r.status);
+        }
+        let file = gw.dir().join("access.log");
+        let mut text = String::new();
+        poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            text = fs::read_to_string(&file).unwrap_or_default();
+            text.contains("/iot/c")
+        });
+        assert!(text.contains("/iot/c"), "{format}: logged:\n{text}");
+        assert!(
+            !text.contains("api_token"),
+            "{format}: the query is in the log:\n{text}"
+        );
+        assert!(
+            !text.contains(&token[3..20]),
+            "{format}: the token is in the log"
+        );
+    }
+}

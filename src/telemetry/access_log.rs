@@ -57,7 +57,7 @@ pub struct Record<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub token_id: Option<i64>,
-    pub user: Option<&'a [u8]>,
+    pub user: Option<&'a str>,
     /// The request's `x-request-id`.
     pub request_id: &'a str,
     /// The TLS version, `r` when the session was resumed (`1.3r`); `None` on the plain listener.
@@ -307,11 +307,68 @@ impl Writer {
     }
 }
 
+/// The classic word-at-a-time byte tests (eight bytes an operation; each is exact about whether *some*
+/// byte of the word matches, which is all [`all_plain`] asks). They run over every text of every line
+/// on the worker: byte at a time they were over a quarter of the log's instructions (callgrind: 810 of
+/// 2,852 a request).
+mod word {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+
+    /// Some byte below `n` (`n` at most 0x80).
+    #[inline]
+    pub fn less(w: u64, n: u8) -> u64 {
+        w.wrapping_sub(ONES * n as u64) & !w & HIGH
+    }
+
+    /// Some byte above `n` (`n` below 0x80).
+    #[inline]
+    pub fn more(w: u64, n: u8) -> u64 {
+        (w.wrapping_add(ONES * (127 - n) as u64) | w) & HIGH
+    }
+
+    /// Some byte equal to `b`.
+    #[inline]
+    pub fn has(w: u64, b: u8) -> u64 {
+        less(w ^ (ONES * b as u64), 1)
+    }
+
+    /// Whether `bad` finds nothing in any word of `s` (the last one filled up with `a`).
+    #[inline]
+    pub fn none(s: &[u8], bad: impl Fn(u64) -> u64) -> bool {
+        let mut words = s.chunks_exact(8);
+        let mut found = 0;
+        for w in &mut words {
+            found |= bad(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+        }
+        let rest = words.remainder();
+        let mut last = [b'a'; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        found |= bad(u64::from_le_bytes(last));
+        found == 0
+    }
+}
+
+/// Whether every byte of `s` is one a plain log line carries as it is: visible ASCII but the quote and
+/// the backslash.
+fn all_plain(s: &[u8]) -> bool {
+    word::none(s, |w| {
+        word::less(w, 0x21) | word::more(w, 0x7e) | word::has(w, b'"') | word::has(w, b'\\')
+    })
+}
+
+/// Whether every byte of `s` is one a JSON string carries unescaped: all but control characters, the
+/// quote and the backslash (what serde_json escapes).
+fn all_json(s: &[u8]) -> bool {
+    word::none(s, |w| {
+        word::less(w, 0x20) | word::has(w, b'"') | word::has(w, b'\\')
+    })
+}
+
 /// Writes `s` with what could break a plain log line (quotes, backslashes, spaces, control characters)
 /// replaced by `_`.
 fn put_clean(out: &mut Vec<u8>, s: &str) {
-    let plain = |b: u8| b > b' ' && b < 0x7f && b != b'"' && b != b'\\';
-    if s.bytes().all(plain) {
+    if all_plain(s.as_bytes()) {
         out.extend_from_slice(s.as_bytes());
         return;
     }
@@ -342,7 +399,7 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
 /// Writes a JSON string (quoted and escaped). Most values (routes, request ids, addresses, paths) need
 /// no escape: they are copied between quotes, and only the rest goes through serde_json's escaper.
 fn put_json(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= b' ' && b != b'"' && b != b'\\') {
+    if all_json(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -436,7 +493,6 @@ fn put_three(out: &mut Vec<u8>, n: u32) {
 /// Formats one record as a line (with trailing newline), cutting the path and the method to their
 /// bounds. Allocates nothing once `line` has room.
 pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
-    let user = r.user.and_then(|u| std::str::from_utf8(u).ok());
     let (path, path_cut) = cut(r.path, MAX_PATH);
     let (method, method_cut) = cut(r.method, MAX_METHOD);
     match format {
@@ -484,7 +540,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
                 None => line.extend_from_slice(b"null"),
             }
             line.extend_from_slice(b",\"user_id\":");
-            match user {
+            match r.user {
                 Some(u) => put_json(line, u),
                 None => line.extend_from_slice(b"null"),
             }
@@ -526,7 +582,7 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
                 None => line.push(b'-'),
             }
             line.extend_from_slice(b" user=");
-            match user {
+            match r.user {
                 Some(u) => put_clean(line, u),
                 None => line.push(b'-'),
             }

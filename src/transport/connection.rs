@@ -150,7 +150,7 @@ pub(super) fn record(engine: &Engine, table: &Table, facts: &mut Facts, asker: A
             bytes_in: facts.bytes_in,
             bytes_out: facts.bytes_out,
             token_id: facts.entry.as_ref().map(|e| e.token_id),
-            user: facts.entry.as_ref().map(|e| e.user().as_bytes()),
+            user: facts.entry.as_ref().map(|e| e.user()),
             request_id: asker.request_id,
             tls: asker.tls_marker,
         });
@@ -419,8 +419,12 @@ impl<'a, S: ClientStream> Client<'a, S> {
             self.adopt_request_id();
         }
         if engine.access_log.enabled() {
-            let req = request(&self.head, &self.buf, self.peer, self.tls.as_ref());
-            facts.log = Some(logged_request(&req, &mut self.log_path));
+            let head = &self.buf.filled()[..self.head.len];
+            facts.log = Some(logged_request(
+                self.head.method.get(head),
+                self.head.target.get(head),
+                &mut self.log_path,
+            ));
         }
         // The verify listener answers (forward auth, MQTT) and never forwards: see super::verify.
         if let Some(v) = &engine.verify {
@@ -663,11 +667,21 @@ pub(super) fn request_facts<'b>(
 
 /// What the access log records of a request: its method, and (into `path`, whose room is reused) the
 /// path as forwarded (origin form), never the query.
-pub(super) fn logged_request(req: &Request<'_>, path: &mut String) -> http::Method {
+pub(super) fn logged_request(method: &[u8], target: &[u8], path: &mut String) -> http::Method {
     path.clear();
-    match origin_form(req.target) {
-        Some((p, _)) => path.push_str(p),
-        None => path.push_str(&String::from_utf8_lossy(req.target)),
+    // Never the query, whatever the target's form or bytes: cut at its first `?` before anything else
+    // (a query with bytes that are not UTF-8 once made the whole target, query and all, the path).
+    let raw = match target.iter().position(|&b| b == b'?') {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    let p = match raw.first() {
+        Some(b'/') => raw,
+        _ => origin_form(raw).map_or(raw, |(p, _)| p.as_bytes()),
+    };
+    match std::str::from_utf8(p) {
+        Ok(p) => path.push_str(p),
+        Err(_) => path.push_str(&String::from_utf8_lossy(p)),
     }
-    http::Method::from_bytes(req.method).unwrap_or(http::Method::GET)
+    http::Method::from_bytes(method).unwrap_or(http::Method::GET)
 }

@@ -16,7 +16,7 @@ fn record() -> Record<'static> {
         bytes_in: 10,
         bytes_out: 20,
         token_id: Some(7),
-        user: Some(b"alice"),
+        user: Some("alice"),
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         tls: Some("1.3r"),
     }
@@ -445,5 +445,35 @@ fn lines_logged_while_the_target_stalls_and_then_is_slow_keep_their_order() {
     assert_eq!(ids.len(), logged, "every line, once");
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(id, &i.to_string(), "line {i} out of order");
+    }
+}
+
+/// What `all_plain` checks, a byte at a time.
+fn plain_byte(b: u8) -> bool {
+    b > b' ' && b < 0x7f && b != b'"' && b != b'\\'
+}
+
+/// What `all_json` checks, a byte at a time.
+fn json_byte(b: u8) -> bool {
+    b >= b' ' && b != b'"' && b != b'\\'
+}
+
+#[test]
+fn the_word_at_a_time_tests_agree_with_the_byte_at_a_time_ones() {
+    // Every byte value at every place of texts up to 20 bytes long, among plain bytes and among
+    // bytes that are not.
+    for len in 0..20 {
+        for at in 0..len.max(1) {
+            for b in 0..=255u8 {
+                for filler in [b'a', b'~', b'!', 0x80, b' '] {
+                    let mut s = vec![filler; len];
+                    if len > 0 {
+                        s[at] = b;
+                    }
+                    assert_eq!(all_plain(&s), s.iter().all(|&b| plain_byte(b)), "{s:?}");
+                    assert_eq!(all_json(&s), s.iter().all(|&b| json_byte(b)), "{s:?}");
+                }
+            }
+        }
     }
 }

@@ -143,7 +143,7 @@ impl Stream<'_> {
         }
         let req = request_facts(self.head, self.bytes, peer.addr, peer.tls.as_ref());
         if engine.access_log.enabled() {
-            facts.log = Some(logged_request(&req, self.log_path));
+            facts.log = Some(logged_request(req.method, req.target, self.log_path));
         }
         // The side door (`[leaks]`) is an HTTP/1.1 endpoint: over HTTP/2 its path is not routed to
         // anything else either.
