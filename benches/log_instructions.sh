@@ -10,8 +10,13 @@
 # keep-alive connections, on WRK_CPU) loads the bearer route; only the load is counted (callgrind_control
 # -i on/off after a warm-up). What the kernel does (the write(2) of the lines included) is not counted.
 #
+# With CACHE_SIM=1, callgrind also simulates this machine's caches per core (48 KiB L1d, 2 MiB L2 as the
+# last level) and the table adds the misses a request: instruction-cache misses (code fetched from L2 again)
+# and last-level write misses (memory written that was not in L2), what the instruction count cannot see.
+#
 # Usage: benches/log_instructions.sh         (about 3 minutes; DURATION=6 CONNS=4 TOKENS=1000)
 #        WRITE_MD=0 benches/log_instructions.sh      (print the table, leave BENCHMARKS.md alone)
+#        CACHE_SIM=1 WRITE_MD=0 benches/log_instructions.sh   (with the simulated cache misses; slower)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-6}
@@ -21,6 +26,9 @@ SERVER_CPU=${SERVER_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
 BASE_PORT=${BASE_PORT:-18380}
 WRITE_MD=${WRITE_MD:-1}
+CACHE_SIM=${CACHE_SIM:-0}
+SIM=()
+if [ "$CACHE_SIM" = 1 ]; then SIM=(--cache-sim=yes --D1=49152,12,64 --LL=2097152,16,64); fi
 UPSTREAM_PORT=$((BASE_PORT + 1))
 PORT=$((BASE_PORT + 2))
 ADMIN=$((BASE_PORT + 3))
@@ -55,7 +63,7 @@ db=$(seeded_db "$TOKENS" 1024)
 measure() {
     local name=$1
     shift
-    RUST_LOG=warn spawn "$RUN/$name.log" $(pin "$SERVER_CPU") valgrind --tool=callgrind --instr-atstart=no \
+    RUST_LOG=warn spawn "$RUN/$name.log" $(pin "$SERVER_CPU") valgrind --tool=callgrind "${SIM[@]}" --instr-atstart=no \
         --callgrind-out-file="$RUN/$name.cg" "$@"
     local pid=$SPAWNED
     wait_http "http://127.0.0.1:$PORT/" 600 "$pid" || die "$name did not start under valgrind ($RUN/$name.log)"
@@ -75,9 +83,15 @@ measure() {
     [ "${bad:-0}" = 0 ] || die "$name answered $bad requests with a status other than 2xx"
     # The on-demand dump (NAME.cg.1) holds the load; the file written at exit holds nothing.
     [ -s "$RUN/$name.cg.1" ] || die "no callgrind dump for $name in $RUN"
-    total=$(callgrind_annotate --auto=no "$RUN/$name.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t { gsub(/,/, "", $1); t = $1 } END { print t }')
+    # PROGRAM TOTALS: Ir first; with the cache simulation also Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw.
+    local totals
+    totals=$(callgrind_annotate --auto=no "$RUN/$name.cg.1" 2>/dev/null |
+        awk '/PROGRAM TOTALS/ && !t { gsub(/,/, ""); gsub(/\([^)]*\)/, ""); t = $0 } END { print t }')
+    total=$(awk '{ print $1 }' <<<"$totals")
     log "$name: $requests requests, $((total / requests)) instructions a request"
-    printf '%s\t%s\t%s\n' "$name" "$requests" "$((total / requests))"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$requests" "$((total / requests))" \
+        "$(awk -v r="$requests" 'NF >= 9 { printf "%.1f", $4 / r }' <<<"$totals")" \
+        "$(awk -v r="$requests" 'NF >= 9 { printf "%.2f", $9 / r }' <<<"$totals")"
 }
 
 RESULTS="$RUN/results.tsv"
@@ -106,16 +120,24 @@ done
 get() { awk -F'\t' -v n="$1" '$1 == n { print $3 }' "$RESULTS"; }
 TABLE="$RUN/table.md"
 {
-    echo "| server | log | requests counted | instructions a request | the log's instructions a request | the log's share |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    sim_head="" sim_rule=""
+    if [ "$CACHE_SIM" = 1 ]; then
+        sim_head=" L1 instruction misses a request | L2 write misses a request |" sim_rule=" ---: | ---: |"
+    fi
+    echo "| server | log | requests counted | instructions a request | the log's instructions a request | the log's share |$sim_head"
+    echo "| --- | --- | ---: | ---: | ---: | ---: |$sim_rule"
     for row in "tg-off|tokengate|off" "tg-plain|tokengate|plain (shipped default)" "tg-json|tokengate|json" \
         "nginx-off|nginx|off" "nginx-plain|nginx|buffered combined"; do
         IFS='|' read -r name server what <<<"$row"
         base=$(get "${name%%-*}-off")
         n=$(get "$name")
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$server" "$what" \
+        sim=""
+        if [ "$CACHE_SIM" = 1 ]; then
+            sim=" $(awk -F'\t' -v n="$name" '$1 == n { print $4 " | " $5 " |" }' "$RESULTS")"
+        fi
+        printf '| %s | %s | %s | %s | %s | %s |%s\n' "$server" "$what" \
             "$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$RESULTS")" "$n" "$((n - base))" \
-            "$(echo "($n - $base) * 100 / $base" | bc -l | xargs printf '%.1f %%')"
+            "$(echo "($n - $base) * 100 / $base" | bc -l | xargs printf '%.1f %%')" "$sim"
     done
 } >"$TABLE"
 cat "$TABLE"
