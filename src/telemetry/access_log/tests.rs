@@ -199,7 +199,8 @@ fn lines_that_wrap_around_the_ring_stay_whole() {
     let sink = Sink::default();
     let (log, writer) =
         AccessLog::with_writer(AccessLogFormat::Json, counter(), Box::new(sink.clone())).unwrap();
-    // Four rounds of 6,000 lines (about 1.6 MB each) on one thread: its ring (4 MiB) wraps in the third.
+    // Four rounds of 6,000 lines (about 1.6 MB each) on one thread: its hot ring (256 KiB) wraps again
+    // and again.
     for round in 0..4 {
         for i in 0..6_000 {
             let id = format!("{round}-{i}");
@@ -405,7 +406,7 @@ impl Write for Gate {
 }
 
 #[test]
-fn lines_logged_while_the_target_stalls_and_then_is_slow_keep_their_order() {
+fn lines_spilled_while_the_writer_is_behind_keep_their_order() {
     let (go, gate) = mpsc::channel();
     let sink = Sink::default();
     let (log, writer) = AccessLog::with_writer(
@@ -427,11 +428,14 @@ fn lines_logged_while_the_target_stalls_and_then_is_slow_keep_their_order() {
     // The writer takes the first line and stalls in its write, holding it.
     log_lines(1);
     std::thread::sleep(FLUSH_EVERY * 3);
-    // A quarter of the ring while the target stalls.
+    // Four times the hot ring: the rest goes to the spill ring.
     let one = line(&record(), AccessLogFormat::Json).len();
-    log_lines(RING_BYTES / 4 / one);
-    // The target takes writes again, slowly; lines keep coming faster than it takes them (all of it
-    // fits in the ring: nothing is dropped).
+    let behind = 4 * HOT_BYTES / one;
+    assert!(behind * one < RING_BYTES - HOT_BYTES);
+    log_lines(behind);
+    // The target takes writes again, slowly; lines keep coming faster than it takes them, so the worker
+    // goes from the hot ring to the spill ring and back again and again with the writer at work (all
+    // of it fits in the lane: nothing is dropped).
     drop(go);
     for _ in 0..30 {
         log_lines(200);
