@@ -191,6 +191,27 @@ replace_section() {
     fi
 }
 
+# start_upstream CPU: the upstream the benches forward to: nginx, one worker, `return 200 "ok\n"`, access log
+# off, on 127.0.0.1:UPSTREAM_PORT, pinned to CPU; its files in RUN/upstream. Sets UPSTREAM_PID.
+start_upstream() {
+    mkdir -p "$RUN/upstream"
+    cat >"$RUN/upstream/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $RUN/upstream.pid;
+error_log $RUN/upstream.error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "ok\n"; } }
+}
+CONF
+    spawn "$RUN/upstream.log" $(pin "$1") nginx -p "$RUN/upstream" -c "$RUN/upstream/nginx.conf" -e "$RUN/upstream.error.log"
+    UPSTREAM_PID=$SPAWNED
+    wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$UPSTREAM_PID" || die "upstream nginx did not start ($RUN/upstream.log)"
+}
+
 # ---- nginx, configured as the benches compare it (one worker; RUN, TOKENS and UPSTREAM_PORT set) ------------
 # nginx_common NAME: the top of an nginx.conf: one worker, in the foreground, pid and error log in RUN.
 nginx_common() {

@@ -44,20 +44,7 @@ log "work directory: $RUN"
 build_release
 
 # The upstream: nginx, one worker, `return 200`.
-cat >"$RUN/upstream/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $RUN/upstream.pid;
-error_log $RUN/upstream.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "ok\n"; } }
-}
-CONF
-spawn "$RUN/upstream.log" $(pin "$SERVER_CPU") nginx -p "$RUN/upstream" -c "$RUN/upstream/nginx.conf" -e "$RUN/upstream.error.log"
-wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 "$SPAWNED" || die "upstream nginx did not start"
+start_upstream "$SERVER_CPU"
 
 # run_wrk TOKENS_FILE SECONDS CONNS: load on the bearer route; prints the RESULT line.
 run_wrk() {
