@@ -1302,3 +1302,45 @@ fn the_verify_listener_never_speaks_h2c() {
     );
     drop(gw);
 }
+
+/// The same query over the other door: an HTTP/2 `:path` that is not origin form (`iot/a?api_token=…`,
+/// `*?api_token=…`) or is, with a token in its query, never puts the query in the access log, whatever
+/// the stream's fate (answered or reset as malformed).
+#[test]
+fn a_query_in_an_http2_path_is_not_logged_whatever_its_form() {
+    let up = Upstream::start("iot");
+    let mut gw = GatewayBuilder::new()
+        .gateway("h2c", "true")
+        .section("log", "access", "\"plain\"")
+        .section("log", "access_path", "\"access.log\"")
+        .route("iot", "/iot", up.addr())
+        .build();
+    let (_, token) = gw.create_token("alice", "device");
+    gw.start();
+    let auth = bearer(&token);
+    let mut raw = Raw::open(gw.addr());
+    let paths = ["iot/a", "*", "http:/iot/b", "/iot/c"];
+    for (i, p) in paths.iter().enumerate() {
+        let block = request_block(
+            "GET",
+            &format!("{p}?api_token={token}"),
+            &[("authorization", &auth)],
+        );
+        let stream = 2 * i as u32 + 1;
+        raw.send(&frame(HEADERS, END_STREAM | END_HEADERS, stream, &block))
+            .unwrap();
+        eprintln!("{p}: {:?}", raw.outcome(stream));
+    }
+    let file = gw.dir().join("access.log");
+    let mut text = String::new();
+    poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.contains("/iot/c")
+    });
+    assert!(text.contains("/iot/c"), "logged:\n{text}");
+    assert!(
+        !text.contains("api_token"),
+        "the query is in the log:\n{text}"
+    );
+    assert!(!text.contains(&token[3..20]), "the token is in the log");
+}
