@@ -424,10 +424,12 @@ fn access_log_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("access_log");
     g.throughput(Throughput::Elements(1));
     let record = Record {
-        at: std::time::SystemTime::now(),
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
         client: Some("192.0.2.44"),
         method: "POST",
-        path: "/bearer/hives/7/telemetry",
+        path: b"/bearer/hives/7/telemetry",
         route: Some("telemetry"),
         status: 200,
         auth: "ok",
@@ -435,7 +437,7 @@ fn access_log_benches(c: &mut Criterion) {
         bytes_in: 180,
         bytes_out: 3,
         token_id: Some(48_213),
-        user: Some("user417"),
+        user: Some(b"user417"),
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         tls: Some("1.3r"),
     };

@@ -6,7 +6,8 @@
 # Repository root and the work directory (seeded databases are cached there between runs).
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=${BENCH_DIR:-/tmp/tokengate-bench}
-TG_BIN="$REPO/target/release/tokengate"
+# TG_BIN=...: another build of the gateway (an A/B of two builds: copy one aside, point TG_BIN at it).
+TG_BIN=${TG_BIN:-$REPO/target/release/tokengate}
 SEED_BIN="$REPO/target/release/examples/seed_tokens"
 NPROC=$(nproc)
 

@@ -29,6 +29,13 @@
 //! dropped and counted in `tokengate_access_log_dropped_total`. So a log target that stalls (stdout to a
 //! pipe nobody reads, a full disk, a stopped collector) costs at most one lane per worker thread, never
 //! memory that grows with the requests, and never a stalled request.
+//!
+//! **What a line costs** (callgrind, `benches/log_instructions.sh`; issue 29 set nginx's buffered
+//! `combined` log as the bar). Texts a client sends (path, user id, request id) are checked a word
+//! (8 bytes) at a time and copied as they are when they are printable ASCII, which also makes them UTF-8
+//! without a check: the path and the user id reach the formatter as bytes and are read as UTF-8 (lossily)
+//! only when they are not. Texts safe by construction (address, method, route name, outcome, TLS marker:
+//! [`put_known`]) are copied unchecked, their JSON quotes part of the literals around them.
 
 use crate::config::{AccessLogFormat, LogConfig};
 use prometheus::IntCounter;
@@ -58,12 +65,15 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What is logged about one request; borrowed from the request's state, formatted at once.
 pub struct Record<'a> {
-    pub at: SystemTime,
+    /// The time of day, as time since the Unix epoch (from [`wall_clock`]).
+    pub at: Duration,
     /// The peer's address as text (formatted once per connection).
     pub client: Option<&'a str>,
     pub method: &'a str,
-    /// Path only, without query (cut to [`MAX_PATH`] as it is formatted).
-    pub path: &'a str,
+    /// Path only, without query (cut to [`MAX_PATH`] as it is formatted). Bytes as they came: the
+    /// formatter turns what is not printable ASCII into `_` (plain) or an escape (JSON), and only then
+    /// reads them as UTF-8 (lossily), so the common line validates nothing.
+    pub path: &'a [u8],
     pub route: Option<&'a str>,
     pub status: u16,
     pub auth: &'static str,
@@ -71,7 +81,8 @@ pub struct Record<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub token_id: Option<i64>,
-    pub user: Option<&'a str>,
+    /// The owner's user id (bytes of a valid header value, as the index keeps it).
+    pub user: Option<&'a [u8]>,
     /// The request's `x-request-id`.
     pub request_id: &'a str,
     /// The TLS version, `r` when the session was resumed (`1.3r`); `None` on the plain listener.
@@ -391,7 +402,9 @@ mod word {
         less(w ^ (ONES * b as u64), 1)
     }
 
-    /// Whether `bad` finds nothing in any word of `s` (the last one filled up with `a`).
+    /// Whether `bad` finds nothing in any word of `s`. The bytes past the last whole word are read
+    /// with loads that overlap bytes already tested, so every byte of a tested word is one of `s`'s and
+    /// nothing is copied (filling a padded word took a `memcpy` call: 15 to 20 instructions a text).
     #[inline]
     pub fn none(s: &[u8], bad: impl Fn(u64) -> u64) -> bool {
         let mut words = s.chunks_exact(8);
@@ -399,10 +412,23 @@ mod word {
         for w in &mut words {
             found |= bad(u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
         }
-        let rest = words.remainder();
-        let mut last = [b'a'; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        found |= bad(u64::from_le_bytes(last));
+        let n = s.len();
+        if !n.is_multiple_of(8) {
+            let tail = if n >= 8 {
+                u64::from_le_bytes(s[n - 8..].try_into().unwrap_or([0; 8]))
+            } else if n >= 4 {
+                let first = u32::from_le_bytes(s[..4].try_into().unwrap_or([0; 4]));
+                let last = u32::from_le_bytes(s[n - 4..].try_into().unwrap_or([0; 4]));
+                u64::from(first) | u64::from(last) << 32
+            } else if n >= 2 {
+                let first = u16::from_le_bytes(s[..2].try_into().unwrap_or([0; 2]));
+                let last = u16::from_le_bytes(s[n - 2..].try_into().unwrap_or([0; 2]));
+                (u64::from(first) | u64::from(last) << 16) * (1 | 1 << 32)
+            } else {
+                ONES * u64::from(s[0])
+            };
+            found |= bad(tail);
+        }
         found == 0
     }
 }
@@ -415,22 +441,31 @@ fn all_plain(s: &[u8]) -> bool {
     })
 }
 
-/// Whether every byte of `s` is one a JSON string carries unescaped: all but control characters, the
-/// quote and the backslash (what serde_json escapes).
+/// Whether every byte of `s` is one a JSON string carries unescaped and is ASCII: all but control
+/// characters, the quote, the backslash (what serde_json escapes) and bytes past 0x7e (so a text that
+/// passes is UTF-8 without being validated).
 fn all_json(s: &[u8]) -> bool {
     word::none(s, |w| {
-        word::less(w, 0x20) | word::has(w, b'"') | word::has(w, b'\\')
+        word::less(w, 0x20) | word::more(w, 0x7e) | word::has(w, b'"') | word::has(w, b'\\')
     })
 }
 
 /// Writes `s` with what could break a plain log line (quotes, backslashes, spaces, control characters)
-/// replaced by `_`.
-fn put_clean(out: &mut Vec<u8>, s: &str) {
-    if all_plain(s.as_bytes()) {
-        out.extend_from_slice(s.as_bytes());
-        return;
+/// replaced by `_`; bytes that are not UTF-8 as U+FFFD.
+#[inline]
+fn put_clean(out: &mut Vec<u8>, s: &[u8]) {
+    if all_plain(s) {
+        out.extend_from_slice(s);
+    } else {
+        put_replaced(out, s);
     }
-    for c in s.chars() {
+}
+
+/// [`put_clean`]'s rare case, kept out of line so the common one stays small where it is inlined.
+#[cold]
+#[inline(never)]
+fn put_replaced(out: &mut Vec<u8>, s: &[u8]) {
+    for c in String::from_utf8_lossy(s).chars() {
         match c {
             '"' | '\\' | ' ' => out.push(b'_'),
             c if c.is_control() => out.push(b'_'),
@@ -454,36 +489,80 @@ fn cut(s: &str, max: usize) -> (&str, bool) {
     (&s[..end], true)
 }
 
-/// Writes a JSON string (quoted and escaped). Most values (routes, request ids, addresses, paths) need
-/// no escape: they are copied between quotes, and only the rest goes through serde_json's escaper.
-fn put_json(out: &mut Vec<u8>, s: &str) {
-    if all_json(s.as_bytes()) {
+/// Bytes cut to `max`, before a UTF-8 character that the cut would split (at most three bytes back: a
+/// text that is not UTF-8 is cut where it is), and whether they were cut.
+fn cut_bytes(s: &[u8], max: usize) -> (&[u8], bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while end > 0 && max - end < 3 && s[end] & 0xc0 == 0x80 {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+/// Writes a JSON string (quoted and escaped; bytes that are not UTF-8 as U+FFFD). Most values (routes,
+/// request ids, addresses, paths) are ASCII and need no escape: they are copied between quotes, and
+/// only the rest goes through serde_json's escaper.
+#[inline]
+fn put_json(out: &mut Vec<u8>, s: &[u8]) {
+    if all_json(s) {
+        out.reserve(s.len() + 2);
         out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
         out.push(b'"');
     } else {
-        let _ = serde_json::to_writer(&mut *out, s);
+        put_escaped(out, s);
     }
 }
 
-thread_local! {
-    /// A moment on the monotonic clock and the time of day then, taken at most a second ago.
-    static ANCHOR: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
+/// [`put_json`]'s rare case (serde_json's escaper), out of line like [`put_replaced`].
+#[cold]
+#[inline(never)]
+fn put_escaped(out: &mut Vec<u8>, s: &[u8]) {
+    let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(s));
 }
 
-/// The time of day at `now` (a monotonic reading the caller already has), without reading the system
-/// clock again: from this thread's anchor, taken anew once it is a second old (or `now` is before it).
-/// Within that second the two clocks drift apart by at most NTP's slew (0.5 ms/s), below the log's
-/// millisecond; a step of the system clock shows within a second.
-pub fn wall_clock(now: impl Into<Instant>) -> SystemTime {
+/// Writes a text that is safe in both formats by construction, as it is: the client's address
+/// (`IpAddr`'s text), the method (`http::Method`: RFC 9110 token characters), the route's name (letters,
+/// digits, `-`, `_`: checked in `config::route`), the outcome and the TLS marker (our own constants).
+/// Checked in test builds, where every line of every test goes through here.
+#[inline]
+fn put_known(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(
+        all_plain(s.as_bytes()) && all_json(s.as_bytes()),
+        "{s:?} is not a text the access log writes as it is"
+    );
+    out.extend_from_slice(s.as_bytes());
+}
+
+thread_local! {
+    /// A moment on the monotonic clock and the time of day then (since the Unix epoch), taken at most
+    /// a second ago.
+    static ANCHOR: std::cell::Cell<Option<(Instant, Duration)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The time of day at `now` (a monotonic reading the caller already has) as time since the Unix
+/// epoch, without reading the system clock again: from this thread's anchor, taken anew once it is a
+/// second old (or `now` is before it). Within that second the two clocks drift apart by at most NTP's
+/// slew (0.5 ms/s), below the log's millisecond; a step of the system clock shows within a second.
+/// (A `Duration`, not a `SystemTime`: the formatter would turn it back, at the cost of a subtraction
+/// with normalisation for every line.)
+pub fn wall_clock(now: impl Into<Instant>) -> Duration {
     let now = now.into();
-    ANCHOR.with(|anchor| match anchor.get() {
-        Some((at, wall)) if now >= at && now - at < Duration::from_secs(1) => wall + (now - at),
-        _ => {
-            let wall = SystemTime::now();
-            anchor.set(Some((now, wall)));
-            wall
+    ANCHOR.with(|anchor| {
+        if let Some((at, wall)) = anchor.get() {
+            match now.checked_duration_since(at) {
+                Some(d) if d < Duration::from_secs(1) => return wall + d,
+                _ => {}
+            }
         }
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        anchor.set(Some((now, wall)));
+        wall
     })
 }
 
@@ -493,27 +572,31 @@ thread_local! {
     static SECOND: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
 }
 
-/// Writes `at` as RFC 3339 UTC with milliseconds (`2026-11-22T22:30:00.000Z`).
-fn put_time(out: &mut Vec<u8>, at: SystemTime) {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+/// 10000-01-01T00:00:00Z, in seconds since the Unix epoch: the first time RFC 3339 cannot write.
+const YEAR_10000: u64 = 253_402_300_800;
+
+/// Writes the time `since` the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-11-22T22:30:00.000Z`).
+fn put_time(out: &mut Vec<u8>, since: Duration) {
     let secs = since.as_secs();
     SECOND.with(|second| {
         let mut second = second.borrow_mut();
         if second.0 != secs {
+            // `2026-11-22T22:30:00Z`: kept up to the seconds, then the decimal point.
             let mut prefix = Vec::with_capacity(32);
-            let _ = write!(
-                prefix,
-                "{}",
-                humantime::format_rfc3339_seconds(
-                    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-                )
-            );
-            // `2026-11-22T22:30:00Z`: keep up to the seconds, then the decimal point.
+            if secs < YEAR_10000 {
+                let _ = write!(
+                    prefix,
+                    "{}",
+                    humantime::format_rfc3339_seconds(
+                        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+                    )
+                );
+            }
             if prefix.len() != 20 {
-                // Years past 9999 are not logged faster; they are logged right.
-                let _ = write!(out, "{}", humantime::format_rfc3339_millis(at));
+                // RFC 3339 ends with the year 9999 (and humantime's `Display` fails past it: a
+                // panic inside `write!`): seconds since the epoch, so the line keeps a time.
+                let _ = write!(out, "{secs}.{:03}", since.subsec_millis());
                 return;
             }
             second.1[..19].copy_from_slice(&prefix[..19]);
@@ -528,7 +611,12 @@ fn put_time(out: &mut Vec<u8>, at: SystemTime) {
 
 /// Writes a duration as milliseconds with three decimals (`1.234`), rounded to the microsecond.
 fn put_ms(out: &mut Vec<u8>, d: Duration) {
-    let micros = (d.as_nanos() + 500) / 1000;
+    // In u64, not `as_nanos`' u128: its division is a call into compiler-builtins (about 35
+    // instructions a line).
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from((d.subsec_nanos() + 500) / 1000));
     put_int(out, micros / 1000);
     out.push(b'.');
     put_three(out, (micros % 1000) as u32);
@@ -551,42 +639,44 @@ fn put_three(out: &mut Vec<u8>, n: u32) {
 /// Formats one record as a line (with trailing newline), cutting the path and the method to their
 /// bounds. Allocates nothing once `line` has room.
 pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
-    let (path, path_cut) = cut(r.path, MAX_PATH);
+    let (path, path_cut) = cut_bytes(r.path, MAX_PATH);
     let (method, method_cut) = cut(r.method, MAX_METHOD);
     match format {
         AccessLogFormat::Json => {
+            // The quotes of the texts that need no escape are part of the literals around them.
             line.extend_from_slice(b"{\"time\":\"");
             put_time(line, r.at);
-            line.extend_from_slice(b"\",\"client\":");
             match r.client {
-                Some(c) => put_json(line, c),
-                None => line.extend_from_slice(b"null"),
+                Some(c) => {
+                    line.extend_from_slice(b"\",\"client\":\"");
+                    put_known(line, c);
+                    line.extend_from_slice(b"\",\"method\":\"");
+                }
+                None => line.extend_from_slice(b"\",\"client\":null,\"method\":\""),
             }
-            line.extend_from_slice(b",\"method\":");
+            put_known(line, method);
             if method_cut {
-                let _ = write!(line, "\"{method}...\"");
-            } else {
-                put_json(line, method);
+                line.extend_from_slice(b"...");
             }
-            line.extend_from_slice(b",\"path\":");
+            line.extend_from_slice(b"\",\"path\":");
+            put_json(line, path);
             if path_cut {
                 // The cut string plus its marker, as one JSON string.
-                put_json(line, path);
                 line.pop();
                 let _ = write!(line, "…(truncated, {} bytes)\"", r.path.len());
-            } else {
-                put_json(line, path);
             }
-            line.extend_from_slice(b",\"route\":");
             match r.route {
-                Some(route) => put_json(line, route),
-                None => line.extend_from_slice(b"null"),
+                Some(route) => {
+                    line.extend_from_slice(b",\"route\":\"");
+                    put_known(line, route);
+                    line.extend_from_slice(b"\",\"status\":");
+                }
+                None => line.extend_from_slice(b",\"route\":null,\"status\":"),
             }
-            line.extend_from_slice(b",\"status\":");
             put_int(line, r.status);
-            line.extend_from_slice(b",\"auth\":");
-            put_json(line, r.auth);
-            line.extend_from_slice(b",\"duration_ms\":");
+            line.extend_from_slice(b",\"auth\":\"");
+            put_known(line, r.auth);
+            line.extend_from_slice(b"\",\"duration_ms\":");
             put_ms(line, r.duration);
             line.extend_from_slice(b",\"bytes_in\":");
             put_int(line, r.bytes_in);
@@ -603,23 +693,25 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
                 None => line.extend_from_slice(b"null"),
             }
             line.extend_from_slice(b",\"request_id\":");
-            put_json(line, r.request_id);
-            line.extend_from_slice(b",\"tls\":");
+            put_json(line, r.request_id.as_bytes());
             match r.tls {
-                Some(t) => put_json(line, t),
-                None => line.extend_from_slice(b"null"),
+                Some(t) => {
+                    line.extend_from_slice(b",\"tls\":\"");
+                    put_known(line, t);
+                    line.extend_from_slice(b"\"}\n");
+                }
+                None => line.extend_from_slice(b",\"tls\":null}\n"),
             }
-            line.extend_from_slice(b"}\n");
         }
         AccessLogFormat::Plain | AccessLogFormat::Off => {
             put_time(line, r.at);
             line.push(b' ');
             match r.client {
-                Some(c) => put_clean(line, c),
+                Some(c) => put_known(line, c),
                 None => line.push(b'-'),
             }
             line.extend_from_slice(b" \"");
-            line.extend_from_slice(method.as_bytes());
+            put_known(line, method);
             if method_cut {
                 line.extend_from_slice(b"...");
             }
@@ -631,9 +723,9 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             line.extend_from_slice(b"\" ");
             put_int(line, r.status);
             line.extend_from_slice(b" route=");
-            line.extend_from_slice(r.route.unwrap_or("-").as_bytes());
+            put_known(line, r.route.unwrap_or("-"));
             line.extend_from_slice(b" auth=");
-            line.extend_from_slice(r.auth.as_bytes());
+            put_known(line, r.auth);
             line.extend_from_slice(b" token=");
             match r.token_id {
                 Some(t) => put_int(line, t),
@@ -651,10 +743,10 @@ pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
             line.extend_from_slice(b" ms=");
             put_ms(line, r.duration);
             line.extend_from_slice(b" id=");
-            put_clean(line, r.request_id);
+            put_clean(line, r.request_id.as_bytes());
             line.extend_from_slice(b" tls=");
             match r.tls {
-                Some(t) => put_clean(line, t),
+                Some(t) => put_known(line, t),
                 None => line.push(b'-'),
             }
             line.push(b'\n');

@@ -117,6 +117,12 @@ impl Entry {
         std::str::from_utf8(&self.ident[..self.user_len as usize]).unwrap_or("")
     }
 
+    /// The owner's user id as bytes (for the access log, which reads them without validating them
+    /// again: [`Entry::user`] checks UTF-8 at every call).
+    pub fn user_bytes(&self) -> &[u8] {
+        &self.ident[..self.user_len as usize]
+    }
+
     /// The user id as a header value (shares the entry's buffer; no copy).
     pub fn user_value(&self) -> HeaderValue {
         HeaderValue::from_maybe_shared(self.ident.slice(..self.user_len as usize))

@@ -111,8 +111,8 @@ pub enum Protocol {
 pub(super) struct Asker<'a> {
     /// The peer's address as text (`None`: not an IP peer).
     pub(super) client: Option<&'a str>,
-    /// The request's path for the access log, when [`Facts::log`] is set.
-    pub(super) path: &'a str,
+    /// The request's path for the access log, when [`Facts::log`] is set (bytes as they came).
+    pub(super) path: &'a [u8],
     pub(super) request_id: &'a str,
     pub(super) tls_marker: Option<&'static str>,
     pub(super) protocol: Protocol,
@@ -150,7 +150,7 @@ pub(super) fn record(engine: &Engine, table: &Table, facts: &mut Facts, asker: A
             bytes_in: facts.bytes_in,
             bytes_out: facts.bytes_out,
             token_id: facts.entry.as_ref().map(|e| e.token_id),
-            user: facts.entry.as_ref().map(|e| e.user()),
+            user: facts.entry.as_ref().map(|e| e.user_bytes()),
             request_id: asker.request_id,
             tls: asker.tls_marker,
         });
@@ -185,7 +185,7 @@ pub struct Client<'a, S> {
     pub(super) closing: Option<Closed>,
     /// The current request's path for the access log (never the query), reused from request to
     /// request: the head it comes from is gone by the time the line is written.
-    log_path: String,
+    log_path: Vec<u8>,
 }
 
 impl<'a, S: ClientStream> Client<'a, S> {
@@ -210,7 +210,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
             request_id: RequestId::fresh(),
             accepted: Instant::now(),
             closing: None,
-            log_path: String::new(),
+            log_path: Vec::new(),
         }
     }
 
@@ -368,7 +368,7 @@ impl<'a, S: ClientStream> Client<'a, S> {
                     self.buf.release();
                     self.out = Vec::new();
                     self.head.fields = Vec::new();
-                    self.log_path = String::new();
+                    self.log_path = Vec::new();
                 }
                 Err(_) => {
                     let r = Refusal::new(
@@ -667,7 +667,7 @@ pub(super) fn request_facts<'b>(
 
 /// What the access log records of a request: its method, and (into `path`, whose room is reused) the
 /// path as forwarded (origin form), never the query.
-pub(super) fn logged_request(method: &[u8], target: &[u8], path: &mut String) -> http::Method {
+pub(super) fn logged_request(method: &[u8], target: &[u8], path: &mut Vec<u8>) -> http::Method {
     path.clear();
     // Never the query, whatever the target's form or bytes: cut at its first `?` before anything else
     // (a query with bytes that are not UTF-8 once made the whole target, query and all, the path).
@@ -679,9 +679,7 @@ pub(super) fn logged_request(method: &[u8], target: &[u8], path: &mut String) ->
         Some(b'/') => raw,
         _ => origin_form(raw).map_or(raw, |(p, _)| p.as_bytes()),
     };
-    match std::str::from_utf8(p) {
-        Ok(p) => path.push_str(p),
-        Err(_) => path.push_str(&String::from_utf8_lossy(p)),
-    }
+    // As bytes: the log's formatter reads them as UTF-8 (lossily) only when they are not plain ASCII.
+    path.extend_from_slice(p);
     http::Method::from_bytes(method).unwrap_or(http::Method::GET)
 }

@@ -5,10 +5,10 @@ use std::sync::mpsc;
 
 fn record() -> Record<'static> {
     Record {
-        at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_386_600),
+        at: Duration::from_secs(1_795_386_600),
         client: Some("127.0.0.1"),
         method: "POST",
-        path: "/iot/a \"b\"",
+        path: b"/iot/a \"b\"",
         route: Some("telemetry"),
         status: 200,
         auth: "ok",
@@ -16,7 +16,7 @@ fn record() -> Record<'static> {
         bytes_in: 10,
         bytes_out: 20,
         token_id: Some(7),
-        user: Some("alice"),
+        user: Some(b"alice"),
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         tls: Some("1.3r"),
     }
@@ -37,7 +37,7 @@ fn plain_line() {
     );
     let mut r = record();
     (r.client, r.route, r.token_id, r.user, r.tls) = (None, None, None, None, None);
-    r.path = "/a\tb\u{85}é";
+    r.path = "/a\tb\u{85}é".as_bytes();
     assert_eq!(
         line(&r, AccessLogFormat::Plain),
         "2026-11-22T22:30:00.000Z - \"POST /a_b_é\" 200 route=- auth=ok token=- user=- in=10 out=20 ms=1.234 \
@@ -66,7 +66,7 @@ fn json_line() {
     assert_eq!(v["tls"], "1.3r");
     let mut r = record();
     (r.client, r.route, r.token_id, r.user, r.tls) = (None, None, None, None, None);
-    r.path = "/a\u{1}\\\n";
+    r.path = b"/a\x01\\\n";
     let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
     assert_eq!(v["path"], "/a\u{1}\\\n");
     for k in ["client", "route", "token_id", "user_id", "tls"] {
@@ -78,7 +78,7 @@ fn json_line() {
 fn a_long_path_is_cut_and_names_its_length() {
     let long = format!("/{}", "é".repeat(30_000)); // 60,001 bytes, 2-byte characters
     let mut r = record();
-    r.path = &long;
+    r.path = long.as_bytes();
     let json = line(&r, AccessLogFormat::Json);
     assert!(json.len() < 2048, "{}", json.len());
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -90,9 +90,37 @@ fn a_long_path_is_cut_and_names_its_length() {
     assert!(plain.contains("…(truncated,_60001_bytes)\""), "{plain}");
     // A path at the bound is kept whole.
     let at_bound = "a".repeat(MAX_PATH);
-    r.path = &at_bound;
+    r.path = at_bound.as_bytes();
     let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
     assert_eq!(v["path"], at_bound);
+}
+
+#[test]
+fn a_path_that_is_not_utf8_is_logged_lossily_and_cut_before_a_split_character() {
+    // The path comes as the client sent it (bytes): what is not UTF-8 is logged as U+FFFD, in both
+    // formats, and the line stays one valid line.
+    let mut r = record();
+    r.path = b"/a\xff\xfeb/\xc3";
+    let plain = line(&r, AccessLogFormat::Plain);
+    assert!(
+        plain.contains("\"POST /a\u{fffd}\u{fffd}b/\u{fffd}\" 200"),
+        "{plain}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
+    assert_eq!(v["path"], "/a\u{fffd}\u{fffd}b/\u{fffd}");
+    // A cut at the bound that would split a character is made before it; a path that is not UTF-8
+    // is cut where the bound is (at most three bytes back).
+    assert_eq!(cut_bytes("aé".as_bytes(), 2), (&b"a"[..], true));
+    assert_eq!(cut_bytes("a日".as_bytes(), 3), (&b"a"[..], true));
+    assert_eq!(cut_bytes(b"ab", 2), (&b"ab"[..], false));
+    assert_eq!(cut_bytes(&[0x80; 10], 8), (&[0x80; 5][..], true));
+    let mut long = b"/".to_vec();
+    long.extend(std::iter::repeat_n(0xffu8, 5_000));
+    r.path = &long;
+    let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
+    let path = v["path"].as_str().unwrap();
+    assert!(path.ends_with("…(truncated, 5001 bytes)"), "{path}");
+    assert_eq!(path.matches('\u{fffd}').count(), MAX_PATH - 1);
 }
 
 #[test]
@@ -262,7 +290,7 @@ fn a_stalled_target_drops_and_counts_lines_and_never_blocks_the_logger() {
     .unwrap();
     let long = format!("/{}", "p".repeat(60_000));
     let mut r = record();
-    r.path = &long;
+    r.path = long.as_bytes();
     let one = line(&r, AccessLogFormat::Plain).len();
     let n = 20_000;
     // Returns although the target takes nothing (a blocking logger would hang here).
@@ -321,6 +349,9 @@ fn an_ended_thread_s_lines_are_still_written() {
 #[test]
 fn times_and_durations_are_written_as_before() {
     let mut out = Vec::new();
+    // Past the year 9999 (no RFC 3339 time): seconds since the epoch, so the line keeps a time.
+    put_time(&mut out, Duration::from_millis(253_402_300_800_042));
+    assert_eq!(out, b"253402300800.042");
     for at in [
         SystemTime::UNIX_EPOCH,
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_386_600_007),
@@ -329,7 +360,7 @@ fn times_and_durations_are_written_as_before() {
         SystemTime::now(),
     ] {
         out.clear();
-        put_time(&mut out, at);
+        put_time(&mut out, at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             humantime::format_rfc3339_millis(at).to_string()
@@ -342,6 +373,12 @@ fn times_and_durations_are_written_as_before() {
         (Duration::from_micros(1234), "1.234"),
         (Duration::from_nanos(1_234_567), "1.235"),
         (Duration::from_secs(61), "61000.000"),
+        // Rounding carries into the next second, and the millisecond digits stay three.
+        (Duration::new(1, 999_999_500), "2000.000"),
+        (Duration::new(0, 999_999_499), "999.999"),
+        (Duration::new(0, 5_000), "0.005"),
+        // Past what u64 microseconds hold (half a million years), the count saturates.
+        (Duration::MAX, "18446744073709551.615"),
     ] {
         out.clear();
         put_ms(&mut out, d);
@@ -362,9 +399,10 @@ fn json_strings_are_written_as_serde_json_writes_them() {
         "nul\0, bell\x07, esc\x1b, del\x7f",
         "line\nbreak\r",
         "…(truncated)",
+        "ascii then é",
     ] {
         let mut ours = Vec::new();
-        put_json(&mut ours, s);
+        put_json(&mut ours, s.as_bytes());
         assert_eq!(
             String::from_utf8(ours).unwrap(),
             serde_json::to_string(s).unwrap(),
@@ -377,16 +415,21 @@ fn json_strings_are_written_as_serde_json_writes_them() {
 fn the_time_of_day_comes_from_the_anchor_and_follows_the_system_clock() {
     let now = Instant::now();
     let wall = wall_clock(now);
-    let off = |a: SystemTime, b: SystemTime| a.duration_since(b).unwrap_or_else(|e| e.duration());
-    assert!(off(wall, SystemTime::now()) < Duration::from_millis(50));
+    let system = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+    };
+    let off = |a: Duration, b: Duration| a.abs_diff(b);
+    assert!(off(wall, system()) < Duration::from_millis(50));
     // Within the anchor's second, a later reading is later by exactly as much.
     let later = now + Duration::from_millis(250);
     assert_eq!(wall_clock(later), wall + Duration::from_millis(250));
     // A reading a second or more on, or before the anchor, takes the system clock anew (a step of the
     // system clock shows within a second).
     let far = now + Duration::from_secs(5);
-    assert!(off(wall_clock(far), SystemTime::now()) < Duration::from_millis(50));
-    assert!(off(wall_clock(now), SystemTime::now()) < Duration::from_millis(50));
+    assert!(off(wall_clock(far), system()) < Duration::from_millis(50));
+    assert!(off(wall_clock(now), system()) < Duration::from_millis(50));
 }
 
 /// A target whose first write waits until the test lets it go, then takes everything into a sink, each
@@ -459,7 +502,7 @@ fn plain_byte(b: u8) -> bool {
 
 /// What `all_json` checks, a byte at a time.
 fn json_byte(b: u8) -> bool {
-    b >= b' ' && b != b'"' && b != b'\\'
+    (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\'
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub(super) async fn exchange(
     let mut facts = Facts::new();
     let mut request_id = RequestId::fresh();
     // The path for the access log (the stream's head is gone by the time its line is written).
-    let mut log_path = String::new();
+    let mut log_path = Vec::new();
     let (parts, body) = request.into_parts();
     let end_stream = body.is_end_stream();
     let is_head = parts.method == http::Method::HEAD;
@@ -122,7 +122,7 @@ struct Stream<'a> {
     body: Option<RecvStream>,
     request_id: &'a mut RequestId,
     /// Where the access log's path is kept (see [`logged_request`]).
-    log_path: &'a mut String,
+    log_path: &'a mut Vec<u8>,
     is_head: bool,
 }
 
