@@ -363,19 +363,22 @@ TABLE="$RUN/table.md"
         echo "- tokengate / direct: $(ratio tg-bearer direct); nginx / direct: $(ratio nginx-auth direct)"
     fi
     if has tg-nolog && has nginx-nolog; then
-        echo "- the access log's cost (requests/s with the log / without, same rounds): tokengate $ACCESS_LOG" \
-            "**$(ratio tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(ratio tg-json tg-nolog)**");" \
-            "nginx buffered combined **$(ratio nginx-auth nginx-nolog)**; p99 with / without: tokengate" \
-            "$(lat tg-bearer 5 tg-nolog), nginx $(lat nginx-auth 5 nginx-nolog)"
-        # The same cost in CPU: each round's CPU per request with the log over the same process kind's
-        # without it in that round (paired), median over rounds; 1.05 = the log adds 5 % to a request.
-        cpu_cost() {
-            awk -F'\t' -v a="$1" -v b="$2" 'NR > 1 && $2 == a { x[$1] = $8 } NR > 1 && $2 == b { y[$1] = $8 }
+        # The log's cost: each round's figure with the log over the same server's without it in that
+        # round (paired: the two ran seconds apart, so the machine's drift between rounds, ±10 % here,
+        # cancels), median over rounds. COLUMN 3 is requests/s, 8 CPU per request (1.05 = the log adds
+        # 5 % to a request). A ratio of the medians over all rounds mixes rounds of different speed.
+        paired() {
+            awk -F'\t' -v c="$1" -v a="$2" -v b="$3" 'NR > 1 && $2 == a { x[$1] = $c } NR > 1 && $2 == b { y[$1] = $c }
                 END { for (r in x) if (y[r] > 0) print x[r] / y[r] }' "$RESULTS" | median | xargs printf '%.3f'
         }
+        echo "- the access log's cost in requests/s (with / without, paired per round, median): tokengate $ACCESS_LOG" \
+            "**$(paired 3 tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(paired 3 tg-json tg-nolog)**");" \
+            "nginx buffered combined **$(paired 3 nginx-auth nginx-nolog)**; ratio of the medians: tokengate" \
+            "$(ratio tg-bearer tg-nolog), nginx $(ratio nginx-auth nginx-nolog); p99 with / without: tokengate" \
+            "$(lat tg-bearer 5 tg-nolog), nginx $(lat nginx-auth 5 nginx-nolog)"
         echo "- the access log's cost in CPU per request (with / without, paired per round, median): tokengate" \
-            "$ACCESS_LOG **$(cpu_cost tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(cpu_cost tg-json tg-nolog)**");" \
-            "nginx buffered combined **$(cpu_cost nginx-auth nginx-nolog)**"
+            "$ACCESS_LOG **$(paired 8 tg-bearer tg-nolog)**$(has tg-json && echo ", tokengate json **$(paired 8 tg-json tg-nolog)**");" \
+            "nginx buffered combined **$(paired 8 nginx-auth nginx-nolog)**"
     fi
     if has tg-json; then
         echo "- tokengate json / nginx (both logging): $(ratio tg-json nginx-auth) × the requests/s; p99 $(lat tg-json 5 nginx-auth)," \
