@@ -142,6 +142,15 @@ upstream = "127.0.0.1:8600"
             .to_string();
         assert!(e.contains("routes[0].path_prefix"), "{e}");
 
+        // The access log writes route names as they are (plain and JSON): nothing that could break a
+        // line gets in.
+        for name in ["a b", "a\\\"b", "a\\\\b", "a\\tb", "a\\nb", "αβ", "a=b", ""] {
+            let e = parse(&MINIMAL.replace("name = \"telemetry\"", &format!("name = \"{name}\"")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("routes[0].name"), "{name:?}: {e}");
+        }
+
         let e = parse(&MINIMAL.replace("[gateway]", "[gateway]\ngrace_period = \"soon\""))
             .unwrap_err()
             .to_string();

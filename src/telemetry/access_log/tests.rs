@@ -524,3 +524,21 @@ fn the_word_at_a_time_tests_agree_with_the_byte_at_a_time_ones() {
         }
     }
 }
+
+#[test]
+fn every_method_the_parsers_accept_is_written_as_it_is() {
+    // The method is copied unchecked (`put_known`): whatever `http::Method` (which both engines parse
+    // it with) accepts must be safe in both formats, every byte value in every place of a short one.
+    for len in 1..4 {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                let mut m = vec![b'X'; len];
+                m[at] = b;
+                if let Ok(method) = http::Method::from_bytes(&m) {
+                    let s = method.as_str().as_bytes();
+                    assert!(all_plain(s) && all_json(s), "{m:?}");
+                }
+            }
+        }
+    }
+}
