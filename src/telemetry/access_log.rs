@@ -477,18 +477,6 @@ fn put_replaced(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
-/// `s` cut to `max` bytes at a character boundary, and whether it was cut.
-fn cut(s: &str, max: usize) -> (&str, bool) {
-    if s.len() <= max {
-        return (s, false);
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&s[..end], true)
-}
-
 /// Bytes cut to `max`, before a UTF-8 character that the cut would split (at most three bytes back: a
 /// text that is not UTF-8 is cut where it is), and whether they were cut.
 fn cut_bytes(s: &[u8], max: usize) -> (&[u8], bool) {
@@ -529,12 +517,14 @@ fn put_escaped(out: &mut Vec<u8>, s: &[u8]) {
 /// digits, `-`, `_`: checked in `config::route`), the outcome and the TLS marker (our own constants).
 /// Checked in test builds, where every line of every test goes through here.
 #[inline]
-fn put_known(out: &mut Vec<u8>, s: &str) {
+fn put_known(out: &mut Vec<u8>, s: impl AsRef<[u8]>) {
+    let s = s.as_ref();
     debug_assert!(
-        all_plain(s.as_bytes()) && all_json(s.as_bytes()),
-        "{s:?} is not a text the access log writes as it is"
+        all_plain(s) && all_json(s),
+        "{:?} is not a text the access log writes as it is",
+        String::from_utf8_lossy(s)
     );
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
 }
 
 thread_local! {
@@ -640,7 +630,7 @@ fn put_three(out: &mut Vec<u8>, n: u32) {
 /// bounds. Allocates nothing once `line` has room.
 pub fn format_record(r: &Record, format: AccessLogFormat, line: &mut Vec<u8>) {
     let (path, path_cut) = cut_bytes(r.path, MAX_PATH);
-    let (method, method_cut) = cut(r.method, MAX_METHOD);
+    let (method, method_cut) = cut_bytes(r.method.as_bytes(), MAX_METHOD);
     match format {
         AccessLogFormat::Json => {
             // The quotes of the texts that need no escape are part of the literals around them.

@@ -114,7 +114,7 @@ impl Entry {
 
     /// The owner's user id.
     pub fn user(&self) -> &str {
-        std::str::from_utf8(&self.ident[..self.user_len as usize]).unwrap_or("")
+        std::str::from_utf8(self.user_bytes()).unwrap_or("")
     }
 
     /// The owner's user id as bytes (for the access log, which reads them without validating them

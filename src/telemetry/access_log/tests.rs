@@ -542,3 +542,21 @@ fn every_method_the_parsers_accept_is_written_as_it_is() {
         }
     }
 }
+
+#[test]
+fn the_user_id_and_the_request_id_are_still_checked_in_both_formats() {
+    // Unlike the texts `put_known` copies, these come from outside the process (an admin who names a
+    // user, a trusted proxy's `x-request-id`): what could break a line is replaced or escaped.
+    let mut r = record();
+    r.user = Some(b"al\"ice\\ \t\xff");
+    r.request_id = "id\" forged=1\nnext";
+    let plain = line(&r, AccessLogFormat::Plain);
+    assert_eq!(plain.lines().count(), 1, "{plain}");
+    assert!(
+        plain.contains(" user=al_ice___\u{fffd} ") && plain.contains(" id=id__forged=1_next "),
+        "{plain}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&line(&r, AccessLogFormat::Json)).unwrap();
+    assert_eq!(v["user_id"], "al\"ice\\ \t\u{fffd}");
+    assert_eq!(v["request_id"], "id\" forged=1\nnext");
+}
